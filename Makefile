@@ -1,0 +1,44 @@
+# Troupe: every target installs what is missing first (make deps), then configures and builds.
+BUILD      ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS       ?= $(shell nproc)
+# Warnings are errors in CI (CI=true) and warnings elsewhere.
+WERROR     ?= $(if $(CI),ON,OFF)
+CMAKE_ARGS ?=
+
+.PHONY: all deps configure build test test-unit test-sanitize bench demo fuzz clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DTROUPE_WERROR=$(WERROR) $(CMAKE_ARGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# The whole suite: unit tests, integration tests (install + consumer, README example, ...).
+test: build
+	@ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600
+
+test-unit: build
+	@ctest --test-dir $(BUILD) -L unit --output-on-failure -j $(JOBS)
+
+# Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (CI runs this too).
+test-sanitize: deps
+	@cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTROUPE_SANITIZE=address,undefined \
+	  -DTROUPE_BUILD_BENCH=OFF -DTROUPE_BUILD_EXAMPLES=OFF -DTROUPE_WERROR=$(WERROR) >/dev/null
+	@cmake --build build-asan -j $(JOBS)
+	@ctest --test-dir build-asan -L unit --output-on-failure -j $(JOBS) --timeout 600
+
+# Troupe and its peers side by side; figures to build/bench/results.json and the terminal.
+bench: build
+	@bench/run.sh $(BUILD)
+
+demo: build
+	@$(BUILD)/examples/hello_actors
+
+clean:
+	rm -rf $(BUILD) build-asan

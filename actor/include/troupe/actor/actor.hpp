@@ -1,0 +1,151 @@
+#pragma once
+/// \file
+/// Actor (the user's class) and ActorContext (what an actor may do during its turn).
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include <troupe/actor/actor_ref.hpp>
+#include <troupe/serialization/message.hpp>
+
+namespace troupe {
+
+class Actor;
+class ActorSystem;
+
+/// Restarts allowed before a failing actor is stopped: at most `max_restarts` within `within`.
+struct RestartBudget {
+  unsigned max_restarts = 10;
+  std::chrono::milliseconds within = std::chrono::seconds(60);
+};
+
+/// Options for spawn().
+struct SpawnOptions {
+  /// Unique among siblings; empty = an automatic "$<id>" name. No '/', must not start with '$'.
+  std::string name;
+  /// Supervision budget (see RestartBudget).
+  RestartBudget restart_budget{};
+};
+
+/// Identifies a timer started with ActorContext::schedule_once/schedule_every.
+using TimerId = std::uint64_t;
+
+namespace detail {
+class Cell;
+/// Creates (and on restart re-creates) an actor instance from its constructor arguments.
+struct Factory {
+  virtual ~Factory() = default;
+  virtual Actor* make() const = 0;
+};
+template <class T, class... A>
+struct FactoryOf final : Factory {
+  std::tuple<A...> args;
+  template <class... U>
+  explicit FactoryOf(U&&... u) : args(std::forward<U>(u)...) {}
+  Actor* make() const override {
+    return std::apply([](const auto&... a) -> Actor* { return new T(a...); }, args);
+  }
+};
+template <class T, class... A>
+std::shared_ptr<const Factory> make_factory(A&&... a) {
+  if constexpr (sizeof...(A) == 0) {
+    static const auto shared = std::make_shared<const FactoryOf<T>>();  // one per type
+    return shared;
+  } else {
+    return std::make_shared<const FactoryOf<T, std::decay_t<A>...>>(std::forward<A>(a)...);
+  }
+}
+}  // namespace detail
+
+/// What an actor can do while it runs. Only the actor's own thread of control (its receive,
+/// pre_start, post_stop) may call these.
+class ActorContext {
+ public:
+  ActorContext(const ActorContext&) = delete;
+  ActorContext& operator=(const ActorContext&) = delete;
+
+  /// This actor's ref.
+  ActorRef self() const;
+  /// Sender of the message being processed (null when there is none).
+  const ActorRef& sender() const noexcept;
+  /// The parent actor (the /user guardian for top-level actors).
+  ActorRef parent() const;
+  /// The actor system.
+  ActorSystem& system() const noexcept;
+  /// This actor's path, e.g. "/user/a/b".
+  std::string path() const;
+
+  /// Spawns a child actor T(args...). Arguments are copied again for every restart.
+  /// Throws std::system_error(ActorErrc::duplicate_name / invalid_name).
+  template <class T, class... A>
+  ActorRef spawn(SpawnOptions opts, A&&... args) {
+    static_assert(std::is_base_of_v<Actor, T>, "T must derive from troupe::Actor");
+    return spawn_child(detail::make_factory<T>(std::forward<A>(args)...), std::move(opts));
+  }
+
+  /// Stops `ref` (this actor, a child, any local actor) after its current message; its children
+  /// stop first. Messages still queued go to dead letters.
+  void stop(const ActorRef& ref);
+  /// Delivers one troupe::sys::Terminated (sender = `ref`) when `ref` stops, or at once if it is
+  /// already gone. Watching twice still yields one Terminated.
+  void watch(const ActorRef& ref);
+  /// Cancels watch(ref); no Terminated for `ref` is delivered afterwards, even one already queued.
+  void unwatch(const ActorRef& ref);
+
+  /// Delivers `msg` to this actor once after `delay`. Cancelled when the actor stops or restarts.
+  TimerId schedule_once(std::chrono::nanoseconds delay, Message msg);
+  /// Delivers `msg` to this actor every `interval`. Cancelled when the actor stops or restarts.
+  TimerId schedule_every(std::chrono::nanoseconds interval, Message msg);
+  /// Cancels a timer: no delivery of it happens afterwards, even one already queued.
+  void cancel_timer(TimerId id);
+
+ protected:
+  ActorContext() = default;
+  ~ActorContext() = default;
+
+ private:
+  ActorRef spawn_child(std::shared_ptr<const detail::Factory> f, SpawnOptions opts);
+  detail::Cell& cell() noexcept;
+  const detail::Cell& cell() const noexcept;
+};
+
+/// Base class of user actors. The runtime calls the virtual members one at a time, never
+/// concurrently, on some worker thread.
+class Actor {
+ public:
+  Actor() = default;
+  Actor(const Actor&) = delete;
+  Actor& operator=(const Actor&) = delete;
+  virtual ~Actor() = default;
+
+  /// Handles one message. An exception here is a failure: the message is dropped (counted and
+  /// logged) and the actor restarted with fresh state, within its restart budget, else stopped.
+  virtual void receive(const Message& msg) = 0;
+  /// Runs before the first message (and, by default, after each restart).
+  virtual void pre_start() {}
+  /// Runs once after the actor stopped (and, by default, before each restart on the old
+  /// instance). Its children have stopped already.
+  virtual void post_stop() {}
+  /// Runs on the failed instance before it is replaced. Default: post_stop().
+  virtual void pre_restart(std::exception_ptr /*reason*/) { post_stop(); }
+  /// Runs on the fresh instance after a restart. Default: pre_start().
+  virtual void post_restart(std::exception_ptr /*reason*/) { pre_start(); }
+
+ protected:
+  /// The context; valid from pre_start on (not in the constructor).
+  ActorContext& context() const noexcept { return *ctx_; }
+  ActorRef self() const { return ctx_->self(); }
+  const ActorRef& sender() const noexcept { return ctx_->sender(); }
+
+ private:
+  friend class detail::Cell;
+  ActorContext* ctx_ = nullptr;
+};
+
+}  // namespace troupe

@@ -1,0 +1,96 @@
+#pragma once
+/// \file
+/// ActorSystem: worker threads, the actor tree (/user, /system), timers, dead letters.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <troupe/actor/actor.hpp>
+#include <troupe/actor/actor_ref.hpp>
+#include <troupe/actor/timer.hpp>
+#include <troupe/serialization/registry.hpp>
+
+namespace spdlog { class logger; }
+
+namespace troupe {
+
+struct ActorSystemConfig {
+  /// Shown in every log line. Empty: a random 64-bit hex id.
+  std::string node_id;
+  /// Worker threads. 0: one per hardware thread.
+  unsigned workers = 0;
+  /// Messages an actor may process per turn before yielding its worker. Higher is faster under
+  /// load, lower is fairer between busy actors.
+  unsigned throughput = 64;
+  /// Timer source. Null: real time on a dedicated thread.
+  std::shared_ptr<TimerService> timers;
+  /// Logger. Null: a stderr logger tagged with node_id.
+  std::shared_ptr<spdlog::logger> logger;
+  /// Limits for decoding untrusted message bytes.
+  DecodeLimits decode_limits{};
+};
+
+/// Counters (monotonic unless noted).
+struct ActorSystemStats {
+  std::uint64_t actors_spawned = 0;
+  std::uint64_t actors_stopped = 0;
+  std::uint64_t actors_live = 0;          ///< gauge, including guardians
+  std::uint64_t dead_letters = 0;         ///< messages that could not be delivered
+  std::uint64_t failures = 0;             ///< exceptions thrown by actors
+  std::uint64_t restarts = 0;
+  std::uint64_t failed_messages_dropped = 0;  ///< the message being processed at a failure
+};
+
+/// Thread-safe unless noted. The destructor calls shutdown().
+class ActorSystem {
+ public:
+  explicit ActorSystem(ActorSystemConfig config = {});
+  ~ActorSystem();
+  ActorSystem(const ActorSystem&) = delete;
+  ActorSystem& operator=(const ActorSystem&) = delete;
+
+  /// Spawns a top-level actor T(args...) under /user. See ActorContext::spawn.
+  template <class T, class... A>
+  ActorRef spawn(SpawnOptions opts, A&&... args) {
+    static_assert(std::is_base_of_v<Actor, T>, "T must derive from troupe::Actor");
+    return spawn_top(detail::make_factory<T>(std::forward<A>(args)...), std::move(opts));
+  }
+  /// Spawns an anonymous top-level actor.
+  template <class T>
+  ActorRef spawn() { return spawn<T>(SpawnOptions{}); }
+
+  /// Stops `ref` after its current message (children first).
+  void stop(const ActorRef& ref);
+  /// Delivers troupe::sys::Terminated to `watcher` (sender = `target`) once `target` stops.
+  void watch(const ActorRef& target, const ActorRef& watcher);
+  /// Cancels watch(target, watcher) where the Terminated has not yet been queued.
+  void unwatch(const ActorRef& target, const ActorRef& watcher);
+  /// The live actor at `path` ("/user/a/b", "/user/$1f"), or a null ref.
+  ActorRef lookup(std::string_view path) const;
+
+  /// Delivers `msg` to `target` after `delay` (no sender). Returns an id for TimerService::cancel.
+  std::uint64_t schedule_once(std::chrono::nanoseconds delay, ActorRef target, Message msg);
+
+  /// Stops every user actor (tree order: children before parents), then Troupe's own actors,
+  /// then the worker threads. Blocks until done. Idempotent. Must not be called from an actor.
+  void shutdown();
+
+  const std::string& node_id() const noexcept;
+  MessageRegistry& registry() noexcept;
+  TimerService& timers() noexcept;
+  spdlog::logger& log() const noexcept;
+  ActorSystemStats stats() const noexcept;
+
+  struct Impl;
+  /// Internal.
+  Impl& impl() noexcept { return *impl_; }
+
+ private:
+  ActorRef spawn_top(std::shared_ptr<const detail::Factory> f, SpawnOptions opts);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace troupe

@@ -1,0 +1,519 @@
+#include "cell.hpp"
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <system_error>
+
+#include <spdlog/spdlog.h>
+
+#include "system_impl.hpp"
+
+namespace troupe::detail {
+
+namespace {
+
+const ActorRef kNoSender{};
+thread_local const ActorRef* tls_sender = &kNoSender;
+
+/// Sets the current sender for the duration of a callback into user code.
+struct SenderScope {
+  explicit SenderScope(const ActorRef& s) noexcept : prev(tls_sender) { tls_sender = &s; }
+  ~SenderScope() { tls_sender = prev; }
+  const ActorRef* prev;
+};
+
+std::string describe(std::exception_ptr ep) {
+  try {
+    if (ep) std::rethrow_exception(ep);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "non-standard exception";
+  }
+  return "unknown";
+}
+
+std::string to_base36(std::uint64_t v) {
+  char buf[16];
+  auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v, 36);
+  return std::string(buf, p);
+}
+
+constexpr TypeId kTerminated = type_id_of<sys::Terminated>();
+
+}  // namespace
+
+std::mutex& stripe(const void* p) noexcept {
+  static std::array<std::mutex, 256> locks;
+  return locks[(reinterpret_cast<std::uintptr_t>(p) >> 6) % locks.size()];
+}
+
+Message make_terminated(sys::TerminationReason reason, const std::string& path) {
+  return Message::build<sys::Terminated>(
+      [&](flatbuffers::FlatBufferBuilder& b) { return sys::CreateTerminatedDirect(b, reason, path.c_str()); });
+}
+
+const ActorRef& current_sender() noexcept { return *tls_sender; }
+
+bool TimerState::admit(Cell& c) {
+  if (cancelled.load(std::memory_order_acquire)) return false;
+  if (!periodic) c.forget_timer(id);
+  return true;
+}
+
+Cell::Cell(ActorSystem::Impl& sys, Cell* parent, std::shared_ptr<const Factory> f, std::uint64_t id)
+    : sys_(sys), parent_(parent), factory_(std::move(f)), id_(id) {
+  if (parent_) parent_->add_ref();
+}
+
+Cell::~Cell() {
+  // Runs when the last ref is gone, possibly after the system itself: touch no system state.
+  while (MpscNode* n = mbox_.pop()) delete static_cast<Envelope*>(n);
+  delete actor_;
+  delete extras_.load(std::memory_order_acquire);
+  if (parent_) parent_->release();
+}
+
+ActorSystem& Cell::system() const noexcept { return sys_.owner; }
+
+Cell::Extras& Cell::extras() {
+  Extras* e = extras_.load(std::memory_order_acquire);
+  if (e) return *e;
+  auto* fresh = new Extras;
+  if (extras_.compare_exchange_strong(e, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *e;
+}
+
+std::string Cell::name() const {
+  const Extras* e = extras_.load(std::memory_order_acquire);
+  if (e && !e->name.empty()) return e->name;
+  return "$" + to_base36(id_);
+}
+
+std::string Cell::path() const {
+  if (!parent_) return "";
+  return parent_->path() + "/" + name();
+}
+
+// ---- spawning ---------------------------------------------------------------------------------
+
+namespace {
+bool valid_name(const std::string& n) {
+  return !n.empty() && n.front() != '$' && n.find('/') == std::string::npos && n.size() <= 255;
+}
+}  // namespace
+
+ActorRef Cell::spawn(std::shared_ptr<const Factory> f, SpawnOptions opts) {
+  if (!opts.name.empty() && !valid_name(opts.name)) {
+    throw std::system_error(ActorErrc::invalid_name, "invalid actor name '" + opts.name + "'");
+  }
+  if (sys_.shut_down.load(std::memory_order_acquire)) {
+    throw std::system_error(ActorErrc::system_shutdown, "spawn after shutdown");
+  }
+  // refs = 1: the "alive" reference, owned by the cell itself and released by finalize().
+  auto* c = new Cell(sys_, this, std::move(f), sys_.next_id.fetch_add(1, std::memory_order_relaxed));
+  bool parent_stopping = false;
+  try {
+    if (!opts.name.empty() || opts.restart_budget.max_restarts != RestartBudget{}.max_restarts ||
+        opts.restart_budget.within != RestartBudget{}.within) {
+      auto& x = c->extras();
+      x.name = std::move(opts.name);
+      x.budget = opts.restart_budget;
+    }
+    c->actor_ = c->factory_->make();  // a throwing constructor fails the spawn; nothing is linked
+    c->actor_->ctx_ = c;
+    std::lock_guard lk(stripe(this));
+    parent_stopping = state_.load(std::memory_order_acquire) & (kStopReq | kTerminating | kDead);
+    if (Extras* x = c->extras_.load(std::memory_order_relaxed); x && !x->name.empty()) {
+      auto& named = extras().named_children;
+      if (named.count(x->name)) {
+        throw std::system_error(ActorErrc::duplicate_name,
+                                "an actor named '" + x->name + "' already exists under '" + path() + "/'");
+      }
+      named.emplace(x->name, c);
+    }
+    c->next_sibling_ = first_child_;
+    if (first_child_) first_child_->prev_sibling_ = c;
+    first_child_ = c;
+  } catch (...) {
+    c->release();
+    throw;
+  }
+  sys_.spawned.fetch_add(1, std::memory_order_relaxed);
+  ActorRef ref(c, true);
+  c->state_.store(kStarting, std::memory_order_relaxed);
+  c->wake(0);
+  if (parent_stopping) c->request_stop(sys::TerminationReason::Stopped);
+  return ref;
+}
+
+// ---- sending and scheduling ---------------------------------------------------------------------
+
+void Cell::send(Message&& msg, ActorRef&& sender) {
+  if (state_.load(std::memory_order_acquire) & kDead) {
+    sys_.dead_letter(msg, sender, path(), "recipient stopped");
+    return;
+  }
+  enqueue(new Envelope(std::move(msg), std::move(sender)));
+}
+
+void Cell::enqueue(Envelope* e) {
+  mbox_.push(e);
+  if (!(state_.load(std::memory_order_seq_cst) & kScheduled)) wake(0);
+}
+
+// Sets `bits` and kScheduled; if the cell was not scheduled, hands it to the dispatcher.
+bool Cell::wake(std::uint32_t bits) {
+  if (state_.fetch_or(bits | kScheduled, std::memory_order_acq_rel) & kScheduled) return false;
+  add_ref();
+  sys_.dispatcher.submit(this);
+  return true;
+}
+
+void Cell::request_stop(sys::TerminationReason reason) {
+  std::uint32_t r = static_cast<std::uint32_t>(reason) << kReasonShift;
+  // The first reason wins.
+  std::uint32_t s = state_.load(std::memory_order_relaxed);
+  if (s & (kStopReq | kDead)) return;
+  wake(kStopReq | r);
+}
+
+bool Cell::has_work(std::uint32_t s) const noexcept {
+  if (s & kDead) return mbox_.maybe_nonempty();
+  if (s & (kStarting | kPending)) return true;
+  if (s & kTerminating) return false;  // progress comes from child deaths (kPending)
+  if (s & kStopReq) return true;
+  return mbox_.maybe_nonempty();
+}
+
+void Cell::run() {
+  std::uint32_t s = state_.fetch_and(~kPending, std::memory_order_acq_rel);
+  if (!(s & kDead)) {
+    if (s & kStarting) {
+      state_.fetch_and(~kStarting, std::memory_order_acq_rel);
+      start();
+    }
+    s = state_.load(std::memory_order_acquire);
+    if (!(s & (kStopReq | kTerminating))) process(sys_.throughput);
+    s = state_.load(std::memory_order_acquire);
+    if ((s & kStopReq) && !(s & kTerminating)) begin_terminate();
+    s = state_.load(std::memory_order_acquire);
+    if ((s & kTerminating) && !(s & kDead) && no_children()) finalize();
+  }
+  if (state_.load(std::memory_order_acquire) & kDead) drain_dead();
+  finish_turn();
+}
+
+void Cell::finish_turn() {
+  if (has_work(state_.load(std::memory_order_seq_cst))) {
+    sys_.dispatcher.resubmit(this);
+    return;
+  }
+  state_.fetch_and(~kScheduled, std::memory_order_seq_cst);
+  if (has_work(state_.load(std::memory_order_seq_cst)) &&
+      !(state_.fetch_or(kScheduled, std::memory_order_acq_rel) & kScheduled)) {
+    sys_.dispatcher.resubmit(this);
+    return;
+  }
+  release();  // the scheduled reference
+}
+
+// ---- the actor's turn ---------------------------------------------------------------------------
+
+void Cell::start() {
+  SenderScope scope(kNoSender);
+  try {
+    actor_->pre_start();
+  } catch (...) {
+    handle_failure(std::current_exception());
+  }
+}
+
+void Cell::process(unsigned budget) {
+  for (unsigned i = 0; i < budget; ++i) {
+    MpscNode* n = mbox_.pop();
+    if (!n) return;
+    std::unique_ptr<Envelope> e(static_cast<Envelope*>(n));
+    deliver(*e);
+    if (state_.load(std::memory_order_relaxed) & kStopReq) return;
+  }
+}
+
+void Cell::deliver(Envelope& e) {
+  if (e.ctl && !e.ctl->admit(*this)) return;
+  if (e.msg.type() == kTerminated) {
+    // Only for actors this one still watches; at most once per watch.
+    Extras* x = extras_.load(std::memory_order_acquire);
+    if (!x) return;
+    auto it = std::find(x->watching.begin(), x->watching.end(), e.sender);
+    if (it == x->watching.end()) return;
+    x->watching.erase(it);
+  }
+  SenderScope scope(e.sender);
+  try {
+    actor_->receive(e.msg);
+  } catch (...) {
+    sys_.failed_dropped.fetch_add(1, std::memory_order_relaxed);
+    sys_.log->error("actor {} failed on a message of type {:#018x}: {}; the message is dropped",
+                    path(), e.msg.type(), describe(std::current_exception()));
+    handle_failure(std::current_exception());
+  }
+}
+
+void Cell::handle_failure(std::exception_ptr ep) {
+  sys_.failures.fetch_add(1, std::memory_order_relaxed);
+  Extras& x = extras();
+  const auto now = sys_.timers->now();
+  if (x.restarts == 0 || now - x.window_start > x.budget.within) {
+    x.window_start = now;
+    x.restarts = 0;
+  }
+  if (++x.restarts > x.budget.max_restarts) {
+    sys_.log->error("actor {} exceeded its restart budget ({} within {} ms): stopping it ({})", path(),
+                    x.budget.max_restarts, x.budget.within.count(), describe(ep));
+    request_stop(sys::TerminationReason::Failed);
+    return;
+  }
+  restart(ep);
+}
+
+void Cell::restart(std::exception_ptr ep) {
+  cancel_all_timers();
+  if (actor_) {
+    try {
+      actor_->pre_restart(ep);
+    } catch (...) {
+      sys_.log->warn("actor {}: pre_restart threw: {}", path(), describe(std::current_exception()));
+    }
+    delete actor_;
+    actor_ = nullptr;
+  }
+  sys_.restarts.fetch_add(1, std::memory_order_relaxed);
+  sys_.log->info("actor {} restarted after: {}", path(), describe(ep));
+  try {
+    actor_ = factory_->make();
+    actor_->ctx_ = this;
+    actor_->post_restart(ep);
+  } catch (...) {
+    handle_failure(std::current_exception());
+  }
+}
+
+void Cell::begin_terminate() {
+  state_.fetch_or(kTerminating, std::memory_order_acq_rel);
+  cancel_all_timers();
+  std::vector<ActorRef> kids;
+  {
+    std::lock_guard lk(stripe(this));
+    for (Cell* c = first_child_; c; c = c->next_sibling_) kids.emplace_back(c, true);
+  }
+  for (auto& k : kids) static_cast<Cell*>(k.target())->request_stop(sys::TerminationReason::Stopped);
+}
+
+bool Cell::no_children() const {
+  std::lock_guard lk(stripe(this));
+  return first_child_ == nullptr;
+}
+
+void Cell::finalize() {
+  if (actor_) {
+    SenderScope scope(kNoSender);
+    try {
+      actor_->post_stop();
+    } catch (...) {
+      sys_.log->warn("actor {}: post_stop threw: {}", path(), describe(std::current_exception()));
+    }
+    delete actor_;
+    actor_ = nullptr;
+  }
+  ActorRef me(this, true);
+  std::vector<ActorRef> watchers;
+  std::uint32_t s;
+  {
+    std::lock_guard lk(stripe(this));
+    s = state_.fetch_or(kDead, std::memory_order_acq_rel);
+    if (Extras* x = extras_.load(std::memory_order_acquire)) watchers.swap(x->watchers);
+  }
+  if (Extras* x = extras_.load(std::memory_order_acquire)) {
+    for (auto& t : x->watching) t.target()->remove_watcher(me);
+    x->watching.clear();
+  }
+  if (!watchers.empty()) {
+    auto reason = static_cast<sys::TerminationReason>((s >> kReasonShift) & 7u);
+    Message t = make_terminated(reason, path());
+    for (auto& w : watchers) w.tell(t, me);
+  }
+  if (parent_) parent_->child_died(this);
+  factory_.reset();
+  sys_.on_stopped(this);
+  release();  // the alive reference taken at spawn
+}
+
+void Cell::child_died(Cell* child) {
+  bool wake_me;
+  {
+    std::lock_guard lk(stripe(this));
+    if (child->prev_sibling_) {
+      child->prev_sibling_->next_sibling_ = child->next_sibling_;
+    } else {
+      first_child_ = child->next_sibling_;
+    }
+    if (child->next_sibling_) child->next_sibling_->prev_sibling_ = child->prev_sibling_;
+    child->prev_sibling_ = child->next_sibling_ = nullptr;
+    if (Extras* cx = child->extras_.load(std::memory_order_acquire); cx && !cx->name.empty()) {
+      if (Extras* x = extras_.load(std::memory_order_acquire)) x->named_children.erase(cx->name);
+    }
+    wake_me = state_.load(std::memory_order_acquire) & kTerminating;
+  }
+  if (wake_me) wake(kPending);
+}
+
+void Cell::drain_dead() {
+  while (MpscNode* n = mbox_.pop()) {
+    std::unique_ptr<Envelope> e(static_cast<Envelope*>(n));
+    if (e->ctl && !e->ctl->admit(*this)) continue;  // cancelled timer ticks are not letters
+    sys_.dead_letter(e->msg, e->sender, path(), "recipient stopped");
+  }
+}
+
+// ---- deathwatch ---------------------------------------------------------------------------------
+
+void Cell::add_watcher(const ActorRef& watcher) {
+  bool dead;
+  {
+    std::lock_guard lk(stripe(this));
+    dead = state_.load(std::memory_order_acquire) & kDead;
+    if (!dead) {
+      auto& w = extras().watchers;
+      if (std::find(w.begin(), w.end(), watcher) == w.end()) w.push_back(watcher);
+    }
+  }
+  if (dead) watcher.tell(make_terminated(sys::TerminationReason::AlreadyDead, path()), ActorRef(this, true));
+}
+
+void Cell::remove_watcher(const ActorRef& watcher) {
+  std::lock_guard lk(stripe(this));
+  if (Extras* x = extras_.load(std::memory_order_acquire)) std::erase(x->watchers, watcher);
+}
+
+void Cell::watch(const ActorRef& ref) {
+  if (!ref) return;
+  auto& w = extras().watching;
+  if (std::find(w.begin(), w.end(), ref) != w.end()) return;
+  w.push_back(ref);
+  ref.target()->add_watcher(ActorRef(this, true));
+}
+
+void Cell::unwatch(const ActorRef& ref) {
+  Extras* x = extras_.load(std::memory_order_acquire);
+  if (!x || !ref) return;
+  std::erase(x->watching, ref);
+  ref.target()->remove_watcher(ActorRef(this, true));
+}
+
+// ---- timers -------------------------------------------------------------------------------------
+
+TimerId Cell::start_timer(std::chrono::nanoseconds d, Message msg, bool periodic) {
+  Extras& x = extras();
+  Ref<TimerState> t(new TimerState, false);
+  t->id = ++x.next_timer;
+  t->periodic = periodic;
+  t->interval = d;
+  t->msg = std::move(msg);
+  x.timers.emplace(t->id, t);
+  arm(t, d);
+  return t->id;
+}
+
+void Cell::arm(const Ref<TimerState>& t, std::chrono::nanoseconds d) {
+  Ref<Cell> me(this, true);
+  t->service_id.store(sys_.timers->schedule(d, [t, me] {
+    if (t->cancelled.load(std::memory_order_acquire)) return;
+    t->add_ref();
+    me->enqueue(new Envelope(t->msg, ActorRef{}, t.get()));
+    if (t->periodic) me->arm(t, t->interval);
+  }), std::memory_order_release);
+}
+
+void Cell::cancel_timer(TimerId id) {
+  Extras* x = extras_.load(std::memory_order_acquire);
+  if (!x) return;
+  auto it = x->timers.find(id);
+  if (it == x->timers.end()) return;
+  it->second->cancelled.store(true, std::memory_order_release);
+  sys_.timers->cancel(it->second->service_id.load(std::memory_order_acquire));
+  x->timers.erase(it);
+}
+
+void Cell::forget_timer(TimerId id) {
+  if (Extras* x = extras_.load(std::memory_order_acquire)) x->timers.erase(id);
+}
+
+void Cell::cancel_all_timers() {
+  Extras* x = extras_.load(std::memory_order_acquire);
+  if (!x) return;
+  for (auto& [id, t] : x->timers) {
+    t->cancelled.store(true, std::memory_order_release);
+    sys_.timers->cancel(t->service_id.load(std::memory_order_acquire));
+  }
+  x->timers.clear();
+}
+
+// ---- look-up ------------------------------------------------------------------------------------
+
+ActorRef Cell::child(std::string_view name) const {
+  std::lock_guard lk(stripe(this));
+  if (!name.empty() && name.front() == '$') {
+    std::uint64_t id = 0;
+    auto [p, ec] = std::from_chars(name.data() + 1, name.data() + name.size(), id, 36);
+    if (ec != std::errc{} || p != name.data() + name.size()) return {};
+    for (Cell* c = first_child_; c; c = c->next_sibling_) {
+      if (c->id_ == id) return c->dead() ? ActorRef{} : ActorRef(c, true);
+    }
+    return {};
+  }
+  const Extras* x = extras_.load(std::memory_order_acquire);
+  if (!x) return {};
+  auto it = x->named_children.find(name);
+  if (it == x->named_children.end() || it->second->dead()) return {};
+  return ActorRef(it->second, true);
+}
+
+}  // namespace troupe::detail
+
+// ---- ActorContext -------------------------------------------------------------------------------
+
+namespace troupe {
+
+detail::Cell& ActorContext::cell() noexcept { return static_cast<detail::Cell&>(*this); }
+const detail::Cell& ActorContext::cell() const noexcept { return static_cast<const detail::Cell&>(*this); }
+
+ActorRef ActorContext::self() const {
+  return ActorRef(const_cast<detail::Cell*>(&cell()), true);
+}
+const ActorRef& ActorContext::sender() const noexcept { return detail::current_sender(); }
+ActorRef ActorContext::parent() const {
+  auto* p = cell().parent_cell();
+  return p ? ActorRef(p, true) : ActorRef{};
+}
+ActorSystem& ActorContext::system() const noexcept { return cell().system(); }
+std::string ActorContext::path() const { return cell().path(); }
+ActorRef ActorContext::spawn_child(std::shared_ptr<const detail::Factory> f, SpawnOptions opts) {
+  return cell().spawn(std::move(f), std::move(opts));
+}
+void ActorContext::stop(const ActorRef& ref) {
+  if (ref) ref.target()->stop();
+}
+void ActorContext::watch(const ActorRef& ref) { cell().watch(ref); }
+void ActorContext::unwatch(const ActorRef& ref) { cell().unwatch(ref); }
+TimerId ActorContext::schedule_once(std::chrono::nanoseconds delay, Message msg) {
+  return cell().start_timer(delay, std::move(msg), false);
+}
+TimerId ActorContext::schedule_every(std::chrono::nanoseconds interval, Message msg) {
+  return cell().start_timer(interval, std::move(msg), true);
+}
+void ActorContext::cancel_timer(TimerId id) { cell().cancel_timer(id); }
+
+}  // namespace troupe

@@ -1,0 +1,174 @@
+#pragma once
+// The runtime's representation of one actor: mailbox, state word, place in the tree, and the
+// user's Actor instance. Rarely used parts (name, named children, watchers, timers, restart
+// statistics) live in a lazily allocated Extras block so that an idle anonymous actor stays small.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <troupe/actor/actor.hpp>
+#include <troupe/actor/actor_system.hpp>
+#include <troupe/serialization/system_generated.h>
+
+#include "mailbox.hpp"
+
+namespace troupe::detail {
+
+class Cell;
+
+/// Intrusive reference for the runtime's own ref-counted objects.
+template <class T>
+class Ref {
+ public:
+  Ref() = default;
+  explicit Ref(T* p, bool add) noexcept : p_(p) { if (p_ && add) p_->add_ref(); }
+  Ref(const Ref& o) noexcept : p_(o.p_) { if (p_) p_->add_ref(); }
+  Ref(Ref&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  Ref& operator=(Ref o) noexcept { std::swap(p_, o.p_); return *this; }
+  ~Ref() { if (p_) p_->release(); }
+  T* get() const noexcept { return p_; }
+  T* operator->() const noexcept { return p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+/// Something attached to an envelope that decides, on the actor's own turn, whether the
+/// message is still wanted (a cancelled timer's tick is not).
+class Control {
+ public:
+  virtual ~Control() = default;
+  void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void release() noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+  virtual bool admit(Cell& c) = 0;
+
+ private:
+  std::atomic<std::uint32_t> refs_{1};
+};
+
+struct Envelope : MpscNode {
+  Envelope(Message m, ActorRef s, Control* c = nullptr) noexcept : msg(std::move(m)), sender(std::move(s)), ctl(c) {}
+  ~Envelope() { if (ctl) ctl->release(); }
+  Message msg;
+  ActorRef sender;
+  Control* ctl;
+};
+
+struct TimerState final : Control {
+  TimerId id = 0;
+  bool periodic = false;
+  std::chrono::nanoseconds interval{0};
+  Message msg;
+  std::atomic<bool> cancelled{false};
+  std::atomic<std::uint64_t> service_id{0};
+  bool admit(Cell& c) override;
+};
+
+class Cell final : public RefTarget, public ActorContext {
+ public:
+  enum : std::uint32_t {
+    kScheduled = 1u << 0,    // queued or running on a worker (holds one reference)
+    kStarting = 1u << 1,     // pre_start has not run yet
+    kStopReq = 1u << 2,      // stop requested
+    kTerminating = 1u << 3,  // waiting for children to stop
+    kDead = 1u << 4,         // post_stop ran; every message now goes to dead letters
+    kPending = 1u << 5,      // re-evaluate control state (a child died)
+    kReasonShift = 8,        // 3 bits: troupe::sys::TerminationReason
+  };
+
+  Cell(ActorSystem::Impl& sys, Cell* parent, std::shared_ptr<const Factory> f, std::uint64_t id);
+
+  // RefTarget
+  void send(Message&& msg, ActorRef&& sender) override;
+  std::string path() const override;
+  std::uint64_t id() const noexcept override { return id_; }
+  ActorSystem& system() const noexcept override;
+  void stop() override { request_stop(sys::TerminationReason::Stopped); }
+  void add_watcher(const ActorRef& watcher) override;
+  void remove_watcher(const ActorRef& watcher) override;
+
+  /// Spawns a child of this cell (any thread).
+  ActorRef spawn(std::shared_ptr<const Factory> f, SpawnOptions opts);
+  void request_stop(sys::TerminationReason reason);
+  void enqueue(Envelope* e);
+  /// One turn on a worker; the caller hands over the scheduled reference.
+  void run();
+  bool dead() const noexcept { return state_.load(std::memory_order_acquire) & kDead; }
+  std::string name() const;
+  /// Live child named `name` ("$<id>" for anonymous children), or null.
+  ActorRef child(std::string_view name) const;
+
+  // Used by ActorContext (own turn only).
+  void watch(const ActorRef& ref);
+  void unwatch(const ActorRef& ref);
+  TimerId start_timer(std::chrono::nanoseconds d, Message msg, bool periodic);
+  void cancel_timer(TimerId id);
+  void forget_timer(TimerId id);
+  ActorSystem::Impl& sys() const noexcept { return sys_; }
+  Cell* parent_cell() const noexcept { return parent_; }
+
+ protected:
+  ~Cell() override;
+
+ private:
+  struct Extras {
+    std::string name;
+    RestartBudget budget;
+    std::unordered_map<std::string_view, Cell*> named_children;  // guarded by stripe(this)
+    std::vector<ActorRef> watchers;                              // guarded by stripe(this)
+    std::vector<ActorRef> watching;                              // own turn only
+    std::unordered_map<TimerId, Ref<TimerState>> timers;          // own turn only
+    TimerId next_timer = 0;
+    unsigned restarts = 0;
+    TimerService::Clock::time_point window_start{};
+  };
+  Extras& extras();
+  bool wake(std::uint32_t bits);
+  bool has_work(std::uint32_t s) const noexcept;
+  void start();
+  void process(unsigned budget);
+  void deliver(Envelope& e);
+  void handle_failure(std::exception_ptr ep);
+  void restart(std::exception_ptr ep);
+  void begin_terminate();
+  bool no_children() const;
+  void finalize();
+  void child_died(Cell* child);
+  void drain_dead();
+  void cancel_all_timers();
+  void finish_turn();
+  void arm(const Ref<TimerState>& t, std::chrono::nanoseconds d);
+
+  ActorSystem::Impl& sys_;
+  std::atomic<std::uint32_t> state_{0};
+  Mailbox mbox_;
+  Cell* parent_;                              // strong reference; null for the root
+  Cell* first_child_ = nullptr;               // children list, guarded by stripe(this)
+  Cell* prev_sibling_ = nullptr;              // guarded by stripe(parent_)
+  Cell* next_sibling_ = nullptr;              // guarded by stripe(parent_)
+  Actor* actor_ = nullptr;
+  std::shared_ptr<const Factory> factory_;
+  std::atomic<Extras*> extras_{nullptr};
+  std::uint64_t id_;
+};
+
+/// Striped locks shared by all cells: no mutex per actor.
+std::mutex& stripe(const void* p) noexcept;
+
+/// Sender of the message being processed on this thread (null outside a turn).
+const ActorRef& current_sender() noexcept;
+
+/// Builds the Terminated message for `path`.
+Message make_terminated(sys::TerminationReason reason, const std::string& path);
+
+}  // namespace troupe::detail

@@ -1,0 +1,204 @@
+#include "dispatcher.hpp"
+
+#include <sched.h>
+
+#include "cell.hpp"
+
+namespace troupe::detail {
+
+namespace {
+thread_local void* tls_worker = nullptr;  // the Worker this thread is, if any
+
+std::uint64_t xorshift(std::uint64_t& s) noexcept {
+  s ^= s << 13;
+  s ^= s >> 7;
+  s ^= s << 17;
+  return s;
+}
+}  // namespace
+
+bool Dispatcher::LocalQueue::push(Cell* c) noexcept {
+  const auto t = tail.load(std::memory_order_relaxed);
+  const auto h = head.load(std::memory_order_acquire);
+  if (t - h >= kLocalCap) return false;
+  buf[t % kLocalCap].store(c, std::memory_order_relaxed);
+  tail.store(t + 1, std::memory_order_release);
+  return true;
+}
+
+// Used by the owner and by thieves alike: the slot is read before the CAS claims it; the owner
+// only overwrites slot h after head moved past h, so a successful CAS proves the read was good.
+Cell* Dispatcher::LocalQueue::pop() noexcept {
+  auto h = head.load(std::memory_order_acquire);
+  for (;;) {
+    const auto t = tail.load(std::memory_order_acquire);
+    if (h == t) return nullptr;
+    Cell* c = buf[h % kLocalCap].load(std::memory_order_relaxed);
+    if (head.compare_exchange_weak(h, h + 1, std::memory_order_acq_rel, std::memory_order_acquire)) return c;
+  }
+}
+
+Dispatcher::Dispatcher(unsigned workers, std::string node_id) : node_id_(std::move(node_id)) {
+  if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < workers; ++i) {
+    auto w = std::make_unique<Worker>();
+    w->owner = this;
+    w->index = i;
+    w->rng = 0x9e3779b97f4a7c15ull * (i + 1);
+    workers_.push_back(std::move(w));
+  }
+}
+
+Dispatcher::~Dispatcher() { stop(); }
+
+void Dispatcher::start() {
+  if (started_) return;
+  started_ = true;
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    wp->thread = std::thread([this, wp] { run(*wp); });
+  }
+}
+
+void Dispatcher::stop() {
+  if (stopping_.exchange(true)) return;
+  {
+    std::lock_guard lk(park_mu_);
+    park_cv_.notify_all();
+  }
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+  // Whatever is still queued will never run: drop the references the queues held.
+  for (auto& w : workers_) {
+    if (w->lifo) std::exchange(w->lifo, nullptr)->release();
+    while (Cell* c = w->queue.pop()) c->release();
+  }
+  std::lock_guard lk(global_mu_);
+  for (Cell* c : global_) c->release();
+  global_.clear();
+  global_size_.store(0);
+}
+
+void Dispatcher::submit(Cell* c) {
+  auto* w = static_cast<Worker*>(tls_worker);
+  if (w && w->owner == this) {
+    if (Cell* prev = std::exchange(w->lifo, c)) push_local(*w, prev);
+    return;
+  }
+  push_global(c);
+}
+
+void Dispatcher::resubmit(Cell* c) {
+  auto* w = static_cast<Worker*>(tls_worker);
+  if (w && w->owner == this) {
+    push_local(*w, c);
+  } else {
+    push_global(c);
+  }
+}
+
+void Dispatcher::push_local(Worker& w, Cell* c) {
+  if (!w.queue.push(c)) {
+    push_global(c);
+    return;
+  }
+  notify_one();
+}
+
+void Dispatcher::push_global(Cell* c) {
+  {
+    std::lock_guard lk(global_mu_);
+    global_.push_back(c);
+    global_size_.fetch_add(1, std::memory_order_release);
+  }
+  notify_one();
+}
+
+Cell* Dispatcher::pop_global() {
+  if (global_size_.load(std::memory_order_acquire) == 0) return nullptr;
+  std::lock_guard lk(global_mu_);
+  if (global_.empty()) return nullptr;
+  Cell* c = global_.front();
+  global_.pop_front();
+  global_size_.fetch_sub(1, std::memory_order_release);
+  return c;
+}
+
+// Pairs with park(): the pusher publishes work then reads sleepers_; the parker increments
+// sleepers_ then re-reads the queues. seq_cst on both sides means one of them sees the other.
+void Dispatcher::notify_one() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_relaxed) == 0) return;
+  std::lock_guard lk(park_mu_);
+  park_cv_.notify_one();
+}
+
+bool Dispatcher::any_work() const noexcept {
+  if (global_size_.load(std::memory_order_acquire) != 0) return true;
+  for (const auto& w : workers_) {
+    if (!w->queue.empty()) return true;
+  }
+  return false;
+}
+
+Cell* Dispatcher::find_elsewhere(Worker& w) {
+  if (Cell* c = pop_global()) return c;
+  const auto n = workers_.size();
+  const auto start = static_cast<std::size_t>(xorshift(w.rng) % n);
+  for (std::size_t i = 0; i < n; ++i) {
+    Worker& victim = *workers_[(start + i) % n];
+    if (&victim == &w) continue;
+    if (Cell* c = victim.queue.pop()) return c;
+  }
+  return nullptr;
+}
+
+Cell* Dispatcher::next(Worker& w) {
+  ++w.tick;
+  // Every so often look at the shared queue first so that outside wake-ups are never starved.
+  if (w.tick % 61 == 0) {
+    if (Cell* c = pop_global()) return c;
+  }
+  // The LIFO slot runs next, but not forever: a ping-pong pair would otherwise starve the queue.
+  if (w.lifo && w.lifo_streak < 32) {
+    ++w.lifo_streak;
+    return std::exchange(w.lifo, nullptr);
+  }
+  w.lifo_streak = 0;
+  if (Cell* c = w.queue.pop()) {
+    if (w.lifo) push_local(w, std::exchange(w.lifo, nullptr));
+    return c;
+  }
+  if (w.lifo) return std::exchange(w.lifo, nullptr);
+  return find_elsewhere(w);
+}
+
+void Dispatcher::park(Worker& w) {
+  (void)w;
+  std::unique_lock lk(park_mu_);
+  sleepers_.fetch_add(1, std::memory_order_seq_cst);
+  if (!stopping_.load(std::memory_order_acquire) && !any_work()) park_cv_.wait(lk);
+  sleepers_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Dispatcher::run(Worker& w) {
+  tls_worker = &w;
+  unsigned idle_spins = 0;
+  while (!stopping_.load(std::memory_order_acquire)) {
+    if (Cell* c = next(w)) {
+      idle_spins = 0;
+      c->run();
+      continue;
+    }
+    if (++idle_spins < 64) {
+      sched_yield();
+      continue;
+    }
+    idle_spins = 0;
+    park(w);
+  }
+  tls_worker = nullptr;
+}
+
+}  // namespace troupe::detail

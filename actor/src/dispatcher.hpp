@@ -1,0 +1,86 @@
+#pragma once
+// Work-stealing worker pool that runs actor cells. Each worker has a bounded local run queue
+// (owner pushes and pops, idle workers steal) and a LIFO slot: an actor woken by the actor
+// running on this worker runs next on the same worker (hot caches, no cross-core hand-off),
+// which is what makes request/response chains fast. Wake-ups from outside go to a shared
+// injection queue. Idle workers spin briefly, then park on a condition variable.
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace troupe::detail {
+
+class Cell;
+
+class Dispatcher {
+ public:
+  Dispatcher(unsigned workers, std::string node_id);
+  ~Dispatcher();
+  Dispatcher(const Dispatcher&) = delete;
+  Dispatcher& operator=(const Dispatcher&) = delete;
+
+  void start();
+  /// Joins the workers; cells still queued are released without running.
+  void stop();
+
+  /// A cell became runnable (its scheduled flag was just set; the caller gives up one reference
+  /// to the dispatcher). From a worker of this dispatcher it goes to that worker's LIFO slot.
+  void submit(Cell* c);
+  /// A cell that ran and still has work: back of the current worker's queue (fairness).
+  void resubmit(Cell* c);
+
+  unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
+
+ private:
+  static constexpr std::uint32_t kLocalCap = 256;
+  struct LocalQueue {
+    alignas(64) std::atomic<std::uint32_t> head{0};  // pop/steal end
+    alignas(64) std::atomic<std::uint32_t> tail{0};  // owner's push end
+    std::array<std::atomic<Cell*>, kLocalCap> buf{};
+    bool push(Cell* c) noexcept;
+    Cell* pop() noexcept;
+    bool empty() const noexcept {
+      return head.load(std::memory_order_acquire) == tail.load(std::memory_order_acquire);
+    }
+  };
+  struct Worker {
+    Dispatcher* owner = nullptr;
+    unsigned index = 0;
+    LocalQueue queue;
+    Cell* lifo = nullptr;
+    unsigned lifo_streak = 0;
+    std::uint64_t tick = 0;
+    std::uint64_t rng = 0;
+    std::thread thread;
+  };
+
+  void run(Worker& w);
+  Cell* next(Worker& w);
+  Cell* find_elsewhere(Worker& w);
+  void push_local(Worker& w, Cell* c);
+  void push_global(Cell* c);
+  Cell* pop_global();
+  void notify_one();
+  bool any_work() const noexcept;
+  void park(Worker& w);
+
+  std::string node_id_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::mutex global_mu_;
+  std::deque<Cell*> global_;
+  std::atomic<std::size_t> global_size_{0};
+  std::mutex park_mu_;
+  std::condition_variable park_cv_;
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stopping_{false};
+  bool started_ = false;
+};
+
+}  // namespace troupe::detail

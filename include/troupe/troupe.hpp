@@ -1,0 +1,14 @@
+#pragma once
+/// \file
+/// Everything a Troupe user needs: include this and link troupe::troupe.
+
+#include <troupe/actor/actor.hpp>
+#include <troupe/actor/actor_ref.hpp>
+#include <troupe/actor/actor_system.hpp>
+#include <troupe/actor/errc.hpp>
+#include <troupe/actor/timer.hpp>
+#include <troupe/serialization/message.hpp>
+#include <troupe/serialization/registry.hpp>
+#include <troupe/serialization/result.hpp>
+#include <troupe/serialization/system_generated.h>
+#include <troupe/serialization/type_id.hpp>

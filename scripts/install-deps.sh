@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian (bookworm) packages Troupe builds with, skipping those already present.
+# Runs as root, or through sudo when not root. Idempotent; quiet when nothing is missing.
+set -euo pipefail
+
+packages=(
+  cmake ninja-build g++ make pkg-config
+  libflatbuffers-dev flatbuffers-compiler
+  libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libboost-dev libboost-system-dev
+  libzmq3-dev cppzmq-dev libsodium-dev
+  libssl-dev libxxhash-dev
+  libcaf-dev
+)
+[ "${TROUPE_EXTRA_PACKAGES:-}" ] && read -r -a extra <<<"$TROUPE_EXTRA_PACKAGES" && packages+=("${extra[@]}")
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

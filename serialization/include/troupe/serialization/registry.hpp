@@ -1,0 +1,99 @@
+#pragma once
+/// \file
+/// MessageRegistry: binds message type ids to their names and FlatBuffers verifiers, and decodes
+/// untrusted bytes into Messages only after the verifier (with size and depth limits) accepts
+/// them. Every rejection is counted by reason and logged.
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <unordered_map>
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <troupe/serialization/log.hpp>
+#include <troupe/serialization/message.hpp>
+#include <troupe/serialization/result.hpp>
+#include <troupe/serialization/type_id.hpp>
+
+namespace troupe {
+
+/// Why a decode was refused. A caller treats them alike (drop and count); they are kept apart
+/// for metrics and logs.
+enum class DecodeErrc {
+  unknown_type = 1,      ///< no verifier registered for the type id
+  verification_failed,   ///< the FlatBuffers verifier rejected the bytes
+  oversized,             ///< larger than Limits::max_bytes
+  empty,                 ///< zero bytes
+};
+const std::error_category& decode_category() noexcept;
+inline std::error_code make_error_code(DecodeErrc e) noexcept { return {static_cast<int>(e), decode_category()}; }
+
+/// Bounds applied to every verification.
+struct DecodeLimits {
+  std::size_t max_bytes = 4u << 20;   ///< larger buffers are refused before any parsing
+  unsigned max_depth = 64;            ///< FlatBuffers nesting depth
+  unsigned max_tables = 1'000'000;    ///< FlatBuffers table count
+};
+
+/// Thread-safe. Registration normally happens at start-up; decode() may run on any thread
+/// concurrently with it.
+class MessageRegistry {
+ public:
+  /// Returns true when the bytes verify as the registered type.
+  using Verifier = bool (*)(flatbuffers::Verifier&);
+
+  explicit MessageRegistry(DecodeLimits limits = {}, std::shared_ptr<spdlog::logger> log = default_logger())
+      : limits_(limits), log_(std::move(log)) {}
+
+  /// Registers FlatBuffers table T under type_id_of<T>(). Registering twice is harmless.
+  template <FlatTable T>
+  void add() {
+    add(type_id_of<T>(), T::GetFullyQualifiedName(),
+        [](flatbuffers::Verifier& v) { return v.VerifyBuffer<T>(nullptr); });
+  }
+  /// Registers a verifier under an explicit id. Throws std::logic_error if `id` is already bound
+  /// to a different name (a hash collision must never be silent).
+  void add(TypeId id, std::string_view name, Verifier verifier);
+
+  /// True when `id` is registered.
+  bool contains(TypeId id) const;
+  /// The registered name of `id`, or "" when unknown.
+  std::string name_of(TypeId id) const;
+
+  /// Verifies `bytes` as type `id` and returns a Message owning a copy of them, or a DecodeErrc.
+  /// Rejections are counted and logged (throttled).
+  Result<Message> decode(TypeId id, std::span<const std::uint8_t> bytes) const;
+
+  /// Verifies an already built Message (e.g. one a user built locally) without copying.
+  std::error_code verify(const Message& msg) const;
+
+  /// Counters of rejections by reason.
+  struct Stats {
+    std::uint64_t unknown_type, verification_failed, oversized, empty, accepted;
+  };
+  Stats stats() const noexcept;
+  const DecodeLimits& limits() const noexcept { return limits_; }
+
+ private:
+  std::error_code check(TypeId id, std::span<const std::uint8_t> bytes) const;
+  struct Entry { std::string name; Verifier verify; };
+  DecodeLimits limits_;
+  std::shared_ptr<spdlog::logger> log_;
+  mutable ThrottledLog throttle_;
+  mutable std::shared_mutex mu_;
+  std::unordered_map<TypeId, Entry> entries_;
+  mutable std::atomic<std::uint64_t> unknown_{0}, failed_{0}, oversized_{0}, empty_{0}, accepted_{0};
+};
+
+}  // namespace troupe
+
+template <>
+struct std::is_error_code_enum<troupe::DecodeErrc> : std::true_type {};

@@ -1,0 +1,92 @@
+#include <troupe/serialization/registry.hpp>
+
+#include <mutex>
+#include <stdexcept>
+
+
+namespace troupe {
+
+namespace {
+class DecodeCategory final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "troupe.decode"; }
+  std::string message(int c) const override {
+    switch (static_cast<DecodeErrc>(c)) {
+      case DecodeErrc::unknown_type: return "unknown message type id";
+      case DecodeErrc::verification_failed: return "message failed FlatBuffers verification";
+      case DecodeErrc::oversized: return "message larger than the decode limit";
+      case DecodeErrc::empty: return "empty message";
+    }
+    return "unknown decode error";
+  }
+};
+}  // namespace
+
+const std::error_category& decode_category() noexcept {
+  static const DecodeCategory cat;
+  return cat;
+}
+
+void MessageRegistry::add(TypeId id, std::string_view name, Verifier verifier) {
+  std::unique_lock lock(mu_);
+  auto [it, inserted] = entries_.try_emplace(id, Entry{std::string(name), verifier});
+  if (!inserted && it->second.name != name) {
+    throw std::logic_error("message type id collision: '" + std::string(name) + "' and '" +
+                           it->second.name + "'");
+  }
+}
+
+bool MessageRegistry::contains(TypeId id) const {
+  std::shared_lock lock(mu_);
+  return entries_.count(id) != 0;
+}
+
+std::string MessageRegistry::name_of(TypeId id) const {
+  std::shared_lock lock(mu_);
+  auto it = entries_.find(id);
+  return it == entries_.end() ? std::string{} : it->second.name;
+}
+
+std::error_code MessageRegistry::check(TypeId id, std::span<const std::uint8_t> bytes) const {
+  if (bytes.empty()) {
+    empty_.fetch_add(1, std::memory_order_relaxed);
+    return DecodeErrc::empty;
+  }
+  if (bytes.size() > limits_.max_bytes) {
+    oversized_.fetch_add(1, std::memory_order_relaxed);
+    return DecodeErrc::oversized;
+  }
+  Verifier verifier = nullptr;
+  {
+    std::shared_lock lock(mu_);
+    auto it = entries_.find(id);
+    if (it != entries_.end()) verifier = it->second.verify;
+  }
+  if (!verifier) {
+    unknown_.fetch_add(1, std::memory_order_relaxed);
+    return DecodeErrc::unknown_type;
+  }
+  flatbuffers::Verifier v(bytes.data(), bytes.size(), limits_.max_depth, limits_.max_tables);
+  if (!verifier(v)) {
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    return DecodeErrc::verification_failed;
+  }
+  accepted_.fetch_add(1, std::memory_order_relaxed);
+  return {};
+}
+
+Result<Message> MessageRegistry::decode(TypeId id, std::span<const std::uint8_t> bytes) const {
+  if (auto ec = check(id, bytes)) {
+    throttle_.warn(*log_, "dropped message type {:#018x} ({} bytes): {}", id, bytes.size(), ec.message());
+    return ec;
+  }
+  return Message::copy_of(id, bytes);
+}
+
+std::error_code MessageRegistry::verify(const Message& msg) const { return check(msg.type(), msg.bytes()); }
+
+MessageRegistry::Stats MessageRegistry::stats() const noexcept {
+  return {unknown_.load(), failed_.load(), oversized_.load(), empty_.load(), accepted_.load()};
+}
+
+}  // namespace troupe
