@@ -80,7 +80,7 @@ const std::error_category& actor_category() noexcept {
 }
 
 void detail::RefTarget::add_watcher(const ActorRef& watcher) {
-  watcher.tell(detail::make_terminated(sys::TerminationReason::AlreadyDead, path()), ActorRef(this, true));
+  detail::notify_terminated(watcher, detail::make_terminated(sys::TerminationReason::AlreadyDead, path()), ActorRef(this, true));
 }
 
 // ---- ActorRef -----------------------------------------------------------------------------------
@@ -192,14 +192,23 @@ void ActorSystem::stop(const ActorRef& ref) {
 void ActorSystem::watch(const ActorRef& target, const ActorRef& watcher) {
   if (!watcher) return;
   if (!target) {
-    watcher.tell(detail::make_terminated(sys::TerminationReason::AlreadyDead, ""), ActorRef{});
+    watcher.tell(detail::make_terminated(sys::TerminationReason::AlreadyDead, ""));
     return;
   }
-  target.target()->add_watcher(watcher);
+  if (auto* cell = dynamic_cast<detail::Cell*>(watcher.target())) {
+    cell->run_on_turn([target](detail::Cell& c) { c.watch(target); });
+  } else {
+    target.target()->add_watcher(watcher);
+  }
 }
 
 void ActorSystem::unwatch(const ActorRef& target, const ActorRef& watcher) {
-  if (target && watcher) target.target()->remove_watcher(watcher);
+  if (!target || !watcher) return;
+  if (auto* cell = dynamic_cast<detail::Cell*>(watcher.target())) {
+    cell->run_on_turn([target](detail::Cell& c) { c.unwatch(target); });
+  } else {
+    target.target()->remove_watcher(watcher);
+  }
 }
 
 ActorRef ActorSystem::lookup(std::string_view path) const {

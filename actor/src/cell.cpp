@@ -40,8 +40,6 @@ std::string to_base36(std::uint64_t v) {
   return std::string(buf, p);
 }
 
-constexpr TypeId kTerminated = type_id_of<sys::Terminated>();
-
 }  // namespace
 
 std::mutex& stripe(const void* p) noexcept {
@@ -55,6 +53,16 @@ Message make_terminated(sys::TerminationReason reason, const std::string& path) 
 }
 
 const ActorRef& current_sender() noexcept { return *tls_sender; }
+
+bool DeathNotice::admit(Cell& c) { return c.consume_watch(current_sender()); }
+
+void notify_terminated(const ActorRef& watcher, const Message& terminated, const ActorRef& dead) {
+  if (auto* cell = dynamic_cast<Cell*>(watcher.target())) {
+    cell->enqueue(new Envelope(terminated, dead, new DeathNotice));
+  } else {
+    watcher.tell(terminated, dead);
+  }
+}
 
 bool TimerState::admit(Cell& c) {
   if (cancelled.load(std::memory_order_acquire)) return false;
@@ -164,6 +172,10 @@ void Cell::enqueue(Envelope* e) {
   if (!(state_.load(std::memory_order_seq_cst) & kScheduled)) wake(0);
 }
 
+void Cell::run_on_turn(std::function<void(Cell&)> fn) {
+  enqueue(new Envelope(Message{}, ActorRef{}, new RunOnTurn(std::move(fn))));
+}
+
 // Sets `bits` and kScheduled; if the cell was not scheduled, hands it to the dispatcher.
 bool Cell::wake(std::uint32_t bits) {
   if (state_.fetch_or(bits | kScheduled, std::memory_order_acq_rel) & kScheduled) return false;
@@ -242,16 +254,8 @@ void Cell::process(unsigned budget) {
 }
 
 void Cell::deliver(Envelope& e) {
-  if (e.ctl && !e.ctl->admit(*this)) return;
-  if (e.msg.type() == kTerminated) {
-    // Only for actors this one still watches; at most once per watch.
-    Extras* x = extras_.load(std::memory_order_acquire);
-    if (!x) return;
-    auto it = std::find(x->watching.begin(), x->watching.end(), e.sender);
-    if (it == x->watching.end()) return;
-    x->watching.erase(it);
-  }
   SenderScope scope(e.sender);
+  if (e.ctl && !e.ctl->admit(*this)) return;
   try {
     actor_->receive(e.msg);
   } catch (...) {
@@ -343,7 +347,7 @@ void Cell::finalize() {
   if (!watchers.empty()) {
     auto reason = static_cast<sys::TerminationReason>((s >> kReasonShift) & 7u);
     Message t = make_terminated(reason, path());
-    for (auto& w : watchers) w.tell(t, me);
+    for (auto& w : watchers) notify_terminated(w, t, me);
   }
   if (parent_) parent_->child_died(this);
   factory_.reset();
@@ -373,7 +377,7 @@ void Cell::child_died(Cell* child) {
 void Cell::drain_dead() {
   while (MpscNode* n = mbox_.pop()) {
     std::unique_ptr<Envelope> e(static_cast<Envelope*>(n));
-    if (e->ctl && !e->ctl->admit(*this)) continue;  // cancelled timer ticks are not letters
+    if (e->ctl) continue;  // timer ticks and system requests are moot for a dead actor
     sys_.dead_letter(e->msg, e->sender, path(), "recipient stopped");
   }
 }
@@ -390,7 +394,7 @@ void Cell::add_watcher(const ActorRef& watcher) {
       if (std::find(w.begin(), w.end(), watcher) == w.end()) w.push_back(watcher);
     }
   }
-  if (dead) watcher.tell(make_terminated(sys::TerminationReason::AlreadyDead, path()), ActorRef(this, true));
+  if (dead) notify_terminated(watcher, make_terminated(sys::TerminationReason::AlreadyDead, path()), ActorRef(this, true));
 }
 
 void Cell::remove_watcher(const ActorRef& watcher) {
@@ -404,6 +408,15 @@ void Cell::watch(const ActorRef& ref) {
   if (std::find(w.begin(), w.end(), ref) != w.end()) return;
   w.push_back(ref);
   ref.target()->add_watcher(ActorRef(this, true));
+}
+
+bool Cell::consume_watch(const ActorRef& ref) {
+  Extras* x = extras_.load(std::memory_order_acquire);
+  if (!x) return false;
+  auto it = std::find(x->watching.begin(), x->watching.end(), ref);
+  if (it == x->watching.end()) return false;
+  x->watching.erase(it);
+  return true;
 }
 
 void Cell::unwatch(const ActorRef& ref) {

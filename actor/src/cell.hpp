@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -64,6 +65,26 @@ struct Envelope : MpscNode {
   Control* ctl;
 };
 
+/// Runs a function on the actor's own turn (a system message); never reaches receive().
+class RunOnTurn final : public Control {
+ public:
+  explicit RunOnTurn(std::function<void(Cell&)> fn) : fn_(std::move(fn)) {}
+  bool admit(Cell& c) override {
+    fn_(c);
+    return false;
+  }
+
+ private:
+  std::function<void(Cell&)> fn_;
+};
+
+/// Marks a Terminated sent by the runtime: delivered only while the watcher still watches the
+/// sender, and at most once per watch (a Terminated a user forwards is an ordinary message).
+class DeathNotice final : public Control {
+ public:
+  bool admit(Cell& c) override;
+};
+
 struct TimerState final : Control {
   TimerId id = 0;
   bool periodic = false;
@@ -101,12 +122,17 @@ class Cell final : public RefTarget, public ActorContext {
   ActorRef spawn(std::shared_ptr<const Factory> f, SpawnOptions opts);
   void request_stop(sys::TerminationReason reason);
   void enqueue(Envelope* e);
+  /// Runs `fn` on this actor's own turn, in mailbox order.
+  void run_on_turn(std::function<void(Cell&)> fn);
   /// One turn on a worker; the caller hands over the scheduled reference.
   void run();
   bool dead() const noexcept { return state_.load(std::memory_order_acquire) & kDead; }
   std::string name() const;
   /// Live child named `name` ("$<id>" for anonymous children), or null.
   ActorRef child(std::string_view name) const;
+
+  /// Own turn only: true (and the watch is consumed) when this actor watches `ref`.
+  bool consume_watch(const ActorRef& ref);
 
   // Used by ActorContext (own turn only).
   void watch(const ActorRef& ref);
@@ -167,6 +193,9 @@ std::mutex& stripe(const void* p) noexcept;
 
 /// Sender of the message being processed on this thread (null outside a turn).
 const ActorRef& current_sender() noexcept;
+
+/// Sends the runtime's Terminated about `dead` to `watcher`.
+void notify_terminated(const ActorRef& watcher, const Message& terminated, const ActorRef& dead);
 
 /// Builds the Terminated message for `path`.
 Message make_terminated(sys::TerminationReason reason, const std::string& path);

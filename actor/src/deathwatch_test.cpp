@@ -1,0 +1,175 @@
+// Deathwatch: exactly one Terminated per watch; dead letters for stopped actors.
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+
+#include <troupe/actor/actor_system.hpp>
+#include <troupe/serialization/system_generated.h>
+
+#include "test_messages_generated.h"
+#include "testkit.hpp"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+using testkit::Probe;
+
+Message cmd(const std::string& op, std::uint64_t n = 0) {
+  return Message::build<test::Cmd>([&](auto& b) { return test::CreateCmdDirect(b, op.c_str(), n); });
+}
+std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<test::Cmd>()->op()->str() : ""; }
+
+ActorSystemConfig cfg() {
+  ActorSystemConfig c;
+  c.workers = 2;
+  c.node_id = "watch-test";
+  return c;
+}
+
+class Silent final : public Actor {
+ public:
+  void receive(const Message&) override {}
+};
+
+// Watches whatever it is told to ("watch" with the target as sender... no: targets come via
+// constructor), counts Terminated messages, forwards each to `report`.
+class Watcher final : public Actor {
+ public:
+  Watcher(ActorRef target, ActorRef report) : target_(std::move(target)), report_(std::move(report)) {}
+  void pre_start() override {
+    context().watch(target_);
+    context().watch(target_);  // twice: still one Terminated
+  }
+  void receive(const Message& m) override {
+    if (m.is<sys::Terminated>()) {
+      ++terminated_;
+      report_.tell(m, sender());
+    } else if (op_of(m) == "unwatch") {
+      context().unwatch(target_);
+      sender().tell(cmd("unwatched"));
+    } else if (op_of(m) == "count") {
+      sender().tell(cmd("count", terminated_));
+    }
+  }
+
+ private:
+  ActorRef target_, report_;
+  std::uint64_t terminated_ = 0;
+};
+
+std::uint64_t count_of(const ActorRef& watcher) {
+  auto r = watcher.ask(cmd("count"), 10s).get();
+  return r.ok() ? r->as<test::Cmd>()->n() : ~0ull;
+}
+
+TEST(Deathwatch, TargetStopDeliversExactlyOneTerminated) {
+  ActorSystem sys(cfg());
+  Probe probe(sys);
+  auto target = sys.spawn<Silent>(SpawnOptions{.name = "target"});
+  auto watcher = sys.spawn<Watcher>(SpawnOptions{}, target, probe.ref());
+  ASSERT_EQ(count_of(watcher), 0u);  // watcher has started (and watched)
+  sys.stop(target);
+  auto t = probe.next();
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->sender, target);
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::Stopped);
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->actor_path()->str(), "/user/target");
+  EXPECT_EQ(count_of(watcher), 1u);
+  EXPECT_EQ(probe.queued(), 0u);
+}
+
+TEST(Deathwatch, WatchingADeadActorDeliversTerminatedAtOnce) {
+  ActorSystem sys(cfg());
+  Probe first(sys), second(sys);
+  auto target = sys.spawn<Silent>();
+  sys.watch(target, first.ref());
+  sys.stop(target);
+  ASSERT_TRUE(first.next());  // now it is certainly dead
+  auto watcher = sys.spawn<Watcher>(SpawnOptions{}, target, second.ref());
+  auto t = second.next();
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::AlreadyDead);
+  EXPECT_EQ(count_of(watcher), 1u);
+}
+
+TEST(Deathwatch, UnwatchBeforeDeathMeansNoTerminated) {
+  ActorSystem sys(cfg());
+  Probe unwatched(sys), control(sys);
+  auto target = sys.spawn<Silent>();
+  auto watcher = sys.spawn<Watcher>(SpawnOptions{}, target, unwatched.ref());
+  ASSERT_TRUE(watcher.ask(cmd("unwatch"), 10s).get().ok());
+  sys.watch(target, control.ref());  // registered after: notified after
+  // The control's watch request is processed before it gets any Terminated.
+  sys.stop(target);
+  ASSERT_TRUE(control.next());
+  EXPECT_EQ(count_of(watcher), 0u);
+  EXPECT_EQ(unwatched.queued(), 0u);
+}
+
+TEST(Deathwatch, ParentStopTerminatesWatchedChildrenToo) {
+  ActorSystem sys(cfg());
+  Probe probe(sys);
+  class Parent final : public Actor {
+   public:
+    void pre_start() override { child_ = context().spawn<Silent>(SpawnOptions{.name = "kid"}); }
+    void receive(const Message&) override { sender().tell(cmd("kid"), child_); }
+    ActorRef child_;
+  };
+  auto parent = sys.spawn<Parent>(SpawnOptions{.name = "parent"});
+  auto r = parent.ask(cmd("kid?"), 10s).get();
+  ASSERT_TRUE(r.ok());
+  auto kid = sys.lookup("/user/parent/kid");
+  ASSERT_TRUE(kid);
+  sys.watch(kid, probe.ref());
+  sys.watch(parent, probe.ref());
+  sys.stop(parent);
+  auto a = probe.next(), b = probe.next();
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->sender, kid) << "the child stops (and is reported) before its parent";
+  EXPECT_EQ(b->sender, parent);
+}
+
+TEST(DeadLetters, MessagesToAStoppedActorAreCounted) {
+  ActorSystem sys(cfg());
+  Probe probe(sys);
+  auto target = sys.spawn<Silent>();
+  sys.watch(target, probe.ref());
+  sys.stop(target);
+  ASSERT_TRUE(probe.next());
+  const auto before = sys.stats().dead_letters;
+  for (int i = 0; i < 5; ++i) target.tell(cmd("hello"));
+  EXPECT_EQ(sys.stats().dead_letters - before, 5u);
+}
+
+TEST(DeadLetters, MessagesQueuedAtStopAreCountedNotLost) {
+  ActorSystem sys(cfg());
+  Probe probe(sys);
+  class Slow final : public Actor {
+   public:
+    Slow(std::promise<void>* entered, std::shared_future<void> gate) : entered_(entered), gate_(gate) {}
+    void receive(const Message&) override {
+      if (entered_) std::exchange(entered_, nullptr)->set_value();
+      gate_.wait();  // hold the actor inside its first message
+    }
+    std::promise<void>* entered_;
+    std::shared_future<void> gate_;
+  };
+  std::promise<void> entered, gate;
+  auto a = sys.spawn<Slow>(SpawnOptions{}, &entered, gate.get_future().share());
+  sys.watch(a, probe.ref());
+  const auto before = sys.stats().dead_letters;
+  for (int i = 0; i < 10; ++i) a.tell(cmd("x"));
+  entered.get_future().wait();
+  sys.stop(a);
+  gate.set_value();
+  ASSERT_TRUE(probe.next());
+  // One message was being processed at the stop; the other 9 are dead letters.
+  EXPECT_EQ(sys.stats().dead_letters - before, 9u);
+}
+
+}  // namespace
+}  // namespace troupe

@@ -1,0 +1,64 @@
+#pragma once
+// Test support: a probe actor whose messages the test thread awaits (no sleeping).
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include <troupe/actor/actor_system.hpp>
+
+namespace troupe::testkit {
+
+struct Received {
+  Message msg;
+  ActorRef sender;
+};
+
+class Probe {
+ public:
+  explicit Probe(ActorSystem& sys) : state_(std::make_shared<State>()) {
+    ref_ = sys.spawn<ProbeActor>(SpawnOptions{}, state_);
+  }
+  const ActorRef& ref() const { return ref_; }
+
+  /// The next message, waiting up to `timeout` for it; nullopt on timeout.
+  std::optional<Received> next(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    std::unique_lock lk(state_->mu);
+    if (!state_->cv.wait_for(lk, timeout, [&] { return !state_->q.empty(); })) return std::nullopt;
+    auto r = std::move(state_->q.front());
+    state_->q.pop_front();
+    return r;
+  }
+  std::size_t queued() const {
+    std::lock_guard lk(state_->mu);
+    return state_->q.size();
+  }
+
+ private:
+  struct State {
+    mutable std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Received> q;
+  };
+  class ProbeActor final : public Actor {
+   public:
+    explicit ProbeActor(std::shared_ptr<State> s) : s_(std::move(s)) {}
+    void receive(const Message& m) override {
+      {
+        std::lock_guard lk(s_->mu);
+        s_->q.push_back({m, sender()});
+      }
+      s_->cv.notify_all();
+    }
+
+   private:
+    std::shared_ptr<State> s_;
+  };
+  std::shared_ptr<State> state_;
+  ActorRef ref_;
+};
+
+}  // namespace troupe::testkit
