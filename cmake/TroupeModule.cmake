@@ -63,6 +63,32 @@ function(troupe_flatc target)
   install(FILES ${outs} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/troupe/serialization)
 endfunction()
 
+# troupe_flatc_private(<target> <schema.fbs>...)
+#   For examples, tests and benchmarks: generates <name>_generated.h into the build tree and adds
+#   it to <target>'s include path (scope INTERFACE for interface libraries, else PRIVATE).
+function(troupe_flatc_private target)
+  set(outdir ${CMAKE_CURRENT_BINARY_DIR}/${target}_gen)
+  set(outs)
+  foreach(schema ${ARGN})
+    get_filename_component(base ${schema} NAME_WE)
+    set(out ${outdir}/${base}_generated.h)
+    add_custom_command(OUTPUT ${out}
+      COMMAND ${TROUPE_FLATC} --cpp --cpp-std c++17 --scoped-enums --gen-name-strings -o ${outdir}
+              ${CMAKE_CURRENT_SOURCE_DIR}/${schema}
+      DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${schema} ${TROUPE_FLATC}
+      COMMENT "flatc ${schema}" VERBATIM)
+    list(APPEND outs ${out})
+  endforeach()
+  add_custom_target(${target}_fbs DEPENDS ${outs})
+  add_dependencies(${target} ${target}_fbs)
+  get_target_property(type ${target} TYPE)
+  if(type STREQUAL "INTERFACE_LIBRARY")
+    target_include_directories(${target} INTERFACE ${outdir})
+  else()
+    target_include_directories(${target} PRIVATE ${outdir})
+  endif()
+endfunction()
+
 function(troupe_install_package)
   set(dest ${CMAKE_INSTALL_LIBDIR}/cmake/troupe)
   install(EXPORT troupeTargets NAMESPACE troupe:: DESTINATION ${dest})

@@ -65,8 +65,8 @@ class RealTimerService final : public TimerService {
         continue;
       }
       auto first = due_.begin();
-      if (first->first > Clock::now()) {
-        cv_.wait_until(lk, first->first);
+      if (const auto deadline = first->first; deadline > Clock::now()) {
+        cv_.wait_until(lk, deadline);  // a copy: cancel() may erase the node while we wait
         continue;
       }
       const auto id = first->second;
