@@ -333,6 +333,9 @@ void Cell::finalize() {
     actor_ = nullptr;
   }
   ActorRef me(this, true);
+  // What was queued is accounted for before anyone can learn of the death (a watch arriving
+  // from now on is answered at once); stragglers racing with the death are drained again below.
+  drain_dead();
   std::vector<ActorRef> watchers;
   std::uint32_t s;
   {
@@ -344,6 +347,7 @@ void Cell::finalize() {
     for (auto& t : x->watching) t.target()->remove_watcher(me);
     x->watching.clear();
   }
+  drain_dead();
   if (!watchers.empty()) {
     auto reason = static_cast<sys::TerminationReason>((s >> kReasonShift) & 7u);
     Message t = make_terminated(reason, path());
