@@ -181,7 +181,7 @@ void ActorSystem::shutdown() {
   i.log->debug("actor system stopped: {} actors spawned, {} dead letters", i.spawned.load(), i.dead_letters.load());
 }
 
-ActorRef ActorSystem::spawn_top(std::shared_ptr<const detail::Factory> f, SpawnOptions opts) {
+ActorRef ActorSystem::spawn_top(detail::FactoryPtr f, SpawnOptions opts) {
   return impl_->user->spawn(std::move(f), std::move(opts));
 }
 

@@ -129,6 +129,33 @@ TEST(Ask, ReplyCompletesTheFuture) {
   EXPECT_EQ(r->as<test::Ping>()->seq(), 7u);
 }
 
+// Reports the address of the bytes it received.
+class AddressReporter final : public Actor {
+ public:
+  void receive(const Message& m) override {
+    sender().tell(cmd("addr", reinterpret_cast<std::uintptr_t>(m.bytes().data())));
+  }
+};
+
+TEST(Actor, LocalSendSharesTheBufferAndNeverCopiesIt) {
+  ActorSystem sys(two_workers());
+  auto a = sys.spawn<AddressReporter>();
+  // A message with one owner travels inside its own buffer (no envelope allocation) ...
+  auto unique = ping(1);
+  const auto unique_addr = reinterpret_cast<std::uintptr_t>(unique.bytes().data());
+  auto r1 = a.ask(std::move(unique), 10s).get();
+  ASSERT_TRUE(r1.ok());
+  EXPECT_EQ(r1->as<test::Cmd>()->n(), unique_addr);
+  // ... and a shared one is shared, not copied, even while it sits in two mailboxes.
+  auto shared = ping(2);
+  const auto shared_addr = reinterpret_cast<std::uintptr_t>(shared.bytes().data());
+  auto f1 = a.ask(shared, 10s);
+  auto f2 = a.ask(shared, 10s);
+  EXPECT_EQ(f1.get()->as<test::Cmd>()->n(), shared_addr);
+  EXPECT_EQ(f2.get()->as<test::Cmd>()->n(), shared_addr);
+  EXPECT_EQ(shared.use_count(), 1u) << "every mailbox reference was released";
+}
+
 class Silent final : public Actor {
  public:
   void receive(const Message&) override {}

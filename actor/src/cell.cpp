@@ -54,11 +54,40 @@ Message make_terminated(sys::TerminationReason reason, const std::string& path) 
 
 const ActorRef& current_sender() noexcept { return *tls_sender; }
 
+Envelope* make_envelope(Message&& msg, ActorRef&& sender, Control* ctl) {
+  if (void* slot = msg.claim_slot()) {
+    auto* e = new (slot) Envelope;
+    e->sender = std::move(sender);
+    e->ctl = ctl;
+    e->embedded = 1;
+    return e;
+  }
+  auto* e = new HeapEnvelope;
+  e->sender = std::move(sender);
+  e->ctl = ctl;
+  e->msg = std::move(msg);
+  return e;
+}
+
+Letter open_envelope(MpscNode* n) noexcept {
+  auto* e = static_cast<Envelope*>(n);
+  Letter l{{}, std::move(e->sender), Ref<Control>(e->ctl, false)};
+  if (e->embedded) {
+    e->~Envelope();
+    l.msg = Message::from_slot(e);
+  } else {
+    auto* h = static_cast<HeapEnvelope*>(e);
+    l.msg = std::move(h->msg);
+    delete h;
+  }
+  return l;
+}
+
 bool DeathNotice::admit(Cell& c) { return c.consume_watch(current_sender()); }
 
 void notify_terminated(const ActorRef& watcher, const Message& terminated, const ActorRef& dead) {
   if (auto* cell = dynamic_cast<Cell*>(watcher.target())) {
-    cell->enqueue(new Envelope(terminated, dead, new DeathNotice));
+    cell->enqueue(make_envelope(Message(terminated), ActorRef(dead), new DeathNotice));
   } else {
     watcher.tell(terminated, dead);
   }
@@ -70,14 +99,15 @@ bool TimerState::admit(Cell& c) {
   return true;
 }
 
-Cell::Cell(ActorSystem::Impl& sys, Cell* parent, std::shared_ptr<const Factory> f, std::uint64_t id)
+Cell::Cell(ActorSystem::Impl& sys, Cell* parent, FactoryPtr f, std::uint64_t id)
     : sys_(sys), parent_(parent), factory_(std::move(f)), id_(id) {
+  static_assert(sizeof(Cell) <= 104, "an idle actor's cell must stay small (see bench idle_actor_bytes)");
   if (parent_) parent_->add_ref();
 }
 
 Cell::~Cell() {
   // Runs when the last ref is gone, possibly after the system itself: touch no system state.
-  while (MpscNode* n = mbox_.pop()) delete static_cast<Envelope*>(n);
+  while (MpscNode* n = mbox_.pop()) (void)open_envelope(n);
   delete actor_;
   delete extras_.load(std::memory_order_acquire);
   if (parent_) parent_->release();
@@ -113,7 +143,7 @@ bool valid_name(const std::string& n) {
 }
 }  // namespace
 
-ActorRef Cell::spawn(std::shared_ptr<const Factory> f, SpawnOptions opts) {
+ActorRef Cell::spawn(FactoryPtr f, SpawnOptions opts) {
   if (!opts.name.empty() && !valid_name(opts.name)) {
     throw std::system_error(ActorErrc::invalid_name, "invalid actor name '" + opts.name + "'");
   }
@@ -142,9 +172,10 @@ ActorRef Cell::spawn(std::shared_ptr<const Factory> f, SpawnOptions opts) {
       }
       named.emplace(x->name, c);
     }
-    c->next_sibling_ = first_child_;
-    if (first_child_) first_child_->prev_sibling_ = c;
-    first_child_ = c;
+    Cell*& first = extras().first_child;
+    c->next_sibling_ = first;
+    if (first) first->prev_sibling_ = c;
+    first = c;
   } catch (...) {
     c->release();
     throw;
@@ -164,7 +195,7 @@ void Cell::send(Message&& msg, ActorRef&& sender) {
     sys_.dead_letter(msg, sender, path(), "recipient stopped");
     return;
   }
-  enqueue(new Envelope(std::move(msg), std::move(sender)));
+  enqueue(make_envelope(std::move(msg), std::move(sender)));
 }
 
 void Cell::enqueue(Envelope* e) {
@@ -173,7 +204,7 @@ void Cell::enqueue(Envelope* e) {
 }
 
 void Cell::run_on_turn(std::function<void(Cell&)> fn) {
-  enqueue(new Envelope(Message{}, ActorRef{}, new RunOnTurn(std::move(fn))));
+  enqueue(make_envelope(Message{}, ActorRef{}, new RunOnTurn(std::move(fn))));
 }
 
 // Sets `bits` and kScheduled; if the cell was not scheduled, hands it to the dispatcher.
@@ -247,13 +278,13 @@ void Cell::process(unsigned budget) {
   for (unsigned i = 0; i < budget; ++i) {
     MpscNode* n = mbox_.pop();
     if (!n) return;
-    std::unique_ptr<Envelope> e(static_cast<Envelope*>(n));
-    deliver(*e);
+    Letter l = open_envelope(n);
+    deliver(l);
     if (state_.load(std::memory_order_relaxed) & kStopReq) return;
   }
 }
 
-void Cell::deliver(Envelope& e) {
+void Cell::deliver(Letter& e) {
   SenderScope scope(e.sender);
   if (e.ctl && !e.ctl->admit(*this)) return;
   try {
@@ -311,14 +342,17 @@ void Cell::begin_terminate() {
   std::vector<ActorRef> kids;
   {
     std::lock_guard lk(stripe(this));
-    for (Cell* c = first_child_; c; c = c->next_sibling_) kids.emplace_back(c, true);
+    if (Extras* x = extras_.load(std::memory_order_acquire)) {
+      for (Cell* c = x->first_child; c; c = c->next_sibling_) kids.emplace_back(c, true);
+    }
   }
   for (auto& k : kids) static_cast<Cell*>(k.target())->request_stop(sys::TerminationReason::Stopped);
 }
 
 bool Cell::no_children() const {
   std::lock_guard lk(stripe(this));
-  return first_child_ == nullptr;
+  Extras* x = extras_.load(std::memory_order_acquire);
+  return !x || x->first_child == nullptr;
 }
 
 void Cell::finalize() {
@@ -366,7 +400,7 @@ void Cell::child_died(Cell* child) {
     if (child->prev_sibling_) {
       child->prev_sibling_->next_sibling_ = child->next_sibling_;
     } else {
-      first_child_ = child->next_sibling_;
+      extras().first_child = child->next_sibling_;
     }
     if (child->next_sibling_) child->next_sibling_->prev_sibling_ = child->prev_sibling_;
     child->prev_sibling_ = child->next_sibling_ = nullptr;
@@ -380,9 +414,9 @@ void Cell::child_died(Cell* child) {
 
 void Cell::drain_dead() {
   while (MpscNode* n = mbox_.pop()) {
-    std::unique_ptr<Envelope> e(static_cast<Envelope*>(n));
-    if (e->ctl) continue;  // timer ticks and system requests are moot for a dead actor
-    sys_.dead_letter(e->msg, e->sender, path(), "recipient stopped");
+    Letter l = open_envelope(n);
+    if (l.ctl) continue;  // timer ticks and system requests are moot for a dead actor
+    sys_.dead_letter(l.msg, l.sender, path(), "recipient stopped");
   }
 }
 
@@ -449,7 +483,7 @@ void Cell::arm(const Ref<TimerState>& t, std::chrono::nanoseconds d) {
   t->service_id.store(sys_.timers->schedule(d, [t, me] {
     if (t->cancelled.load(std::memory_order_acquire)) return;
     t->add_ref();
-    me->enqueue(new Envelope(t->msg, ActorRef{}, t.get()));
+    me->enqueue(make_envelope(Message(t->msg), ActorRef{}, t.get()));
     if (t->periodic) me->arm(t, t->interval);
   }), std::memory_order_release);
 }
@@ -486,7 +520,8 @@ ActorRef Cell::child(std::string_view name) const {
     std::uint64_t id = 0;
     auto [p, ec] = std::from_chars(name.data() + 1, name.data() + name.size(), id, 36);
     if (ec != std::errc{} || p != name.data() + name.size()) return {};
-    for (Cell* c = first_child_; c; c = c->next_sibling_) {
+    const Extras* x = extras_.load(std::memory_order_acquire);
+    for (Cell* c = x ? x->first_child : nullptr; c; c = c->next_sibling_) {
       if (c->id_ == id) return c->dead() ? ActorRef{} : ActorRef(c, true);
     }
     return {};
@@ -517,7 +552,7 @@ ActorRef ActorContext::parent() const {
 }
 ActorSystem& ActorContext::system() const noexcept { return cell().system(); }
 std::string ActorContext::path() const { return cell().path(); }
-ActorRef ActorContext::spawn_child(std::shared_ptr<const detail::Factory> f, SpawnOptions opts) {
+ActorRef ActorContext::spawn_child(detail::FactoryPtr f, SpawnOptions opts) {
   return cell().spawn(std::move(f), std::move(opts));
 }
 void ActorContext::stop(const ActorRef& ref) {

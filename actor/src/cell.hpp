@@ -57,13 +57,29 @@ class Control {
   std::atomic<std::uint32_t> refs_{1};
 };
 
+/// A mailbox entry. Sending a message that has a single owner builds the envelope inside the
+/// message's own reserved slot (no allocation); a shared message gets a HeapEnvelope.
 struct Envelope : MpscNode {
-  Envelope(Message m, ActorRef s, Control* c = nullptr) noexcept : msg(std::move(m)), sender(std::move(s)), ctl(c) {}
-  ~Envelope() { if (ctl) ctl->release(); }
+  ActorRef sender;
+  Control* ctl = nullptr;      // owned reference, or null
+  std::uint32_t embedded = 0;  // 1: lives in a Message slot
+};
+struct HeapEnvelope final : Envelope {
+  Message msg;
+};
+static_assert(sizeof(Envelope) <= Message::kSlotSize);
+
+/// Makes the mailbox entry for `msg` (taking over `ctl`'s reference).
+Envelope* make_envelope(Message&& msg, ActorRef&& sender, Control* ctl = nullptr);
+
+/// An envelope taken apart: what the actor's turn works with.
+struct Letter {
   Message msg;
   ActorRef sender;
-  Control* ctl;
+  Ref<Control> ctl;
 };
+/// Frees the envelope (or its slot) and returns its contents.
+Letter open_envelope(MpscNode* n) noexcept;
 
 /// Runs a function on the actor's own turn (a system message); never reaches receive().
 class RunOnTurn final : public Control {
@@ -107,7 +123,7 @@ class Cell final : public RefTarget, public ActorContext {
     kReasonShift = 8,        // 3 bits: troupe::sys::TerminationReason
   };
 
-  Cell(ActorSystem::Impl& sys, Cell* parent, std::shared_ptr<const Factory> f, std::uint64_t id);
+  Cell(ActorSystem::Impl& sys, Cell* parent, FactoryPtr f, std::uint64_t id);
 
   // RefTarget
   void send(Message&& msg, ActorRef&& sender) override;
@@ -119,7 +135,7 @@ class Cell final : public RefTarget, public ActorContext {
   void remove_watcher(const ActorRef& watcher) override;
 
   /// Spawns a child of this cell (any thread).
-  ActorRef spawn(std::shared_ptr<const Factory> f, SpawnOptions opts);
+  ActorRef spawn(FactoryPtr f, SpawnOptions opts);
   void request_stop(sys::TerminationReason reason);
   void enqueue(Envelope* e);
   /// Runs `fn` on this actor's own turn, in mailbox order.
@@ -150,6 +166,7 @@ class Cell final : public RefTarget, public ActorContext {
   struct Extras {
     std::string name;
     RestartBudget budget;
+    Cell* first_child = nullptr;                                 // guarded by stripe(this)
     std::unordered_map<std::string_view, Cell*> named_children;  // guarded by stripe(this)
     std::vector<ActorRef> watchers;                              // guarded by stripe(this)
     std::vector<ActorRef> watching;                              // own turn only
@@ -163,7 +180,7 @@ class Cell final : public RefTarget, public ActorContext {
   bool has_work(std::uint32_t s) const noexcept;
   void start();
   void process(unsigned budget);
-  void deliver(Envelope& e);
+  void deliver(Letter& l);
   void handle_failure(std::exception_ptr ep);
   void restart(std::exception_ptr ep);
   void begin_terminate();
@@ -175,15 +192,14 @@ class Cell final : public RefTarget, public ActorContext {
   void finish_turn();
   void arm(const Ref<TimerState>& t, std::chrono::nanoseconds d);
 
+  std::atomic<std::uint32_t> state_{0};  // first: fills RefTarget's tail padding
   ActorSystem::Impl& sys_;
-  std::atomic<std::uint32_t> state_{0};
   Mailbox mbox_;
   Cell* parent_;                              // strong reference; null for the root
-  Cell* first_child_ = nullptr;               // children list, guarded by stripe(this)
   Cell* prev_sibling_ = nullptr;              // guarded by stripe(parent_)
   Cell* next_sibling_ = nullptr;              // guarded by stripe(parent_)
   Actor* actor_ = nullptr;
-  std::shared_ptr<const Factory> factory_;
+  FactoryPtr factory_;
   std::atomic<Extras*> extras_{nullptr};
   std::uint64_t id_;
 };

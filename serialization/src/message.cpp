@@ -7,7 +7,7 @@ namespace troupe {
 
 Message Message::copy_of(TypeId type, std::span<const std::uint8_t> bytes) {
   void* mem = ::operator new(sizeof(Block) + bytes.size());
-  auto* b = new (mem) Block{{1}, static_cast<std::uint32_t>(bytes.size()), type};
+  auto* b = new (mem) Block{{1}, static_cast<std::uint32_t>(bytes.size()), type, {0}, {}};
   if (!bytes.empty()) std::memcpy(b->data(), bytes.data(), bytes.size());
   Message m;
   m.b_ = b;

@@ -39,9 +39,23 @@ using TimerId = std::uint64_t;
 namespace detail {
 class Cell;
 /// Creates (and on restart re-creates) an actor instance from its constructor arguments.
+/// Owned by the actor's cell; types spawned without arguments share one immortal instance.
 struct Factory {
   virtual ~Factory() = default;
   virtual Actor* make() const = 0;
+  virtual bool immortal() const noexcept { return false; }
+};
+struct FactoryDelete {
+  void operator()(const Factory* f) const noexcept {
+    if (f && !f->immortal()) delete f;
+  }
+};
+using FactoryPtr = std::unique_ptr<const Factory, FactoryDelete>;
+
+template <class T>
+struct DefaultFactory final : Factory {
+  Actor* make() const override { return new T(); }
+  bool immortal() const noexcept override { return true; }
 };
 template <class T, class... A>
 struct FactoryOf final : Factory {
@@ -53,12 +67,12 @@ struct FactoryOf final : Factory {
   }
 };
 template <class T, class... A>
-std::shared_ptr<const Factory> make_factory(A&&... a) {
+FactoryPtr make_factory(A&&... a) {
   if constexpr (sizeof...(A) == 0) {
-    static const auto shared = std::make_shared<const FactoryOf<T>>();  // one per type
-    return shared;
+    static const Factory* const shared = new DefaultFactory<T>();  // never destroyed
+    return FactoryPtr(shared);
   } else {
-    return std::make_shared<const FactoryOf<T, std::decay_t<A>...>>(std::forward<A>(a)...);
+    return FactoryPtr(new FactoryOf<T, std::decay_t<A>...>(std::forward<A>(a)...));
   }
 }
 }  // namespace detail
@@ -110,7 +124,7 @@ class ActorContext {
   ~ActorContext() = default;
 
  private:
-  ActorRef spawn_child(std::shared_ptr<const detail::Factory> f, SpawnOptions opts);
+  ActorRef spawn_child(detail::FactoryPtr f, SpawnOptions opts);
   detail::Cell& cell() noexcept;
   const detail::Cell& cell() const noexcept;
 };

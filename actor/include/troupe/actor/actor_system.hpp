@@ -89,7 +89,7 @@ class ActorSystem {
   Impl& impl() noexcept { return *impl_; }
 
  private:
-  ActorRef spawn_top(std::shared_ptr<const detail::Factory> f, SpawnOptions opts);
+  ActorRef spawn_top(detail::FactoryPtr f, SpawnOptions opts);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstring>
 #include <cstdint>
 #include <span>
 #include <utility>
@@ -68,15 +69,35 @@ class Message {
   /// Number of Message handles sharing the buffer (for tests and diagnostics).
   std::uint32_t use_count() const noexcept { return b_ ? b_->refs.load(std::memory_order_relaxed) : 0; }
 
+  /// Runtime use only: bytes reserved in every message for the mailbox link, so that sending a
+  /// message that has a single owner allocates nothing.
+  static constexpr std::size_t kSlotSize = 32;
+  /// Runtime use only: when this is the only handle and the slot is free, marks the slot busy,
+  /// moves this handle's reference into it (this becomes empty) and returns it; else nullptr.
+  void* claim_slot() noexcept {
+    if (!b_ || b_->refs.load(std::memory_order_acquire) != 1) return nullptr;
+    if (b_->slot_busy.exchange(1, std::memory_order_acquire)) return nullptr;
+    return std::exchange(b_, nullptr)->slot;
+  }
+  /// Runtime use only: the inverse of claim_slot(): frees the slot and returns the handle.
+  static Message from_slot(void* slot) noexcept {
+    Message m;
+    m.b_ = reinterpret_cast<Block*>(static_cast<std::byte*>(slot) - offsetof(Block, slot));
+    m.b_->slot_busy.store(0, std::memory_order_release);
+    return m;
+  }
+
  private:
-  struct Block {
+  struct alignas(16) Block {
     std::atomic<std::uint32_t> refs;
     std::uint32_t size;
     TypeId type;
+    std::atomic<std::uint32_t> slot_busy;
+    alignas(8) std::byte slot[kSlotSize];
     // payload follows, 16-byte aligned
     std::uint8_t* data() noexcept { return reinterpret_cast<std::uint8_t*>(this + 1); }
   };
-  static_assert(sizeof(Block) == 16);
+  static_assert(sizeof(Block) % 16 == 0);
   void release() noexcept;
   static flatbuffers::FlatBufferBuilder& thread_builder();
   Block* b_ = nullptr;
