@@ -153,6 +153,7 @@ TEST(Actor, LocalSendSharesTheBufferAndNeverCopiesIt) {
   auto f2 = a.ask(shared, 10s);
   EXPECT_EQ(f1.get()->as<test::Cmd>()->n(), shared_addr);
   EXPECT_EQ(f2.get()->as<test::Cmd>()->n(), shared_addr);
+  ASSERT_TRUE(a.ask(ping(3), 10s).get().ok());  // processed after the two letters were released
   EXPECT_EQ(shared.use_count(), 1u) << "every mailbox reference was released";
 }
 
