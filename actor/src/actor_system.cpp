@@ -12,7 +12,12 @@ namespace {
 
 class Guardian final : public Actor {
  public:
+  explicit Guardian(SupervisorStrategy s) : strategy_(std::move(s)) {}
   void receive(const Message&) override {}
+  SupervisorStrategy supervisor_strategy() const override { return strategy_; }
+
+ private:
+  SupervisorStrategy strategy_;
 };
 
 std::string random_node_id() {
@@ -157,9 +162,9 @@ ActorSystem::ActorSystem(ActorSystemConfig config) {
   i.dispatcher.start();
   // The root is never scheduled until shutdown; /user and /system are its named children.
   i.root = detail::Ref<detail::Cell>(
-      new detail::Cell(i, nullptr, detail::make_factory<Guardian>(), i.next_id.fetch_add(1)), true);
-  i.root->spawn(detail::make_factory<Guardian>(), SpawnOptions{.name = "user"});
-  i.root->spawn(detail::make_factory<Guardian>(), SpawnOptions{.name = "system"});
+      detail::Cell::make_root(i, detail::make_factory<Guardian>(SupervisorStrategy{}), i.next_id.fetch_add(1)), true);
+  i.root->spawn(detail::make_factory<Guardian>(i.config.user_guardian_strategy), SpawnOptions{.name = "user"});
+  i.root->spawn(detail::make_factory<Guardian>(SupervisorStrategy{}), SpawnOptions{.name = "system"});
   i.user = detail::Ref<detail::Cell>(static_cast<detail::Cell*>(i.root->child("user").target()), true);
   i.system = detail::Ref<detail::Cell>(static_cast<detail::Cell*>(i.root->child("system").target()), true);
   i.log->debug("actor system started with {} workers", i.dispatcher.workers());
@@ -245,6 +250,7 @@ ActorSystemStats ActorSystem::stats() const noexcept {
   s.failures = i.failures.load(std::memory_order_relaxed);
   s.restarts = i.restarts.load(std::memory_order_relaxed);
   s.failed_messages_dropped = i.failed_dropped.load(std::memory_order_relaxed);
+  s.escalations_past_user = i.escalations.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -202,7 +202,7 @@ TEST(Ask, DeadTargetAnswersAtOnce) {
   ActorSystem sys(two_workers());
   Probe probe(sys);
   auto silent = sys.spawn<Silent>();
-  sys.watch(silent, probe.ref());
+  probe.watch(sys, silent);
   sys.stop(silent);
   ASSERT_TRUE(probe.next());  // Terminated: it is gone
   auto r = silent.ask(ping(1), 10s).get();
@@ -253,11 +253,13 @@ TEST(Supervision, FailureRestartsWithFreshStateAndKeepsTheMailbox) {
 }
 
 TEST(Supervision, ExhaustedBudgetStopsTheActorAndWatchersLearnWhy) {
-  ActorSystem sys(two_workers());
+  auto cfg = two_workers();
+  cfg.user_guardian_strategy.budget = {.max_restarts = 2, .within = 60s};
+  ActorSystem sys(cfg);
   Probe probe(sys);
   std::atomic<int> starts{0};
-  auto a = sys.spawn<Fragile>(SpawnOptions{.name = {}, .restart_budget = {.max_restarts = 2, .within = 60s}}, &starts);
-  sys.watch(a, probe.ref());
+  auto a = sys.spawn<Fragile>(SpawnOptions{}, &starts);
+  probe.watch(sys, a);
   for (int i = 0; i < 3; ++i) a.tell(cmd("boom"));
   auto t = probe.next();
   ASSERT_TRUE(t);
@@ -272,9 +274,10 @@ TEST(Supervision, BudgetWindowForgetsOldFailures) {
   auto timers = std::make_shared<ManualTimerService>();
   auto cfg = two_workers();
   cfg.timers = timers;
+  cfg.user_guardian_strategy.budget = {.max_restarts = 1, .within = 1s};
   ActorSystem sys(cfg);
   std::atomic<int> starts{0};
-  auto a = sys.spawn<Fragile>(SpawnOptions{.name = {}, .restart_budget = {.max_restarts = 1, .within = 1s}}, &starts);
+  auto a = sys.spawn<Fragile>(SpawnOptions{}, &starts);
   a.tell(cmd("boom"));
   ASSERT_TRUE(a.ask(cmd("count"), 10s).get().ok());
   timers->advance(2s);  // the window passed: the next failure is the first of a new window
@@ -314,7 +317,7 @@ TEST(Hierarchy, ChildrenStopBeforeTheirParent) {
   auto log = std::make_shared<std::vector<std::string>>();
   auto mu = std::make_shared<std::mutex>();
   auto root = sys.spawn<Recorder>(SpawnOptions{.name = "r"}, std::string("r"), log, mu, 3);
-  sys.watch(root, probe.ref());
+  probe.watch(sys, root);
   // Wait until the whole tree exists: ask the deepest node.
   ASSERT_TRUE(root.ask(cmd("ping"), 10s).get().ok());
   // Each level's pre_start has spawned the next once it answers.
@@ -359,7 +362,7 @@ TEST(Hierarchy, NameIsFreeAgainAfterTheActorStopped) {
   ActorSystem sys(two_workers());
   Probe probe(sys);
   auto a = sys.spawn<Silent>(SpawnOptions{.name = "again"});
-  sys.watch(a, probe.ref());
+  probe.watch(sys, a);
   sys.stop(a);
   ASSERT_TRUE(probe.next());
   auto b = sys.spawn<Silent>(SpawnOptions{.name = "again"});
@@ -381,7 +384,7 @@ TEST(Lifecycle, HundredThousandActorsSpawnAndStopWithoutLeaking) {
   Probe probe(sys);
   const auto before = sys.stats();
   auto parent = sys.spawn<Spawner>();
-  sys.watch(parent, probe.ref());
+  probe.watch(sys, parent);
   ASSERT_TRUE(parent.ask(cmd("spawn", 100'000), 60s).get().ok());
   EXPECT_EQ(sys.stats().actors_live, before.actors_live + 100'001);
   sys.stop(parent);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <random>
 #include <system_error>
 
 #include <spdlog/spdlog.h>
@@ -105,6 +106,13 @@ Cell::Cell(ActorSystem::Impl& sys, Cell* parent, FactoryPtr f, std::uint64_t id)
   if (parent_) parent_->add_ref();
 }
 
+Cell* Cell::make_root(ActorSystem::Impl& sys, FactoryPtr f, std::uint64_t id) {
+  auto* c = new Cell(sys, nullptr, std::move(f), id);
+  c->actor_ = c->factory_->make();
+  c->actor_->ctx_ = c;
+  return c;
+}
+
 Cell::~Cell() {
   // Runs when the last ref is gone, possibly after the system itself: touch no system state.
   while (MpscNode* n = mbox_.pop()) (void)open_envelope(n);
@@ -154,12 +162,7 @@ ActorRef Cell::spawn(FactoryPtr f, SpawnOptions opts) {
   auto* c = new Cell(sys_, this, std::move(f), sys_.next_id.fetch_add(1, std::memory_order_relaxed));
   bool parent_stopping = false;
   try {
-    if (!opts.name.empty() || opts.restart_budget.max_restarts != RestartBudget{}.max_restarts ||
-        opts.restart_budget.within != RestartBudget{}.within) {
-      auto& x = c->extras();
-      x.name = std::move(opts.name);
-      x.budget = opts.restart_budget;
-    }
+    if (!opts.name.empty()) c->extras().name = std::move(opts.name);
     c->actor_ = c->factory_->make();  // a throwing constructor fails the spawn; nothing is linked
     c->actor_->ctx_ = c;
     std::lock_guard lk(stripe(this));
@@ -225,9 +228,10 @@ void Cell::request_stop(sys::TerminationReason reason) {
 
 bool Cell::has_work(std::uint32_t s) const noexcept {
   if (s & kDead) return mbox_.maybe_nonempty();
-  if (s & (kStarting | kPending)) return true;
+  if (s & (kStarting | kPending | kDirective)) return true;
   if (s & kTerminating) return false;  // progress comes from child deaths (kPending)
   if (s & kStopReq) return true;
+  if (s & (kSuspended | kRecreating)) return false;  // progress comes from a directive / child deaths
   return mbox_.maybe_nonempty();
 }
 
@@ -238,8 +242,11 @@ void Cell::run() {
       state_.fetch_and(~kStarting, std::memory_order_acq_rel);
       start();
     }
+    if (state_.load(std::memory_order_acquire) & kDirective) apply_directive();
     s = state_.load(std::memory_order_acquire);
-    if (!(s & (kStopReq | kTerminating))) process(sys_.throughput);
+    if ((s & kRecreating) && !(s & (kStopReq | kTerminating)) && no_children()) finish_recreate();
+    s = state_.load(std::memory_order_acquire);
+    if (!(s & (kStopReq | kTerminating | kSuspended | kRecreating))) process(sys_.throughput);
     s = state_.load(std::memory_order_acquire);
     if ((s & kStopReq) && !(s & kTerminating)) begin_terminate();
     s = state_.load(std::memory_order_acquire);
@@ -275,19 +282,20 @@ void Cell::start() {
 }
 
 void Cell::process(unsigned budget) {
+  if (!actor_) return;
   for (unsigned i = 0; i < budget; ++i) {
     MpscNode* n = mbox_.pop();
     if (!n) return;
     Letter l = open_envelope(n);
     deliver(l);
-    if (state_.load(std::memory_order_relaxed) & kStopReq) return;
+    if (state_.load(std::memory_order_relaxed) & (kStopReq | kSuspended | kRecreating | kDirective)) return;
   }
 }
 
 void Cell::deliver(Letter& e) {
   SenderScope scope(e.sender);
-  if (e.ctl && !e.ctl->admit(*this)) return;
   try {
+    if (e.ctl && !e.ctl->admit(*this)) return;  // system requests and continuations run here
     actor_->receive(e.msg);
   } catch (...) {
     sys_.failed_dropped.fetch_add(1, std::memory_order_relaxed);
@@ -297,23 +305,162 @@ void Cell::deliver(Letter& e) {
   }
 }
 
+// Own turn: this actor failed. It stops processing messages and asks its parent what to do.
 void Cell::handle_failure(std::exception_ptr ep) {
   sys_.failures.fetch_add(1, std::memory_order_relaxed);
-  Extras& x = extras();
-  const auto now = sys_.timers->now();
-  if (x.restarts == 0 || now - x.window_start > x.budget.within) {
-    x.window_start = now;
-    x.restarts = 0;
-  }
-  if (++x.restarts > x.budget.max_restarts) {
-    sys_.log->error("actor {} exceeded its restart budget ({} within {} ms): stopping it ({})", path(),
-                    x.budget.max_restarts, x.budget.within.count(), describe(ep));
+  if (!parent_) {
+    sys_.log->error("the root guardian failed: {}", describe(ep));
     request_stop(sys::TerminationReason::Failed);
     return;
   }
-  restart(ep);
+  state_.fetch_or(kSuspended, std::memory_order_acq_rel);
+  Ref<Cell> me(this, true);
+  parent_->run_on_turn([me, ep](Cell& p) { p.child_failed(*me.get(), ep); });
 }
 
+namespace {
+const char* directive_name(Directive d) {
+  switch (d) {
+    case Directive::resume: return "resume";
+    case Directive::restart: return "restart";
+    case Directive::stop: return "stop";
+    case Directive::escalate: return "escalate";
+  }
+  return "?";
+}
+double unit_random() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+}
+}  // namespace
+
+// Own turn (the parent's): decides the fate of a failed child with this actor's strategy.
+void Cell::child_failed(Cell& child, std::exception_ptr ep) {
+  if (child.parent_ != this || child.dead()) return;
+  if (!parent_ || this == sys_.root.get()) {
+    // A guardian escalated: stop everything under it, keep the guardian.
+    sys_.escalations.fetch_add(1, std::memory_order_relaxed);
+    sys_.log->error("failure escalated past {}: {}; stopping all actors under it", child.path(), describe(ep));
+    child.stop_children();
+    child.direct(Directive::resume, ep);
+    return;
+  }
+  SupervisorStrategy st = actor_ ? actor_->supervisor_strategy() : SupervisorStrategy::restarting();
+  Directive d = Directive::restart;
+  if (st.decider) {
+    try {
+      d = st.decider(ep);
+    } catch (...) {
+      d = Directive::escalate;
+    }
+  }
+  if (d == Directive::restart) {
+    Extras& cx = child.extras();
+    const auto now = sys_.timers->now();
+    if (cx.restarts == 0 || now - cx.window_start > st.budget.within) {
+      cx.window_start = now;
+      cx.restarts = 0;
+    }
+    if (++cx.restarts > st.budget.max_restarts) {
+      sys_.log->error("{} exceeded its restart budget ({} within {} ms): stopping it ({})", child.path(),
+                      st.budget.max_restarts, st.budget.within.count(), describe(ep));
+      d = Directive::stop;
+    }
+  }
+  sys_.log->info("supervisor {}: {} failed ({}): {}", path(), child.path(), describe(ep), directive_name(d));
+  switch (d) {
+    case Directive::resume:
+      child.direct(Directive::resume, ep);
+      break;
+    case Directive::escalate:
+      extras().escalated_child = &child;
+      handle_failure(ep);
+      break;
+    case Directive::stop:
+    case Directive::restart: {
+      std::vector<Ref<Cell>> targets;
+      if (st.scope == SupervisorStrategy::Scope::all_for_one) {
+        std::lock_guard lk(stripe(this));
+        if (Extras* x = extras_.load(std::memory_order_acquire)) {
+          for (Cell* c = x->first_child; c; c = c->next_sibling_) targets.emplace_back(c, true);
+        }
+      } else {
+        targets.emplace_back(&child, true);
+      }
+      if (d == Directive::restart && st.backoff) {
+        const auto delay = backoff_delay(child.extras().restarts, *st.backoff, unit_random());
+        for (auto& t : targets) {
+          sys_.timers->schedule(delay, [t, ep] { t->direct(Directive::restart, ep); });
+        }
+      } else {
+        for (auto& t : targets) t->direct(d, ep);
+      }
+      break;
+    }
+  }
+}
+
+void Cell::direct(Directive d, std::exception_ptr cause) {
+  {
+    std::lock_guard lk(stripe(this));
+    if (state_.load(std::memory_order_acquire) & kDead) return;
+    Extras& x = extras();
+    x.directive = d;
+    x.directive_cause = std::move(cause);
+  }
+  wake(kDirective);
+}
+
+// Own turn: carries out the parent's directive.
+void Cell::apply_directive() {
+  Directive d;
+  std::exception_ptr cause;
+  {
+    std::lock_guard lk(stripe(this));
+    state_.fetch_and(~kDirective, std::memory_order_acq_rel);
+    Extras& x = extras();
+    d = x.directive;
+    cause = std::move(x.directive_cause);
+  }
+  Extras& x = extras();
+  switch (d) {
+    case Directive::resume:
+      if (!actor_) {  // the instance could not even be created: nothing to resume
+        restart(cause);
+        break;
+      }
+      state_.fetch_and(~kSuspended, std::memory_order_acq_rel);
+      if (Cell* c = std::exchange(x.escalated_child, nullptr)) c->direct(Directive::resume, cause);
+      break;
+    case Directive::restart:
+      x.escalated_child = nullptr;  // it is stopped with the other children
+      restart(cause);
+      break;
+    case Directive::stop:
+    case Directive::escalate:
+      request_stop(sys::TerminationReason::Failed);
+      break;
+  }
+}
+
+std::uint64_t Cell::incarnation() const noexcept {
+  const Extras* x = extras_.load(std::memory_order_acquire);
+  return x ? x->incarnation : 0;
+}
+
+void Cell::stop_children() {
+  std::vector<Ref<Cell>> kids;
+  {
+    std::lock_guard lk(stripe(this));
+    if (Extras* x = extras_.load(std::memory_order_acquire)) {
+      for (Cell* c = x->first_child; c; c = c->next_sibling_) kids.emplace_back(c, true);
+    }
+  }
+  for (auto& k : kids) k->request_stop(sys::TerminationReason::Stopped);
+}
+
+// Own turn: the old instance goes (pre_restart), the children stop, and once they all have,
+// finish_recreate() makes the fresh instance. Messages wait meanwhile.
 void Cell::restart(std::exception_ptr ep) {
   cancel_all_timers();
   if (actor_) {
@@ -325,8 +472,21 @@ void Cell::restart(std::exception_ptr ep) {
     delete actor_;
     actor_ = nullptr;
   }
+  Extras& x = extras();
+  x.restart_cause = ep;
+  ++x.incarnation;
+  state_.fetch_or(kRecreating, std::memory_order_acq_rel);
+  state_.fetch_and(~kSuspended, std::memory_order_acq_rel);
+  stop_children();
+  if (no_children()) finish_recreate();
+}
+
+void Cell::finish_recreate() {
+  state_.fetch_and(~kRecreating, std::memory_order_acq_rel);
+  auto ep = std::move(extras().restart_cause);
   sys_.restarts.fetch_add(1, std::memory_order_relaxed);
   sys_.log->info("actor {} restarted after: {}", path(), describe(ep));
+  SenderScope scope(kNoSender);
   try {
     actor_ = factory_->make();
     actor_->ctx_ = this;
@@ -407,7 +567,7 @@ void Cell::child_died(Cell* child) {
     if (Extras* cx = child->extras_.load(std::memory_order_acquire); cx && !cx->name.empty()) {
       if (Extras* x = extras_.load(std::memory_order_acquire)) x->named_children.erase(cx->name);
     }
-    wake_me = state_.load(std::memory_order_acquire) & kTerminating;
+    wake_me = state_.load(std::memory_order_acquire) & (kTerminating | kRecreating);
   }
   if (wake_me) wake(kPending);
 }
@@ -567,5 +727,26 @@ TimerId ActorContext::schedule_every(std::chrono::nanoseconds interval, Message 
   return cell().start_timer(interval, std::move(msg), true);
 }
 void ActorContext::cancel_timer(TimerId id) { cell().cancel_timer(id); }
+
+void ActorContext::ask(const ActorRef& target, Message msg, std::chrono::milliseconds timeout,
+                       std::function<void(Result<Message>)> then) {
+  detail::Ref<detail::Cell> me(&cell(), true);
+  const auto incarnation = cell().incarnation();
+  target.ask(std::move(msg), timeout, [me, incarnation, then = std::move(then)](Result<Message> r) {
+    me->run_on_turn([incarnation, then, r = std::move(r)](detail::Cell& c) {
+      if (c.incarnation() == incarnation) then(r);
+    });
+  });
+}
+
+std::chrono::nanoseconds backoff_delay(unsigned attempt, const Backoff& b, double u) noexcept {
+  using namespace std::chrono;
+  const double min_ns = static_cast<double>(duration_cast<nanoseconds>(b.min).count());
+  const double max_ns = static_cast<double>(duration_cast<nanoseconds>(b.max).count());
+  const unsigned shift = attempt == 0 ? 0 : std::min(attempt - 1, 62u);
+  const double base = std::min(max_ns, min_ns * static_cast<double>(1ull << shift));
+  const double jitter = std::clamp(u, 0.0, 1.0) * std::max(0.0, b.jitter);
+  return nanoseconds(static_cast<std::int64_t>(base * (1.0 + jitter)));
+}
 
 }  // namespace troupe

@@ -120,7 +120,10 @@ class Cell final : public RefTarget, public ActorContext {
     kTerminating = 1u << 3,  // waiting for children to stop
     kDead = 1u << 4,         // post_stop ran; every message now goes to dead letters
     kPending = 1u << 5,      // re-evaluate control state (a child died)
-    kReasonShift = 8,        // 3 bits: troupe::sys::TerminationReason
+    kSuspended = 1u << 6,    // failed; waiting for the parent's directive (messages wait)
+    kDirective = 1u << 7,    // a directive from the parent is waiting in Extras
+    kRecreating = 1u << 8,   // restarting: waiting for children to stop before the new instance
+    kReasonShift = 16,       // 3 bits: troupe::sys::TerminationReason
   };
 
   Cell(ActorSystem::Impl& sys, Cell* parent, FactoryPtr f, std::uint64_t id);
@@ -134,6 +137,8 @@ class Cell final : public RefTarget, public ActorContext {
   void add_watcher(const ActorRef& watcher) override;
   void remove_watcher(const ActorRef& watcher) override;
 
+  /// Makes the root guardian (never scheduled until shutdown or an escalation reaches it).
+  static Cell* make_root(ActorSystem::Impl& sys, FactoryPtr f, std::uint64_t id);
   /// Spawns a child of this cell (any thread).
   ActorRef spawn(FactoryPtr f, SpawnOptions opts);
   void request_stop(sys::TerminationReason reason);
@@ -143,6 +148,10 @@ class Cell final : public RefTarget, public ActorContext {
   /// One turn on a worker; the caller hands over the scheduled reference.
   void run();
   bool dead() const noexcept { return state_.load(std::memory_order_acquire) & kDead; }
+  /// Any thread: hands the parent's decision to this (suspended) cell.
+  void direct(Directive d, std::exception_ptr cause);
+  /// Own turn: increases with every restart (continuations of an older instance are dropped).
+  std::uint64_t incarnation() const noexcept;
   std::string name() const;
   /// Live child named `name` ("$<id>" for anonymous children), or null.
   ActorRef child(std::string_view name) const;
@@ -165,15 +174,21 @@ class Cell final : public RefTarget, public ActorContext {
  private:
   struct Extras {
     std::string name;
-    RestartBudget budget;
     Cell* first_child = nullptr;                                 // guarded by stripe(this)
     std::unordered_map<std::string_view, Cell*> named_children;  // guarded by stripe(this)
     std::vector<ActorRef> watchers;                              // guarded by stripe(this)
     std::vector<ActorRef> watching;                              // own turn only
     std::unordered_map<TimerId, Ref<TimerState>> timers;          // own turn only
     TimerId next_timer = 0;
+    std::uint64_t incarnation = 0;                               // own turn only
+    std::exception_ptr restart_cause;                            // own turn only
+    Cell* escalated_child = nullptr;                             // own turn only
+    // Restart statistics of this cell as a child: touched only on the parent's turn.
     unsigned restarts = 0;
     TimerService::Clock::time_point window_start{};
+    // The parent's pending directive, guarded by stripe(this).
+    Directive directive = Directive::resume;
+    std::exception_ptr directive_cause;
   };
   Extras& extras();
   bool wake(std::uint32_t bits);
@@ -182,7 +197,11 @@ class Cell final : public RefTarget, public ActorContext {
   void process(unsigned budget);
   void deliver(Letter& l);
   void handle_failure(std::exception_ptr ep);
+  void child_failed(Cell& child, std::exception_ptr ep);
+  void apply_directive();
   void restart(std::exception_ptr ep);
+  void finish_recreate();
+  void stop_children();
   void begin_terminate();
   bool no_children() const;
   void finalize();

@@ -86,7 +86,7 @@ TEST(Deathwatch, WatchingADeadActorDeliversTerminatedAtOnce) {
   ActorSystem sys(cfg());
   Probe first(sys), second(sys);
   auto target = sys.spawn<Silent>();
-  sys.watch(target, first.ref());
+  first.watch(sys, target);
   sys.stop(target);
   ASSERT_TRUE(first.next());  // now it is certainly dead
   auto watcher = sys.spawn<Watcher>(SpawnOptions{}, target, second.ref());
@@ -102,7 +102,7 @@ TEST(Deathwatch, UnwatchBeforeDeathMeansNoTerminated) {
   auto target = sys.spawn<Silent>();
   auto watcher = sys.spawn<Watcher>(SpawnOptions{}, target, unwatched.ref());
   ASSERT_TRUE(watcher.ask(cmd("unwatch"), 10s).get().ok());
-  sys.watch(target, control.ref());  // registered after: notified after
+  control.watch(sys, target);  // registered after: notified after
   // The control's watch request is processed before it gets any Terminated.
   sys.stop(target);
   ASSERT_TRUE(control.next());
@@ -124,8 +124,8 @@ TEST(Deathwatch, ParentStopTerminatesWatchedChildrenToo) {
   ASSERT_TRUE(r.ok());
   auto kid = sys.lookup("/user/parent/kid");
   ASSERT_TRUE(kid);
-  sys.watch(kid, probe.ref());
-  sys.watch(parent, probe.ref());
+  probe.watch(sys, kid);
+  probe.watch(sys, parent);
   sys.stop(parent);
   auto a = probe.next(), b = probe.next();
   ASSERT_TRUE(a && b);
@@ -137,7 +137,7 @@ TEST(DeadLetters, MessagesToAStoppedActorAreCounted) {
   ActorSystem sys(cfg());
   Probe probe(sys);
   auto target = sys.spawn<Silent>();
-  sys.watch(target, probe.ref());
+  probe.watch(sys, target);
   sys.stop(target);
   ASSERT_TRUE(probe.next());
   const auto before = sys.stats().dead_letters;
@@ -160,7 +160,7 @@ TEST(DeadLetters, MessagesQueuedAtStopAreCountedNotLost) {
   };
   std::promise<void> entered, gate;
   auto a = sys.spawn<Slow>(SpawnOptions{}, &entered, gate.get_future().share());
-  sys.watch(a, probe.ref());
+  probe.watch(sys, a);
   const auto before = sys.stats().dead_letters;
   for (int i = 0; i < 10; ++i) a.tell(cmd("x"));
   entered.get_future().wait();

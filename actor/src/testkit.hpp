@@ -9,6 +9,7 @@
 #include <optional>
 
 #include <troupe/actor/actor_system.hpp>
+#include <troupe/serialization/system_generated.h>
 
 namespace troupe::testkit {
 
@@ -31,6 +32,23 @@ class Probe {
     auto r = std::move(state_->q.front());
     state_->q.pop_front();
     return r;
+  }
+  /// Watches `target` from the probe and returns once the watch is registered (a Terminated
+  /// for it can only come afterwards, or already sits in the queue if it was dead).
+  void watch(ActorSystem& sys, const ActorRef& target) {
+    sys.watch(target, ref_);
+    // The watch request is processed on the probe's turn before this marker.
+    static const Message marker = Message::build<sys::Undeliverable>(
+        [](flatbuffers::FlatBufferBuilder& b) { return sys::CreateUndeliverableDirect(b, "probe-sync"); });
+    ref_.tell(marker);
+    std::unique_lock lk(state_->mu);
+    state_->cv.wait(lk, [&] {
+      for (const auto& r : state_->q) {
+        if (r.msg.bytes().data() == marker.bytes().data()) return true;
+      }
+      return false;
+    });
+    std::erase_if(state_->q, [&](const Received& r) { return r.msg.bytes().data() == marker.bytes().data(); });
   }
   std::size_t queued() const {
     std::lock_guard lk(state_->mu);

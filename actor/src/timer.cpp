@@ -100,7 +100,13 @@ std::uint64_t ManualTimerService::schedule(std::chrono::nanoseconds delay, std::
   const auto id = next_id_++;
   due_.emplace(when, id);
   fns_.emplace(id, std::make_pair(when, std::move(fn)));
+  armed_.notify_all();
   return id;
+}
+
+bool ManualTimerService::await_pending(std::size_t n, std::chrono::milliseconds timeout) {
+  std::unique_lock lk(mu_);
+  return armed_.wait_for(lk, timeout, [&] { return fns_.size() >= n; });
 }
 
 bool ManualTimerService::cancel(std::uint64_t id) {

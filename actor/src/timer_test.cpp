@@ -103,7 +103,7 @@ TEST_F(Fixture, StopCancelsTimers) {
   auto t = sys.spawn<Ticker>(SpawnOptions{}, probe.ref());
   ASSERT_TRUE(t.ask(cmd("every", 10), 10s).get().ok());
   Probe watcher(sys);
-  sys.watch(t, watcher.ref());
+  watcher.watch(sys, t);
   sys.stop(t);
   ASSERT_TRUE(watcher.next());
   EXPECT_EQ(timers->pending(), 0u);

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include <troupe/actor/actor_ref.hpp>
+#include <troupe/actor/supervision.hpp>
 #include <troupe/serialization/message.hpp>
 
 namespace troupe {
@@ -19,18 +20,10 @@ namespace troupe {
 class Actor;
 class ActorSystem;
 
-/// Restarts allowed before a failing actor is stopped: at most `max_restarts` within `within`.
-struct RestartBudget {
-  unsigned max_restarts = 10;
-  std::chrono::milliseconds within = std::chrono::seconds(60);
-};
-
 /// Options for spawn().
 struct SpawnOptions {
   /// Unique among siblings; empty = an automatic "$<id>" name. No '/', must not start with '$'.
   std::string name;
-  /// Supervision budget (see RestartBudget).
-  RestartBudget restart_budget{};
 };
 
 /// Identifies a timer started with ActorContext::schedule_once/schedule_every.
@@ -119,6 +112,12 @@ class ActorContext {
   /// Cancels a timer: no delivery of it happens afterwards, even one already queued.
   void cancel_timer(TimerId id);
 
+  /// Asks `target` without blocking this actor's worker: `then` runs later on this actor's own
+  /// turn (like any message) with the reply, ActorErrc::timeout or ActorErrc::dead_target. It
+  /// is dropped if this actor stops or restarts first. An exception from `then` is a failure.
+  void ask(const ActorRef& target, Message msg, std::chrono::milliseconds timeout,
+           std::function<void(Result<Message>)> then);
+
  protected:
   ActorContext() = default;
   ~ActorContext() = default;
@@ -139,17 +138,21 @@ class Actor {
   virtual ~Actor() = default;
 
   /// Handles one message. An exception here is a failure: the message is dropped (counted and
-  /// logged) and the actor restarted with fresh state, within its restart budget, else stopped.
+  /// logged) and the parent's SupervisorStrategy decides (default: restart with fresh state,
+  /// keeping the rest of the mailbox, within the restart budget, else stop).
   virtual void receive(const Message& msg) = 0;
   /// Runs before the first message (and, by default, after each restart).
   virtual void pre_start() {}
   /// Runs once after the actor stopped (and, by default, before each restart on the old
   /// instance). Its children have stopped already.
   virtual void post_stop() {}
-  /// Runs on the failed instance before it is replaced. Default: post_stop().
+  /// Runs on the failed instance before it is replaced; its children are stopped after it
+  /// (and before post_restart runs on the fresh instance). Default: post_stop().
   virtual void pre_restart(std::exception_ptr /*reason*/) { post_stop(); }
   /// Runs on the fresh instance after a restart. Default: pre_start().
   virtual void post_restart(std::exception_ptr /*reason*/) { pre_start(); }
+  /// How this actor supervises its children; asked on this actor's turn when a child fails.
+  virtual SupervisorStrategy supervisor_strategy() const { return SupervisorStrategy::restarting(); }
 
  protected:
   /// The context; valid from pre_start on (not in the constructor).

@@ -31,6 +31,9 @@ struct ActorSystemConfig {
   std::shared_ptr<spdlog::logger> logger;
   /// Limits for decoding untrusted message bytes.
   DecodeLimits decode_limits{};
+  /// How the /user guardian supervises top-level actors. An escalation past /user stops every
+  /// user actor (the guardian itself stays, so the system remains usable) and is logged.
+  SupervisorStrategy user_guardian_strategy = SupervisorStrategy::restarting();
 };
 
 /// Counters (monotonic unless noted).
@@ -42,6 +45,7 @@ struct ActorSystemStats {
   std::uint64_t failures = 0;             ///< exceptions thrown by actors
   std::uint64_t restarts = 0;
   std::uint64_t failed_messages_dropped = 0;  ///< the message being processed at a failure
+  std::uint64_t escalations_past_user = 0;    ///< failures that reached the /user guardian's parent
 };
 
 /// Thread-safe unless noted. The destructor calls shutdown().

@@ -45,9 +45,13 @@ class ManualTimerService final : public TimerService {
   void advance(std::chrono::nanoseconds d);
   /// Number of pending timers.
   std::size_t pending() const;
+  /// Waits (up to `timeout`) until at least `n` timers are pending; false on timeout. Lets a test
+  /// wait for another thread to arm a timer before it moves time.
+  bool await_pending(std::size_t n, std::chrono::milliseconds timeout);
 
  private:
   mutable std::mutex mu_;
+  std::condition_variable armed_;
   Clock::time_point now_{};
   std::uint64_t next_id_ = 1;
   std::multimap<Clock::time_point, std::uint64_t> due_;
