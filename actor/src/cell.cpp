@@ -203,7 +203,21 @@ void Cell::send(Message&& msg, ActorRef&& sender) {
 
 void Cell::enqueue(Envelope* e) {
   mbox_.push(e);
-  if (!(state_.load(std::memory_order_seq_cst) & kScheduled)) wake(0);
+  const auto s = state_.load(std::memory_order_seq_cst);
+  if (s & kCounted) extras_.load(std::memory_order_acquire)->queued.fetch_add(1, std::memory_order_relaxed);
+  if (!(s & kScheduled)) wake(0);
+}
+
+void Cell::enable_load_count() {
+  extras();
+  state_.fetch_or(kCounted, std::memory_order_acq_rel);
+}
+
+std::uint64_t Cell::load_estimate() const noexcept {
+  const auto s = state_.load(std::memory_order_acquire);
+  const Extras* x = extras_.load(std::memory_order_acquire);
+  const auto q = x ? std::max<std::int64_t>(0, x->queued.load(std::memory_order_relaxed)) : 0;
+  return static_cast<std::uint64_t>(q) * 2 + ((s & kScheduled) ? 1 : 0);
 }
 
 void Cell::run_on_turn(std::function<void(Cell&)> fn) {
@@ -286,6 +300,9 @@ void Cell::process(unsigned budget) {
   for (unsigned i = 0; i < budget; ++i) {
     MpscNode* n = mbox_.pop();
     if (!n) return;
+    if (state_.load(std::memory_order_relaxed) & kCounted) {
+      extras_.load(std::memory_order_relaxed)->queued.fetch_sub(1, std::memory_order_relaxed);
+    }
     Letter l = open_envelope(n);
     deliver(l);
     if (state_.load(std::memory_order_relaxed) & (kStopReq | kSuspended | kRecreating | kDirective)) return;

@@ -123,6 +123,7 @@ class Cell final : public RefTarget, public ActorContext {
     kSuspended = 1u << 6,    // failed; waiting for the parent's directive (messages wait)
     kDirective = 1u << 7,    // a directive from the parent is waiting in Extras
     kRecreating = 1u << 8,   // restarting: waiting for children to stop before the new instance
+    kCounted = 1u << 9,      // keep Extras::queued up to date (routers that need mailbox sizes)
     kReasonShift = 16,       // 3 bits: troupe::sys::TerminationReason
   };
 
@@ -150,6 +151,10 @@ class Cell final : public RefTarget, public ActorContext {
   bool dead() const noexcept { return state_.load(std::memory_order_acquire) & kDead; }
   /// Any thread: hands the parent's decision to this (suspended) cell.
   void direct(Directive d, std::exception_ptr cause);
+  /// Any thread: from now on keep a count of queued messages (for load_estimate()).
+  void enable_load_count();
+  /// Any thread: 2 * queued messages (+1 while scheduled or running); 0 = idle and empty.
+  std::uint64_t load_estimate() const noexcept;
   /// Own turn: increases with every restart (continuations of an older instance are dropped).
   std::uint64_t incarnation() const noexcept;
   std::string name() const;
@@ -181,6 +186,7 @@ class Cell final : public RefTarget, public ActorContext {
     std::unordered_map<TimerId, Ref<TimerState>> timers;          // own turn only
     TimerId next_timer = 0;
     std::uint64_t incarnation = 0;                               // own turn only
+    std::atomic<std::int64_t> queued{0};                         // with kCounted
     std::exception_ptr restart_cause;                            // own turn only
     Cell* escalated_child = nullptr;                             // own turn only
     // Restart statistics of this cell as a child: touched only on the parent's turn.

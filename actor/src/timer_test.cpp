@@ -19,7 +19,7 @@ Message cmd(const std::string& op, std::uint64_t n = 0) {
 }
 std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<test::Cmd>()->op()->str() : ""; }
 
-struct Fixture : ::testing::Test {
+struct Timers : ::testing::Test {
   std::shared_ptr<ManualTimerService> timers = std::make_shared<ManualTimerService>();
   ActorSystem sys{[this] {
     ActorSystemConfig c;
@@ -60,7 +60,7 @@ class Ticker final : public Actor {
   TimerId id_ = 0;
 };
 
-TEST_F(Fixture, ScheduleOnceFiresOnceAtItsTime) {
+TEST_F(Timers, ScheduleOnceFiresOnceAtItsTime) {
   auto t = sys.spawn<Ticker>(SpawnOptions{}, probe.ref());
   ASSERT_TRUE(t.ask(cmd("once", 50), 10s).get().ok());
   timers->advance(49ms);
@@ -75,7 +75,7 @@ TEST_F(Fixture, ScheduleOnceFiresOnceAtItsTime) {
   EXPECT_EQ(probe.queued(), 0u);
 }
 
-TEST_F(Fixture, ScheduleEveryRepeats) {
+TEST_F(Timers, ScheduleEveryRepeats) {
   auto t = sys.spawn<Ticker>(SpawnOptions{}, probe.ref());
   ASSERT_TRUE(t.ask(cmd("every", 10), 10s).get().ok());
   for (int i = 0; i < 5; ++i) {
@@ -87,7 +87,7 @@ TEST_F(Fixture, ScheduleEveryRepeats) {
   EXPECT_EQ(timers->pending(), 1u);
 }
 
-TEST_F(Fixture, CancelledTimerNeverDeliversEvenIfAlreadyQueued) {
+TEST_F(Timers, CancelledTimerNeverDeliversEvenIfAlreadyQueued) {
   auto t = sys.spawn<Ticker>(SpawnOptions{}, probe.ref());
   ASSERT_TRUE(t.ask(cmd("every", 10), 10s).get().ok());
   timers->advance(10ms);  // a tick is (or is about to be) in the mailbox
@@ -99,7 +99,7 @@ TEST_F(Fixture, CancelledTimerNeverDeliversEvenIfAlreadyQueued) {
   EXPECT_LE(probe.queued(), 1u);
 }
 
-TEST_F(Fixture, StopCancelsTimers) {
+TEST_F(Timers, StopCancelsTimers) {
   auto t = sys.spawn<Ticker>(SpawnOptions{}, probe.ref());
   ASSERT_TRUE(t.ask(cmd("every", 10), 10s).get().ok());
   Probe watcher(sys);
@@ -113,7 +113,7 @@ TEST_F(Fixture, StopCancelsTimers) {
   EXPECT_EQ(sys.stats().dead_letters, dead);
 }
 
-TEST_F(Fixture, RestartCancelsTimers) {
+TEST_F(Timers, RestartCancelsTimers) {
   auto t = sys.spawn<Ticker>(SpawnOptions{}, probe.ref());
   ASSERT_TRUE(t.ask(cmd("every", 10), 10s).get().ok());
   t.tell(cmd("boom"));
@@ -124,7 +124,7 @@ TEST_F(Fixture, RestartCancelsTimers) {
   EXPECT_EQ(probe.queued(), 0u);
 }
 
-TEST_F(Fixture, SystemScheduleOnceTellsTheTarget) {
+TEST_F(Timers, SystemScheduleOnceTellsTheTarget) {
   sys.schedule_once(5ms, probe.ref(), cmd("later"));
   EXPECT_EQ(probe.queued(), 0u);
   timers->advance(5ms);

@@ -1,0 +1,368 @@
+#include <troupe/actor/router.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <random>
+
+#include <fmt/format.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <troupe/actor/actor_system.hpp>
+#include <troupe/serialization/system_generated.h>
+
+#include "system_impl.hpp"
+
+namespace troupe::detail {
+
+namespace {
+
+std::uint64_t hash_bytes(const void* p, std::size_t n) { return XXH3_64bits(p, n); }
+
+std::uint64_t default_key(const Message& m) { return hash_bytes(m.bytes().data(), m.size()); }
+
+thread_local std::mt19937_64 tls_rng{std::random_device{}()};
+
+}  // namespace
+
+/// An immutable view of the routees; replaced as a whole on every change so that routing reads
+/// it with one atomic load and no lock or reference count.
+struct Snapshot {
+  std::vector<ActorRef> routees;
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> ring;  // consistent hashing: (point, routee)
+};
+
+class RouterState final : public RefTarget {
+ public:
+  RouterState(ActorSystem::Impl& sys, RouterConfig cfg, std::uint64_t id)
+      : sys_(sys), cfg_(std::move(cfg)), id_(id) {
+    if (!cfg_.hash_key) cfg_.hash_key = default_key;
+    publish({});
+  }
+
+  // ---- RefTarget: routing happens here, in the sender's thread ----
+  void send(Message&& msg, ActorRef&& sender) override;
+  std::string path() const override {
+    if (head_) return head_->path();
+    return fmt::format("/temp/router-{}", id_);
+  }
+  std::uint64_t id() const noexcept override { return id_; }
+  ActorSystem& system() const noexcept override { return sys_.owner; }
+  void stop() override { stop_all(); }
+
+  void add(const ActorRef& r);
+  void remove(const ActorRef& r, bool died);
+  std::vector<ActorRef> routees() const { return current_.load(std::memory_order_acquire)->routees; }
+  void broadcast(const Message& msg, const ActorRef& sender) const {
+    for (const auto& r : current_.load(std::memory_order_acquire)->routees) r.tell(msg, sender);
+  }
+  void stop_all();
+  RouterStats stats() const {
+    return {routed_.load(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load()};
+  }
+  void set_head(Cell* head) { head_ = Ref<Cell>(head, true); }
+  void count_timeout() { timeouts_.fetch_add(1, std::memory_order_relaxed); }
+  void count_replaced() { replaced_.fetch_add(1, std::memory_order_relaxed); }
+  void release_head() {
+    std::lock_guard lk(mu_);
+    head_ = Ref<Cell>();
+  }
+  ActorSystem::Impl& sys() const noexcept { return sys_; }
+
+ private:
+  void publish(std::vector<ActorRef> routees);  // mu_ held (or constructor)
+  const ActorRef* pick(const Snapshot& s, const Message& msg);
+  void gather(const Snapshot& s, Message&& msg, ActorRef&& sender);
+
+  ActorSystem::Impl& sys_;
+  RouterConfig cfg_;
+  std::uint64_t id_;
+  mutable std::mutex mu_;
+  std::atomic<const Snapshot*> current_{nullptr};
+  std::vector<std::unique_ptr<const Snapshot>> history_;  // readers may still hold old ones
+  std::unordered_map<RefTarget*, ActorRef> watchers_;      // routee -> its watcher
+  Ref<Cell> head_;                                          // pool supervisor, if a pool
+  bool stopping_ = false;
+  std::atomic<std::uint64_t> rr_{0};
+  std::atomic<std::uint64_t> routed_{0}, no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0};
+};
+
+namespace {
+
+/// Watches one routee for its router: its Terminated removes the routee.
+class RouteeWatcher final : public RefTarget {
+ public:
+  explicit RouteeWatcher(RouterState* s) : state_(s, true) {}
+  void send(Message&& msg, ActorRef&& sender) override {
+    if (msg.is<sys::Terminated>() && sender) static_cast<RouterState*>(state_.target())->remove(sender, true);
+  }
+  std::string path() const override { return state_.path() + "/$watcher"; }
+  std::uint64_t id() const noexcept override { return state_.id(); }
+  ActorSystem& system() const noexcept override { return state_.target()->system(); }
+
+ private:
+  ActorRef state_;
+};
+
+/// The sender of a scatter-gather / tail-chopping round: the first reply wins.
+class Gather final : public RefTarget {
+ public:
+  Gather(RouterState* s, ActorRef reply_to, std::uint64_t id) : state_(s, true), reply_to_(std::move(reply_to)), id_(id) {}
+  void send(Message&& msg, ActorRef&& sender) override {
+    if (done_.exchange(true, std::memory_order_acq_rel)) return;
+    cancel_timers();
+    reply_to_.tell(std::move(msg), std::move(sender));
+  }
+  void time_out() {
+    if (done_.exchange(true, std::memory_order_acq_rel)) return;
+    cancel_timers();
+    static_cast<RouterState*>(state_.target())->count_timeout();
+  }
+  bool done() const noexcept { return done_.load(std::memory_order_acquire); }
+  void add_timer(std::uint64_t t) {
+    std::lock_guard lk(mu_);
+    timers_.push_back(t);
+  }
+  std::string path() const override { return fmt::format("/temp/gather-{}", id_); }
+  std::uint64_t id() const noexcept override { return id_; }
+  ActorSystem& system() const noexcept override { return state_.target()->system(); }
+
+ private:
+  void cancel_timers() {
+    std::vector<std::uint64_t> ts;
+    {
+      std::lock_guard lk(mu_);
+      ts.swap(timers_);
+    }
+    auto& timers = system().timers();
+    for (auto t : ts) timers.cancel(t);
+  }
+  ActorRef state_, reply_to_;
+  std::uint64_t id_;
+  std::atomic<bool> done_{false};
+  std::mutex mu_;
+  std::vector<std::uint64_t> timers_;
+};
+
+}  // namespace
+
+void RouterState::publish(std::vector<ActorRef> routees) {
+  auto s = std::make_unique<Snapshot>();
+  s->routees = std::move(routees);
+  if (cfg_.kind == RoutingKind::consistent_hashing) {
+    for (std::uint32_t i = 0; i < s->routees.size(); ++i) {
+      const auto base = s->routees[i].path();
+      for (unsigned v = 0; v < cfg_.virtual_nodes; ++v) {
+        const auto point = fmt::format("{}#{}", base, v);
+        s->ring.emplace_back(hash_bytes(point.data(), point.size()), i);
+      }
+    }
+    std::sort(s->ring.begin(), s->ring.end());
+  }
+  current_.store(s.get(), std::memory_order_release);
+  history_.push_back(std::move(s));
+}
+
+void RouterState::add(const ActorRef& r) {
+  if (!r) return;
+  ActorRef watcher;
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_ || watchers_.count(r.target())) return;
+    auto rs = current_.load(std::memory_order_relaxed)->routees;
+    rs.push_back(r);
+    publish(std::move(rs));
+    watcher = ActorRef(new RouteeWatcher(this), false);
+    watchers_.emplace(r.target(), watcher);
+  }
+  if (cfg_.kind == RoutingKind::smallest_mailbox) {
+    if (auto* c = dynamic_cast<Cell*>(r.target())) c->enable_load_count();
+  }
+  r.target()->add_watcher(watcher);  // a routee that is already dead is removed at once
+}
+
+void RouterState::remove(const ActorRef& r, bool died) {
+  ActorRef watcher;
+  bool replace = false;
+  {
+    std::lock_guard lk(mu_);
+    auto it = watchers_.find(r.target());
+    if (it == watchers_.end()) return;
+    watcher = std::move(it->second);
+    watchers_.erase(it);
+    auto rs = current_.load(std::memory_order_relaxed)->routees;
+    std::erase(rs, r);
+    publish(std::move(rs));
+    removed_.fetch_add(1, std::memory_order_relaxed);
+    replace = died && head_ && !stopping_;
+    if (replace) {
+      head_->send(Message::build<sys::PoolGrow>([](auto& b) { return sys::CreatePoolGrow(b, 1); }), ActorRef{});
+    }
+  }
+  if (!died) r.target()->remove_watcher(watcher);
+}
+
+void RouterState::stop_all() {
+  std::vector<ActorRef> rs;
+  Ref<Cell> head;
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+    rs = current_.load(std::memory_order_relaxed)->routees;
+    head = head_;
+  }
+  if (head) {
+    head->stop();  // its children, the routees, stop first
+  } else {
+    for (auto& r : rs) r.target()->stop();
+  }
+}
+
+const ActorRef* RouterState::pick(const Snapshot& s, const Message& msg) {
+  const auto n = s.routees.size();
+  switch (cfg_.kind) {
+    case RoutingKind::round_robin:
+      return &s.routees[rr_.fetch_add(1, std::memory_order_relaxed) % n];
+    case RoutingKind::random:
+      return &s.routees[tls_rng() % n];
+    case RoutingKind::consistent_hashing: {
+      const auto key = cfg_.hash_key(msg);
+      auto it = std::upper_bound(s.ring.begin(), s.ring.end(), std::make_pair(key, ~0u));
+      if (it == s.ring.end()) it = s.ring.begin();
+      return &s.routees[it->second];
+    }
+    case RoutingKind::smallest_mailbox: {
+      const ActorRef* best = nullptr;
+      std::uint64_t best_score = ~0ull;
+      for (const auto& r : s.routees) {
+        auto* c = dynamic_cast<Cell*>(r.target());
+        const std::uint64_t score = c ? c->load_estimate() : 1;
+        if (score < best_score) {
+          best_score = score;
+          best = &r;
+          if (score == 0) break;  // idle with an empty mailbox: cannot do better
+        }
+      }
+      return best;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+void RouterState::gather(const Snapshot& s, Message&& msg, ActorRef&& sender) {
+  auto* g = new Gather(this, std::move(sender), sys_.next_id.fetch_add(1, std::memory_order_relaxed));
+  ActorRef gref(g, false);
+  auto& timers = *sys_.timers;
+  g->add_timer(timers.schedule(cfg_.within, [gref] { static_cast<Gather*>(gref.target())->time_out(); }));
+  if (cfg_.kind == RoutingKind::scatter_gather) {
+    for (const auto& r : s.routees) r.tell(msg, gref);
+    return;
+  }
+  // Tail-chopping: one routee now, the next after each interval until someone answers.
+  const auto start = rr_.fetch_add(1, std::memory_order_relaxed);
+  auto routees = std::make_shared<std::vector<ActorRef>>(s.routees);
+  routees->at(start % routees->size()).tell(msg, gref);
+  for (std::size_t k = 1; k < routees->size(); ++k) {
+    const auto at = cfg_.interval * static_cast<long>(k);
+    if (at >= cfg_.within) break;
+    g->add_timer(timers.schedule(at, [gref, routees, msg, i = (start + k) % routees->size()] {
+      if (!static_cast<Gather*>(gref.target())->done()) (*routees)[i].tell(msg, gref);
+    }));
+  }
+}
+
+void RouterState::send(Message&& msg, ActorRef&& sender) {
+  const Snapshot& s = *current_.load(std::memory_order_acquire);
+  if (s.routees.empty()) {
+    no_routee_.fetch_add(1, std::memory_order_relaxed);
+    sys_.dead_letter(msg, sender, path(), "router has no routees");
+    return;
+  }
+  routed_.fetch_add(1, std::memory_order_relaxed);
+  switch (cfg_.kind) {
+    case RoutingKind::broadcast:
+      for (const auto& r : s.routees) r.tell(msg, sender);
+      return;
+    case RoutingKind::scatter_gather:
+    case RoutingKind::tail_chopping:
+      gather(s, std::move(msg), std::move(sender));
+      return;
+    default:
+      pick(s, msg)->tell(std::move(msg), std::move(sender));
+  }
+}
+
+namespace {
+
+/// A pool's supervisor: its children are the routees.
+class PoolHead final : public Actor {
+ public:
+  PoolHead(ActorRef state, unsigned size, SupervisorStrategy strategy, RouteeSpawner spawn)
+      : state_(std::move(state)), size_(size), strategy_(std::move(strategy)), spawn_(std::move(spawn)) {}
+  void pre_start() override {
+    for (unsigned i = 0; i < size_; ++i) grow();
+  }
+  void receive(const Message& m) override {
+    if (const auto* g = m.as<sys::PoolGrow>()) {
+      for (unsigned i = 0; i < g->count(); ++i) {
+        grow();
+        router().count_replaced();
+      }
+    }
+  }
+  void post_stop() override { router().release_head(); }
+  SupervisorStrategy supervisor_strategy() const override { return strategy_; }
+
+ private:
+  RouterState& router() { return *static_cast<RouterState*>(state_.target()); }
+  void grow() { router().add(spawn_(context())); }
+  ActorRef state_;
+  unsigned size_;
+  SupervisorStrategy strategy_;
+  RouteeSpawner spawn_;
+};
+
+}  // namespace
+
+Router make_pool(ActorSystem& sys, unsigned size, RouterConfig config, PoolOptions options, RouteeSpawner spawn) {
+  auto& impl = sys.impl();
+  auto* state = new RouterState(impl, std::move(config), impl.next_id.fetch_add(1, std::memory_order_relaxed));
+  ActorRef ref(state, false);
+  auto head = sys.spawn<PoolHead>(SpawnOptions{.name = std::move(options.name)}, ref, size,
+                                  std::move(options.supervision), std::move(spawn));
+  state->set_head(static_cast<Cell*>(head.target()));
+  return Router(ref);
+}
+
+}  // namespace troupe::detail
+
+namespace troupe {
+
+detail::RouterState& Router::state() const { return *static_cast<detail::RouterState*>(ref_.target()); }
+ActorRef Router::ref() const { return ref_; }
+void Router::add(const ActorRef& routee) { state().add(routee); }
+void Router::remove(const ActorRef& routee) { state().remove(routee, false); }
+std::vector<ActorRef> Router::routees() const { return state().routees(); }
+void Router::broadcast(const Message& msg, const ActorRef& sender) const { state().broadcast(msg, sender); }
+void Router::stop_all() { state().stop_all(); }
+RouterStats Router::stats() const { return state().stats(); }
+
+Router make_group(ActorSystem& sys, const std::vector<ActorRef>& routees, RouterConfig config) {
+  auto& impl = sys.impl();
+  auto* state = new detail::RouterState(impl, std::move(config), impl.next_id.fetch_add(1, std::memory_order_relaxed));
+  Router r(ActorRef(state, false));
+  for (const auto& x : routees) r.add(x);
+  return r;
+}
+
+Router make_group(ActorSystem& sys, const std::vector<std::string>& paths, RouterConfig config) {
+  std::vector<ActorRef> refs;
+  for (const auto& p : paths) {
+    if (auto r = sys.lookup(p)) refs.push_back(std::move(r));
+  }
+  return make_group(sys, refs, std::move(config));
+}
+
+}  // namespace troupe

@@ -1,0 +1,335 @@
+// Routers: the distribution each strategy promises, gather patterns, routee lifecycle.
+
+#include <gtest/gtest.h>
+
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include <troupe/actor/actor_system.hpp>
+#include <troupe/actor/router.hpp>
+#include <troupe/serialization/system_generated.h>
+
+#include "test_messages_generated.h"
+#include "testkit.hpp"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+using testkit::Probe;
+
+Message cmd(const std::string& op, std::uint64_t n = 0) {
+  return Message::build<test::Cmd>([&](auto& b) { return test::CreateCmdDirect(b, op.c_str(), n); });
+}
+Message ping(std::uint64_t seq) { return Message::build<test::Ping>([&](auto& b) { return test::CreatePing(b, seq, 0); }); }
+std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<test::Cmd>()->op()->str() : ""; }
+RouterConfig rc(RoutingKind kind, std::chrono::milliseconds within = 5s, std::chrono::milliseconds interval = 100ms) {
+  RouterConfig c;
+  c.kind = kind;
+  c.within = within;
+  c.interval = interval;
+  return c;
+}
+PoolOptions pool_options(std::string name, SupervisorStrategy s = SupervisorStrategy::restarting()) {
+  PoolOptions o;
+  o.name = std::move(name);
+  o.supervision = std::move(s);
+  return o;
+}
+
+/// Which routee saw which key.
+struct Recorder {
+  std::mutex mu;
+  std::map<std::uint64_t, std::set<int>> seen;  // key -> routees
+  void record(std::uint64_t key, int who) {
+    std::lock_guard lk(mu);
+    seen[key].insert(who);
+  }
+};
+
+class Routee final : public Actor {
+ public:
+  Routee(int index, ActorRef probe, Recorder* rec) : index_(index), probe_(std::move(probe)), rec_(rec) {}
+  void pre_start() override {
+    if (probe_) probe_.tell(cmd("started", static_cast<std::uint64_t>(index_)));
+  }
+  void receive(const Message& m) override {
+    if (const auto* p = m.as<test::Ping>()) {
+      ++count_;
+      if (rec_) rec_->record(p->seq(), index_);
+      return;
+    }
+    const auto op = op_of(m);
+    if (op == "count") sender().tell(cmd("count", count_));
+    if (op == "boom") throw std::runtime_error("routee failure");
+    if (op == "reply") sender().tell(cmd("answer", static_cast<std::uint64_t>(index_)));
+    if (op == "hold") gate_->wait();
+  }
+  std::shared_future<void>* gate_ = nullptr;
+
+ private:
+  int index_;
+  ActorRef probe_;
+  Recorder* rec_;
+  std::uint64_t count_ = 0;
+};
+
+struct RouterTest : ::testing::Test {
+  static ActorSystemConfig config() {
+    ActorSystemConfig c;
+    c.workers = 2;
+    c.node_id = "router-test";
+    return c;
+  }
+  ActorSystem sys{config()};
+  Recorder rec;
+  std::vector<ActorRef> spawn_routees(int n) {
+    std::vector<ActorRef> out;
+    for (int i = 0; i < n; ++i) out.push_back(sys.spawn<Routee>(SpawnOptions{}, i, ActorRef{}, &rec));
+    return out;
+  }
+  static std::uint64_t count(const ActorRef& r) {
+    auto x = r.ask(cmd("count"), 10s).get();
+    return x.ok() ? x->as<test::Cmd>()->n() : ~0ull;
+  }
+};
+
+TEST_F(RouterTest, RoundRobinIsExact) {
+  auto rs = spawn_routees(3);
+  auto router = make_group(sys, rs, rc(RoutingKind::round_robin));
+  for (int i = 0; i < 30; ++i) router.ref().tell(ping(i));
+  for (auto& r : rs) EXPECT_EQ(count(r), 10u);
+  EXPECT_EQ(router.stats().routed, 30u);
+}
+
+TEST_F(RouterTest, RandomIsRoughlyUniform) {
+  auto rs = spawn_routees(4);
+  auto router = make_group(sys, rs, rc(RoutingKind::random));
+  for (int i = 0; i < 4000; ++i) router.ref().tell(ping(i));
+  std::uint64_t total = 0;
+  for (auto& r : rs) {
+    const auto c = count(r);
+    total += c;
+    EXPECT_GT(c, 800u);  // expected 1000; 800..1200 is > 6 standard deviations wide
+    EXPECT_LT(c, 1200u);
+  }
+  EXPECT_EQ(total, 4000u);
+}
+
+TEST_F(RouterTest, BroadcastReachesEveryRoutee) {
+  auto rs = spawn_routees(3);
+  auto router = make_group(sys, rs, rc(RoutingKind::broadcast));
+  for (int i = 0; i < 10; ++i) router.ref().tell(ping(i));
+  for (auto& r : rs) EXPECT_EQ(count(r), 10u);
+  router.broadcast(ping(99));  // the explicit broadcast works for any kind
+  for (auto& r : rs) EXPECT_EQ(count(r), 11u);
+}
+
+TEST_F(RouterTest, ConsistentHashingIsStableAndRemovalMovesOnlyTheRemovedRouteesKeys) {
+  auto rs = spawn_routees(4);
+  RouterConfig cfg = rc(RoutingKind::consistent_hashing);
+  cfg.hash_key = [](const Message& m) { return m.as<test::Ping>()->seq() * 0x9e3779b97f4a7c15ull; };
+  auto router = make_group(sys, rs, cfg);
+  constexpr int kKeys = 2000;
+  for (int round = 0; round < 2; ++round) {
+    for (int k = 0; k < kKeys; ++k) router.ref().tell(ping(k));
+  }
+  std::uint64_t total = 0;
+  for (auto& r : rs) total += count(r);
+  ASSERT_EQ(total, 2u * kKeys);
+  std::map<std::uint64_t, int> before;
+  std::map<int, int> per_routee;
+  for (auto& [k, who] : rec.seen) {
+    ASSERT_EQ(who.size(), 1u) << "key " << k << " went to two routees";
+    before[k] = *who.begin();
+    ++per_routee[*who.begin()];
+  }
+  for (auto& [who, n] : per_routee) EXPECT_GT(n, kKeys / 4 / 2) << "routee " << who << " gets a fair share";
+  // Remove routee 2: only its keys may move.
+  router.remove(rs[2]);
+  {
+    std::lock_guard lk(rec.mu);
+    rec.seen.clear();
+  }
+  for (int k = 0; k < kKeys; ++k) router.ref().tell(ping(k));
+  for (auto& r : rs) (void)count(r);
+  int moved = 0;
+  for (auto& [k, who] : rec.seen) {
+    ASSERT_EQ(who.size(), 1u);
+    const int now = *who.begin();
+    EXPECT_NE(now, 2);
+    if (before[k] != 2) {
+      EXPECT_EQ(now, before[k]) << "key " << k << " moved although its routee stayed";
+    }
+    moved += now != before[k];
+  }
+  EXPECT_EQ(moved, per_routee[2]);
+}
+
+TEST_F(RouterTest, SmallestMailboxPrefersTheIdleRoutee) {
+  auto rs = spawn_routees(2);
+  std::promise<void> release;
+  std::shared_future<void> gate = release.get_future().share();
+  // Hold routee 0 inside a message so that it is busy with an empty mailbox.
+  class Holder final : public Actor {
+   public:
+    Holder(std::shared_future<void> g, std::promise<void>* entered) : g_(std::move(g)), entered_(entered) {}
+    void receive(const Message& m) override {
+      if (op_of(m) == "hold") {
+        entered_->set_value();
+        g_.wait();
+      } else if (op_of(m) == "count") {
+        sender().tell(cmd("count", n_));
+      } else {
+        ++n_;
+      }
+    }
+    std::shared_future<void> g_;
+    std::promise<void>* entered_;
+    std::uint64_t n_ = 0;
+  };
+  std::promise<void> entered;
+  auto busy = sys.spawn<Holder>(SpawnOptions{}, gate, &entered);
+  auto router = make_group(sys, std::vector<ActorRef>{busy, rs[1]}, rc(RoutingKind::smallest_mailbox));
+  busy.tell(cmd("hold"));
+  entered.get_future().wait();
+  for (int i = 0; i < 10; ++i) busy.tell(ping(i));  // a long queue behind the held message
+  // At most 5 queued at the idle routee can never outweigh 10 queued at the busy one.
+  for (int i = 0; i < 5; ++i) router.ref().tell(ping(i));
+  EXPECT_EQ(count(rs[1]), 5u) << "everything went to the routee with the smaller mailbox";
+  release.set_value();
+  EXPECT_EQ(count(busy), 10u) << "only what was sent to it directly";
+}
+
+TEST(RouterGather, ScatterGatherReturnsTheFirstReplyAndTimesOutCleanly) {
+  auto timers = std::make_shared<ManualTimerService>();
+  auto cfg = RouterTest::config();
+  cfg.timers = timers;
+  ActorSystem sys(cfg);
+  class Answerer final : public Actor {
+   public:
+    explicit Answerer(bool answers) : answers_(answers) {}
+    void receive(const Message&) override {
+      if (answers_) sender().tell(cmd("answer"));
+    }
+    bool answers_;
+  };
+  auto quiet1 = sys.spawn<Answerer>(SpawnOptions{}, false);
+  auto talker = sys.spawn<Answerer>(SpawnOptions{}, true);
+  auto quiet2 = sys.spawn<Answerer>(SpawnOptions{}, false);
+  auto router = make_group(sys, std::vector<ActorRef>{quiet1, talker, quiet2},
+                           rc(RoutingKind::scatter_gather, 100ms));
+  auto r = router.ref().ask(cmd("question"), 10s).get();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(op_of(*r), "answer");
+  // Nobody answers: the gather gives up after `within`, counted; the caller's own ask times out.
+  auto silent = make_group(sys, std::vector<ActorRef>{quiet1, quiet2},
+                           rc(RoutingKind::scatter_gather, 100ms));
+  auto f = silent.ref().ask(cmd("question"), 1s);
+  ASSERT_TRUE(timers->await_pending(2, 10s));  // the ask's timer and the gather's
+  timers->advance(100ms);
+  EXPECT_EQ(silent.stats().gather_timeouts, 1u);
+  timers->advance(900ms);
+  EXPECT_EQ(f.get().error(), ActorErrc::timeout);
+}
+
+TEST(RouterGather, TailChoppingTriesTheNextRouteeAfterTheInterval) {
+  auto timers = std::make_shared<ManualTimerService>();
+  auto cfg = RouterTest::config();
+  cfg.timers = timers;
+  ActorSystem sys(cfg);
+  Probe seen(sys);
+  class Maybe final : public Actor {
+   public:
+    Maybe(bool answers, ActorRef seen) : answers_(answers), seen_(std::move(seen)) {}
+    void receive(const Message&) override {
+      seen_.tell(cmd(answers_ ? "talker" : "quiet"));
+      if (answers_) sender().tell(cmd("answer"));
+    }
+    bool answers_;
+    ActorRef seen_;
+  };
+  auto quiet = sys.spawn<Maybe>(SpawnOptions{}, false, seen.ref());
+  auto talker = sys.spawn<Maybe>(SpawnOptions{}, true, seen.ref());
+  auto router = make_group(sys, std::vector<ActorRef>{quiet, talker},
+                           rc(RoutingKind::tail_chopping, 1s, 50ms));
+  auto f = router.ref().ask(cmd("question"), 5s);
+  auto first = seen.next();
+  ASSERT_TRUE(first);
+  EXPECT_EQ(op_of(first->msg), "quiet");
+  EXPECT_EQ(f.wait_for(0s), std::future_status::timeout);
+  timers->advance(50ms);
+  auto second = seen.next();
+  ASSERT_TRUE(second);
+  EXPECT_EQ(op_of(second->msg), "talker");
+  auto r = f.get();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(op_of(*r), "answer");
+}
+
+TEST_F(RouterTest, FailingPoolRouteeIsRestartedInPlace) {
+  Probe probe(sys);
+  auto pool = make_pool<Routee>(sys, 2, RouterConfig{}, pool_options("pool"), 7, probe.ref(), &rec);
+  ASSERT_TRUE(probe.next());
+  ASSERT_TRUE(probe.next());
+  auto rs = pool.routees();
+  ASSERT_EQ(rs.size(), 2u);
+  rs[0].tell(ping(1));
+  rs[0].tell(cmd("boom"));
+  auto again = probe.next();  // restarted: pre_start ran again
+  ASSERT_TRUE(again);
+  EXPECT_EQ(count(rs[0]), 0u) << "fresh state, same ref";
+  EXPECT_EQ(pool.routees().size(), 2u);
+  EXPECT_EQ(rs[0].path().rfind("/user/pool/", 0), 0u) << rs[0].path();
+}
+
+TEST_F(RouterTest, PoolReplacesARouteeThatStopped) {
+  Probe probe(sys);
+  auto pool = make_pool<Routee>(sys, 2, RouterConfig{},
+                                pool_options("pool", SupervisorStrategy::stopping()), 1,
+                                probe.ref(), &rec);
+  ASSERT_TRUE(probe.next() && probe.next());
+  auto victim = pool.routees().at(0);
+  victim.tell(cmd("boom"));  // the pool's strategy stops it; the pool spawns a new one
+  ASSERT_TRUE(probe.next());
+  EXPECT_EQ(pool.stats().routees_replaced, 1u);
+  auto now = pool.routees();
+  EXPECT_EQ(now.size(), 2u);
+  EXPECT_EQ(std::find(now.begin(), now.end(), victim), now.end());
+}
+
+TEST_F(RouterTest, DeadGroupRouteeLeavesAndAnEmptyRouterDeadLetters) {
+  auto rs = spawn_routees(2);
+  auto router = make_group(sys, rs);
+  Probe probe(sys);
+  probe.watch(sys, rs[0]);
+  sys.stop(rs[0]);
+  ASSERT_TRUE(probe.next());
+  EXPECT_EQ(router.routees(), std::vector<ActorRef>{rs[1]});
+  EXPECT_EQ(router.stats().routees_removed, 1u);
+  router.remove(rs[1]);
+  const auto before = sys.stats().dead_letters;
+  router.ref().tell(ping(1));
+  EXPECT_EQ(router.stats().no_routee, 1u);
+  EXPECT_EQ(sys.stats().dead_letters, before + 1);
+}
+
+TEST_F(RouterTest, ManagementAddListStopAll) {
+  auto rs = spawn_routees(2);
+  auto router = make_group(sys, std::vector<std::string>{rs[0].path(), "/user/missing"});
+  EXPECT_EQ(router.routees().size(), 1u) << "missing paths are skipped";
+  router.add(rs[1]);
+  router.add(rs[1]);  // twice: once
+  EXPECT_EQ(router.routees().size(), 2u);
+  Probe probe(sys);
+  probe.watch(sys, rs[0]);
+  probe.watch(sys, rs[1]);
+  router.stop_all();
+  ASSERT_TRUE(probe.next() && probe.next());
+  EXPECT_TRUE(router.routees().empty());
+}
+
+}  // namespace
+}  // namespace troupe
