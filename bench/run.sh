@@ -14,7 +14,7 @@ run() {  # run <label> <binary> [args]: JSON lines to $out/<label>.jsonl
   shift 2
   if [ -x "$bin" ]; then
     echo "== $label" >&2
-    "$bin" "$@" >"$out/$label.jsonl"
+    "$bin" "$@" >"$out/$label.jsonl" || echo "== $label: exit $? (a workload the harness does not have?)" >&2
   else
     echo "== $label: $bin not built, skipped" >&2
     : >"$out/$label.jsonl"
@@ -24,7 +24,7 @@ run() {  # run <label> <binary> [args]: JSON lines to $out/<label>.jsonl
 # The two actor harnesses alternate workloads so that both see the same machine conditions.
 : >"$out/troupe.jsonl"
 : >"$out/caf.jsonl"
-for w in pingpong_1pair pingpong_100pairs fanin_2senders idle_actor_bytes; do
+for w in pingpong_1pair pingpong_100pairs fanin_2senders idle_actor_bytes pool_roundrobin_2x4 pool_broadcast_2x4 direct_tell_2x1; do
   run troupe.part "$build/bench/troupe_bench" --only "$w" "$@"
   cat "$out/troupe.part.jsonl" >>"$out/troupe.jsonl"
   run caf.part "$build/bench/caf_bench" --only "$w" "$@"

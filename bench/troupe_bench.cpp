@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <spdlog/spdlog.h>
+#include <troupe/actor/router.hpp>
 #include <troupe/troupe.hpp>
 
 #include "bench_generated.h"
@@ -131,6 +132,66 @@ void fanin(const Options& o) {
   emit("fanin_2senders", 2.0 * static_cast<double>(each) / s, "msg/s");
 }
 
+// Counts deliveries into a shared counter; the delivery that completes the total releases main.
+class Counter final : public Actor {
+ public:
+  Counter(std::atomic<std::uint64_t>* seen, std::uint64_t total, std::latch* done)
+      : seen_(seen), total_(total), done_(done) {}
+  void receive(const Message&) override {
+    if (seen_->fetch_add(1, std::memory_order_relaxed) + 1 == total_) done_->count_down();
+  }
+
+ private:
+  std::atomic<std::uint64_t>* seen_;
+  std::uint64_t total_;
+  std::latch* done_;
+};
+
+// 2 sender threads x `each` messages into `target`; returns seconds until `done` opens.
+double two_senders(const ActorRef& target, std::uint64_t each, std::latch& done) {
+  std::latch go(1);
+  std::vector<std::thread> senders;
+  for (int t = 0; t < 2; ++t) {
+    senders.emplace_back([&] {
+      go.wait();
+      for (std::uint64_t i = 0; i < each; ++i) target.tell(ping(i));
+    });
+  }
+  const auto t0 = Clock::now();
+  go.count_down();
+  done.wait();
+  const double s = seconds_since(t0);
+  for (auto& t : senders) t.join();
+  return s;
+}
+
+void pool(const Options& o, const char* name, RoutingKind kind) {
+  ActorSystem sys(config(o));
+  const auto each = scaled(o, 1'000'000);
+  const std::uint64_t deliveries = 2 * each * (kind == RoutingKind::broadcast ? 4 : 1);
+  std::atomic<std::uint64_t> seen{0};
+  std::latch done(1);
+  RouterConfig rc;
+  rc.kind = kind;
+  PoolOptions po;
+  po.name = "pool";
+  auto router = make_pool<Counter>(sys, 4, rc, po, &seen, deliveries, &done);
+  while (router.routees().size() < 4) std::this_thread::yield();  // set-up only, not timed
+  const double s = two_senders(router.ref(), each, done);
+  emit(name, 2.0 * static_cast<double>(each) / s, "msg/s");
+}
+
+// The no-router ceiling for the pool figures: the same 2 senders straight to one actor.
+void direct(const Options& o) {
+  ActorSystem sys(config(o));
+  const auto each = scaled(o, 1'000'000);
+  std::atomic<std::uint64_t> seen{0};
+  std::latch done(1);
+  auto target = sys.spawn<Counter>(SpawnOptions{}, &seen, 2 * each, &done);
+  const double s = two_senders(target, each, done);
+  emit("direct_tell_2x1", 2.0 * static_cast<double>(each) / s, "msg/s");
+}
+
 class Idle final : public Actor {
  public:
   explicit Idle(std::latch* started) : started_(started) {}
@@ -187,5 +248,8 @@ int main(int argc, char** argv) {
   if (want("pingpong_100pairs")) pingpong(o, "pingpong_100pairs", 100, scaled(o, 50'000));
   if (want("fanin_2senders")) fanin(o);
   if (want("idle_actor_bytes")) idle_actors(o);
+  if (want("pool_roundrobin_2x4")) pool(o, "pool_roundrobin_2x4", RoutingKind::round_robin);
+  if (want("pool_broadcast_2x4")) pool(o, "pool_broadcast_2x4", RoutingKind::broadcast);
+  if (want("direct_tell_2x1")) direct(o);
   return 0;
 }

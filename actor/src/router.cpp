@@ -195,7 +195,7 @@ void RouterState::remove(const ActorRef& r, bool died) {
     std::erase(rs, r);
     publish(std::move(rs));
     removed_.fetch_add(1, std::memory_order_relaxed);
-    replace = died && head_ && !stopping_;
+    replace = died && head_ && !stopping_ && !head_->stopping();
     if (replace) {
       head_->send(Message::build<sys::PoolGrow>([](auto& b) { return sys::CreatePoolGrow(b, 1); }), ActorRef{});
     }

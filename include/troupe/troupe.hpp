@@ -6,6 +6,7 @@
 #include <troupe/actor/actor_ref.hpp>
 #include <troupe/actor/actor_system.hpp>
 #include <troupe/actor/errc.hpp>
+#include <troupe/actor/router.hpp>
 #include <troupe/actor/supervision.hpp>
 #include <troupe/actor/timer.hpp>
 #include <troupe/serialization/message.hpp>
