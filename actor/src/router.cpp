@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <cmath>
 #include <random>
 
 #include <fmt/format.h>
@@ -59,9 +60,14 @@ class RouterState final : public RefTarget {
   }
   void stop_all();
   RouterStats stats() const {
-    return {routed_.load(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load()};
+    return {routed_.load(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load(), resizes_.load()};
   }
-  void set_head(Cell* head) { head_ = Ref<Cell>(head, true); }
+  void set_head(Cell* head, std::optional<Resizer> resizer) {
+    std::lock_guard lk(mu_);
+    head_ = Ref<Cell>(head, true);
+    resizer_ = std::move(resizer);
+  }
+  bool counts_load() const noexcept { return cfg_.kind == RoutingKind::smallest_mailbox || resizer_; }
   void count_timeout() { timeouts_.fetch_add(1, std::memory_order_relaxed); }
   void count_replaced() { replaced_.fetch_add(1, std::memory_order_relaxed); }
   void release_head() {
@@ -85,7 +91,9 @@ class RouterState final : public RefTarget {
   Ref<Cell> head_;                                          // pool supervisor, if a pool
   bool stopping_ = false;
   std::atomic<std::uint64_t> rr_{0};
-  std::atomic<std::uint64_t> routed_{0}, no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0};
+  std::atomic<std::uint64_t> routed_{0}, no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0}, resizes_{0};
+  std::optional<Resizer> resizer_;
+  void maybe_resize(const Snapshot& s, std::uint64_t n);
 };
 
 namespace {
@@ -176,7 +184,7 @@ void RouterState::add(const ActorRef& r) {
     watcher = ActorRef(new RouteeWatcher(this), false);
     watchers_.emplace(r.target(), watcher);
   }
-  if (cfg_.kind == RoutingKind::smallest_mailbox) {
+  if (counts_load()) {
     if (auto* c = dynamic_cast<Cell*>(r.target())) c->enable_load_count();
   }
   r.target()->add_watcher(watcher);  // a routee that is already dead is removed at once
@@ -197,7 +205,7 @@ void RouterState::remove(const ActorRef& r, bool died) {
     removed_.fetch_add(1, std::memory_order_relaxed);
     replace = died && head_ && !stopping_ && !head_->stopping();
     if (replace) {
-      head_->send(Message::build<sys::PoolGrow>([](auto& b) { return sys::CreatePoolGrow(b, 1); }), ActorRef{});
+      head_->send(Message::build<sys::PoolResize>([](auto& b) { return sys::CreatePoolResize(b, 1, true); }), ActorRef{});
     }
   }
   if (!died) r.target()->remove_watcher(watcher);
@@ -273,6 +281,27 @@ void RouterState::gather(const Snapshot& s, Message&& msg, ActorRef&& sender) {
   }
 }
 
+void RouterState::maybe_resize(const Snapshot& s, std::uint64_t n) {
+  if (!resizer_ || n % std::max(1u, resizer_->messages_per_resize) != 0) return;
+  unsigned busy = 0;
+  for (const auto& r : s.routees) {
+    auto* c = dynamic_cast<Cell*>(r.target());
+    busy += (c && c->load_estimate() > 0) ? 1 : 0;
+  }
+  const int delta = resize_delta(*resizer_, static_cast<unsigned>(s.routees.size()), busy);
+  if (delta == 0) return;
+  Ref<Cell> head;
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_) return;
+    head = head_;
+  }
+  if (!head) return;
+  resizes_.fetch_add(1, std::memory_order_relaxed);
+  head->send(Message::build<sys::PoolResize>([delta](auto& b) { return sys::CreatePoolResize(b, delta, false); }),
+             ActorRef{});
+}
+
 void RouterState::send(Message&& msg, ActorRef&& sender) {
   const Snapshot& s = *current_.load(std::memory_order_acquire);
   if (s.routees.empty()) {
@@ -280,7 +309,14 @@ void RouterState::send(Message&& msg, ActorRef&& sender) {
     sys_.dead_letter(msg, sender, path(), "router has no routees");
     return;
   }
-  routed_.fetch_add(1, std::memory_order_relaxed);
+  const auto n = routed_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (const auto* b = msg.as<sys::Broadcast>()) {
+    const auto* p = b->payload();
+    Message inner = Message::copy_of(b->type_id(), p ? std::span<const std::uint8_t>(p->data(), p->size())
+                                                     : std::span<const std::uint8_t>{});
+    for (const auto& r : s.routees) r.tell(inner, sender);
+    return;
+  }
   switch (cfg_.kind) {
     case RoutingKind::broadcast:
       for (const auto& r : s.routees) r.tell(msg, sender);
@@ -292,6 +328,7 @@ void RouterState::send(Message&& msg, ActorRef&& sender) {
     default:
       pick(s, msg)->tell(std::move(msg), std::move(sender));
   }
+  maybe_resize(s, n);
 }
 
 namespace {
@@ -299,16 +336,35 @@ namespace {
 /// A pool's supervisor: its children are the routees.
 class PoolHead final : public Actor {
  public:
-  PoolHead(ActorRef state, unsigned size, SupervisorStrategy strategy, RouteeSpawner spawn)
-      : state_(std::move(state)), size_(size), strategy_(std::move(strategy)), spawn_(std::move(spawn)) {}
+  PoolHead(ActorRef state, unsigned size, std::optional<Resizer> resizer, SupervisorStrategy strategy,
+           RouteeSpawner spawn)
+      : state_(std::move(state)), size_(size), resizer_(std::move(resizer)), strategy_(std::move(strategy)),
+        spawn_(std::move(spawn)) {
+    if (resizer_) size_ = std::clamp(size_, resizer_->lower, std::max(resizer_->lower, resizer_->upper));
+  }
   void pre_start() override {
     for (unsigned i = 0; i < size_; ++i) grow();
   }
   void receive(const Message& m) override {
-    if (const auto* g = m.as<sys::PoolGrow>()) {
-      for (unsigned i = 0; i < g->count(); ++i) {
+    const auto* r = m.as<sys::PoolResize>();
+    if (!r) return;
+    const auto size = static_cast<unsigned>(router().routees().size());
+    if (r->replacement()) {
+      for (int i = 0; i < r->delta(); ++i) {
         grow();
         router().count_replaced();
+      }
+    } else if (resizer_ && r->delta() > 0) {
+      const auto room = resizer_->upper > size ? resizer_->upper - size : 0;
+      for (unsigned i = 0; i < std::min<unsigned>(room, static_cast<unsigned>(r->delta())); ++i) grow();
+    } else if (resizer_ && r->delta() < 0) {
+      // Shrink: take routees out of the router first (so they are not replaced), then stop them.
+      const auto spare = size > resizer_->lower ? size - resizer_->lower : 0;
+      auto routees = router().routees();
+      for (unsigned i = 0; i < std::min<unsigned>(spare, static_cast<unsigned>(-r->delta())); ++i) {
+        const auto victim = routees[routees.size() - 1 - i];
+        router().remove(victim, false);
+        context().stop(victim);
       }
     }
   }
@@ -320,6 +376,7 @@ class PoolHead final : public Actor {
   void grow() { router().add(spawn_(context())); }
   ActorRef state_;
   unsigned size_;
+  std::optional<Resizer> resizer_;
   SupervisorStrategy strategy_;
   RouteeSpawner spawn_;
 };
@@ -330,9 +387,10 @@ Router make_pool(ActorSystem& sys, unsigned size, RouterConfig config, PoolOptio
   auto& impl = sys.impl();
   auto* state = new RouterState(impl, std::move(config), impl.next_id.fetch_add(1, std::memory_order_relaxed));
   ActorRef ref(state, false);
-  auto head = sys.spawn<PoolHead>(SpawnOptions{.name = std::move(options.name)}, ref, size,
+  state->set_head(nullptr, options.resizer);  // load counting is on before the first routee
+  auto head = sys.spawn<PoolHead>(SpawnOptions{.name = std::move(options.name)}, ref, size, options.resizer,
                                   std::move(options.supervision), std::move(spawn));
-  state->set_head(static_cast<Cell*>(head.target()));
+  state->set_head(static_cast<Cell*>(head.target()), std::move(options.resizer));
   return Router(ref);
 }
 
@@ -348,6 +406,24 @@ std::vector<ActorRef> Router::routees() const { return state().routees(); }
 void Router::broadcast(const Message& msg, const ActorRef& sender) const { state().broadcast(msg, sender); }
 void Router::stop_all() { state().stop_all(); }
 RouterStats Router::stats() const { return state().stats(); }
+
+Message make_broadcast(const Message& msg) {
+  return Message::build<sys::Broadcast>([&](flatbuffers::FlatBufferBuilder& b) {
+    return sys::CreateBroadcast(b, msg.type(), b.CreateVector(msg.bytes().data(), msg.size()));
+  });
+}
+
+int resize_delta(const Resizer& r, unsigned size, unsigned busy) noexcept {
+  const unsigned lower = r.lower, upper = std::max(r.lower, r.upper);
+  int delta = 0;
+  if (size > 0 && busy >= size) {
+    delta = static_cast<int>(std::ceil(r.rampup_rate * size));
+  } else if (size > 0 && r.backoff_rate > 0 && static_cast<double>(busy) / size < r.backoff_threshold) {
+    delta = -std::max(1, static_cast<int>(std::floor(r.backoff_rate * size)));
+  }
+  const long target = std::clamp<long>(static_cast<long>(size) + delta, lower, upper);
+  return static_cast<int>(target - static_cast<long>(size));
+}
 
 Router make_group(ActorSystem& sys, const std::vector<ActorRef>& routees, RouterConfig config) {
   auto& impl = sys.impl();

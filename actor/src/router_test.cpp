@@ -76,6 +76,8 @@ class Routee final : public Actor {
   std::uint64_t count_ = 0;
 };
 
+void router_hold(const Router& r) { r.ref().tell(cmd("hold")); }
+
 struct RouterTest : ::testing::Test {
   static ActorSystemConfig config() {
     ActorSystemConfig c;
@@ -329,6 +331,82 @@ TEST_F(RouterTest, ManagementAddListStopAll) {
   router.stop_all();
   ASSERT_TRUE(probe.next() && probe.next());
   EXPECT_TRUE(router.routees().empty());
+}
+
+}  // namespace
+}  // namespace troupe
+
+namespace troupe {
+namespace {
+
+TEST(Resizer, GrowsWhenAllBusyShrinksWhenFewAreAndStaysInBounds) {
+  const Resizer r{.lower = 2, .upper = 6, .messages_per_resize = 1, .rampup_rate = 0.2, .backoff_threshold = 0.3,
+                  .backoff_rate = 0.1};
+  EXPECT_EQ(resize_delta(r, 2, 2), 1);   // ceil(0.4)
+  EXPECT_EQ(resize_delta(r, 5, 5), 1);   // ceil(1.0)
+  EXPECT_EQ(resize_delta(r, 6, 6), 0);   // at upper
+  EXPECT_EQ(resize_delta(r, 4, 2), 0);   // half busy: keep
+  EXPECT_EQ(resize_delta(r, 4, 1), -1);  // 25 % busy: shrink by max(1, floor(0.4))
+  EXPECT_EQ(resize_delta(r, 2, 0), 0);   // at lower
+  EXPECT_EQ(resize_delta(r, 1, 0), 1);   // below lower: back up
+  EXPECT_EQ(resize_delta(r, 9, 9), -3);  // above upper: back down
+}
+
+TEST(RouterResize, GrowsABusyPoolUpToItsBoundAndShrinksAnIdleOne) {
+  auto cfg = RouterTest::config();
+  cfg.workers = 8;  // held routees block their workers: leave room for the pool's supervisor
+  ActorSystem sys(cfg);
+  Probe probe(sys);
+  std::promise<void> release;
+  std::shared_future<void> gate = release.get_future().share();
+  class Blocker final : public Actor {
+   public:
+    Blocker(ActorRef probe, std::shared_future<void> gate) : probe_(std::move(probe)), gate_(std::move(gate)) {}
+    void pre_start() override { probe_.tell(cmd("started")); }
+    void post_stop() override { probe_.tell(cmd("stopped")); }
+    void receive(const Message& m) override {
+      if (op_of(m) == "hold") gate_.wait();
+    }
+    ActorRef probe_;
+    std::shared_future<void> gate_;
+  };
+  auto opts = pool_options("resizing");
+  opts.resizer = Resizer{.lower = 2, .upper = 4, .messages_per_resize = 1, .rampup_rate = 0.5,
+                         .backoff_threshold = 0.3, .backoff_rate = 0.5};
+  auto pool = make_pool<Blocker>(sys, 1, rc(RoutingKind::round_robin), opts, probe.ref(), gate);
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(op_of(probe.next()->msg), "started");  // size clamped to lower
+  // Keep every routee busy: the pool grows, one step at a time (a new routee must get busy
+  // too before the next step), up to 4.
+  int grown = 0;
+  for (int tries = 0; grown < 2 && tries < 500; ++tries) {
+    router_hold(pool);
+    if (auto m = probe.next(20ms)) {
+      EXPECT_EQ(op_of(m->msg), "started");
+      ++grown;
+    }
+  }
+  ASSERT_EQ(grown, 2);
+  for (int i = 0; i < 20; ++i) router_hold(pool);  // all 4 busy: any growth past 4 is refused
+  release.set_value();
+  // Idle now: routing a few messages lets the resizer see it and shrink back to the lower bound.
+  int stopped = 0;
+  for (int tries = 0; stopped < 2 && tries < 500; ++tries) {
+    pool.ref().tell(cmd("tick"));  // each routed message is a chance for the resizer to look
+    if (auto m = probe.next(20ms)) {
+      EXPECT_EQ(op_of(m->msg), "stopped");
+      ++stopped;
+    }
+  }
+  ASSERT_EQ(stopped, 2);
+  EXPECT_EQ(pool.routees().size(), 2u);
+  EXPECT_GE(pool.stats().resizes, 2u);
+}
+
+TEST_F(RouterTest, BroadcastWrapperReachesEveryRouteeWhateverTheKind) {
+  auto rs = spawn_routees(3);
+  auto router = make_group(sys, rs, rc(RoutingKind::round_robin));
+  router.ref().tell(make_broadcast(ping(5)));
+  for (auto& r : rs) EXPECT_EQ(count(r), 1u);
 }
 
 }  // namespace

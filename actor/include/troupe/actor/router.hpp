@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,7 @@ struct RouterStats {
   std::uint64_t gather_timeouts = 0; ///< scatter_gather / tail_chopping with no reply in time
   std::uint64_t routees_removed = 0; ///< routees that stopped or were removed
   std::uint64_t routees_replaced = 0;///< pool routees spawned to replace stopped ones
+  std::uint64_t resizes = 0;         ///< resize decisions sent to the pool
 };
 
 namespace detail {
@@ -85,12 +87,32 @@ Router make_group(ActorSystem& sys, const std::vector<ActorRef>& routees, Router
 /// A group router over the actors at these paths (looked up now; missing paths are skipped).
 Router make_group(ActorSystem& sys, const std::vector<std::string>& paths, RouterConfig config = {});
 
+/// Grows a pool when all its routees are busy and shrinks it when few are (Akka's default
+/// resizer). A routee is busy while it runs or has messages queued.
+struct Resizer {
+  unsigned lower = 1;                  ///< never fewer routees
+  unsigned upper = 10;                 ///< never more routees
+  unsigned messages_per_resize = 10;   ///< look at the routees' load every this many messages
+  double rampup_rate = 0.2;            ///< all busy: grow by ceil(rate * size)
+  double backoff_threshold = 0.3;      ///< busy/size below this: shrink ...
+  double backoff_rate = 0.1;           ///< ... by max(1, floor(rate * size))
+};
+
+/// The change in pool size the resizer asks for, given `size` routees of which `busy` are busy.
+/// Pure; the result keeps the size within [lower, upper].
+int resize_delta(const Resizer& r, unsigned size, unsigned busy) noexcept;
+
 struct PoolOptions {
   /// Name of the pool's supervisor actor under /user (routees are its children).
   std::string name;
   /// How the routees are supervised (default: restart).
   SupervisorStrategy supervision = SupervisorStrategy::restarting();
+  /// Optional resizer; the pool then starts with `size` clamped to [lower, upper].
+  std::optional<Resizer> resizer;
 };
+
+/// Wraps `msg` so that a router delivers it to every routee (a management message).
+Message make_broadcast(const Message& msg);
 
 namespace detail {
 using RouteeSpawner = std::function<ActorRef(ActorContext&)>;
