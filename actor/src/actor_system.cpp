@@ -190,6 +190,10 @@ ActorRef ActorSystem::spawn_top(detail::FactoryPtr f, SpawnOptions opts) {
   return impl_->user->spawn(std::move(f), std::move(opts));
 }
 
+ActorRef ActorSystem::spawn_under_system(detail::FactoryPtr f, SpawnOptions opts) {
+  return impl_->system->spawn(std::move(f), std::move(opts));
+}
+
 void ActorSystem::stop(const ActorRef& ref) {
   if (ref) ref.target()->stop();
 }

@@ -358,6 +358,23 @@ TEST(Hierarchy, DuplicateAndInvalidNamesAreRefused) {
   EXPECT_EQ(sys.lookup(anon.path()), anon) << anon.path();
 }
 
+TEST(Hierarchy, ShutdownStopsUserActorsBeforeSystemActors) {
+  auto order = std::make_shared<std::vector<std::string>>();
+  auto mu = std::make_shared<std::mutex>();
+  {
+    ActorSystem sys(two_workers());
+    auto s = sys.spawn_system<Recorder>(SpawnOptions{.name = "sys"}, std::string("sys"), order, mu, 1);
+    auto u = sys.spawn<Recorder>(SpawnOptions{.name = "usr"}, std::string("usr"), order, mu, 1);
+    EXPECT_EQ(s.path(), "/system/sys");
+    EXPECT_EQ(u.path(), "/user/usr");
+    ASSERT_TRUE(s.ask(cmd("ping"), 10s).get().ok());
+    ASSERT_TRUE(u.ask(cmd("ping"), 10s).get().ok());
+    sys.shutdown();
+  }
+  std::lock_guard lk(*mu);
+  EXPECT_EQ(*order, (std::vector<std::string>{"usr.0", "usr", "sys.0", "sys"}));
+}
+
 TEST(Hierarchy, NameIsFreeAgainAfterTheActorStopped) {
   ActorSystem sys(two_workers());
   Probe probe(sys);

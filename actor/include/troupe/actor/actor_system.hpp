@@ -66,6 +66,14 @@ class ActorSystem {
   template <class T>
   ActorRef spawn() { return spawn<T>(SpawnOptions{}); }
 
+  /// Spawns one of Troupe's own actors under /system (remoting, membership and sharding use
+  /// this; they stop after every user actor at shutdown).
+  template <class T, class... A>
+  ActorRef spawn_system(SpawnOptions opts, A&&... args) {
+    static_assert(std::is_base_of_v<Actor, T>, "T must derive from troupe::Actor");
+    return spawn_under_system(detail::make_factory<T>(std::forward<A>(args)...), std::move(opts));
+  }
+
   /// Stops `ref` after its current message (children first).
   void stop(const ActorRef& ref);
   /// Delivers troupe::sys::Terminated to `watcher` (sender = `target`) once `target` stops.
@@ -94,6 +102,7 @@ class ActorSystem {
 
  private:
   ActorRef spawn_top(detail::FactoryPtr f, SpawnOptions opts);
+  ActorRef spawn_under_system(detail::FactoryPtr f, SpawnOptions opts);
   std::unique_ptr<Impl> impl_;
 };
 
