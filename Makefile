@@ -7,6 +7,7 @@ WERROR     ?= $(if $(CI),ON,OFF)
 CMAKE_ARGS ?=
 
 .PHONY: all deps configure build test test-unit test-sanitize bench demo fuzz clean
+FUZZ_SECONDS ?= 600
 
 all: build
 
@@ -40,5 +41,14 @@ bench: build
 demo: build
 	@$(BUILD)/examples/hello_actors
 
+# libFuzzer on the decoders of untrusted bytes (clang; FUZZ_SECONDS per target, default 600).
+fuzz: deps
+	@TROUPE_EXTRA_PACKAGES="clang libclang-rt-14-dev" scripts/install-deps.sh
+	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTROUPE_FUZZ=ON \
+	  -DTROUPE_SANITIZE=address,undefined -DTROUPE_BUILD_BENCH=OFF -DTROUPE_BUILD_EXAMPLES=OFF >/dev/null
+	@cmake --build build-fuzz -j $(JOBS) --target frame_fuzz
+	@mkdir -p build-fuzz/corpus/frame
+	build-fuzz/remoting/frame_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1 build-fuzz/corpus/frame
+
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

@@ -1,0 +1,91 @@
+#pragma once
+/// \file
+/// The remoting frame: one ZeroMQ message carrying a FlatBuffers `troupe.wire.Batch` of
+/// envelopes (serialization/envelope.fbs). Building batches amortises CURVE's per-frame cost;
+/// decoding treats every byte as hostile: size limit first, then the FlatBuffers Verifier (depth
+/// and table limits), then the protocol version, then each envelope on its own (its payload
+/// through the MessageRegistry's verifier, its paths checked). A bad frame is refused whole; a
+/// bad envelope is dropped alone. Nothing here logs or counts: the transport does, by reason.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <troupe/serialization/message.hpp>
+#include <troupe/serialization/registry.hpp>
+#include <troupe/serialization/result.hpp>
+
+namespace troupe::remoting {
+
+/// Protocol versions this build speaks (a frame outside the range is refused).
+inline constexpr std::uint16_t kProtocolVersion = 1;
+inline constexpr std::uint16_t kMinProtocolVersion = 1;
+
+struct FrameLimits {
+  std::size_t max_frame_bytes = 8u << 20;  ///< larger frames are refused unread (also ZMQ_MAXMSGSIZE)
+  std::size_t max_envelopes = 4096;        ///< per frame
+  std::size_t max_path_bytes = 1024;       ///< recipient and sender addresses
+  unsigned max_depth = 16;                 ///< FlatBuffers nesting depth of the batch
+};
+
+/// Why a whole frame was refused.
+enum class FrameErrc {
+  empty = 1,
+  oversized,
+  malformed,            ///< the Verifier rejected the batch (truncated, lying lengths or offsets)
+  unsupported_version,
+  too_many_envelopes,
+};
+const std::error_category& frame_category() noexcept;
+inline std::error_code make_error_code(FrameErrc e) noexcept { return {static_cast<int>(e), frame_category()}; }
+
+/// Accumulates envelopes into one frame. Not thread-safe (the transport's I/O thread owns it).
+class BatchBuilder {
+ public:
+  explicit BatchBuilder(std::size_t initial_bytes = 64u << 10) : fbb_(initial_bytes) {}
+  /// Appends one envelope; `payload` is the message's FlatBuffers bytes.
+  void add(TypeId type, std::string_view recipient, std::string_view sender, std::uint64_t correlation_id,
+           std::span<const std::uint8_t> payload);
+  std::size_t count() const noexcept { return offsets_.size(); }
+  /// Bytes written so far (the frame is a little larger once finished).
+  std::size_t approx_bytes() const noexcept { return fbb_.GetSize(); }
+  /// Finishes the frame; the bytes stay valid until the next add() or reset().
+  std::span<const std::uint8_t> finish();
+  void reset();
+
+ private:
+  flatbuffers::FlatBufferBuilder fbb_;
+  std::vector<flatbuffers::Offset<void>> offsets_;
+};
+
+/// One decoded envelope, owning its (verified) payload.
+struct InEnvelope {
+  TypeId type = 0;
+  std::string recipient;
+  std::string sender;
+  std::uint64_t correlation_id = 0;
+  Message payload;
+};
+
+/// Envelopes dropped from an otherwise good frame, by reason.
+struct FrameReport {
+  std::size_t accepted = 0;
+  std::size_t unknown_type = 0;   ///< no verifier registered for the type id
+  std::size_t bad_payload = 0;    ///< missing, oversized or failing its verifier
+  std::size_t bad_path = 0;       ///< recipient or sender not a well-formed address
+};
+
+/// Decodes a frame. Errors refuse the whole frame; `report` says what was dropped from a good one.
+Result<std::vector<InEnvelope>> decode_frame(std::span<const std::uint8_t> frame, const MessageRegistry& registry,
+                                             const FrameLimits& limits, FrameReport& report);
+
+}  // namespace troupe::remoting
+
+template <>
+struct std::is_error_code_enum<troupe::remoting::FrameErrc> : std::true_type {};

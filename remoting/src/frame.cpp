@@ -1,0 +1,107 @@
+#include <troupe/remoting/frame.hpp>
+
+#include <troupe/serialization/envelope_generated.h>
+
+namespace troupe::remoting {
+
+namespace {
+
+class FrameCategory final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "troupe.frame"; }
+  std::string message(int c) const override {
+    switch (static_cast<FrameErrc>(c)) {
+      case FrameErrc::empty: return "empty frame";
+      case FrameErrc::oversized: return "frame larger than the limit";
+      case FrameErrc::malformed: return "frame failed verification";
+      case FrameErrc::unsupported_version: return "unsupported protocol version";
+      case FrameErrc::too_many_envelopes: return "too many envelopes in one frame";
+    }
+    return "unknown frame error";
+  }
+};
+
+// A recipient is a local path ("/user/a"); a sender is empty or a full address
+// ("troupe://<node>@<host>:<port>/<path>"). Printable ASCII only, bounded.
+bool printable(std::string_view s) {
+  for (unsigned char c : s) {
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
+}
+bool valid_recipient(std::string_view s, std::size_t max) {
+  return !s.empty() && s.size() <= max && s.front() == '/' && printable(s);
+}
+bool valid_sender(std::string_view s, std::size_t max) {
+  return s.empty() || (s.size() <= max && s.starts_with("troupe://") && printable(s));
+}
+
+}  // namespace
+
+const std::error_category& frame_category() noexcept {
+  static const FrameCategory cat;
+  return cat;
+}
+
+void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view sender, std::uint64_t correlation_id,
+                       std::span<const std::uint8_t> payload) {
+  auto r = fbb_.CreateString(recipient.data(), recipient.size());
+  auto s = fbb_.CreateString(sender.data(), sender.size());
+  auto p = fbb_.CreateVector(payload.data(), payload.size());
+  offsets_.push_back(wire::CreateEnvelope(fbb_, type, r, s, correlation_id, p).Union());
+}
+
+std::span<const std::uint8_t> BatchBuilder::finish() {
+  std::vector<flatbuffers::Offset<wire::Envelope>> typed;
+  typed.reserve(offsets_.size());
+  for (auto o : offsets_) typed.emplace_back(o.o);
+  auto v = fbb_.CreateVector(typed);
+  fbb_.Finish(wire::CreateBatch(fbb_, kProtocolVersion, v));
+  return {fbb_.GetBufferPointer(), fbb_.GetSize()};
+}
+
+void BatchBuilder::reset() {
+  fbb_.Clear();
+  offsets_.clear();
+}
+
+Result<std::vector<InEnvelope>> decode_frame(std::span<const std::uint8_t> frame, const MessageRegistry& registry,
+                                             const FrameLimits& limits, FrameReport& report) {
+  if (frame.empty()) return FrameErrc::empty;
+  if (frame.size() > limits.max_frame_bytes) return FrameErrc::oversized;
+  // Every envelope is at least a table, two strings and a vector: bound the table count by the
+  // envelope limit so that a frame cannot make the verifier walk an unbounded object graph.
+  flatbuffers::Verifier verifier(frame.data(), frame.size(), limits.max_depth,
+                                 static_cast<flatbuffers::uoffset_t>(limits.max_envelopes * 4 + 16));
+  if (!verifier.VerifyBuffer<wire::Batch>(nullptr)) return FrameErrc::malformed;
+  const auto* batch = flatbuffers::GetRoot<wire::Batch>(frame.data());
+  if (batch->protocol_version() < kMinProtocolVersion || batch->protocol_version() > kProtocolVersion) {
+    return FrameErrc::unsupported_version;
+  }
+  const auto* envs = batch->envelopes();
+  if (!envs) return std::vector<InEnvelope>{};
+  if (envs->size() > limits.max_envelopes) return FrameErrc::too_many_envelopes;
+  std::vector<InEnvelope> out;
+  out.reserve(envs->size());
+  for (const auto* e : *envs) {
+    const std::string_view recipient = e->recipient() ? e->recipient()->string_view() : std::string_view{};
+    const std::string_view sender = e->sender() ? e->sender()->string_view() : std::string_view{};
+    if (!valid_recipient(recipient, limits.max_path_bytes) || !valid_sender(sender, limits.max_path_bytes)) {
+      ++report.bad_path;
+      continue;
+    }
+    const auto* p = e->payload();
+    auto msg = registry.decode(e->type_id(), p ? std::span<const std::uint8_t>(p->data(), p->size())
+                                               : std::span<const std::uint8_t>{});
+    if (!msg) {
+      ++(msg.error() == DecodeErrc::unknown_type ? report.unknown_type : report.bad_payload);
+      continue;
+    }
+    out.push_back(InEnvelope{e->type_id(), std::string(recipient), std::string(sender), e->correlation_id(),
+                             std::move(msg).value()});
+    ++report.accepted;
+  }
+  return out;
+}
+
+}  // namespace troupe::remoting
