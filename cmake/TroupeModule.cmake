@@ -39,48 +39,41 @@ function(troupe_add_module name)
   endif()
 endfunction()
 
-# troupe_flatc(<target> <schema.fbs>...)
-#   Generates <name>_generated.h for each schema at build time into
-#   <build>/generated/troupe/<target-folder>/ and adds it to <target>'s public include path.
-function(troupe_flatc target)
-  set(outdir ${CMAKE_CURRENT_BINARY_DIR}/generated/troupe/serialization)
+# _troupe_flatc_generate(<target> <outdir> <outs-var> <schema.fbs>...): the flatc rule both
+# helpers below share; <outs-var> receives the generated headers.
+function(_troupe_flatc_generate target outdir outs_var)
   set(outs)
   foreach(schema ${ARGN})
     get_filename_component(base ${schema} NAME_WE)
     set(out ${outdir}/${base}_generated.h)
     add_custom_command(OUTPUT ${out}
-      COMMAND ${TROUPE_FLATC} --cpp --cpp-std c++17 --scoped-enums --gen-name-strings
-              --reflect-names -o ${outdir} ${CMAKE_CURRENT_SOURCE_DIR}/${schema}
+      COMMAND ${TROUPE_FLATC} --cpp --cpp-std c++17 --scoped-enums --gen-name-strings --reflect-names
+              -o ${outdir} ${CMAKE_CURRENT_SOURCE_DIR}/${schema}
       DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${schema} ${TROUPE_FLATC}
       COMMENT "flatc ${schema}" VERBATIM)
     list(APPEND outs ${out})
   endforeach()
   add_custom_target(${target}_fbs DEPENDS ${outs})
   add_dependencies(${target} ${target}_fbs)
+  set(${outs_var} ${outs} PARENT_SCOPE)
+endfunction()
+
+# troupe_flatc(<target> <schema.fbs>...)
+#   Troupe's own wire schemas: <name>_generated.h in <build>/generated/troupe/serialization/, on
+#   <target>'s public include path and installed with the headers.
+function(troupe_flatc target)
+  _troupe_flatc_generate(${target} ${CMAKE_CURRENT_BINARY_DIR}/generated/troupe/serialization outs ${ARGN})
   target_sources(${target} PRIVATE ${outs})
-  target_include_directories(${target} PUBLIC
-    $<BUILD_INTERFACE:${CMAKE_CURRENT_BINARY_DIR}/generated>)
+  target_include_directories(${target} PUBLIC $<BUILD_INTERFACE:${CMAKE_CURRENT_BINARY_DIR}/generated>)
   install(FILES ${outs} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/troupe/serialization)
 endfunction()
 
 # troupe_flatc_private(<target> <schema.fbs>...)
-#   For examples, tests and benchmarks: generates <name>_generated.h into the build tree and adds
-#   it to <target>'s include path (scope INTERFACE for interface libraries, else PRIVATE).
+#   For examples, tests and benchmarks: headers in the build tree on <target>'s include path
+#   (INTERFACE for interface libraries, else PRIVATE).
 function(troupe_flatc_private target)
   set(outdir ${CMAKE_CURRENT_BINARY_DIR}/${target}_gen)
-  set(outs)
-  foreach(schema ${ARGN})
-    get_filename_component(base ${schema} NAME_WE)
-    set(out ${outdir}/${base}_generated.h)
-    add_custom_command(OUTPUT ${out}
-      COMMAND ${TROUPE_FLATC} --cpp --cpp-std c++17 --scoped-enums --gen-name-strings -o ${outdir}
-              ${CMAKE_CURRENT_SOURCE_DIR}/${schema}
-      DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${schema} ${TROUPE_FLATC}
-      COMMENT "flatc ${schema}" VERBATIM)
-    list(APPEND outs ${out})
-  endforeach()
-  add_custom_target(${target}_fbs DEPENDS ${outs})
-  add_dependencies(${target} ${target}_fbs)
+  _troupe_flatc_generate(${target} ${outdir} outs ${ARGN})
   get_target_property(type ${target} TYPE)
   if(type STREQUAL "INTERFACE_LIBRARY")
     target_include_directories(${target} INTERFACE ${outdir})

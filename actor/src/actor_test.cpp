@@ -18,21 +18,13 @@ namespace {
 
 using namespace std::chrono_literals;
 using testkit::Probe;
+using testkit::cmd;
+using testkit::op_of;
+using testkit::ping;
+using testkit::test_config;
 
-Message ping(std::uint64_t seq, std::uint32_t from = 0) {
-  return Message::build<test::Ping>([&](auto& b) { return test::CreatePing(b, seq, from); });
-}
-Message cmd(const std::string& op, std::uint64_t n = 0) {
-  return Message::build<test::Cmd>([&](auto& b) { return test::CreateCmdDirect(b, op.c_str(), n); });
-}
-std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<test::Cmd>()->op()->str() : ""; }
 
-ActorSystemConfig two_workers() {
-  ActorSystemConfig c;
-  c.workers = 2;
-  c.node_id = "test";
-  return c;
-}
+ActorSystemConfig two_workers() { return test_config("test"); }
 
 class Echo final : public Actor {
  public:

@@ -19,12 +19,11 @@ namespace {
 
 using namespace std::chrono_literals;
 using testkit::Probe;
+using testkit::cmd;
+using testkit::op_of;
+using testkit::ping;
+using testkit::test_config;
 
-Message cmd(const std::string& op, std::uint64_t n = 0) {
-  return Message::build<test::Cmd>([&](auto& b) { return test::CreateCmdDirect(b, op.c_str(), n); });
-}
-Message ping(std::uint64_t seq) { return Message::build<test::Ping>([&](auto& b) { return test::CreatePing(b, seq, 0); }); }
-std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<test::Cmd>()->op()->str() : ""; }
 RouterConfig rc(RoutingKind kind, std::chrono::milliseconds within = 5s, std::chrono::milliseconds interval = 100ms) {
   RouterConfig c;
   c.kind = kind;
@@ -79,12 +78,7 @@ class Routee final : public Actor {
 void router_hold(const Router& r) { r.ref().tell(cmd("hold")); }
 
 struct RouterTest : ::testing::Test {
-  static ActorSystemConfig config() {
-    ActorSystemConfig c;
-    c.workers = 2;
-    c.node_id = "router-test";
-    return c;
-  }
+  static ActorSystemConfig config() { return test_config("router-test"); }
   ActorSystem sys{config()};
   Recorder rec;
   std::vector<ActorRef> spawn_routees(int n) {

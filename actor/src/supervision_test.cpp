@@ -19,11 +19,11 @@ namespace {
 
 using namespace std::chrono_literals;
 using testkit::Probe;
+using testkit::cmd;
+using testkit::op_of;
+using testkit::ping;
+using testkit::test_config;
 
-Message cmd(const std::string& op, std::uint64_t n = 0) {
-  return Message::build<test::Cmd>([&](auto& b) { return test::CreateCmdDirect(b, op.c_str(), n); });
-}
-std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<test::Cmd>()->op()->str() : ""; }
 std::string event(const Message& m) {
   const auto* c = m.as<test::Cmd>();
   return c ? c->op()->str() + " " + std::to_string(c->n()) : "?";
@@ -84,12 +84,7 @@ struct Tree {
     sup = sys.spawn<Supervisor>(SpawnOptions{.name = "sup"}, std::move(st), n, probe.ref());
     expect_events(1 + n);  // sup-started, started 0..n-1
   }
-  static ActorSystemConfig config() {
-    ActorSystemConfig c;
-    c.workers = 2;
-    c.node_id = "supervision-test";
-    return c;
-  }
+  static ActorSystemConfig config() { return test_config("supervision-test"); }
   std::vector<std::string> expect_events(int n) {
     std::vector<std::string> out;
     for (int i = 0; i < n; ++i) {

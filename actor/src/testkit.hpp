@@ -7,11 +7,31 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 
 #include <troupe/actor/actor_system.hpp>
 #include <troupe/serialization/system_generated.h>
 
+#include "test_messages_generated.h"
+
 namespace troupe::testkit {
+
+/// A generic test command: `op` names what to do, `n` is its argument.
+inline Message cmd(const std::string& op, std::uint64_t n = 0) {
+  return Message::build<test::Cmd>([&](auto& b) { return test::CreateCmdDirect(b, op.c_str(), n); });
+}
+/// The op of a Cmd message, or "" for anything else.
+inline std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<test::Cmd>()->op()->str() : ""; }
+inline Message ping(std::uint64_t seq, std::uint32_t from = 0) {
+  return Message::build<test::Ping>([&](auto& b) { return test::CreatePing(b, seq, from); });
+}
+/// Two workers and a recognisable node id.
+inline ActorSystemConfig test_config(std::string node_id) {
+  ActorSystemConfig c;
+  c.workers = 2;
+  c.node_id = std::move(node_id);
+  return c;
+}
 
 struct Received {
   Message msg;

@@ -13,18 +13,16 @@ namespace {
 
 using namespace std::chrono_literals;
 using testkit::Probe;
+using testkit::cmd;
+using testkit::op_of;
+using testkit::ping;
+using testkit::test_config;
 
-Message cmd(const std::string& op, std::uint64_t n = 0) {
-  return Message::build<test::Cmd>([&](auto& b) { return test::CreateCmdDirect(b, op.c_str(), n); });
-}
-std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<test::Cmd>()->op()->str() : ""; }
 
 struct Timers : ::testing::Test {
   std::shared_ptr<ManualTimerService> timers = std::make_shared<ManualTimerService>();
   ActorSystem sys{[this] {
-    ActorSystemConfig c;
-    c.workers = 2;
-    c.node_id = "timer-test";
+    auto c = test_config("timer-test");
     c.timers = timers;
     return c;
   }()};

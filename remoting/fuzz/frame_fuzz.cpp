@@ -2,10 +2,46 @@
 // verification) on arbitrary bytes. Build with `make fuzz` (clang, -DTROUPE_FUZZ=ON).
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
 
 #include <troupe/remoting/frame.hpp>
 
 #include "test_messages_generated.h"
+
+namespace {
+// Valid frames as a starting point: FlatBuffers' structure is hard to discover from nothing.
+void write_seeds(const std::filesystem::path& dir) {
+  using namespace troupe;
+  std::filesystem::create_directories(dir);
+  auto ping = Message::build<test::Ping>([](auto& b) { return test::CreatePing(b, 42, 7); });
+  auto text = Message::build<test::Text>([](auto& b) { return test::CreateTextDirect(b, "hello"); });
+  for (int n : {0, 1, 2, 5}) {
+    remoting::BatchBuilder b;
+    for (int i = 0; i < n; ++i) {
+      const auto& m = (i % 2) ? text : ping;
+      b.add(m.type(), "/user/echo", i % 3 ? "" : "troupe://00ff@127.0.0.1:7947/user/a", static_cast<std::uint64_t>(i),
+            m.bytes());
+    }
+    auto f = b.finish();
+    std::ofstream(dir / ("seed-" + std::to_string(n)), std::ios::binary)
+        .write(reinterpret_cast<const char*>(f.data()), static_cast<std::streamsize>(f.size()));
+  }
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
+  // The corpus directory is the last argument that is not a flag.
+  for (int i = *argc - 1; i > 0; --i) {
+    std::string a = (*argv)[i];
+    if (!a.empty() && a[0] != '-') {
+      write_seeds(a);
+      break;
+    }
+  }
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static troupe::MessageRegistry* registry = [] {

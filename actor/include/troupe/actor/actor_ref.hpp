@@ -79,7 +79,9 @@ class ActorRef {
 
   /// Sends `msg` (shared, not copied) with `sender` as the reply address. Never blocks.
   /// Delivery is at most once; messages from one sender arrive in the order sent.
-  void tell(Message msg, ActorRef sender = {}) const;
+  void tell(Message msg, ActorRef sender) const;
+  /// tell() without a sender.
+  void tell(Message msg) const;
 
   /// Sends `msg` and returns a future that holds the first reply, or ActorErrc::timeout after
   /// `timeout`, or ActorErrc::dead_target when the target is already gone. Do not block on the
@@ -102,6 +104,8 @@ class ActorRef {
  private:
   detail::RefTarget* t_ = nullptr;
 };
+
+inline void ActorRef::tell(Message msg) const { tell(std::move(msg), ActorRef()); }
 
 }  // namespace troupe
 
