@@ -559,6 +559,9 @@ void Cell::finalize() {
     x->watching.clear();
   }
   drain_dead();
+  // Before anyone hears of the death: the counters count it and the name is free again.
+  sys_.on_stopped(this);
+  if (parent_) parent_->release_name(this);
   if (!watchers.empty()) {
     auto reason = static_cast<sys::TerminationReason>((s >> kReasonShift) & 7u);
     Message t = make_terminated(reason, path());
@@ -566,8 +569,17 @@ void Cell::finalize() {
   }
   if (parent_) parent_->child_died(this);
   factory_.reset();
-  sys_.on_stopped(this);
   release();  // the alive reference taken at spawn
+}
+
+void Cell::release_name(Cell* child) {
+  const Extras* cx = child->extras_.load(std::memory_order_acquire);
+  if (!cx || cx->name.empty()) return;
+  std::lock_guard lk(stripe(this));
+  if (Extras* x = extras_.load(std::memory_order_acquire)) {
+    auto it = x->named_children.find(cx->name);
+    if (it != x->named_children.end() && it->second == child) x->named_children.erase(it);
+  }
 }
 
 void Cell::child_died(Cell* child) {
@@ -581,9 +593,6 @@ void Cell::child_died(Cell* child) {
     }
     if (child->next_sibling_) child->next_sibling_->prev_sibling_ = child->prev_sibling_;
     child->prev_sibling_ = child->next_sibling_ = nullptr;
-    if (Extras* cx = child->extras_.load(std::memory_order_acquire); cx && !cx->name.empty()) {
-      if (Extras* x = extras_.load(std::memory_order_acquire)) x->named_children.erase(cx->name);
-    }
     wake_me = state_.load(std::memory_order_acquire) & (kTerminating | kRecreating);
   }
   if (wake_me) wake(kPending);

@@ -214,6 +214,7 @@ class Cell final : public RefTarget, public ActorContext {
   bool no_children() const;
   void finalize();
   void child_died(Cell* child);
+  void release_name(Cell* child);
   void drain_dead();
   void cancel_all_timers();
   void finish_turn();
