@@ -37,6 +37,8 @@ class Mailbox {
     }
     if (next) {
       tail_ = next;
+      // The next node was written by another core: start fetching it while this one is handled.
+      __builtin_prefetch(next);
       return tail;
     }
     if (tail != head_.load(std::memory_order_acquire)) return nullptr;
