@@ -18,11 +18,7 @@ namespace troupe {
 namespace {
 
 using namespace std::chrono_literals;
-using testkit::Probe;
-using testkit::cmd;
-using testkit::op_of;
-using testkit::ping;
-using testkit::test_config;
+using namespace testkit;  // Probe, cmd, op_of, ping, test_config
 
 std::string event(const Message& m) {
   const auto* c = m.as<test::Cmd>();
