@@ -439,6 +439,7 @@ void Cell::apply_directive() {
     d = x.directive;
     cause = std::move(x.directive_cause);
   }
+  if (state_.load(std::memory_order_acquire) & (kStopReq | kTerminating)) return;  // stopping anyway
   Extras& x = extras();
   switch (d) {
     case Directive::resume:
