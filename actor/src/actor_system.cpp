@@ -129,7 +129,7 @@ ActorSystem::Impl::Impl(ActorSystem& o, ActorSystemConfig cfg)
       log(config.logger ? config.logger : make_node_logger(config.node_id)),
       registry(config.decode_limits, log),
       timers(config.timers ? config.timers : make_real_timer_service()),
-      dispatcher(config.workers, config.node_id),
+      dispatcher(config.workers),
       throughput(std::max(1u, config.throughput)) {}
 
 void ActorSystem::Impl::dead_letter(const Message& msg, const ActorRef& sender, const std::string& recipient,

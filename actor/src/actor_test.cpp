@@ -145,10 +145,6 @@ TEST(Actor, LocalSendSharesTheBufferAndNeverCopiesIt) {
   EXPECT_EQ(shared.use_count(), 1u) << "every mailbox reference was released";
 }
 
-class Silent final : public Actor {
- public:
-  void receive(const Message&) override {}
-};
 
 TEST(Ask, TimesOutWhenNoReplyComes) {
   auto timers = std::make_shared<ManualTimerService>();

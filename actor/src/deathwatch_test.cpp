@@ -20,10 +20,6 @@ using namespace testkit;  // Probe, cmd, op_of, ping, test_config
 
 ActorSystemConfig cfg() { return test_config("watch-test"); }
 
-class Silent final : public Actor {
- public:
-  void receive(const Message&) override {}
-};
 
 // Watches whatever it is told to ("watch" with the target as sender... no: targets come via
 // constructor), counts Terminated messages, forwards each to `report`.

@@ -38,12 +38,11 @@ Cell* Dispatcher::LocalQueue::pop() noexcept {
   }
 }
 
-Dispatcher::Dispatcher(unsigned workers, std::string node_id) : node_id_(std::move(node_id)) {
+Dispatcher::Dispatcher(unsigned workers) {
   if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < workers; ++i) {
     auto w = std::make_unique<Worker>();
     w->owner = this;
-    w->index = i;
     w->rng = 0x9e3779b97f4a7c15ull * (i + 1);
     workers_.push_back(std::move(w));
   }
@@ -174,8 +173,7 @@ Cell* Dispatcher::next(Worker& w) {
   return find_elsewhere(w);
 }
 
-void Dispatcher::park(Worker& w) {
-  (void)w;
+void Dispatcher::park() {
   std::unique_lock lk(park_mu_);
   sleepers_.fetch_add(1, std::memory_order_seq_cst);
   if (!stopping_.load(std::memory_order_acquire) && !any_work()) park_cv_.wait(lk);
@@ -196,7 +194,7 @@ void Dispatcher::run(Worker& w) {
       continue;
     }
     idle_spins = 0;
-    park(w);
+    park();
   }
   tls_worker = nullptr;
 }

@@ -21,7 +21,7 @@ class Cell;
 
 class Dispatcher {
  public:
-  Dispatcher(unsigned workers, std::string node_id);
+  explicit Dispatcher(unsigned workers);
   ~Dispatcher();
   Dispatcher(const Dispatcher&) = delete;
   Dispatcher& operator=(const Dispatcher&) = delete;
@@ -52,7 +52,6 @@ class Dispatcher {
   };
   struct Worker {
     Dispatcher* owner = nullptr;
-    unsigned index = 0;
     LocalQueue queue;
     Cell* lifo = nullptr;
     unsigned lifo_streak = 0;
@@ -69,9 +68,8 @@ class Dispatcher {
   Cell* pop_global();
   void notify_one();
   bool any_work() const noexcept;
-  void park(Worker& w);
+  void park();
 
-  std::string node_id_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::mutex global_mu_;
   std::deque<Cell*> global_;

@@ -36,8 +36,8 @@ struct Snapshot {
 
 class RouterState final : public RefTarget {
  public:
-  RouterState(ActorSystem::Impl& sys, RouterConfig cfg, std::uint64_t id)
-      : sys_(sys), cfg_(std::move(cfg)), id_(id) {
+  RouterState(ActorSystem::Impl& sys, RouterConfig cfg, std::uint64_t id, std::optional<Resizer> resizer = {})
+      : sys_(sys), cfg_(std::move(cfg)), id_(id), resizer_(std::move(resizer)) {
     if (!cfg_.hash_key) cfg_.hash_key = default_key;
     publish({});
   }
@@ -45,7 +45,10 @@ class RouterState final : public RefTarget {
   // ---- RefTarget: routing happens here, in the sender's thread ----
   void send(Message&& msg, ActorRef&& sender) override;
   std::string path() const override {
-    if (head_) return head_->path();
+    {
+      std::lock_guard lk(mu_);
+      if (head_) return head_->path();
+    }
     return fmt::format("/temp/router-{}", id_);
   }
   std::uint64_t id() const noexcept override { return id_; }
@@ -62,10 +65,9 @@ class RouterState final : public RefTarget {
   RouterStats stats() const {
     return {routed_.load(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load(), resizes_.load()};
   }
-  void set_head(Cell* head, std::optional<Resizer> resizer) {
+  void set_head(Cell* head) {
     std::lock_guard lk(mu_);
     head_ = Ref<Cell>(head, true);
-    resizer_ = std::move(resizer);
   }
   bool counts_load() const noexcept { return cfg_.kind == RoutingKind::smallest_mailbox || resizer_; }
   void count_timeout() { timeouts_.fetch_add(1, std::memory_order_relaxed); }
@@ -84,6 +86,7 @@ class RouterState final : public RefTarget {
   ActorSystem::Impl& sys_;
   RouterConfig cfg_;
   std::uint64_t id_;
+  const std::optional<Resizer> resizer_;  // fixed at construction: read by senders without a lock
   mutable std::mutex mu_;
   std::atomic<const Snapshot*> current_{nullptr};
   std::vector<std::unique_ptr<const Snapshot>> history_;  // readers may still hold old ones
@@ -92,7 +95,6 @@ class RouterState final : public RefTarget {
   bool stopping_ = false;
   std::atomic<std::uint64_t> rr_{0};
   std::atomic<std::uint64_t> routed_{0}, no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0}, resizes_{0};
-  std::optional<Resizer> resizer_;
   void maybe_resize(const Snapshot& s, std::uint64_t n);
 };
 
@@ -385,12 +387,12 @@ class PoolHead final : public Actor {
 
 Router make_pool(ActorSystem& sys, unsigned size, RouterConfig config, PoolOptions options, RouteeSpawner spawn) {
   auto& impl = sys.impl();
-  auto* state = new RouterState(impl, std::move(config), impl.next_id.fetch_add(1, std::memory_order_relaxed));
+  auto* state = new RouterState(impl, std::move(config), impl.next_id.fetch_add(1, std::memory_order_relaxed),
+                                options.resizer);
   ActorRef ref(state, false);
-  state->set_head(nullptr, options.resizer);  // load counting is on before the first routee
   auto head = sys.spawn<PoolHead>(SpawnOptions{.name = std::move(options.name)}, ref, size, options.resizer,
                                   std::move(options.supervision), std::move(spawn));
-  state->set_head(static_cast<Cell*>(head.target()), std::move(options.resizer));
+  state->set_head(static_cast<Cell*>(head.target()));
   return Router(ref);
 }
 

@@ -283,10 +283,6 @@ TEST(AskInActor, TimeoutRunsTheContinuationOnTheActorsTurn) {
   cfg.timers = timers;
   ActorSystem sys(cfg);
   Probe probe(sys);
-  class Silent final : public Actor {
-   public:
-    void receive(const Message&) override {}
-  };
   class Impatient final : public Actor {
    public:
     explicit Impatient(ActorRef report) : report_(std::move(report)) {}

@@ -25,6 +25,12 @@ inline std::string op_of(const Message& m) { return m.as<test::Cmd>() ? m.as<tes
 inline Message ping(std::uint64_t seq, std::uint32_t from = 0) {
   return Message::build<test::Ping>([&](auto& b) { return test::CreatePing(b, seq, from); });
 }
+/// An actor that ignores everything.
+class Silent final : public Actor {
+ public:
+  void receive(const Message&) override {}
+};
+
 /// Two workers and a recognisable node id.
 inline ActorSystemConfig test_config(std::string node_id) {
   ActorSystemConfig c;
