@@ -53,6 +53,7 @@ class AskRef final : public detail::RefTarget {
   std::string path() const override { return fmt::format("/temp/ask-{}", id_); }
   std::uint64_t id() const noexcept override { return id_; }
   ActorSystem& system() const noexcept override { return sys_.owner; }
+  bool terminated() const noexcept override { return finished_.load(std::memory_order_acquire); }
 
   void complete(Result<Message> r) noexcept {
     if (finished_.exchange(true, std::memory_order_acq_rel)) return;
@@ -237,6 +238,15 @@ ActorRef ActorSystem::lookup(std::string_view path) const {
 
 std::uint64_t ActorSystem::schedule_once(std::chrono::nanoseconds delay, ActorRef target, Message msg) {
   return impl_->timers->schedule(delay, [target = std::move(target), msg = std::move(msg)] { target.tell(msg); });
+}
+
+void ActorSystem::dead_letter(const Message& msg, const ActorRef& sender, const std::string& recipient,
+                              const char* why) {
+  impl_->dead_letter(msg, sender, recipient, why);
+}
+
+void ActorSystem::deliver_terminated(const ActorRef& watcher, const Message& terminated, const ActorRef& dead) {
+  detail::notify_terminated(watcher, terminated, dead);
 }
 
 const std::string& ActorSystem::node_id() const noexcept { return impl_->config.node_id; }

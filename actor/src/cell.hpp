@@ -149,6 +149,8 @@ class Cell final : public RefTarget, public ActorContext {
   /// One turn on a worker; the caller hands over the scheduled reference.
   void run();
   bool dead() const noexcept { return state_.load(std::memory_order_acquire) & kDead; }
+  bool terminated() const noexcept override { return dead(); }
+  bool addressable() const noexcept override { return true; }
   /// Stop requested, stopping or dead.
   bool stopping() const noexcept { return state_.load(std::memory_order_acquire) & (kStopReq | kTerminating | kDead); }
   /// Any thread: hands the parent's decision to this (suspended) cell.

@@ -24,7 +24,7 @@ void write_seeds(const std::filesystem::path& dir) {
       b.add(m.type(), "/user/echo", i % 3 ? "" : "troupe://00ff@127.0.0.1:7947/user/a", static_cast<std::uint64_t>(i),
             m.bytes());
     }
-    auto f = b.finish();
+    auto f = b.finish(n % 2 ? "troupe://00ff@127.0.0.1:7947" : "", static_cast<std::uint64_t>(n));
     std::ofstream(dir / ("seed-" + std::to_string(n)), std::ios::binary)
         .write(reinterpret_cast<const char*>(f.data()), static_cast<std::streamsize>(f.size()));
   }
@@ -55,7 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   troupe::remoting::FrameReport report;
   auto r = troupe::remoting::decode_frame({data, size}, *registry, limits, report);
   if (r) {
-    for (const auto& e : *r) {
+    for (const auto& e : r->envelopes) {
       // Reading a decoded payload must be safe: touch every byte.
       volatile std::uint8_t sink = 0;
       for (auto b : e.payload.bytes()) sink = sink ^ b;

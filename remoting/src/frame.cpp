@@ -21,8 +21,9 @@ class FrameCategory final : public std::error_category {
   }
 };
 
-// A recipient is a local path ("/user/a"); a sender is empty or a full address
-// ("troupe://<node>@<host>:<port>/<path>"). Printable ASCII only, bounded.
+// A recipient is a local path ("/user/a"); a sender is empty, a path on the origin node or a full
+// address ("troupe://<node>@<host>:<port>/<path>"); an origin is empty or a node address.
+// Printable ASCII only, bounded.
 bool printable(std::string_view s) {
   for (unsigned char c : s) {
     if (c < 0x21 || c > 0x7e) return false;
@@ -33,6 +34,9 @@ bool valid_recipient(std::string_view s, std::size_t max) {
   return !s.empty() && s.size() <= max && s.front() == '/' && printable(s);
 }
 bool valid_sender(std::string_view s, std::size_t max) {
+  return s.empty() || (s.size() <= max && (s.starts_with("troupe://") || s.front() == '/') && printable(s));
+}
+bool valid_origin(std::string_view s, std::size_t max) {
   return s.empty() || (s.size() <= max && s.starts_with("troupe://") && printable(s));
 }
 
@@ -51,12 +55,13 @@ void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view
   offsets_.push_back(wire::CreateEnvelope(fbb_, type, r, s, correlation_id, p).Union());
 }
 
-std::span<const std::uint8_t> BatchBuilder::finish() {
+std::span<const std::uint8_t> BatchBuilder::finish(std::string_view origin, std::uint64_t target_node) {
   std::vector<flatbuffers::Offset<wire::Envelope>> typed;
   typed.reserve(offsets_.size());
   for (auto o : offsets_) typed.emplace_back(o.o);
   auto v = fbb_.CreateVector(typed);
-  fbb_.Finish(wire::CreateBatch(fbb_, kProtocolVersion, v));
+  auto o = origin.empty() ? flatbuffers::Offset<flatbuffers::String>() : fbb_.CreateString(origin.data(), origin.size());
+  fbb_.Finish(wire::CreateBatch(fbb_, kProtocolVersion, v, o, target_node));
   return {fbb_.GetBufferPointer(), fbb_.GetSize()};
 }
 
@@ -65,7 +70,7 @@ void BatchBuilder::reset() {
   offsets_.clear();
 }
 
-Result<std::vector<InEnvelope>> decode_frame(std::span<const std::uint8_t> frame, const MessageRegistry& registry,
+Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageRegistry& registry,
                                              const FrameLimits& limits, FrameReport& report) {
   if (frame.empty()) return FrameErrc::empty;
   if (frame.size() > limits.max_frame_bytes) return FrameErrc::oversized;
@@ -78,10 +83,14 @@ Result<std::vector<InEnvelope>> decode_frame(std::span<const std::uint8_t> frame
   if (batch->protocol_version() < kMinProtocolVersion || batch->protocol_version() > kProtocolVersion) {
     return FrameErrc::unsupported_version;
   }
+  InFrame frame_out;
+  frame_out.origin = batch->origin() ? batch->origin()->str() : std::string();
+  if (!valid_origin(frame_out.origin, limits.max_path_bytes)) return FrameErrc::malformed;
+  frame_out.target_node = batch->target_node();
   const auto* envs = batch->envelopes();
-  if (!envs) return std::vector<InEnvelope>{};
+  if (!envs) return frame_out;
   if (envs->size() > limits.max_envelopes) return FrameErrc::too_many_envelopes;
-  std::vector<InEnvelope> out;
+  auto& out = frame_out.envelopes;
   out.reserve(envs->size());
   for (const auto* e : *envs) {
     const std::string_view recipient = e->recipient() ? e->recipient()->string_view() : std::string_view{};
@@ -101,7 +110,7 @@ Result<std::vector<InEnvelope>> decode_frame(std::span<const std::uint8_t> frame
                              std::move(msg).value()});
     ++report.accepted;
   }
-  return out;
+  return frame_out;
 }
 
 }  // namespace troupe::remoting

@@ -37,9 +37,9 @@ TEST_F(Frames, RoundTripKeepsEveryEnvelopeInOrder) {
   auto f = frame_of(50);
   auto r = decode_frame(f, registry, limits, report);
   ASSERT_TRUE(r.ok()) << r.error().message();
-  ASSERT_EQ(r->size(), 50u);
+  ASSERT_EQ(r->envelopes.size(), 50u);
   for (int i = 0; i < 50; ++i) {
-    const auto& e = (*r)[static_cast<std::size_t>(i)];
+    const auto& e = r->envelopes[static_cast<std::size_t>(i)];
     EXPECT_EQ(e.recipient, "/user/echo");
     EXPECT_EQ(e.sender, "troupe://00ff@127.0.0.1:7947/user/client");
     EXPECT_EQ(e.correlation_id, 100u + static_cast<unsigned>(i));
@@ -60,8 +60,8 @@ TEST_F(Frames, BuilderIsReusableAfterReset) {
   auto f = b.finish();
   auto r = decode_frame(f, registry, limits, report);
   ASSERT_TRUE(r.ok());
-  ASSERT_EQ(r->size(), 1u);
-  EXPECT_EQ((*r)[0].recipient, "/user/b");
+  ASSERT_EQ(r->envelopes.size(), 1u);
+  EXPECT_EQ(r->envelopes[0].recipient, "/user/b");
 }
 
 TEST_F(Frames, EmptyOversizedAndTruncatedFramesAreRefused) {
@@ -80,9 +80,9 @@ TEST_F(Frames, EmptyOversizedAndTruncatedFramesAreRefused) {
       continue;
     }
     // Only trailing alignment padding may be cut: then the content is exactly the same.
-    ASSERT_EQ(r->size(), whole->size()) << "cut to " << cut;
-    for (std::size_t i = 0; i < r->size(); ++i) {
-      EXPECT_EQ((*r)[i].payload.as<test::Ping>()->seq(), (*whole)[i].payload.as<test::Ping>()->seq());
+    ASSERT_EQ(r->envelopes.size(), whole->envelopes.size()) << "cut to " << cut;
+    for (std::size_t i = 0; i < r->envelopes.size(); ++i) {
+      EXPECT_EQ(r->envelopes[i].payload.as<test::Ping>()->seq(), whole->envelopes[i].payload.as<test::Ping>()->seq());
     }
   }
   EXPECT_GE(refused, f.size() - 8);
@@ -111,7 +111,7 @@ TEST_F(Frames, FlippedBytesNeverYieldAnUnverifiedPayload) {
       FrameReport rep;
       auto r = decode_frame(g, registry, limits, rep);
       if (!r) continue;
-      for (const auto& e : *r) {
+      for (const auto& e : r->envelopes) {
         EXPECT_FALSE(registry.verify(e.payload)) << "byte " << i;
         EXPECT_EQ(e.recipient.front(), '/');
       }
@@ -132,8 +132,8 @@ TEST_F(Frames, UnknownTypeAndBadPayloadDropOnlyThatEnvelope) {
   auto f = b.finish();
   auto r = decode_frame(f, registry, limits, report);
   ASSERT_TRUE(r.ok());
-  ASSERT_EQ(r->size(), 2u);
-  EXPECT_EQ((*r)[1].recipient, "/user/b");
+  ASSERT_EQ(r->envelopes.size(), 2u);
+  EXPECT_EQ(r->envelopes[1].recipient, "/user/b");
   EXPECT_EQ(report.unknown_type, 1u);
   EXPECT_EQ(report.bad_payload, 2u);
   EXPECT_EQ(report.accepted, 2u);
@@ -150,8 +150,33 @@ TEST_F(Frames, MalformedAddressesAreDropped) {
   auto f = b.finish();
   auto r = decode_frame(f, registry, limits, report);
   ASSERT_TRUE(r.ok());
-  ASSERT_EQ(r->size(), 1u);
+  ASSERT_EQ(r->envelopes.size(), 1u);
   EXPECT_EQ(report.bad_path, 4u);
+}
+
+TEST_F(Frames, OriginAndTargetNodeRoundTrip) {
+  BatchBuilder b;
+  auto m = ping(1);
+  b.add(m.type(), "/user/a", "/user/sender", 0, m.bytes());
+  auto f = b.finish("troupe://00000000000000ab@127.0.0.1:7947", 0xabcdu);
+  auto r = decode_frame(f, registry, limits, report);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->origin, "troupe://00000000000000ab@127.0.0.1:7947");
+  EXPECT_EQ(r->target_node, 0xabcdu);
+  ASSERT_EQ(r->envelopes.size(), 1u);
+  EXPECT_EQ(r->envelopes[0].sender, "/user/sender");
+}
+
+TEST_F(Frames, MalformedOriginRefusesTheFrame) {
+  BatchBuilder b;
+  auto m = ping(1);
+  b.add(m.type(), "/user/a", "", 0, m.bytes());
+  auto f = b.finish("http://elsewhere", 1);
+  EXPECT_EQ(decode_frame(f, registry, limits, report).error(), FrameErrc::malformed);
+  b.reset();
+  b.add(m.type(), "/user/a", "", 0, m.bytes());
+  auto g = b.finish("troupe://" + std::string(2000, 'x'), 1);
+  EXPECT_EQ(decode_frame(g, registry, limits, report).error(), FrameErrc::malformed);
 }
 
 TEST_F(Frames, UnsupportedVersionAndTooManyEnvelopesAreRefused) {

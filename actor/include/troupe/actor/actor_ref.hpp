@@ -30,6 +30,14 @@ class RefTarget {
   RefTarget& operator=(const RefTarget&) = delete;
 
   void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  /// Takes a reference unless the count already reached zero (weak lookup tables use this).
+  bool try_add_ref() noexcept {
+    auto n = refs_.load(std::memory_order_relaxed);
+    while (n != 0) {
+      if (refs_.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel, std::memory_order_relaxed)) return true;
+    }
+    return false;
+  }
   void release() noexcept {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) destroy();
   }
@@ -51,6 +59,11 @@ class RefTarget {
   virtual void add_watcher(const ActorRef& watcher);
   /// Removes a registration made by add_watcher (no-op when absent).
   virtual void remove_watcher(const ActorRef& /*watcher*/) {}
+  /// True once the target can no longer receive anything (a stopped actor, an answered ask).
+  virtual bool terminated() const noexcept { return false; }
+  /// True when ActorSystem::lookup(path()) finds this target (actors); false for asks, routers'
+  /// internal watchers and remote refs.
+  virtual bool addressable() const noexcept { return false; }
 
  protected:
   virtual ~RefTarget() = default;

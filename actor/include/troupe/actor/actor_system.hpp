@@ -90,6 +90,13 @@ class ActorSystem {
   /// then the worker threads. Blocks until done. Idempotent. Must not be called from an actor.
   void shutdown();
 
+  /// Counts and logs (throttled) a message that cannot be delivered, and tells a waiting ask.
+  /// Remoting uses it for messages it drops; `recipient` and `why` appear in the log line.
+  void dead_letter(const Message& msg, const ActorRef& sender, const std::string& recipient, const char* why);
+  /// Delivers the runtime's troupe::sys::Terminated about `dead` to `watcher`: an actor gets it
+  /// only while it still watches `dead`, and once per watch (remote deathwatch uses this).
+  static void deliver_terminated(const ActorRef& watcher, const Message& terminated, const ActorRef& dead);
+
   const std::string& node_id() const noexcept;
   MessageRegistry& registry() noexcept;
   TimerService& timers() noexcept;

@@ -55,8 +55,9 @@ class BatchBuilder {
   std::size_t count() const noexcept { return offsets_.size(); }
   /// Bytes written so far (the frame is a little larger once finished).
   std::size_t approx_bytes() const noexcept { return fbb_.GetSize(); }
-  /// Finishes the frame; the bytes stay valid until the next add() or reset().
-  std::span<const std::uint8_t> finish();
+  /// Finishes the frame from node `origin` ("troupe://<node>@<host>:<port>") to incarnation
+  /// `target_node`; the bytes stay valid until the next add() or reset().
+  std::span<const std::uint8_t> finish(std::string_view origin = {}, std::uint64_t target_node = 0);
   void reset();
 
  private:
@@ -73,16 +74,25 @@ struct InEnvelope {
   Message payload;
 };
 
+/// A decoded frame: who sent it (a claim the transport checks against the peer's key), which
+/// incarnation it is meant for, and its good envelopes in order.
+struct InFrame {
+  std::string origin;
+  std::uint64_t target_node = 0;
+  std::vector<InEnvelope> envelopes;
+};
+
 /// Envelopes dropped from an otherwise good frame, by reason.
 struct FrameReport {
   std::size_t accepted = 0;
   std::size_t unknown_type = 0;   ///< no verifier registered for the type id
   std::size_t bad_payload = 0;    ///< missing, oversized or failing its verifier
-  std::size_t bad_path = 0;       ///< recipient or sender not a well-formed address
+  std::size_t bad_path = 0;       ///< recipient or sender not a well-formed path or address
 };
 
-/// Decodes a frame. Errors refuse the whole frame; `report` says what was dropped from a good one.
-Result<std::vector<InEnvelope>> decode_frame(std::span<const std::uint8_t> frame, const MessageRegistry& registry,
+/// Decodes a frame. Errors refuse the whole frame (a malformed origin is `malformed`); `report`
+/// says what was dropped from a good one.
+Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageRegistry& registry,
                                              const FrameLimits& limits, FrameReport& report);
 
 }  // namespace troupe::remoting

@@ -1,0 +1,1147 @@
+// The transport's I/O thread, remote refs and remote deathwatch. See transport.hpp.
+//
+// Threads: any thread may enqueue (RemoteRef::send) or post an operation; the I/O thread owns
+// every ZeroMQ socket and all per-connection state. State that refs need from any thread (the
+// peers, the interned refs, the keys, the lost incarnations) lives under `mu_`; nothing calls
+// into the actor system while holding a lock, because the system may call straight back (a
+// dead letter answers an ask, whose sender may be a remote ref).
+
+#include <troupe/remoting/transport.hpp>
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <charconv>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/logger.h>
+#include <zmq.hpp>
+
+#include <troupe/serialization/envelope_generated.h>
+#include <troupe/serialization/log.hpp>
+#include <troupe/serialization/system_generated.h>
+
+#include "zap.hpp"
+
+namespace troupe::remoting {
+
+namespace {
+
+#define TROUPE_TRANSPORT_COUNTERS(X)                                                                       \
+  X(frames_out) X(frames_in) X(bytes_out) X(bytes_in) X(messages_out) X(messages_in) X(dropped_queue_full) \
+  X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_stopped) X(dropped_send_failed) X(frames_malformed)  \
+  X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node) X(frames_origin_mismatch)               \
+  X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
+  X(terminated_unsolicited) X(handshakes_failed) X(disconnects) X(nodes_lost)
+
+struct Counters {
+#define TROUPE_DECLARE(name) std::atomic<std::uint64_t> name{0};
+  TROUPE_TRANSPORT_COUNTERS(TROUPE_DECLARE)
+#undef TROUPE_DECLARE
+};
+
+inline void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
+
+constexpr std::string_view kTempPrefix = "/temp/r";
+constexpr std::string_view kControlPath = "/system/remoting";
+constexpr TypeId kWatch = type_id_of<wire::Watch>();
+constexpr TypeId kUnwatch = type_id_of<wire::Unwatch>();
+constexpr TypeId kTerminated = type_id_of<sys::Terminated>();
+constexpr TypeId kUndeliverable = type_id_of<sys::Undeliverable>();
+
+std::uint64_t random_uid() {
+  std::random_device rd;
+  std::uint64_t v = 0;
+  while (v == 0) v = (std::uint64_t{rd()} << 32) ^ rd();
+  return v;
+}
+
+Message make_terminated(sys::TerminationReason reason, const std::string& path) {
+  return Message::build<sys::Terminated>(
+      [&](flatbuffers::FlatBufferBuilder& b) { return sys::CreateTerminatedDirect(b, reason, path.c_str()); });
+}
+
+template <class T>
+Message make_watch(const std::string& watchee, const std::string& watcher) {
+  return Message::build<T>([&](flatbuffers::FlatBufferBuilder& b) {
+    auto e = b.CreateString(watchee);
+    auto w = b.CreateString(watcher);
+    typename T::Builder tb(b);
+    tb.add_watchee(e);
+    tb.add_watcher(w);
+    return tb.Finish();
+  });
+}
+
+enum class TransportErrc { bad_config = 1, bind_failed, zap_unavailable };
+
+class TransportCategory final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "troupe.transport"; }
+  std::string message(int c) const override {
+    switch (static_cast<TransportErrc>(c)) {
+      case TransportErrc::bad_config: return "bad transport configuration (see the log)";
+      case TransportErrc::bind_failed: return "could not bind the remoting port (see the log)";
+      case TransportErrc::zap_unavailable: return "the ZAP gate could not be installed: refusing to start";
+    }
+    return "transport error";
+  }
+};
+std::error_code make_error(TransportErrc e) {
+  static const TransportCategory cat;
+  return {static_cast<int>(e), cat};
+}
+
+bool starts_with_temp(std::string_view p) { return p.starts_with(kTempPrefix); }
+
+}  // namespace
+
+class RemoteRef;
+struct Peer;
+
+struct Outbound {
+  std::shared_ptr<Peer> peer;
+  ActorRef recipient;  // the RemoteRef (its path is the envelope's recipient) or null with `to`
+  Message msg;
+  ActorRef sender;
+  std::string to;    // recipient path when `recipient` is null (control messages)
+  std::string from;  // sender path when set (overrides `sender`)
+};
+
+/// One incarnation of a remote node that this node sends to.
+struct Peer {
+  explicit Peer(NodeAddress a) : addr(std::move(a)) {}
+  const NodeAddress addr;
+  std::atomic<std::size_t> queued{0};  // messages accepted and not yet sent or dropped
+  std::atomic<bool> lost{false};
+  // I/O thread only:
+  std::unique_ptr<zmq::socket_t> dealer, monitor;
+  bool no_key = false;
+  std::deque<Outbound> pending;
+};
+
+struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
+  Core(ActorSystem& s, TransportConfig c) : system(s), cfg(std::move(c)), log(s.log()) {}
+
+  // ---- any thread ------------------------------------------------------------------------------
+  void enqueue(Outbound&& o);
+  void post(std::function<void()> fn);
+  ActorRef remote_ref(const NodeAddress& node, std::string_view path);
+  std::shared_ptr<Peer> peer_for(const NodeAddress& node);
+  std::string export_ref(const ActorRef& r);
+  ActorRef exported(std::string_view path);
+  std::string address_of(const ActorRef& r);
+  void drop(Outbound& o, const char* why, std::atomic<std::uint64_t>& counter);
+  void lose(std::uint64_t uid, std::string reason);
+  void wake();
+
+  // ---- I/O thread ------------------------------------------------------------------------------
+  void run();
+  void take_work();
+  void flush(Peer& p);
+  bool connect(Peer& p);
+  void close_peer(Peer& p);
+  std::string sender_string(const Outbound& o);
+  void on_sent(const Outbound& o);
+  void read_router();
+  void read_dealer(Peer& p);
+  void read_monitor(zmq::socket_t& mon, Peer* p);
+  void handle_frame(const std::string& rid, std::string_view key, const zmq::message_t& body);
+  void deliver(const NodeAddress& origin, InEnvelope&& e);
+  ActorRef local_target(const std::string& path);
+  ActorRef sender_ref(const NodeAddress& origin, const std::string& s);
+  void send_ack(const std::string& rid);
+  void watch_op(const ActorRef& remote, const ActorRef& watcher, bool add);
+  void on_watch(const NodeAddress& origin, const InEnvelope& e, bool add);
+  void on_terminated(const NodeAddress& origin, InEnvelope&& e);
+  void lost_op(std::uint64_t uid, const std::shared_ptr<Peer>& peer, const std::string& reason);
+  bool bind_origin(std::string_view key, const NodeAddress& a);
+  void sweep();
+  void socket_monitor(zmq::socket_t& s, std::unique_ptr<zmq::socket_t>& mon, int events);
+
+  ActorSystem& system;
+  TransportConfig cfg;
+  spdlog::logger& log;
+  NodeAddress self;
+  std::string self_origin;
+  Counters n;
+
+  zmq::context_t ctx;
+  std::unique_ptr<detail::ZapHandler> zap;
+  zmq::socket_t router;
+  std::unique_ptr<zmq::socket_t> router_monitor;
+  int efd = -1;
+  std::thread io;
+  std::atomic<bool> stopping{false};
+
+  // Hand-over queue (q_mu).
+  std::mutex q_mu;
+  std::vector<Outbound> out;
+  std::vector<std::function<void()>> ops;
+  bool stopped = false;
+  std::atomic<std::size_t> queued_work{0};
+  std::atomic<bool> idle{false};
+
+  // Shared lookup state (mu_).
+  struct KeyEntry {
+    std::string key;
+    bool configured = false;
+  };
+  std::mutex mu;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Peer>> peers;
+  std::unordered_map<std::string, RemoteRef*> refs;  // weak: a ref removes itself when destroyed
+  std::unordered_map<std::string, KeyEntry> keys;    // endpoint -> CURVE public key
+  std::unordered_map<std::uint64_t, std::string> uid_keys;
+  std::unordered_set<std::uint64_t> dead;
+  std::atomic<std::uint64_t> next_ref_id{1};
+
+  // Exported local refs that are not addressable by path (asks, internal watchers) (export_mu).
+  std::mutex export_mu;
+  std::unordered_map<std::uint64_t, ActorRef> exports;
+  std::unordered_map<troupe::detail::RefTarget*, std::uint64_t> export_ids;
+  std::uint64_t next_export = 0;
+
+  // I/O thread only.
+  struct Conn {
+    NodeAddress origin;
+    std::string origin_str;
+    std::string key;
+  };
+  std::unordered_map<std::string, Conn> conns;  // by ROUTER routing id
+  std::vector<std::shared_ptr<Peer>> active;     // peers with a DEALER or pending messages
+  std::unordered_map<std::string, ActorRef> local_cache;
+  struct WatchEntry {
+    ActorRef watchee;  // remote
+    ActorRef watcher;  // local
+    std::string watcher_path;
+  };
+  std::unordered_map<std::uint64_t, std::vector<WatchEntry>> watches;  // by watchee's node
+  struct ServedWatch {
+    ActorRef watchee;  // local
+    ActorRef watcher;  // remote
+  };
+  std::unordered_map<std::uint64_t, std::vector<ServedWatch>> served;  // by watcher's node
+  std::atomic<std::uint64_t> watch_count{0};
+  BatchBuilder builder;
+  BatchBuilder ack_builder{1024};
+  ThrottledLog in_log, out_log, conn_log;
+  std::chrono::steady_clock::time_point next_sweep{};
+  unsigned monitor_seq = 0;
+};
+
+// ---- RemoteRef ----------------------------------------------------------------------------------
+
+class RemoteRef final : public troupe::detail::RefTarget {
+ public:
+  RemoteRef(std::shared_ptr<Transport::Core> core, std::shared_ptr<Peer> peer, std::string path, std::string address)
+      : core_(std::move(core)), peer_(std::move(peer)), path_(std::move(path)), address_(std::move(address)),
+        id_((1ull << 63) | core_->next_ref_id.fetch_add(1, std::memory_order_relaxed)) {}
+
+  void send(Message&& msg, ActorRef&& sender) override {
+    core_->enqueue(Outbound{peer_, ActorRef(this, true), std::move(msg), std::move(sender), {}, {}});
+  }
+  void undeliverable() noexcept override {
+    // Only an ask waits for an answer: tell it there will be none.
+    if (!starts_with_temp(path_)) return;
+    auto m = Message::build<sys::Undeliverable>(
+        [](flatbuffers::FlatBufferBuilder& b) { return sys::CreateUndeliverableDirect(b, "no actor at the path"); });
+    core_->enqueue(Outbound{peer_, ActorRef(this, true), std::move(m), {}, {}, {}});
+  }
+  std::string path() const override { return address_; }
+  std::uint64_t id() const noexcept override { return id_; }
+  ActorSystem& system() const noexcept override { return core_->system; }
+  void add_watcher(const ActorRef& watcher) override {
+    auto core = core_;
+    core->post([core, me = ActorRef(this, true), watcher] { core->watch_op(me, watcher, true); });
+  }
+  void remove_watcher(const ActorRef& watcher) override {
+    auto core = core_;
+    core->post([core, me = ActorRef(this, true), watcher] { core->watch_op(me, watcher, false); });
+  }
+  bool terminated() const noexcept override { return peer_->lost.load(std::memory_order_acquire); }
+
+  const std::string& local_path() const noexcept { return path_; }
+  const std::string& address() const noexcept { return address_; }
+  const std::shared_ptr<Peer>& peer() const noexcept { return peer_; }
+
+ protected:
+  void destroy() noexcept override {
+    {
+      std::lock_guard lk(core_->mu);
+      auto it = core_->refs.find(address_);
+      if (it != core_->refs.end() && it->second == this) core_->refs.erase(it);
+    }
+    delete this;
+  }
+
+ private:
+  std::shared_ptr<Transport::Core> core_;
+  std::shared_ptr<Peer> peer_;
+  std::string path_;
+  std::string address_;
+  std::uint64_t id_;
+};
+
+// ---- any thread ---------------------------------------------------------------------------------
+
+void Transport::Core::wake() {
+  if (idle.exchange(false, std::memory_order_seq_cst)) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto r = ::write(efd, &one, sizeof one);
+  }
+}
+
+void Transport::Core::drop(Outbound& o, const char* why, std::atomic<std::uint64_t>& counter) {
+  bump(counter);
+  const std::string to = o.recipient ? o.recipient.path() : o.peer->addr.to_string() + o.to;
+  system.dead_letter(o.msg, o.sender, to, why);
+}
+
+void Transport::Core::enqueue(Outbound&& o) {
+  Peer& p = *o.peer;
+  if (p.lost.load(std::memory_order_acquire)) return drop(o, "its node is lost", n.dropped_node_lost);
+  if (p.queued.fetch_add(1, std::memory_order_relaxed) >= cfg.max_queue_per_peer) {
+    p.queued.fetch_sub(1, std::memory_order_relaxed);
+    return drop(o, "outbound queue to its node is full", n.dropped_queue_full);
+  }
+  {
+    std::unique_lock lk(q_mu);
+    if (stopped) {
+      lk.unlock();
+      p.queued.fetch_sub(1, std::memory_order_relaxed);
+      return drop(o, "transport stopped", n.dropped_stopped);
+    }
+    out.push_back(std::move(o));
+  }
+  queued_work.fetch_add(1, std::memory_order_seq_cst);
+  wake();
+}
+
+void Transport::Core::post(std::function<void()> fn) {
+  {
+    std::lock_guard lk(q_mu);
+    if (stopped) return;
+    ops.push_back(std::move(fn));
+  }
+  queued_work.fetch_add(1, std::memory_order_seq_cst);
+  wake();
+}
+
+std::shared_ptr<Peer> Transport::Core::peer_for(const NodeAddress& node) {
+  // mu held by the caller
+  if (auto it = peers.find(node.uid); it != peers.end()) return it->second;
+  auto p = std::make_shared<Peer>(node);
+  // An incarnation known to be gone, or an older incarnation of this very node's address.
+  if (dead.count(node.uid) || (node.uid != self.uid && node.endpoint() == self.endpoint())) {
+    p->lost.store(true);
+    return p;  // not remembered: every message to it is dropped at once
+  }
+  peers.emplace(node.uid, p);
+  return p;
+}
+
+ActorRef Transport::Core::remote_ref(const NodeAddress& node, std::string_view path) {
+  std::string address = node.to_string();
+  address.append(path);
+  std::lock_guard lk(mu);
+  auto it = refs.find(address);
+  if (it != refs.end() && it->second->try_add_ref()) return ActorRef(it->second, false);
+  auto* r = new RemoteRef(shared_from_this(), peer_for(node), std::string(path), address);
+  refs[std::move(address)] = r;
+  return ActorRef(r, false);
+}
+
+std::string Transport::Core::export_ref(const ActorRef& r) {
+  std::lock_guard lk(export_mu);
+  auto [it, inserted] = export_ids.try_emplace(r.target(), 0);
+  if (inserted) {
+    it->second = ++next_export;
+    exports.emplace(it->second, r);
+  }
+  return fmt::format("{}{}", kTempPrefix, it->second);
+}
+
+ActorRef Transport::Core::exported(std::string_view path) {
+  path.remove_prefix(kTempPrefix.size());
+  std::uint64_t id = 0;
+  auto [end, ec] = std::from_chars(path.data(), path.data() + path.size(), id);
+  if (ec != std::errc() || end != path.data() + path.size()) return {};
+  std::lock_guard lk(export_mu);
+  auto it = exports.find(id);
+  if (it == exports.end() || it->second.target()->terminated()) return {};
+  return it->second;
+}
+
+std::string Transport::Core::address_of(const ActorRef& r) {
+  if (!r) return {};
+  if (auto* rr = dynamic_cast<RemoteRef*>(r.target())) return rr->address();
+  if (r.target()->addressable()) return self_origin + r.path();
+  return self_origin + export_ref(r);
+}
+
+void Transport::Core::lose(std::uint64_t uid, std::string reason) {
+  if (uid == 0 || uid == self.uid) return;
+  std::shared_ptr<Peer> peer;
+  {
+    std::lock_guard lk(mu);
+    if (!dead.insert(uid).second) return;
+    if (auto it = peers.find(uid); it != peers.end()) {
+      peer = std::move(it->second);
+      peers.erase(it);
+      peer->lost.store(true, std::memory_order_release);
+      // A key learned from the lost incarnation's handshake may change with its successor.
+      if (auto k = keys.find(peer->addr.endpoint()); k != keys.end() && !k->second.configured) keys.erase(k);
+    }
+    uid_keys.erase(uid);
+  }
+  bump(n.nodes_lost);
+  post([this, uid, peer, reason = std::move(reason)] { lost_op(uid, peer, reason); });
+}
+
+// ---- I/O thread ---------------------------------------------------------------------------------
+
+void Transport::Core::socket_monitor(zmq::socket_t& s, std::unique_ptr<zmq::socket_t>& mon, int events) {
+  const auto ep = fmt::format("inproc://troupe-monitor-{}-{}", static_cast<const void*>(this), monitor_seq++);
+  if (zmq_socket_monitor(s.handle(), ep.c_str(), events) != 0) return;
+  mon = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::pair);
+  mon->set(zmq::sockopt::linger, 0);
+  mon->connect(ep);
+}
+
+constexpr int kMonitorEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                               ZMQ_EVENT_DISCONNECTED;
+
+bool Transport::Core::connect(Peer& p) {
+  std::string server_key;
+  if (!cfg.insecure) {
+    std::lock_guard lk(mu);
+    auto it = keys.find(p.addr.endpoint());
+    if (it == keys.end()) return false;
+    server_key = it->second.key;
+  }
+  auto d = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+  d->set(zmq::sockopt::linger, 0);
+  d->set(zmq::sockopt::immediate, 1);  // queue in Troupe (bounded, counted), not in ZeroMQ
+  d->set(zmq::sockopt::sndhwm, 1000);
+  d->set(zmq::sockopt::reconnect_ivl, static_cast<int>(cfg.reconnect_min.count()));
+  d->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(cfg.reconnect_max.count()));
+  d->set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(cfg.limits.max_frame_bytes + (64u << 10)));
+  if (!cfg.insecure) {
+    d->set(zmq::sockopt::curve_serverkey, server_key);
+    d->set(zmq::sockopt::curve_publickey, cfg.keys.public_key);
+    d->set(zmq::sockopt::curve_secretkey, cfg.keys.secret_key);
+  }
+  socket_monitor(*d, p.monitor, kMonitorEvents);
+  try {
+    d->connect(p.addr.zmq_endpoint());
+  } catch (const zmq::error_t& e) {
+    log.warn("cannot connect to {}: {}", p.addr.to_string(), e.what());
+    return false;
+  }
+  p.dealer = std::move(d);
+  return true;
+}
+
+void Transport::Core::close_peer(Peer& p) {
+  if (p.dealer) {
+    zmq_socket_monitor(p.dealer->handle(), nullptr, 0);
+    p.dealer->close();
+    p.dealer.reset();
+  }
+  if (p.monitor) {
+    p.monitor->close();
+    p.monitor.reset();
+  }
+}
+
+std::string Transport::Core::sender_string(const Outbound& o) {
+  if (!o.from.empty()) return o.from;
+  if (!o.sender) return {};
+  auto* t = o.sender.target();
+  if (auto* rr = dynamic_cast<RemoteRef*>(t)) return rr->address();
+  if (t->addressable()) return t->path();
+  return export_ref(o.sender);
+}
+
+void Transport::Core::take_work() {
+  std::vector<Outbound> batch;
+  std::vector<std::function<void()>> todo;
+  {
+    std::lock_guard lk(q_mu);
+    batch.swap(out);
+    todo.swap(ops);
+  }
+  if (batch.empty() && todo.empty()) return;
+  queued_work.fetch_sub(batch.size() + todo.size(), std::memory_order_relaxed);
+  for (auto& fn : todo) fn();
+  for (auto& o : batch) {
+    auto& p = *o.peer;
+    if (p.lost.load(std::memory_order_acquire)) {
+      p.queued.fetch_sub(1, std::memory_order_relaxed);
+      drop(o, "its node is lost", n.dropped_node_lost);
+      continue;
+    }
+    if (p.pending.empty() && !p.dealer) active.push_back(o.peer);
+    p.pending.push_back(std::move(o));
+  }
+}
+
+void Transport::Core::on_sent(const Outbound& o) {
+  if (o.msg.type() != kTerminated) return;
+  // A Terminated for a remote watcher ends that served watch.
+  auto it = served.find(o.peer->addr.uid);
+  if (it == served.end()) return;
+  auto& v = it->second;
+  for (auto i = v.begin(); i != v.end(); ++i) {
+    if (i->watcher == o.recipient && (!o.sender || i->watchee == o.sender)) {
+      v.erase(i);
+      break;
+    }
+  }
+}
+
+void Transport::Core::flush(Peer& p) {
+  while (!p.pending.empty()) {
+    if (!p.dealer && !p.no_key && !connect(p)) {
+      p.no_key = true;
+      log.warn("no CURVE key known for {} ({} messages dropped); declare it with add_peer_key or let it connect first",
+               p.addr.to_string(), p.pending.size());
+    }
+    if (!p.dealer) {
+      for (auto& o : p.pending) drop(o, "no CURVE key known for its node", n.dropped_no_peer_key);
+      p.queued.fetch_sub(p.pending.size(), std::memory_order_relaxed);
+      p.pending.clear();
+      p.no_key = false;  // the key may be learned later
+      return;
+    }
+    if (!(p.dealer->get(zmq::sockopt::events) & ZMQ_POLLOUT)) return;
+    builder.reset();
+    std::size_t k = 0;
+    while (k < p.pending.size() && k < cfg.limits.max_envelopes && builder.approx_bytes() < cfg.max_batch_bytes) {
+      const auto& o = p.pending[k];
+      const std::string& to = o.recipient ? static_cast<RemoteRef*>(o.recipient.target())->local_path() : o.to;
+      builder.add(o.msg.type(), to, sender_string(o), 0, o.msg.bytes());
+      ++k;
+    }
+    auto f = builder.finish(self_origin, p.addr.uid);
+    zmq::message_t m(f.data(), f.size());
+    zmq::send_result_t r;
+    try {
+      r = p.dealer->send(m, zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+      out_log.warn(log, "sending to {} failed: {}", p.addr.to_string(), e.what());
+      for (std::size_t i = 0; i < k; ++i) drop(p.pending[i], "send failed", n.dropped_send_failed);
+      p.pending.erase(p.pending.begin(), p.pending.begin() + static_cast<std::ptrdiff_t>(k));
+      p.queued.fetch_sub(k, std::memory_order_relaxed);
+      continue;
+    }
+    if (!r) return;  // not writable after all: retry when it is
+    bump(n.frames_out);
+    bump(n.bytes_out, f.size());
+    bump(n.messages_out, k);
+    for (std::size_t i = 0; i < k; ++i) on_sent(p.pending[i]);
+    p.pending.erase(p.pending.begin(), p.pending.begin() + static_cast<std::ptrdiff_t>(k));
+    p.queued.fetch_sub(k, std::memory_order_relaxed);
+  }
+}
+
+void Transport::Core::send_ack(const std::string& rid) {
+  ack_builder.reset();
+  auto f = ack_builder.finish(self_origin, 0);
+  try {
+    router.send(zmq::buffer(rid), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    router.send(zmq::buffer(f.data(), f.size()), zmq::send_flags::dontwait);
+  } catch (const zmq::error_t&) {
+    // The peer went away; it will get an ack on its next connection.
+  }
+}
+
+bool Transport::Core::bind_origin(std::string_view key, const NodeAddress& a) {
+  std::uint64_t replaced = 0;
+  {
+    std::lock_guard lk(mu);
+    if (a.uid == self.uid) return false;  // nobody else may claim this node's incarnation
+    if (dead.count(a.uid)) return true;   // bound, and its frames are dropped as from a lost node
+    if (!cfg.insecure) {
+      auto it = keys.find(a.endpoint());
+      if (it != keys.end() && it->second.key != key) return false;
+      if (it == keys.end()) keys.emplace(a.endpoint(), KeyEntry{std::string(key), false});
+      auto u = uid_keys.find(a.uid);
+      if (u != uid_keys.end() && u->second != key) return false;
+      uid_keys[a.uid] = std::string(key);
+    }
+    // A new incarnation at a known address: the old one is gone.
+    for (const auto& [uid, p] : peers) {
+      if (uid != a.uid && p->addr.endpoint() == a.endpoint()) replaced = uid;
+    }
+  }
+  if (replaced) lose(replaced, "restarted as " + a.to_string());
+  return true;
+}
+
+void Transport::Core::handle_frame(const std::string& rid, std::string_view key, const zmq::message_t& body) {
+  bump(n.frames_in);
+  bump(n.bytes_in, body.size());
+  FrameReport rep;
+  auto f = decode_frame({static_cast<const std::uint8_t*>(body.data()), body.size()}, system.registry(), cfg.limits,
+                        rep);
+  bump(n.envelopes_unknown_type, rep.unknown_type);
+  bump(n.envelopes_bad_payload, rep.bad_payload);
+  bump(n.envelopes_bad_path, rep.bad_path);
+  if (rep.unknown_type + rep.bad_payload + rep.bad_path) {
+    in_log.warn(log, "dropped envelopes from {}: {} of unknown type, {} failing their verifier, {} with bad paths",
+                key.empty() ? "(insecure peer)" : key, rep.unknown_type, rep.bad_payload, rep.bad_path);
+  }
+  if (!f) {
+    bump(f.error() == FrameErrc::oversized ? n.frames_oversized : n.frames_malformed);
+    in_log.warn(log, "refused a {}-byte frame from {}: {}", body.size(), key.empty() ? "(insecure peer)" : key,
+                f.error().message());
+    return;
+  }
+  if (conns.size() > 4096) conns.clear();  // stale connections; live ones re-bind on their next frame
+  auto [it, fresh] = conns.try_emplace(rid);
+  Conn& c = it->second;
+  if (fresh || c.origin_str.empty()) {
+    auto a = parse_node_address(f->origin);
+    if (!a) {
+      conns.erase(it);
+      bump(n.frames_malformed);
+      in_log.warn(log, "refused a frame without a valid origin from {}", key.empty() ? "(insecure peer)" : key);
+      return;
+    }
+    if (!bind_origin(key, *a)) {
+      conns.erase(it);
+      bump(n.frames_origin_mismatch);
+      in_log.warn(log, "refused a frame from key {} claiming to be {}: that address or node belongs to another key",
+                  key, f->origin);
+      return;
+    }
+    c.origin = *a;
+    c.origin_str = f->origin;
+    c.key = std::string(key);
+    send_ack(rid);
+  } else if (f->origin != c.origin_str || key != c.key) {
+    bump(n.frames_origin_mismatch);
+    in_log.warn(log, "refused a frame claiming origin {} on a connection bound to {}", f->origin, c.origin_str);
+    return;
+  }
+  {
+    std::lock_guard lk(mu);
+    if (dead.count(c.origin.uid)) {
+      bump(n.frames_from_lost_node);
+      return;
+    }
+  }
+  if (f->target_node == 0) return;  // a handshake
+  if (f->target_node != self.uid) {
+    bump(n.frames_wrong_node);
+    in_log.warn(log, "dropped a frame from {} meant for incarnation {} (this is {})", c.origin_str,
+                format_uid(f->target_node), format_uid(self.uid));
+    return;
+  }
+  bump(n.messages_in, f->envelopes.size());
+  for (auto& e : f->envelopes) deliver(c.origin, std::move(e));
+}
+
+ActorRef Transport::Core::local_target(const std::string& path) {
+  if (starts_with_temp(path)) return exported(path);
+  if (auto it = local_cache.find(path); it != local_cache.end()) {
+    if (!it->second.target()->terminated()) return it->second;
+    local_cache.erase(it);
+  }
+  auto r = system.lookup(path);
+  if (!r) return {};
+  if (local_cache.size() >= 4096) local_cache.clear();
+  local_cache.emplace(path, r);
+  return r;
+}
+
+ActorRef Transport::Core::sender_ref(const NodeAddress& origin, const std::string& s) {
+  if (s.empty()) return {};
+  if (s.front() == '/') return remote_ref(origin, s);
+  auto a = parse_actor_address(s);
+  if (!a) return {};
+  if (a->node.uid == self.uid) return local_target(a->path);
+  return remote_ref(a->node, a->path);
+}
+
+void Transport::Core::deliver(const NodeAddress& origin, InEnvelope&& e) {
+  if (e.type == kWatch || e.type == kUnwatch) return on_watch(origin, e, e.type == kWatch);
+  if (e.type == kTerminated) return on_terminated(origin, std::move(e));
+  ActorRef sender = sender_ref(origin, e.sender);
+  ActorRef target = local_target(e.recipient);
+  if (!target) {
+    bump(n.envelopes_no_recipient);
+    system.dead_letter(e.payload, sender, e.recipient, "no actor at this path");
+    return;
+  }
+  if (e.type == kUndeliverable && starts_with_temp(e.recipient)) {
+    target.target()->undeliverable();
+    return;
+  }
+  target.tell(std::move(e.payload), std::move(sender));
+}
+
+void Transport::Core::on_watch(const NodeAddress& origin, const InEnvelope& e, bool add) {
+  // Watch and Unwatch share their layout; the registry verified the payload as its own type.
+  const auto* t = flatbuffers::GetRoot<wire::Watch>(e.payload.bytes().data());
+  if (!t->watchee() || !t->watcher() || !t->watchee()->string_view().starts_with('/') ||
+      !t->watcher()->string_view().starts_with('/')) {
+    bump(n.envelopes_bad_payload);
+    in_log.warn(log, "dropped a {} without valid paths from {}", add ? "Watch" : "Unwatch", origin.to_string());
+    return;
+  }
+  const std::string watchee_path = t->watchee()->str();
+  const std::string watcher_path = t->watcher()->str();
+  ActorRef watcher = remote_ref(origin, watcher_path);
+  auto& v = served[origin.uid];
+  if (!add) {
+    for (auto i = v.begin(); i != v.end(); ++i) {
+      if (i->watcher == watcher && i->watchee.path() == watchee_path) {
+        i->watchee.target()->remove_watcher(i->watcher);
+        v.erase(i);
+        break;
+      }
+    }
+    return;
+  }
+  ActorRef watchee = local_target(watchee_path);
+  if (!watchee || !watchee.target()->addressable()) {
+    auto* rr = static_cast<RemoteRef*>(watcher.target());
+    enqueue(Outbound{rr->peer(), watcher, make_terminated(sys::TerminationReason::AlreadyDead, watchee_path), {}, {},
+                     watchee_path});
+    return;
+  }
+  for (const auto& s : v) {
+    if (s.watcher == watcher && s.watchee == watchee) return;
+  }
+  v.push_back(ServedWatch{watchee, watcher});
+  watchee.target()->add_watcher(watcher);  // already dead: the Terminated is sent at once
+}
+
+void Transport::Core::on_terminated(const NodeAddress& origin, InEnvelope&& e) {
+  const auto* t = e.payload.as<sys::Terminated>();
+  auto it = watches.find(origin.uid);
+  if (t && it != watches.end() && e.sender.starts_with('/')) {
+    auto& v = it->second;
+    for (auto i = v.begin(); i != v.end(); ++i) {
+      auto* rr = static_cast<RemoteRef*>(i->watchee.target());
+      if (rr->local_path() == e.sender && i->watcher_path == e.recipient) {
+        WatchEntry w = std::move(*i);
+        v.erase(i);
+        watch_count.fetch_sub(1, std::memory_order_relaxed);
+        ActorSystem::deliver_terminated(w.watcher, make_terminated(t->reason(), rr->address()), w.watchee);
+        return;
+      }
+    }
+  }
+  bump(n.terminated_unsolicited);
+}
+
+void Transport::Core::watch_op(const ActorRef& remote, const ActorRef& watcher, bool add) {
+  auto* rr = static_cast<RemoteRef*>(remote.target());
+  const auto& peer = rr->peer();
+  auto& v = watches[peer->addr.uid];
+  for (auto i = v.begin(); i != v.end(); ++i) {
+    if (i->watchee == remote && i->watcher == watcher) {
+      if (add) return;
+      enqueue(Outbound{peer, {}, make_watch<wire::Unwatch>(rr->local_path(), i->watcher_path), {},
+                       std::string(kControlPath), {}});
+      v.erase(i);
+      watch_count.fetch_sub(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  if (!add) return;
+  if (peer->lost.load(std::memory_order_acquire)) {
+    ActorSystem::deliver_terminated(watcher, make_terminated(sys::TerminationReason::NodeDown, rr->address()), remote);
+    return;
+  }
+  auto* t = watcher.target();
+  std::string watcher_path = t->addressable() ? t->path() : export_ref(watcher);
+  v.push_back(WatchEntry{remote, watcher, watcher_path});
+  watch_count.fetch_add(1, std::memory_order_relaxed);
+  enqueue(Outbound{peer, {}, make_watch<wire::Watch>(rr->local_path(), watcher_path), {}, std::string(kControlPath), {}});
+}
+
+void Transport::Core::lost_op(std::uint64_t uid, const std::shared_ptr<Peer>& peer, const std::string& reason) {
+  log.info("node {} is lost: {}", format_uid(uid), reason);
+  if (peer) {
+    for (auto& o : peer->pending) drop(o, "its node is lost", n.dropped_node_lost);
+    peer->queued.fetch_sub(peer->pending.size(), std::memory_order_relaxed);
+    peer->pending.clear();
+    close_peer(*peer);
+    std::erase(active, peer);
+  }
+  if (auto it = watches.find(uid); it != watches.end()) {
+    auto v = std::move(it->second);
+    watches.erase(it);
+    for (auto& w : v) {
+      watch_count.fetch_sub(1, std::memory_order_relaxed);
+      auto* rr = static_cast<RemoteRef*>(w.watchee.target());
+      ActorSystem::deliver_terminated(w.watcher, make_terminated(sys::TerminationReason::NodeDown, rr->address()),
+                                      w.watchee);
+    }
+  }
+  if (auto it = served.find(uid); it != served.end()) {
+    auto v = std::move(it->second);
+    served.erase(it);
+    for (auto& s : v) s.watchee.target()->remove_watcher(s.watcher);
+  }
+  std::erase_if(conns, [uid](const auto& kv) { return kv.second.origin.uid == uid; });
+}
+
+void Transport::Core::read_monitor(zmq::socket_t& mon, Peer* p) {
+  for (;;) {
+    zmq::message_t ev;
+    if (!mon.recv(ev, zmq::recv_flags::dontwait)) return;
+    zmq::message_t addr;
+    if (ev.more()) (void)mon.recv(addr, zmq::recv_flags::dontwait);
+    if (ev.size() < 6) continue;
+    std::uint16_t id = 0;
+    std::memcpy(&id, ev.data(), sizeof id);
+    const auto where = addr.to_string();
+    switch (id) {
+      case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        if (p && p->dealer) {
+          // Say hello so the peer answers with its incarnation even before there is traffic.
+          ack_builder.reset();
+          auto f = ack_builder.finish(self_origin, 0);
+          (void)p->dealer->send(zmq::buffer(f.data(), f.size()), zmq::send_flags::dontwait);
+        }
+        break;
+      case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+      case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+      case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        bump(n.handshakes_failed);
+        conn_log.warn(log, "handshake {} {} failed (event {:#x}): wrong key, key not allowed, or security mismatch",
+                      p ? "to" : "from", p ? p->addr.to_string() : where, id);
+        break;
+      case ZMQ_EVENT_DISCONNECTED: bump(n.disconnects); break;
+      default: break;
+    }
+  }
+}
+
+void Transport::Core::read_router() {
+  for (int i = 0; i < 1024; ++i) {
+    zmq::message_t rid;
+    if (!router.recv(rid, zmq::recv_flags::dontwait)) return;
+    if (!rid.more()) continue;
+    zmq::message_t body;
+    (void)router.recv(body, zmq::recv_flags::dontwait);
+    bool extra = body.more();
+    while (extra) {  // a frame is exactly one part
+      zmq::message_t rest;
+      (void)router.recv(rest, zmq::recv_flags::dontwait);
+      extra = rest.more();
+      if (!extra) {
+        bump(n.frames_malformed);
+        in_log.warn(log, "refused a multi-part message");
+      }
+    }
+    if (body.more() || extra) continue;
+    const char* uid = zmq_msg_gets(body.handle(), "User-Id");
+    handle_frame(rid.to_string(), uid ? std::string_view(uid) : std::string_view(), body);
+  }
+}
+
+void Transport::Core::read_dealer(Peer& p) {
+  for (int i = 0; i < 64 && p.dealer; ++i) {
+    zmq::message_t m;
+    if (!p.dealer->recv(m, zmq::recv_flags::dontwait)) return;
+    FrameReport rep;
+    auto f = decode_frame({static_cast<const std::uint8_t*>(m.data()), m.size()}, system.registry(), cfg.limits, rep);
+    if (!f) {
+      bump(n.frames_malformed);
+      continue;
+    }
+    auto a = parse_node_address(f->origin);
+    if (!a) {
+      bump(n.frames_malformed);
+      continue;
+    }
+    if (a->uid != p.addr.uid) {
+      // Whoever listens at the address now is another incarnation: the one we meant is gone.
+      lose(p.addr.uid, "its address now answers as " + a->to_string());
+      return;
+    }
+  }
+}
+
+void Transport::Core::sweep() {
+  std::vector<ActorRef> done;  // released outside the lock
+  std::lock_guard lk(export_mu);
+  for (auto it = exports.begin(); it != exports.end();) {
+    if (it->second.target()->terminated()) {
+      export_ids.erase(it->second.target());
+      done.push_back(std::move(it->second));
+      it = exports.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Transport::Core::run() {
+  std::vector<zmq_pollitem_t> items;
+  std::vector<Peer*> owners;  // the peer of each item (null for the router side)
+  while (!stopping.load(std::memory_order_acquire)) {
+    take_work();
+    for (auto& p : active) flush(*p);
+    std::erase_if(active, [](const std::shared_ptr<Peer>& p) { return !p->dealer && p->pending.empty(); });
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= next_sweep) {
+      sweep();
+      next_sweep = now + std::chrono::seconds(1);
+    }
+
+    items.clear();
+    owners.clear();
+    items.push_back({nullptr, efd, ZMQ_POLLIN, 0});
+    items.push_back({router.handle(), 0, ZMQ_POLLIN, 0});
+    owners.push_back(nullptr);
+    owners.push_back(nullptr);
+    if (router_monitor) {
+      items.push_back({router_monitor->handle(), 0, ZMQ_POLLIN, 0});
+      owners.push_back(nullptr);
+    }
+    for (auto& p : active) {
+      if (p->dealer) {
+        short ev = ZMQ_POLLIN;
+        if (!p->pending.empty()) ev |= ZMQ_POLLOUT;
+        items.push_back({p->dealer->handle(), 0, ev, 0});
+        owners.push_back(p.get());
+      }
+      if (p->monitor) {
+        items.push_back({p->monitor->handle(), 0, ZMQ_POLLIN, 0});
+        owners.push_back(p.get());
+      }
+    }
+    idle.store(true, std::memory_order_seq_cst);
+    const bool work = queued_work.load(std::memory_order_seq_cst) != 0;
+    if (zmq_poll(items.data(), static_cast<int>(items.size()), work ? 0 : 100) < 0 && zmq_errno() == ETERM) break;
+    idle.store(false, std::memory_order_relaxed);
+    if (items[0].revents & ZMQ_POLLIN) {
+      std::uint64_t v;
+      [[maybe_unused]] auto r = ::read(efd, &v, sizeof v);
+    }
+    if (items[1].revents & ZMQ_POLLIN) read_router();
+    std::size_t i = 2;
+    if (router_monitor) {
+      if (items[i].revents & ZMQ_POLLIN) read_monitor(*router_monitor, nullptr);
+      ++i;
+    }
+    for (; i < items.size(); ++i) {
+      Peer* p = owners[i];
+      if (!(items[i].revents & ZMQ_POLLIN) || !p) continue;
+      if (p->dealer && items[i].socket == p->dealer->handle()) {
+        read_dealer(*p);
+      } else if (p->monitor && items[i].socket == p->monitor->handle()) {
+        read_monitor(*p->monitor, p);
+      }
+    }
+  }
+}
+
+// ---- Transport ----------------------------------------------------------------------------------
+
+Transport::Transport(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+
+Result<std::unique_ptr<Transport>> Transport::start(ActorSystem& system, TransportConfig cfg) {
+  auto& log = system.log();
+  if (!cfg.insecure) {
+    if (!valid_z85_key(cfg.keys.public_key) || !valid_z85_key(cfg.keys.secret_key)) {
+      log.error("remoting: the CURVE key pair is missing or malformed (set keys, or insecure for local development)");
+      return make_error(TransportErrc::bad_config);
+    }
+    if (!cfg.allow_list) {
+      log.error("remoting: no allow-list (set allow_list, or insecure for local development)");
+      return make_error(TransportErrc::bad_config);
+    }
+    if (cfg.zap_domain.empty()) {
+      log.error("remoting: zap_domain must not be empty");
+      return make_error(TransportErrc::bad_config);
+    }
+  }
+  if (cfg.max_queue_per_peer == 0 || cfg.max_batch_bytes == 0 || cfg.max_batch_bytes > cfg.limits.max_frame_bytes) {
+    log.error("remoting: max_queue_per_peer and max_batch_bytes must be positive, max_batch_bytes <= max_frame_bytes");
+    return make_error(TransportErrc::bad_config);
+  }
+  std::string advertise = cfg.advertise_host.empty() ? cfg.bind_host : cfg.advertise_host;
+  if (advertise == "0.0.0.0" || advertise == "*" || advertise == "::" || advertise.empty()) {
+    log.error("remoting: binding {} needs advertise_host (the address other nodes use)", cfg.bind_host);
+    return make_error(TransportErrc::bad_config);
+  }
+
+  auto core = std::make_shared<Core>(system, std::move(cfg));
+  auto& c = *core;
+  c.self.uid = c.cfg.node_uid ? c.cfg.node_uid : random_uid();
+  c.self.host = advertise;
+  c.ctx = zmq::context_t(1);
+  c.router = zmq::socket_t(c.ctx, zmq::socket_type::router);
+  c.router.set(zmq::sockopt::linger, 0);
+  c.router.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(c.cfg.limits.max_frame_bytes + (64u << 10)));
+  c.router.set(zmq::sockopt::rcvhwm, 10000);
+  if (c.cfg.insecure) {
+    log.warn("remoting: INSECURE mode: no encryption, no authentication; any process that can reach the port can "
+             "send to this node's actors. Local development only.");
+  } else {
+    try {
+      // The gate first: a CURVE server without an answering ZAP handler admits any key.
+      c.zap = std::make_unique<detail::ZapHandler>(c.ctx, c.cfg.allow_list, c.cfg.zap_domain, false,
+                                                   std::shared_ptr<spdlog::logger>(std::shared_ptr<void>(), &log));
+      c.zap->start();
+      c.router.set(zmq::sockopt::curve_server, 1);
+      c.router.set(zmq::sockopt::curve_secretkey, c.cfg.keys.secret_key);
+      detail::require_zap(c.router, c.cfg.zap_domain);
+    } catch (const std::exception& e) {
+      log.error("remoting: {}", e.what());
+      return make_error(TransportErrc::zap_unavailable);
+    }
+  }
+  c.socket_monitor(c.router, c.router_monitor, kMonitorEvents);
+  const std::string ep = fmt::format("tcp://{}:{}", c.cfg.bind_host.find(':') != std::string::npos
+                                                        ? "[" + c.cfg.bind_host + "]" : c.cfg.bind_host,
+                                     c.cfg.port ? std::to_string(c.cfg.port) : std::string("*"));
+  try {
+    c.router.bind(ep);
+  } catch (const zmq::error_t& e) {
+    log.error("remoting: cannot bind {}: {}", ep, e.what());
+    return make_error(TransportErrc::bind_failed);
+  }
+  const auto last = c.router.get(zmq::sockopt::last_endpoint);
+  const auto colon = last.rfind(':');
+  c.self.port = static_cast<std::uint16_t>(std::stoi(last.substr(colon + 1)));
+  c.self_origin = c.self.to_string();
+  system.registry().add<wire::Watch>();
+  system.registry().add<wire::Unwatch>();
+  system.registry().add<sys::Terminated>();
+  system.registry().add<sys::Undeliverable>();
+  c.efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (c.efd < 0) {
+    log.error("remoting: eventfd failed: {}", std::strerror(errno));
+    return make_error(TransportErrc::bind_failed);
+  }
+  c.io = std::thread([&c] {
+    try {
+      c.run();
+    } catch (const std::exception& e) {
+      c.log.critical("remoting: the I/O thread failed: {}", e.what());
+    }
+  });
+  log.info("remoting: listening at {} ({})", c.self_origin, c.cfg.insecure ? "insecure" : "CURVE");
+  return std::unique_ptr<Transport>(new Transport(std::move(core)));
+}
+
+Transport::~Transport() { stop(); }
+
+void Transport::stop() {
+  auto& c = *core_;
+  if (c.stopping.exchange(true)) return;
+  {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto r = ::write(c.efd, &one, sizeof one);
+  }
+  if (c.io.joinable()) c.io.join();
+  std::vector<Outbound> left;
+  {
+    std::lock_guard lk(c.q_mu);
+    c.stopped = true;
+    left.swap(c.out);
+    c.ops.clear();
+  }
+  for (auto& p : c.active) {
+    for (auto& o : p->pending) left.push_back(std::move(o));
+    p->pending.clear();
+    c.close_peer(*p);
+  }
+  c.active.clear();
+  for (auto& o : left) {
+    o.peer->queued.fetch_sub(1, std::memory_order_relaxed);
+    c.drop(o, "transport stopped", c.n.dropped_stopped);
+  }
+  // Watches of remote actors can no longer be served: every watcher gets its Terminated.
+  for (auto& [uid, v] : c.watches) {
+    for (auto& w : v) {
+      auto* rr = static_cast<RemoteRef*>(w.watchee.target());
+      ActorSystem::deliver_terminated(w.watcher, make_terminated(sys::TerminationReason::NodeDown, rr->address()),
+                                      w.watchee);
+    }
+  }
+  c.watches.clear();
+  c.watch_count = 0;
+  for (auto& [uid, v] : c.served) {
+    for (auto& s : v) s.watchee.target()->remove_watcher(s.watcher);
+  }
+  c.served.clear();
+  c.local_cache.clear();
+  c.conns.clear();
+  {
+    std::lock_guard lk(c.export_mu);
+    c.exports.clear();
+    c.export_ids.clear();
+  }
+  if (c.router_monitor) {
+    zmq_socket_monitor(c.router.handle(), nullptr, 0);
+    c.router_monitor->close();
+  }
+  c.router.close();
+  if (c.zap) c.zap->stop();
+  c.ctx.close();
+  ::close(c.efd);
+  c.efd = -1;
+  c.log.info("remoting: stopped");
+}
+
+const NodeAddress& Transport::address() const noexcept { return core_->self; }
+
+Result<ActorRef> Transport::resolve(std::string_view address) {
+  auto a = parse_actor_address(address);
+  if (!a) return a.error();
+  if (a->node.uid == core_->self.uid) {
+    if (starts_with_temp(a->path)) return core_->exported(a->path);
+    return core_->system.lookup(a->path);
+  }
+  return core_->remote_ref(a->node, a->path);
+}
+
+std::string Transport::address_of(const ActorRef& ref) { return core_->address_of(ref); }
+
+void Transport::add_peer_key(std::string_view endpoint, std::string_view public_key) {
+  std::lock_guard lk(core_->mu);
+  core_->keys[std::string(endpoint)] = Core::KeyEntry{std::string(public_key), true};
+}
+
+void Transport::node_lost(std::uint64_t node, std::string_view reason) { core_->lose(node, std::string(reason)); }
+
+TransportStats Transport::stats() const {
+  TransportStats s;
+  const auto& n = core_->n;
+#define TROUPE_COPY(name) s.name = n.name.load(std::memory_order_relaxed);
+  TROUPE_TRANSPORT_COUNTERS(TROUPE_COPY)
+#undef TROUPE_COPY
+  if (core_->zap) {
+    const auto& z = core_->zap->stats();
+    s.zap_refused = z.refused_key + z.refused_mechanism + z.refused_domain + z.malformed;
+  }
+  {
+    std::lock_guard lk(core_->mu);
+    s.peers = core_->peers.size();
+  }
+  s.remote_watches = core_->watch_count.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace troupe::remoting

@@ -1,0 +1,533 @@
+// The transport between two or three in-process nodes over real loopback sockets with CURVE:
+// tell/ask both ways, replies via the sender ref, per-pair ordering, remote deathwatch, node loss,
+// restarts (new incarnation), overflow accounting, and every kind of bad input.
+
+#include <troupe/remoting/transport.hpp>
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+#include <thread>
+
+#include <zmq.hpp>
+
+#include <troupe/serialization/envelope_generated.h>
+
+#include "testkit.hpp"
+
+namespace troupe::remoting {
+namespace {
+
+using namespace testkit;
+using namespace std::chrono_literals;
+
+/// Polls `pred` until it holds or `limit` passes (for counters that no message announces).
+template <class P>
+bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+/// Replies to every message with the message itself.
+class Echo final : public Actor {
+ public:
+  void receive(const Message& m) override { sender().tell(m, self()); }
+};
+
+/// Checks that the Pings from each sender arrive in order; "report" answers Cmd{"ok"|"bad", count}.
+class OrderChecker final : public Actor {
+ public:
+  void receive(const Message& m) override {
+    if (const auto* p = m.as<test::Ping>()) {
+      auto& last = last_[p->from()];
+      if (p->seq() != last + 1) bad_ = true;
+      last = p->seq();
+      ++count_;
+    } else if (op_of(m) == "report") {
+      sender().tell(cmd(bad_ ? "bad" : "ok", count_));
+    }
+  }
+
+ private:
+  std::map<std::uint32_t, std::uint64_t> last_;
+  std::uint64_t count_ = 0;
+  bool bad_ = false;
+};
+
+/// Sends `n` Pings numbered 1..n to the target given in its Cmd{"go"} sender-less trigger.
+class Blaster final : public Actor {
+ public:
+  Blaster(ActorRef target, std::uint32_t id) : target_(std::move(target)), id_(id) {}
+  void receive(const Message& m) override {
+    if (op_of(m) != "go") return;
+    for (std::uint64_t i = 1; i <= m.as<test::Cmd>()->n(); ++i) target_.tell(ping(i, id_), self());
+  }
+
+ private:
+  ActorRef target_;
+  std::uint32_t id_;
+};
+
+struct Keys {
+  CurveKeyPair a = generate_keypair().value();
+  CurveKeyPair b = generate_keypair().value();
+  CurveKeyPair c = generate_keypair().value();
+  CurveKeyPair stranger = generate_keypair().value();
+  std::shared_ptr<AllowList> allow = std::make_shared<AllowList>(std::vector{a.public_key, b.public_key, c.public_key});
+};
+
+struct Node {
+  Node(const std::string& name, const CurveKeyPair& keys, std::shared_ptr<AllowList> allow, std::uint16_t port = 0,
+       std::function<void(TransportConfig&)> tweak = {})
+      : sys(test_config(name)), probe(sys), key(keys.public_key) {
+    sys.registry().add<test::Ping>();
+    sys.registry().add<test::Cmd>();
+    sys.registry().add<test::Text>();
+    TransportConfig cfg;
+    cfg.port = port;
+    cfg.keys = keys;
+    cfg.allow_list = std::move(allow);
+    if (tweak) tweak(cfg);
+    auto t = Transport::start(sys, cfg);
+    if (!t) throw std::runtime_error("transport did not start: " + t.error().message());
+    transport = std::move(t).value();
+  }
+  ~Node() {
+    transport->stop();
+    sys.shutdown();
+  }
+  /// A ref to `path` on `other`, through this node's transport.
+  ActorRef ref_on(const Node& other, const std::string& path) {
+    transport->add_peer_key(other.transport->address().endpoint(), other.public_key());
+    return transport->resolve(other.transport->address().to_string() + path).value();
+  }
+  std::string public_key() const { return key; }
+
+  ActorSystem sys;
+  Probe probe;
+  std::string key;
+  std::unique_ptr<Transport> transport;
+};
+
+struct TwoNodes : ::testing::Test {
+  TwoNodes() {
+    a = std::make_unique<Node>("a", keys.a, keys.allow);
+    b = std::make_unique<Node>("b", keys.b, keys.allow);
+    echo_b = b->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  }
+  Keys keys;
+  std::unique_ptr<Node> a, b;
+  ActorRef echo_b;
+};
+
+TEST_F(TwoNodes, TellReachesTheRemoteActorAndTheReplyComesBackViaTheSenderRef) {
+  auto echo = a->ref_on(*b, "/user/echo");
+  echo.tell(ping(7), a->probe.ref());
+  auto r = a->probe.next();
+  ASSERT_TRUE(r) << "no reply";
+  ASSERT_TRUE(r->msg.is<test::Ping>());
+  EXPECT_EQ(r->msg.as<test::Ping>()->seq(), 7u);
+  EXPECT_EQ(r->sender, echo) << "the reply's sender is the same (interned) remote ref";
+  EXPECT_EQ(r->sender.path(), b->transport->address().to_string() + "/user/echo");
+  EXPECT_GE(a->transport->stats().messages_out, 1u);
+  EXPECT_GE(b->transport->stats().messages_in, 1u);
+}
+
+TEST_F(TwoNodes, AskWorksBothWays) {
+  auto echo = a->ref_on(*b, "/user/echo");
+  auto r = echo.ask(ping(1), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<test::Ping>()->seq(), 1u);
+
+  auto echo_a = a->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  auto back = b->ref_on(*a, "/user/echo");
+  auto r2 = back.ask(ping(2), 10s).get();
+  ASSERT_TRUE(r2.ok()) << r2.error().message();
+  EXPECT_EQ(r2->as<test::Ping>()->seq(), 2u);
+}
+
+TEST_F(TwoNodes, AskToAMissingPathIsAnsweredDeadTargetAndCountedThere) {
+  auto nobody = a->ref_on(*b, "/user/nobody");
+  const auto dead_before = b->sys.stats().dead_letters;
+  auto r = nobody.ask(ping(1), 30s).get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error(), ActorErrc::dead_target) << "answered by the remote node, not by the timeout";
+  EXPECT_EQ(b->transport->stats().envelopes_no_recipient, 1u);
+  EXPECT_GT(b->sys.stats().dead_letters, dead_before);
+}
+
+TEST_F(TwoNodes, MessagesFromEachSenderArriveInOrderUnderLoad) {
+  auto checker = b->sys.spawn<OrderChecker>(SpawnOptions{.name = "checker"});
+  auto remote = a->ref_on(*b, "/user/checker");
+  constexpr std::uint64_t kEach = 20'000;
+  std::vector<ActorRef> blasters;
+  for (std::uint32_t i = 1; i <= 3; ++i) blasters.push_back(a->sys.spawn<Blaster>(SpawnOptions{}, remote, i));
+  for (auto& bl : blasters) bl.tell(cmd("go", kEach));
+  // The report is sent after every blaster finished: ask each blaster's messages to drain first
+  // by asking the checker until it counted all of them.
+  std::uint64_t seen = 0;
+  std::string verdict;
+  const auto end = std::chrono::steady_clock::now() + 60s;
+  while (seen < 3 * kEach && std::chrono::steady_clock::now() < end) {
+    auto r = remote.ask(cmd("report"), 10s).get();
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    seen = r->as<test::Cmd>()->n();
+    verdict = op_of(*r);
+    ASSERT_EQ(verdict, "ok") << "out of order after " << seen;
+  }
+  EXPECT_EQ(seen, 3 * kEach);
+  EXPECT_EQ(a->transport->stats().dropped_queue_full, 0u);
+  EXPECT_LT(a->transport->stats().frames_out, a->transport->stats().messages_out) << "messages were batched";
+}
+
+TEST_F(TwoNodes, RemoteWatchGetsExactlyOneTerminatedWhenTheActorStops) {
+  auto target = b->sys.spawn<Echo>(SpawnOptions{.name = "target"});
+  auto remote = a->ref_on(*b, "/user/target");
+  a->probe.watch(a->sys, remote);
+  ASSERT_TRUE(eventually([&] { return a->transport->stats().remote_watches == 1; }));
+  // The watch is registered on b once b answers a message sent after it (same pair, FIFO).
+  ASSERT_TRUE(remote.ask(ping(1), 10s).get().ok());
+  b->sys.stop(target);
+  auto t = a->probe.next();
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::Stopped);
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->actor_path()->str(), remote.path());
+  EXPECT_EQ(t->sender, remote);
+  // Losing the node afterwards does not produce a second one.
+  a->transport->node_lost(b->transport->address().uid, "test");
+  auto echo = a->ref_on(*b, "/user/echo");
+  echo.tell(ping(1), a->probe.ref());  // dropped: the node is lost
+  a->probe.ref().tell(cmd("marker"));
+  auto m = a->probe.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(op_of(m->msg), "marker");
+  EXPECT_EQ(a->transport->stats().remote_watches, 0u);
+}
+
+TEST_F(TwoNodes, WatchingAMissingRemoteActorYieldsAlreadyDead) {
+  auto remote = a->ref_on(*b, "/user/never-was");
+  a->probe.watch(a->sys, remote);
+  auto t = a->probe.next();
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::AlreadyDead);
+  EXPECT_EQ(t->sender, remote);
+}
+
+TEST_F(TwoNodes, NodeLossTerminatesEveryWatchOnceAndLaterMessagesAreDeadLetters) {
+  auto remote = a->ref_on(*b, "/user/echo");
+  a->probe.watch(a->sys, remote);
+  ASSERT_TRUE(remote.ask(ping(1), 10s).get().ok());
+  a->transport->node_lost(b->transport->address().uid, "declared down by the test");
+  auto t = a->probe.next();
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::NodeDown);
+  EXPECT_TRUE(remote.target()->terminated());
+  const auto dropped = a->transport->stats().dropped_node_lost;
+  remote.tell(ping(2), a->probe.ref());
+  EXPECT_EQ(a->transport->stats().dropped_node_lost, dropped + 1);
+  auto r = remote.ask(ping(3), 10s).get();
+  EXPECT_EQ(r.error(), ActorErrc::dead_target);
+  // b stops: no second Terminated for a's watch.
+  b->sys.stop(echo_b);
+  a->probe.ref().tell(cmd("marker"));
+  auto m = a->probe.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(op_of(m->msg), "marker");
+}
+
+TEST_F(TwoNodes, UnwatchMeansNoTerminated) {
+  auto target = b->sys.spawn<Echo>(SpawnOptions{.name = "target"});
+  auto remote = a->ref_on(*b, "/user/target");
+  a->probe.watch(a->sys, remote);
+  a->sys.unwatch(remote, a->probe.ref());
+  ASSERT_TRUE(eventually([&] { return a->transport->stats().remote_watches == 0; }));
+  ASSERT_TRUE(remote.ask(ping(1), 10s).get().ok());  // Watch and Unwatch reached b before this
+  b->sys.stop(target);
+  // b would have sent the Terminated before answering this (same pair, FIFO).
+  ASSERT_TRUE(a->ref_on(*b, "/user/echo").ask(ping(2), 10s).get().ok());
+  a->probe.ref().tell(cmd("marker"));
+  auto m = a->probe.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(op_of(m->msg), "marker");
+}
+
+TEST_F(TwoNodes, ARestartedPeerIsANewIncarnationOldRefsGetTerminatedNewRefsWork) {
+  auto old_echo = a->ref_on(*b, "/user/echo");
+  a->probe.watch(a->sys, old_echo);
+  ASSERT_TRUE(old_echo.ask(ping(1), 10s).get().ok());
+  const auto port = b->transport->address().port;
+  const auto old_uid = b->transport->address().uid;
+  echo_b = {};
+  b.reset();
+  b = std::make_unique<Node>("b2", keys.b, keys.allow, port);
+  b->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  ASSERT_NE(b->transport->address().uid, old_uid);
+  // The old incarnation's ref: a's next frame reaches the new process, whose answer reveals the
+  // new incarnation; the old one is lost and the watch fires once.
+  old_echo.tell(ping(2), a->probe.ref());
+  auto t = a->probe.next(20s);
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->msg.is<sys::Terminated>()) << "the old incarnation's message must not be delivered";
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::NodeDown);
+  EXPECT_TRUE(old_echo.target()->terminated());
+  auto fresh = a->ref_on(*b, "/user/echo");
+  auto r = fresh.ask(ping(3), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<test::Ping>()->seq(), 3u);
+  EXPECT_EQ(a->probe.queued(), 0u) << "no reply from the old ref";
+}
+
+TEST(TransportQueue, OverflowGoesToDeadLettersAndIsCounted) {
+  Keys keys;
+  Node a("a", keys.a, keys.allow, 0, [](TransportConfig& c) { c.max_queue_per_peer = 10; });
+  // A peer that is not listening: nothing drains the queue.
+  zmq::context_t ctx;
+  zmq::socket_t hole(ctx, zmq::socket_type::router);
+  hole.bind("tcp://127.0.0.1:*");
+  const auto ep = hole.get(zmq::sockopt::last_endpoint);
+  const auto port = ep.substr(ep.rfind(':') + 1);
+  hole.close();
+  a.transport->add_peer_key("127.0.0.1:" + port, keys.b.public_key);
+  auto ref = a.transport->resolve("troupe://00000000000000bb@127.0.0.1:" + port + "/user/x").value();
+  const auto dead_before = a.sys.stats().dead_letters;
+  for (int i = 0; i < 100; ++i) ref.tell(ping(static_cast<std::uint64_t>(i)));
+  EXPECT_EQ(a.transport->stats().dropped_queue_full, 90u);
+  EXPECT_EQ(a.sys.stats().dead_letters - dead_before, 90u);
+  // Declaring the node lost drops what is still queued.
+  a.transport->node_lost(0xbb, "test");
+  EXPECT_TRUE(eventually([&] { return a.transport->stats().dropped_node_lost == 10; }));
+}
+
+TEST(TransportConfig, BadConfigurationsRefuseToStart) {
+  ActorSystem sys(test_config("cfg"));
+  TransportConfig c;
+  c.port = 0;
+  EXPECT_FALSE(Transport::start(sys, c).ok()) << "no keys";
+  c.keys = generate_keypair().value();
+  EXPECT_FALSE(Transport::start(sys, c).ok()) << "no allow-list";
+  c.allow_list = std::make_shared<AllowList>();
+  c.zap_domain = "";
+  EXPECT_FALSE(Transport::start(sys, c).ok()) << "empty ZAP domain";
+  c.zap_domain = "troupe";
+  c.bind_host = "0.0.0.0";
+  EXPECT_FALSE(Transport::start(sys, c).ok()) << "wildcard bind without advertise_host";
+  c.advertise_host = "127.0.0.1";
+  auto ok = Transport::start(sys, c);
+  ASSERT_TRUE(ok.ok());
+  TransportConfig same = c;
+  same.port = (*ok)->address().port;
+  EXPECT_FALSE(Transport::start(sys, same).ok()) << "port in use";
+  (*ok)->stop();
+  sys.shutdown();
+}
+
+TEST(TransportAddresses, ParseAndFormat) {
+  auto a = parse_actor_address("troupe://00000000000000ab@127.0.0.1:7947/user/echo");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->node.uid, 0xabu);
+  EXPECT_EQ(a->node.host, "127.0.0.1");
+  EXPECT_EQ(a->node.port, 7947);
+  EXPECT_EQ(a->path, "/user/echo");
+  EXPECT_EQ(a->to_string(), "troupe://00000000000000ab@127.0.0.1:7947/user/echo");
+  auto v6 = parse_node_address("troupe://00000000000000ab@[::1]:7947");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->to_string(), "troupe://00000000000000ab@[::1]:7947");
+  for (const char* bad : {"", "troupe://", "http://00000000000000ab@h:1/x", "troupe://ab@h:1/x",
+                          "troupe://00000000000000ab@h/x", "troupe://00000000000000ab@h:0/x",
+                          "troupe://00000000000000ab@h:70000/x", "troupe://0000000000000000@h:1/x",
+                          "troupe://00000000000000ab@h:1", "troupe://00000000000000ab@h:1/", "troupe://0000000000000zab@h:1/x",
+                          "troupe://00000000000000ab@ba d:1/x", "troupe://00000000000000ab@[::1:1/x"}) {
+    EXPECT_FALSE(parse_actor_address(bad).ok()) << bad;
+  }
+}
+
+// ---- bad input from a raw ZeroMQ client --------------------------------------------------------
+
+struct RawClient {
+  RawClient(const Node& target, const CurveKeyPair* keys) : sock(ctx, zmq::socket_type::dealer) {
+    sock.set(zmq::sockopt::linger, 0);
+    sock.set(zmq::sockopt::rcvtimeo, 10000);
+    if (keys) {
+      sock.set(zmq::sockopt::curve_serverkey, target.public_key());
+      sock.set(zmq::sockopt::curve_publickey, keys->public_key);
+      sock.set(zmq::sockopt::curve_secretkey, keys->secret_key);
+    }
+    sock.connect(target.transport->address().zmq_endpoint());
+  }
+  void send(std::span<const std::uint8_t> bytes) { sock.send(zmq::buffer(bytes.data(), bytes.size())); }
+  void send(const std::vector<std::uint8_t>& bytes) { send(std::span<const std::uint8_t>(bytes)); }
+  zmq::context_t ctx;
+  zmq::socket_t sock;
+};
+
+struct BadInput : TwoNodes {
+  BadInput() { raw_origin = "troupe://00000000000000cc@127.0.0.1:1"; }
+  /// A good frame to b's probe from the raw client: when it arrives, everything sent before it
+  /// on the same connection has been processed.
+  std::vector<std::uint8_t> marker_frame(std::uint64_t seq) {
+    BatchBuilder bb;
+    auto m = ping(seq);
+    bb.add(m.type(), b->probe.ref().path(), "", 0, m.bytes());
+    auto f = bb.finish(raw_origin, b->transport->address().uid);
+    return {f.begin(), f.end()};
+  }
+  void expect_marker(std::uint64_t seq) {
+    auto r = b->probe.next();
+    ASSERT_TRUE(r) << "marker " << seq << " did not arrive";
+    ASSERT_TRUE(r->msg.is<test::Ping>());
+    EXPECT_EQ(r->msg.as<test::Ping>()->seq(), seq);
+    EXPECT_EQ(b->probe.queued(), 0u) << "nothing but the marker reached an actor";
+  }
+  std::string raw_origin;
+};
+
+TEST_F(BadInput, AKeyNotInTheAllowListIsRefusedAtTheHandshake) {
+  RawClient c(*b, &keys.stranger);
+  c.sock.send(zmq::buffer(marker_frame(1)), zmq::send_flags::dontwait);
+  ASSERT_TRUE(eventually([&] { return b->transport->stats().zap_refused >= 1; }));
+  EXPECT_TRUE(eventually([&] { return b->transport->stats().handshakes_failed >= 1; }));
+  EXPECT_EQ(b->transport->stats().frames_in, 0u);
+  EXPECT_EQ(b->probe.queued(), 0u);
+}
+
+TEST_F(BadInput, ANullPeerIsRefusedByACurveNode) {
+  RawClient c(*b, nullptr);
+  c.sock.send(zmq::buffer(marker_frame(1)), zmq::send_flags::dontwait);
+  ASSERT_TRUE(eventually([&] { return b->transport->stats().handshakes_failed >= 1; }));
+  EXPECT_EQ(b->transport->stats().frames_in, 0u);
+  EXPECT_EQ(b->probe.queued(), 0u);
+}
+
+TEST_F(BadInput, TruncatedRandomAndLyingFramesAreDroppedAndCounted) {
+  RawClient c(*b, &keys.c);
+  c.send(marker_frame(1));
+  expect_marker(1);
+  auto good = marker_frame(2);
+  std::vector<std::uint8_t> truncated(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(good.size() / 2));
+  c.send(truncated);
+  std::mt19937 rng(42);
+  for (int i = 0; i < 20; ++i) {
+    std::vector<std::uint8_t> junk(static_cast<std::size_t>(1 + rng() % 300));
+    for (auto& x : junk) x = static_cast<std::uint8_t>(rng());
+    c.send(junk);
+  }
+  auto lying = good;
+  // The envelope vector's length field claims far more elements than the frame holds.
+  const auto* batch = flatbuffers::GetRoot<wire::Batch>(lying.data());
+  const auto off = static_cast<std::size_t>(reinterpret_cast<const std::uint8_t*>(batch->envelopes()) - lying.data());
+  lying[off] = 0xff;
+  lying[off + 1] = 0xff;
+  c.send(lying);
+  c.send(std::vector<std::uint8_t>{});
+  c.send(marker_frame(3));
+  expect_marker(3);
+  EXPECT_GE(b->transport->stats().frames_malformed, 22u);
+}
+
+TEST_F(BadInput, BadPayloadsUnknownTypesAndMissingRecipientsAreDropped) {
+  RawClient c(*b, &keys.c);
+  BatchBuilder bb;
+  auto m = ping(9);
+  std::vector<std::uint8_t> broken(m.bytes().begin(), m.bytes().end());
+  broken[0] = 0xff;  // root offset out of range: fails the verifier
+  bb.add(m.type(), b->probe.ref().path(), "", 0, broken);
+  bb.add(0x1234567890abcdefull, b->probe.ref().path(), "", 0, m.bytes());
+  bb.add(m.type(), "/user/no-such-actor", "", 0, m.bytes());
+  auto f = bb.finish(raw_origin, b->transport->address().uid);
+  c.send(f);
+  c.send(marker_frame(1));
+  expect_marker(1);
+  auto s = b->transport->stats();
+  EXPECT_EQ(s.envelopes_bad_payload, 1u);
+  EXPECT_EQ(s.envelopes_unknown_type, 1u);
+  EXPECT_EQ(s.envelopes_no_recipient, 1u);
+}
+
+TEST_F(BadInput, OversizedFramesAreRefused) {
+  echo_b = {};
+  b.reset();
+  b = std::make_unique<Node>("b", keys.b, keys.allow, 0,
+                             [](TransportConfig& c) { c.limits.max_frame_bytes = 64u << 10; });
+  RawClient c(*b, &keys.c);
+  c.send(marker_frame(1));
+  expect_marker(1);
+  // Over the limit but under ZMQ_MAXMSGSIZE: read, refused and counted.
+  c.send(std::vector<std::uint8_t>((64u << 10) + 1, 0));
+  c.send(marker_frame(2));
+  expect_marker(2);
+  EXPECT_EQ(b->transport->stats().frames_oversized, 1u);
+  // Far over: ZeroMQ drops the connection (counted); the node keeps serving others.
+  const auto disc = b->transport->stats().disconnects;
+  c.send(std::vector<std::uint8_t>(1u << 20, 0));
+  EXPECT_TRUE(eventually([&] { return b->transport->stats().disconnects > disc; }));
+  auto echo = a->ref_on(*b, "/user/echo");
+  b->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  EXPECT_TRUE(echo.ask(ping(1), 10s).get().ok());
+}
+
+TEST_F(BadInput, FramesForAnotherIncarnationOrWithAForgedOriginAreDropped) {
+  RawClient c(*b, &keys.c);
+  c.send(marker_frame(1));
+  expect_marker(1);
+  BatchBuilder bb;
+  auto m = ping(5);
+  bb.add(m.type(), b->probe.ref().path(), "", 0, m.bytes());
+  auto f = bb.finish(raw_origin, b->transport->address().uid ^ 1);
+  c.send(f);
+  c.send(marker_frame(2));
+  expect_marker(2);
+  EXPECT_EQ(b->transport->stats().frames_wrong_node, 1u);
+
+  // Another connection with an allowed key claiming a's address (whose key b knows): refused.
+  b->transport->add_peer_key(a->transport->address().endpoint(), keys.a.public_key);
+  RawClient forger(*b, &keys.c);
+  bb.reset();
+  bb.add(m.type(), b->probe.ref().path(), "", 0, m.bytes());
+  auto forged = bb.finish(a->transport->address().to_string(), b->transport->address().uid);
+  forger.send(forged);
+  ASSERT_TRUE(eventually([&] { return b->transport->stats().frames_origin_mismatch == 1; }));
+  // And on the bound connection, a frame switching its origin is refused too.
+  bb.reset();
+  bb.add(m.type(), b->probe.ref().path(), "", 0, m.bytes());
+  auto switched = bb.finish("troupe://00000000000000dd@127.0.0.1:2", b->transport->address().uid);
+  c.send(switched);
+  c.send(marker_frame(3));
+  expect_marker(3);
+  EXPECT_EQ(b->transport->stats().frames_origin_mismatch, 2u);
+}
+
+TEST(ThreeNodes, ASenderRefForwardedThroughAThirdNodeStillReachesTheOrigin) {
+  Keys keys;
+  Node a("a", keys.a, keys.allow), b("b", keys.b, keys.allow), c("c", keys.c, keys.allow);
+  // b forwards whatever it gets to c's echo, keeping the original sender: c replies straight to a.
+  struct Forward final : Actor {
+    explicit Forward(ActorRef to) : to_(std::move(to)) {}
+    void receive(const Message& m) override { to_.tell(m, sender()); }
+    ActorRef to_;
+  };
+  c.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  auto c_echo = b.ref_on(c, "/user/echo");
+  b.sys.spawn<Forward>(SpawnOptions{.name = "fwd"}, c_echo);
+  c.transport->add_peer_key(a.transport->address().endpoint(), keys.a.public_key);
+  auto fwd = a.ref_on(b, "/user/fwd");
+  fwd.tell(ping(11), a.probe.ref());
+  auto r = a.probe.next();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->msg.as<test::Ping>()->seq(), 11u);
+  EXPECT_EQ(r->sender.path(), c.transport->address().to_string() + "/user/echo");
+  auto r2 = fwd.ask(ping(12), 10s).get();  // the ask's temporary ref travels a -> b -> c -> a
+  ASSERT_TRUE(r2.ok()) << r2.error().message();
+  EXPECT_EQ(r2->as<test::Ping>()->seq(), 12u);
+}
+
+}  // namespace
+}  // namespace troupe::remoting
