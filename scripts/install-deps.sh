@@ -12,6 +12,7 @@ packages=(
   libzmq3-dev cppzmq-dev libsodium-dev
   libssl-dev libxxhash-dev
   libcaf-dev
+  libcli11-dev
 )
 [ "${TROUPE_EXTRA_PACKAGES:-}" ] && read -r -a extra <<<"$TROUPE_EXTRA_PACKAGES" && packages+=("${extra[@]}")
 

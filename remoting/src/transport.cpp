@@ -433,7 +433,7 @@ bool Transport::Core::connect(Peer& p) {
   auto d = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
   d->set(zmq::sockopt::linger, 0);
   d->set(zmq::sockopt::immediate, 1);  // queue in Troupe (bounded, counted), not in ZeroMQ
-  d->set(zmq::sockopt::sndhwm, 1000);
+  d->set(zmq::sockopt::sndhwm, 64);  // frames: keeps what ZeroMQ buffers per peer small and bounded
   d->set(zmq::sockopt::reconnect_ivl, static_cast<int>(cfg.reconnect_min.count()));
   d->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(cfg.reconnect_max.count()));
   d->set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(cfg.limits.max_frame_bytes + (64u << 10)));
@@ -1139,6 +1139,7 @@ TransportStats Transport::stats() const {
   {
     std::lock_guard lk(core_->mu);
     s.peers = core_->peers.size();
+    for (const auto& [uid, p] : core_->peers) s.queued += p->queued.load(std::memory_order_relaxed);
   }
   s.remote_watches = core_->watch_count.load(std::memory_order_relaxed);
   return s;

@@ -84,7 +84,8 @@ struct TransportStats {
   std::uint64_t zap_refused = 0;             ///< ZAP denials (key not allowed, wrong mechanism)
   std::uint64_t disconnects = 0;
   std::uint64_t nodes_lost = 0;
-  std::uint64_t peers = 0;                   ///< gauge: incarnations with a DEALER
+  std::uint64_t peers = 0;                   ///< gauge: remote incarnations known
+  std::uint64_t queued = 0;                  ///< gauge: messages waiting to be sent, all peers
   std::uint64_t remote_watches = 0;          ///< gauge: local watchers of remote actors
 };
 
