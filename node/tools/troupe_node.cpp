@@ -3,7 +3,8 @@
 // configuration files, environment variables, membership and the admin HTTP server come later.
 //
 // On start it prints one line to stdout, "troupe-node ready <address>", then runs until SIGTERM
-// or SIGINT (exit 0). A bad flag or file exits 2 with a message naming it.
+// or SIGINT (exit 0). SIGHUP re-reads the allow-list file. A bad flag or file exits 2 with a
+// message naming it.
 
 #include <csignal>
 #include <cstdio>
@@ -21,6 +22,32 @@ namespace {
 int fail(const std::string& what) {
   std::cerr << "troupe-node: " << what << "\n";
   return 2;
+}
+
+struct AllowListFile {
+  std::vector<std::string> keys;
+  std::string problem;
+  explicit operator bool() const { return problem.empty(); }
+  const std::string& error() const { return problem; }
+};
+
+AllowListFile read_allow_list(const std::string& file) {
+  AllowListFile out;
+  std::ifstream in(file);
+  if (!in) {
+    out.problem = "--allow-list " + file + ": cannot read the file";
+    return out;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string detail;
+  auto keys = troupe::remoting::parse_allow_list(text.str(), &detail);
+  if (!keys) {
+    out.problem = "--allow-list " + file + ": " + detail;
+    return out;
+  }
+  out.keys = std::move(keys).value();
+  return out;
 }
 
 }  // namespace
@@ -53,14 +80,9 @@ int main(int argc, char** argv) {
     if (!kp) return fail("--key-file " + key_file + ": " + kp.error().message());
     opt.transport.keys = *kp;
     if (allow_file.empty()) return fail("--allow-list is required (or --insecure for local development)");
-    std::ifstream in(allow_file);
-    if (!in) return fail("--allow-list " + allow_file + ": cannot read the file");
-    std::stringstream text;
-    text << in.rdbuf();
-    std::string detail;
-    auto keys = remoting::parse_allow_list(text.str(), &detail);
-    if (!keys) return fail("--allow-list " + allow_file + ": " + detail);
-    opt.transport.allow_list = std::make_shared<remoting::AllowList>(*keys);
+    auto keys = read_allow_list(allow_file);
+    if (!keys) return fail(keys.error());
+    opt.transport.allow_list = std::make_shared<remoting::AllowList>(keys.keys);
   }
   for (const auto& pk : peer_keys) {
     const auto eq = pk.find('=');
@@ -76,14 +98,31 @@ int main(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  auto allow = opt.transport.allow_list;
   auto n = node::Node::start(std::move(opt));
   if (!n) return fail("cannot start: " + n.error().message());
+  auto& log = (*n)->system().log();
   std::cout << "troupe-node ready " << (*n)->transport().address().to_string() << std::endl;
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  (*n)->system().log().info("signal {}: stopping", sig);
+  for (;;) {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (sig != SIGHUP) {
+      log.info("signal {}: stopping", sig);
+      break;
+    }
+    // SIGHUP: re-read the allow-list; a bad file keeps the current list.
+    if (!allow) continue;
+    auto keys = read_allow_list(allow_file);
+    if (!keys) {
+      log.error("allow-list not reloaded, keeping {} keys: {}", allow->size(), keys.error());
+      continue;
+    }
+    allow->replace(keys.keys);
+    log.info("allow-list reloaded: {} keys", allow->size());
+  }
   (*n)->stop();
   return 0;
 }

@@ -1,5 +1,7 @@
 #include <troupe/remoting/frame.hpp>
 
+#include <cstring>
+
 #include <troupe/serialization/envelope_generated.h>
 
 namespace troupe::remoting {
@@ -74,6 +76,14 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
                                              const FrameLimits& limits, FrameReport& report) {
   if (frame.empty()) return FrameErrc::empty;
   if (frame.size() > limits.max_frame_bytes) return FrameErrc::oversized;
+  // FlatBuffers reads scalars in place: a frame ZeroMQ hands over at an odd address is decoded
+  // from an aligned copy (what the decoder keeps is copied out anyway).
+  std::vector<std::uint64_t> aligned;
+  if (reinterpret_cast<std::uintptr_t>(frame.data()) % alignof(std::uint64_t) != 0) {
+    aligned.resize((frame.size() + sizeof(std::uint64_t) - 1) / sizeof(std::uint64_t));
+    std::memcpy(aligned.data(), frame.data(), frame.size());
+    frame = {reinterpret_cast<const std::uint8_t*>(aligned.data()), frame.size()};
+  }
   // Every envelope is at least a table, two strings and a vector: bound the table count by the
   // envelope limit so that a frame cannot make the verifier walk an unbounded object graph.
   flatbuffers::Verifier verifier(frame.data(), frame.size(), limits.max_depth,

@@ -154,6 +154,16 @@ TEST_F(Frames, MalformedAddressesAreDropped) {
   EXPECT_EQ(report.bad_path, 4u);
 }
 
+TEST_F(Frames, AFrameAtAnOddAddressDecodes) {
+  auto f = frame_of(3);
+  std::vector<std::uint8_t> shifted(f.size() + 1);
+  std::copy(f.begin(), f.end(), shifted.begin() + 1);
+  auto r = decode_frame({shifted.data() + 1, f.size()}, registry, limits, report);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  ASSERT_EQ(r->envelopes.size(), 3u);
+  EXPECT_EQ(r->envelopes[2].payload.as<test::Ping>()->seq(), 2u);
+}
+
 TEST_F(Frames, OriginAndTargetNodeRoundTrip) {
   BatchBuilder b;
   auto m = ping(1);

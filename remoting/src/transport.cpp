@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <cstring>
@@ -42,7 +43,7 @@ namespace {
   X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_stopped) X(dropped_send_failed) X(frames_malformed)  \
   X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node) X(frames_origin_mismatch)               \
   X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
-  X(terminated_unsolicited) X(handshakes_failed) X(disconnects) X(nodes_lost)
+  X(terminated_unsolicited) X(frames_key_revoked) X(handshakes_failed) X(disconnects) X(nodes_lost)
 
 struct Counters {
 #define TROUPE_DECLARE(name) std::atomic<std::uint64_t> name{0};
@@ -126,8 +127,11 @@ struct Peer {
   std::atomic<bool> lost{false};
   // I/O thread only:
   std::unique_ptr<zmq::socket_t> dealer, monitor;
-  bool no_key = false;
   std::deque<Outbound> pending;
+  // After a failed handshake ZeroMQ gives up on the connection: Troupe reopens it with back-off
+  // (the peer may be added to an allow-list later).
+  std::chrono::steady_clock::time_point retry_at{};
+  std::chrono::milliseconds backoff{0};
 };
 
 struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
@@ -135,7 +139,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
 
   // ---- any thread ------------------------------------------------------------------------------
   void enqueue(Outbound&& o);
-  void post(std::function<void()> fn);
+  bool post(std::function<void()> fn);
   ActorRef remote_ref(const NodeAddress& node, std::string_view path);
   std::shared_ptr<Peer> peer_for(const NodeAddress& node);
   std::string export_ref(const ActorRef& r);
@@ -262,7 +266,11 @@ class RemoteRef final : public troupe::detail::RefTarget {
   ActorSystem& system() const noexcept override { return core_->system; }
   void add_watcher(const ActorRef& watcher) override {
     auto core = core_;
-    core->post([core, me = ActorRef(this, true), watcher] { core->watch_op(me, watcher, true); });
+    if (!core->post([core, me = ActorRef(this, true), watcher] { core->watch_op(me, watcher, true); })) {
+      // The transport stopped: nothing will ever be heard from this actor again.
+      ActorSystem::deliver_terminated(
+          watcher, make_terminated(sys::TerminationReason::NodeDown, address_), ActorRef(this, true));
+    }
   }
   void remove_watcher(const ActorRef& watcher) override {
     auto core = core_;
@@ -327,14 +335,15 @@ void Transport::Core::enqueue(Outbound&& o) {
   wake();
 }
 
-void Transport::Core::post(std::function<void()> fn) {
+bool Transport::Core::post(std::function<void()> fn) {
   {
     std::lock_guard lk(q_mu);
-    if (stopped) return;
+    if (stopped) return false;
     ops.push_back(std::move(fn));
   }
   queued_work.fetch_add(1, std::memory_order_seq_cst);
   wake();
+  return true;
 }
 
 std::shared_ptr<Peer> Transport::Core::peer_for(const NodeAddress& node) {
@@ -484,7 +493,7 @@ void Transport::Core::take_work() {
   }
   if (batch.empty() && todo.empty()) return;
   queued_work.fetch_sub(batch.size() + todo.size(), std::memory_order_relaxed);
-  for (auto& fn : todo) fn();
+  // Messages first: an operation (a node loss) then sees everything queued before it.
   for (auto& o : batch) {
     auto& p = *o.peer;
     if (p.lost.load(std::memory_order_acquire)) {
@@ -495,6 +504,7 @@ void Transport::Core::take_work() {
     if (p.pending.empty() && !p.dealer) active.push_back(o.peer);
     p.pending.push_back(std::move(o));
   }
+  for (auto& fn : todo) fn();
 }
 
 void Transport::Core::on_sent(const Outbound& o) {
@@ -513,17 +523,14 @@ void Transport::Core::on_sent(const Outbound& o) {
 
 void Transport::Core::flush(Peer& p) {
   while (!p.pending.empty()) {
-    if (!p.dealer && !p.no_key && !connect(p)) {
-      p.no_key = true;
-      log.warn("no CURVE key known for {} ({} messages dropped); declare it with add_peer_key or let it connect first",
-               p.addr.to_string(), p.pending.size());
-    }
-    if (!p.dealer) {
+    if (!p.dealer && std::chrono::steady_clock::now() < p.retry_at) return;  // backing off
+    if (!p.dealer && !connect(p)) {
+      out_log.warn(log, "no CURVE key known for {} ({} messages dropped): declare it (add_peer_key, --peer-key) or "
+                   "let that node connect first", p.addr.to_string(), p.pending.size());
       for (auto& o : p.pending) drop(o, "no CURVE key known for its node", n.dropped_no_peer_key);
       p.queued.fetch_sub(p.pending.size(), std::memory_order_relaxed);
       p.pending.clear();
-      p.no_key = false;  // the key may be learned later
-      return;
+      return;  // the key may be learned later
     }
     if (!(p.dealer->get(zmq::sockopt::events) & ZMQ_POLLOUT)) return;
     builder.reset();
@@ -609,6 +616,12 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
                 f.error().message());
     return;
   }
+  if (!cfg.insecure && !cfg.allow_list->contains(key)) {
+    // Admitted at its handshake, but the key has since been removed from the allow-list.
+    bump(n.frames_key_revoked);
+    in_log.warn(log, "dropped a frame from key {}: no longer in the allow-list", key);
+    return;
+  }
   if (conns.size() > 4096) conns.clear();  // stale connections; live ones re-bind on their next frame
   auto [it, fresh] = conns.try_emplace(rid);
   Conn& c = it->second;
@@ -643,7 +656,7 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
       return;
     }
   }
-  if (f->target_node == 0) return;  // a handshake
+  if (f->target_node == 0 && f->envelopes.empty()) return;  // a handshake
   if (f->target_node != self.uid) {
     bump(n.frames_wrong_node);
     in_log.warn(log, "dropped a frame from {} meant for incarnation {} (this is {})", c.origin_str,
@@ -814,6 +827,7 @@ void Transport::Core::read_monitor(zmq::socket_t& mon, Peer* p) {
     const auto where = addr.to_string();
     switch (id) {
       case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        if (p) p->backoff = std::chrono::milliseconds(0);
         if (p && p->dealer) {
           // Say hello so the peer answers with its incarnation even before there is traffic.
           ack_builder.reset();
@@ -827,6 +841,12 @@ void Transport::Core::read_monitor(zmq::socket_t& mon, Peer* p) {
         bump(n.handshakes_failed);
         conn_log.warn(log, "handshake {} {} failed (event {:#x}): wrong key, key not allowed, or security mismatch",
                       p ? "to" : "from", p ? p->addr.to_string() : where, id);
+        if (p && p->dealer) {
+          p->backoff = std::clamp(p->backoff * 2, cfg.reconnect_min, cfg.reconnect_max);
+          p->retry_at = std::chrono::steady_clock::now() + p->backoff;
+          close_peer(*p);
+          return;  // the monitor is closed too
+        }
         break;
       case ZMQ_EVENT_DISCONNECTED: bump(n.disconnects); break;
       default: break;
@@ -931,6 +951,7 @@ void Transport::Core::run() {
     }
     idle.store(true, std::memory_order_seq_cst);
     const bool work = queued_work.load(std::memory_order_seq_cst) != 0;
+    // 100 ms at most: exports are swept and peers backing off after a failed handshake retried.
     if (zmq_poll(items.data(), static_cast<int>(items.size()), work ? 0 : 100) < 0 && zmq_errno() == ETERM) break;
     idle.store(false, std::memory_order_relaxed);
     if (items[0].revents & ZMQ_POLLIN) {

@@ -285,6 +285,53 @@ TEST_F(TwoNodes, ARestartedPeerIsANewIncarnationOldRefsGetTerminatedNewRefsWork)
   EXPECT_EQ(a->probe.queued(), 0u) << "no reply from the old ref";
 }
 
+TEST_F(TwoNodes, AKeyRemovedFromTheAllowListIsCutOffAndAReAddedOneWorksAgain) {
+  auto echo = a->ref_on(*b, "/user/echo");
+  ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());
+  keys.allow->replace({keys.b.public_key, keys.c.public_key});  // a is out (both share the list)
+  echo.tell(ping(2), a->probe.ref());
+  ASSERT_TRUE(eventually([&] { return b->transport->stats().frames_key_revoked >= 1; }));
+  EXPECT_EQ(a->probe.queued(), 0u);
+  keys.allow->replace({keys.a.public_key, keys.b.public_key, keys.c.public_key});
+  auto r = echo.ask(ping(3), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<test::Ping>()->seq(), 3u);
+}
+
+TEST_F(TwoNodes, WatchingThroughAStoppedTransportTerminatesAtOnce) {
+  auto echo = a->ref_on(*b, "/user/echo");
+  a->transport->stop();
+  a->probe.watch(a->sys, echo);
+  auto t = a->probe.next();
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::NodeDown);
+  EXPECT_EQ(echo.ask(ping(1), 10s).get().error(), ActorErrc::dead_target);
+  EXPECT_EQ(a->transport->stats().dropped_stopped, 1u);
+}
+
+TEST(TransportInsecure, NodesWithoutCurveTalkWhenBothOptIn) {
+  Keys keys;
+  auto insecure = [](TransportConfig& c) {
+    c.insecure = true;
+    c.keys = {};
+    c.allow_list = nullptr;
+  };
+  Node a("a", keys.a, keys.allow, 0, insecure), b("b", keys.b, keys.allow, 0, insecure);
+  b.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  auto echo = a.transport->resolve(b.transport->address().to_string() + "/user/echo").value();
+  auto r = echo.ask(ping(4), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<test::Ping>()->seq(), 4u);
+  // A CURVE node refuses them.
+  Node c("c", keys.c, keys.allow);
+  c.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  auto secure = a.transport->resolve(c.transport->address().to_string() + "/user/echo").value();
+  secure.tell(ping(5), a.probe.ref());
+  ASSERT_TRUE(eventually([&] { return c.transport->stats().handshakes_failed >= 1; }));
+  EXPECT_EQ(c.transport->stats().frames_in, 0u);
+}
+
 TEST(TransportQueue, OverflowGoesToDeadLettersAndIsCounted) {
   Keys keys;
   Node a("a", keys.a, keys.allow, 0, [](TransportConfig& c) { c.max_queue_per_peer = 10; });

@@ -302,6 +302,58 @@ TEST_F(Processes, ThreeNodesRelayAcrossTheCluster) {
   EXPECT_TRUE(echo_c.ask(echo(99), 10s).get().ok());
 }
 
+TEST_F(Processes, SighupReloadsTheAllowList) {
+  std::ofstream(dir.path / "allow") << kb.public_key << "\n";  // a is not allowed yet
+  NodeProcess b(args("b"));
+  start_a();
+  auto echo_b = on(b, kb.public_key, "/user/echo");
+  echo_b.tell(echo(1), probe->ref());
+  const auto end = std::chrono::steady_clock::now() + 20s;
+  while (a->transport().stats().handshakes_failed == 0 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_GE(a->transport().stats().handshakes_failed, 1u) << "b refuses a's key";
+  std::ofstream(dir.path / "allow") << kb.public_key << "\n" << ka.public_key << "\n";
+  b.signal(SIGHUP);
+  // a's DEALER keeps retrying: once b has reloaded, the queued message and an ask get through.
+  auto r = echo_b.ask(echo(2), 30s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<node::Echo>()->seq(), 2u);
+  auto first = probe->next();
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->msg.as<node::Echo>()->seq(), 1u) << "the message queued while refused is delivered";
+}
+
+TEST_F(Processes, BadFlagsAndFilesStopTheStartNamingTheProblem) {
+  auto run = [&](std::vector<std::string> extra) {
+    std::string cmd = std::string(TROUPE_NODE_BIN);
+    for (auto& e : extra) cmd += " '" + e + "'";
+    cmd += " 2>&1";
+    std::string out;
+    FILE* f = ::popen(cmd.c_str(), "r");
+    char buf[512];
+    while (f && std::fgets(buf, sizeof buf, f)) out += buf;
+    const int status = f ? ::pclose(f) : -1;
+    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, out);
+  };
+  auto [c1, o1] = run({"--port", "0"});
+  EXPECT_EQ(c1, 2);
+  EXPECT_NE(o1.find("--key-file"), std::string::npos) << o1;
+  auto [c2, o2] = run({"--port", "0", "--key-file", (dir.path / "b.key").string(), "--allow-list", "/nonexistent"});
+  EXPECT_EQ(c2, 2);
+  EXPECT_NE(o2.find("--allow-list"), std::string::npos) << o2;
+  std::filesystem::permissions(dir.path / "b.key", std::filesystem::perms::group_read, std::filesystem::perm_options::add);
+  auto [c3, o3] = run({"--port", "0", "--key-file", (dir.path / "b.key").string(), "--allow-list", (dir.path / "allow").string()});
+  EXPECT_EQ(c3, 2);
+  EXPECT_NE(o3.find("--key-file"), std::string::npos) << o3;
+  auto [c4, o4] = run({"--port", "0", "--insecure", "--peer-key", "nonsense"});
+  EXPECT_EQ(c4, 2);
+  EXPECT_NE(o4.find("--peer-key"), std::string::npos) << o4;
+  auto [c5, o5] = run({"--port", "99999", "--insecure"});
+  EXPECT_NE(c5, 0);
+  EXPECT_NE(o5.find("port"), std::string::npos) << o5;
+}
+
 TEST_F(Processes, OverflowWhileAPeerIsFrozenIsCountedAndNothingElseIsLost) {
   NodeProcess b(args("b"));
   start_a(1000);

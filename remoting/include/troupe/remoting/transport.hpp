@@ -37,7 +37,9 @@ struct TransportConfig {
   std::string advertise_host;
   /// This node's CURVE key pair (required unless `insecure`).
   CurveKeyPair keys;
-  /// Public keys allowed to connect (required unless `insecure`); replace its contents at any time.
+  /// Public keys allowed to connect (required unless `insecure`). Replace its contents at any
+  /// time: new handshakes are checked against it, and frames from a connected peer whose key was
+  /// removed are dropped.
   std::shared_ptr<AllowList> allow_list;
   /// NULL security: no encryption, no authentication. Local development only; logs a warning.
   bool insecure = false;
@@ -79,6 +81,7 @@ struct TransportStats {
   std::uint64_t envelopes_bad_path = 0;
   std::uint64_t envelopes_no_recipient = 0;  ///< no actor at the path (dead letter)
   std::uint64_t terminated_unsolicited = 0;  ///< a Terminated no local watch asked for
+  std::uint64_t frames_key_revoked = 0;      ///< from a key removed from the allow-list since its handshake
   // Connections.
   std::uint64_t handshakes_failed = 0;       ///< CURVE/ZAP handshake failures (both directions)
   std::uint64_t zap_refused = 0;             ///< ZAP denials (key not allowed, wrong mechanism)
