@@ -1,0 +1,112 @@
+#pragma once
+/// \file
+/// SwimProtocol: the membership protocol as a deterministic state machine. It owns the member
+/// table of this node and reacts to two things only: a datagram (on_packet) and the passage of
+/// time (poll, at next_wakeup() or later). Time comes from the injected Clock, packets leave
+/// through the injected PacketTransport, randomness from a seeded generator: the same code runs
+/// on Asio UDP in production and with thousands of virtual nodes in the simulator (tests/sim).
+///
+/// SWIM probes with Lifeguard's refinements (local health stretches this node's timeouts,
+/// suspicion timeouts shrink with independent confirmations, nacks from ping-req helpers),
+/// refutation by incarnation, piggybacked dissemination (fewest-sent first, up to the packet
+/// budget), push-pull full-state sync in datagram-sized chunks, join through seeds, graceful
+/// leave, a leader (lowest reachable up member) that moves joining -> up and leaving -> exiting
+/// -> removed once the reachable members have converged, keep-majority downing, flap damping,
+/// and a bounded history of the decisions taken. Not thread-safe: one thread drives it.
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <troupe/membership/config.hpp>
+#include <troupe/membership/member.hpp>
+#include <troupe/membership/packet_transport.hpp>
+
+namespace spdlog { class logger; }
+
+namespace troupe::membership {
+
+/// Gossip protocol versions this build speaks.
+inline constexpr std::uint16_t kGossipProtocolVersion = 1;
+
+struct SwimStats {
+  std::uint64_t packets_in = 0, packets_out = 0;
+  std::uint64_t probes = 0, probe_failures = 0, indirect_probes = 0, nacks_received = 0;
+  std::uint64_t suspicions = 0, refutations = 0, unreachable_declared = 0;
+  std::uint64_t updates_sent = 0, updates_received = 0;
+  std::uint64_t push_pulls = 0;
+  std::uint64_t repairs = 0;              ///< push-pulls started because two stable views differed
+  // Drops (each also logged, throttled).
+  std::uint64_t malformed = 0;            ///< not a verifiable gossip packet
+  std::uint64_t wrong_version = 0;        ///< another protocol version (answered with Refused)
+  std::uint64_t rejected_records = 0;     ///< bad names or addresses, impossible incarnations
+  std::uint64_t misdirected = 0;          ///< a ping meant for another incarnation
+  std::uint64_t stale = 0;                ///< answers nobody waits for
+  std::uint64_t local_health = 0;         ///< gauge: Lifeguard multiplier (0 = healthy)
+};
+
+class SwimProtocol {
+ public:
+  struct Identity {
+    std::string name;
+    std::uint64_t uid = 0;  ///< non-zero; the remoting incarnation when there is one
+    UdpEndpoint gossip;     ///< the advertised gossip endpoint
+    std::string remoting;
+    std::string curve_key;
+  };
+
+  SwimProtocol(MembershipConfig config, Identity self, const Clock& clock, PacketTransport& transport,
+               std::uint64_t seed, std::shared_ptr<spdlog::logger> log);
+  ~SwimProtocol();
+  SwimProtocol(const SwimProtocol&) = delete;
+  SwimProtocol& operator=(const SwimProtocol&) = delete;
+
+  /// Starts joining through `seeds` (the node's own endpoint may be among them). With no seed,
+  /// or when this node is the first seed and nobody answers within form_after, it forms a new
+  /// cluster on its own.
+  void join(std::vector<UdpEndpoint> seeds);
+  /// Leaves gracefully: leaving -> exiting -> removed, then self_removed.
+  void leave();
+  /// Operator actions on any member by name; false when unknown.
+  bool leave(const std::string& name);
+  bool down(const std::string& name);
+
+  /// A datagram's plaintext from `from`.
+  void on_packet(const UdpEndpoint& from, std::span<const std::uint8_t> packet);
+  /// A peer refused us (sealed for another cluster name, seen by the transport).
+  void on_refused(const UdpEndpoint& from, const std::string& reason);
+  /// Does what is due at clock.now().
+  void poll();
+  /// When poll() next has something to do.
+  std::chrono::nanoseconds next_wakeup() const;
+
+  /// Called synchronously for every event, in order.
+  void subscribe(std::function<void(const MembershipEvent&)> fn);
+
+  std::vector<MemberInfo> members() const;  ///< all but removed
+  std::optional<MemberInfo> member(const std::string& name) const;
+  std::optional<MemberInfo> leader() const;
+  const MemberInfo& self() const;
+  bool stopped() const noexcept;  ///< downed or removed: it no longer takes part
+  /// Decisions about `name` (all when empty), oldest first.
+  std::vector<Decision> history(const std::string& name = {}) const;
+  SwimStats stats() const;
+  /// Hash of this node's view of member statuses (equal on converged nodes).
+  std::uint64_t digest() const;
+
+  struct State;
+
+ private:
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace troupe::membership

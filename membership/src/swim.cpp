@@ -1,0 +1,1010 @@
+// The SWIM/Lifeguard protocol core. See swim.hpp for what it does; the comments here say why.
+
+#include <troupe/membership/swim.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <fmt/format.h>
+#include <spdlog/logger.h>
+
+#include <troupe/serialization/gossip_generated.h>
+#include <troupe/serialization/log.hpp>
+
+namespace troupe::membership {
+
+using std::chrono::nanoseconds;
+namespace fb = flatbuffers;
+
+namespace {
+
+constexpr std::size_t kMaxText = 256;  // names, hosts, remoting addresses, keys
+
+bool printable(std::string_view s, std::size_t max) {
+  if (s.size() > max) return false;
+  for (unsigned char c : s) {
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+bool valid_host(std::string_view h) {
+  if (h.empty() || h.size() > 253) return false;
+  for (unsigned char c : h) {
+    if (!(std::isalnum(c) || c == '.' || c == '-' || c == ':' || c == '_')) return false;
+  }
+  return true;
+}
+
+std::uint64_t mix(std::uint64_t x) {
+  // splitmix64 finaliser: a well-spread per-member hash for the XOR digest.
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+std::uint64_t member_hash(std::uint64_t uid, MemberStatus s) { return mix(uid ^ (std::uint64_t(s) << 56)); }
+
+struct Rec {
+  MemberInfo info;
+  std::uint64_t from_uid = 0;
+};
+
+}  // namespace
+
+struct SwimProtocol::State {
+  struct Node {
+    MemberInfo info;
+    std::uint64_t suspect_from = 0;
+    nanoseconds suspect_start{0};
+    nanoseconds suspect_deadline{0};
+    std::set<std::uint64_t> confirmers;
+    std::deque<nanoseconds> flips;
+    nanoseconds last_flip{0};
+    nanoseconds status_since{0};
+    std::uint64_t digest_seen = 0;
+    nanoseconds digest_seen_since{0};
+    unsigned transmits_left = 0;
+  };
+  struct Probe {
+    std::uint64_t target = 0;
+    std::uint64_t seq = 0;
+    nanoseconds direct_deadline{0}, final_deadline{0};
+    bool indirect_sent = false;
+    unsigned nacks_expected = 0, nacks = 0;
+  };
+  struct Relay {
+    UdpEndpoint requester;
+    std::uint64_t their_seq = 0;
+    nanoseconds deadline{0};
+  };
+
+  State(MembershipConfig c, Identity id, const Clock& clk, PacketTransport& t, std::uint64_t seed,
+        std::shared_ptr<spdlog::logger> l)
+      : cfg(std::move(c)), clock(clk), transport(t), rng(seed), log(std::move(l)) {
+    self_uid = id.uid;
+    Node me;
+    me.info.name = std::move(id.name);
+    me.info.uid = id.uid;
+    me.info.gossip = std::move(id.gossip);
+    me.info.remoting = std::move(id.remoting);
+    me.info.curve_key = std::move(id.curve_key);
+    me.status_since = clock.now();
+    nodes.emplace(self_uid, std::move(me));
+    digest_value = member_hash(self_uid, MemberStatus::joining);
+  }
+
+  // ---- helpers -------------------------------------------------------------------------------
+  nanoseconds now() const { return clock.now(); }
+  Node& me() { return nodes.at(self_uid); }
+  const Node& me() const { return nodes.at(self_uid); }
+  bool stopped() const {
+    auto s = me().info.status;
+    return s == MemberStatus::down || s == MemberStatus::removed || self_exited;
+  }
+  static bool live_status(MemberStatus s) { return s != MemberStatus::down && s != MemberStatus::removed; }
+  std::size_t cluster_size() const { return std::max<std::size_t>(1, live_count); }
+  nanoseconds scaled(milliseconds d) const { return nanoseconds(d) * (local_health + 1); }
+
+  void decide(const std::string& subject, std::string what) {
+    if (history.size() >= cfg.max_history) history.pop_front();
+    history.push_back(Decision{now(), subject, std::move(what)});
+  }
+  void emit(EventKind k, const Node& n, std::string detail = {}) {
+    MembershipEvent e{k, n.info, now(), std::move(detail)};
+    for (auto& fn : subscribers) fn(e);
+  }
+  unsigned retransmit_limit() const {
+    return cfg.retransmit_mult * static_cast<unsigned>(std::ceil(std::log10(double(cluster_size()) + 1)));
+  }
+  void broadcast(Node& n) {
+    auto& left = n.transmits_left;
+    if (left) pending_tx[left].erase(n.info.uid);
+    left = retransmit_limit();
+    pending_tx[left].insert(n.info.uid);
+  }
+
+  // ---- statuses and liveness -------------------------------------------------------------------
+  void set_status(Node& n, MemberStatus s, const std::string& why) {
+    if (s <= n.info.status) return;
+    const bool was_live = live_status(n.info.status);
+    digest_value ^= member_hash(n.info.uid, n.info.status) ^ member_hash(n.info.uid, s);
+    digest_changed_at = now();
+    n.info.status = s;
+    n.status_since = now();
+    if (was_live && !live_status(s) && live_count) --live_count;
+    decide(n.info.name, fmt::format("status -> {} ({})", to_string(s), why));
+    log->info("member {} ({}) is {}: {}", n.info.name, fmt::format("{:016x}", n.info.uid), to_string(s), why);
+    broadcast(n);
+    const bool is_me = n.info.uid == self_uid;
+    switch (s) {
+      case MemberStatus::up: emit(EventKind::up, n, why); break;
+      case MemberStatus::leaving: emit(EventKind::leaving, n, why); break;
+      case MemberStatus::exiting:
+        emit(EventKind::exiting, n, why);
+        if (is_me) exiting_since = now();
+        break;
+      case MemberStatus::down:
+        emit(EventKind::downed, n, why);
+        if (is_me) emit(EventKind::self_downed, n, why);
+        break;
+      case MemberStatus::removed:
+        emit(EventKind::removed, n, why);
+        if (is_me) emit(EventKind::self_removed, n, why);
+        removed_at[n.info.uid] = now();
+        break;
+      case MemberStatus::joining: break;
+    }
+    if (is_me && (s == MemberStatus::down || s == MemberStatus::removed)) {
+      // Tell the others once more before going quiet.
+      send_gossip_round(true);
+    }
+  }
+
+  void set_liveness(Node& n, Liveness l, const std::string& why) {
+    const Liveness old = n.info.liveness;
+    if (old == l) return;
+    n.info.liveness = l;
+    if ((old == Liveness::alive) != (l == Liveness::alive)) {
+      n.flips.push_back(now());
+      n.last_flip = now();
+      while (!n.flips.empty() && now() - n.flips.front() > nanoseconds(cfg.flap_window)) n.flips.pop_front();
+      if (!n.info.degraded && n.flips.size() >= cfg.flap_threshold) {
+        n.info.degraded = true;
+        decide(n.info.name, fmt::format("degraded: {} reachability flips within {} ms", n.flips.size(),
+                                        cfg.flap_window.count()));
+        emit(EventKind::degraded, n);
+      }
+    }
+    if (l != Liveness::suspect) {
+      suspicions.erase({n.suspect_deadline, n.info.uid});
+      n.confirmers.clear();
+    }
+    if (l == Liveness::unreachable) {
+      decide(n.info.name, "unreachable: " + why);
+      log->warn("member {} is unreachable: {}", n.info.name, why);
+      emit(EventKind::unreachable, n, why);
+    } else if (old == Liveness::unreachable) {
+      decide(n.info.name, "reachable again: " + why);
+      log->info("member {} is reachable again: {}", n.info.name, why);
+      emit(EventKind::reachable, n, why);
+    }
+  }
+
+  nanoseconds suspicion_timeout(std::size_t confirmations) const {
+    const double n = double(cluster_size());
+    const double min = cfg.suspicion_mult * std::max(1.0, std::log10(n)) * double(nanoseconds(cfg.probe_interval).count());
+    const double max = cfg.suspicion_max_mult * min;
+    const double k = double(cfg.expected_confirmations);
+    double t = max - (max - min) * std::log(double(confirmations) + 1) / std::log(k + 1);
+    return nanoseconds(static_cast<std::int64_t>(std::max(min, t)));
+  }
+
+  void suspect(Node& n, std::uint64_t incarnation, std::uint64_t from, const std::string& why) {
+    n.info.incarnation = incarnation;
+    if (n.info.liveness != Liveness::suspect) {
+      set_liveness(n, Liveness::suspect, why);
+      ++stats.suspicions;
+      n.suspect_start = now();
+      n.suspect_from = from;
+      n.confirmers = {from};
+      n.suspect_deadline = n.suspect_start + suspicion_timeout(0);
+      suspicions.insert({n.suspect_deadline, n.info.uid});
+      decide(n.info.name, fmt::format("suspected by {:016x}: {} (incarnation {}, timeout {} ms)", from, why,
+                                      incarnation, n.suspect_deadline.count() / 1'000'000 - now().count() / 1'000'000));
+      broadcast(n);
+    } else if (n.confirmers.insert(from).second) {
+      // Lifeguard: an independent confirmation shortens the suspicion.
+      suspicions.erase({n.suspect_deadline, n.info.uid});
+      n.suspect_deadline = n.suspect_start + suspicion_timeout(n.confirmers.size() - 1);
+      suspicions.insert({n.suspect_deadline, n.info.uid});
+      decide(n.info.name, fmt::format("suspicion confirmed by {:016x} ({} confirmations)", from, n.confirmers.size() - 1));
+      if (from == self_uid) {
+        // This node's own evidence: tell the others, so that they count it too.
+        n.suspect_from = self_uid;
+        broadcast(n);
+      }
+    }
+  }
+
+  void refute(std::uint64_t claimed, const std::string& why) {
+    Node& m = me();
+    m.info.incarnation = std::max(m.info.incarnation, claimed) + 1;
+    ++stats.refutations;
+    local_health = std::min(local_health + 1, cfg.max_local_health);
+    decide(m.info.name, fmt::format("refuted '{}' with incarnation {}", why, m.info.incarnation));
+    broadcast(m);
+  }
+
+  // ---- merging what others say -----------------------------------------------------------------
+  bool valid(const Rec& r) const {
+    const auto& i = r.info;
+    return i.uid != 0 && !i.name.empty() && printable(i.name, 128) && valid_host(i.gossip.host) && i.gossip.port != 0 &&
+           printable(i.remoting, kMaxText) && (i.remoting.empty() || i.remoting.starts_with("troupe://")) &&
+           printable(i.curve_key, kMaxText);
+  }
+
+  void merge(const Rec& r) {
+    ++stats.updates_received;
+    if (!valid(r)) {
+      ++stats.rejected_records;
+      drop_log.warn(*log, "rejected a member record with a malformed name or address ({:?}, {:?})", r.info.name,
+                    r.info.gossip.host);
+      return;
+    }
+    const auto& in = r.info;
+    if (in.uid == self_uid) return merge_about_self(r);
+    if (removed_at.count(in.uid) && !nodes.count(in.uid)) return;  // a tombstone: gone for good
+    auto it = nodes.find(in.uid);
+    if (it == nodes.end()) {
+      if (in.status == MemberStatus::removed) return;
+      if (nodes.size() >= cfg.max_members) {
+        ++stats.rejected_records;
+        return;
+      }
+      // A restarted process joins under its old name with a new uid: the old one is gone.
+      if (in.status == MemberStatus::joining) {
+        for (auto& [uid, other] : nodes) {
+          if (uid != self_uid && other.info.name == in.name && live_status(other.info.status)) {
+            set_status(other, MemberStatus::down, fmt::format("restarted as incarnation {:016x}", in.uid));
+          }
+        }
+      }
+      Node n;
+      n.info = in;
+      n.info.degraded = false;
+      n.info.status = MemberStatus::joining;
+      n.info.liveness = Liveness::alive;
+      n.status_since = now();
+      auto& added = nodes.emplace(in.uid, std::move(n)).first->second;
+      ++live_count;
+      digest_value ^= member_hash(in.uid, MemberStatus::joining);
+      digest_changed_at = now();
+      order.push_back(in.uid);
+      decide(in.name, fmt::format("learned: {} at {}", to_string(in.status), in.gossip.to_string()));
+      emit(EventKind::joined, added);
+      broadcast(added);
+      if (in.status != MemberStatus::joining) set_status(added, in.status, "gossip");
+      if (in.liveness == Liveness::suspect) suspect(added, in.incarnation, r.from_uid, "gossip");
+      if (in.liveness == Liveness::unreachable) set_liveness(added, Liveness::unreachable, "gossip");
+      return;
+    }
+    Node& n = it->second;
+    if (in.incarnation > n.info.incarnation + cfg.max_incarnation_jump) {
+      ++stats.rejected_records;
+      drop_log.warn(*log, "rejected a record of {} jumping from incarnation {} to {}", n.info.name,
+                    n.info.incarnation, in.incarnation);
+      return;
+    }
+    if (in.status > n.info.status) set_status(n, in.status, "gossip");
+    switch (in.liveness) {
+      case Liveness::alive:
+        if (in.incarnation > n.info.incarnation) {
+          n.info.incarnation = in.incarnation;
+          set_liveness(n, Liveness::alive, fmt::format("refuted with incarnation {}", in.incarnation));
+          broadcast(n);
+        }
+        break;
+      case Liveness::suspect:
+        if (in.incarnation > n.info.incarnation ||
+            (in.incarnation == n.info.incarnation && n.info.liveness != Liveness::unreachable)) {
+          suspect(n, in.incarnation, r.from_uid, "gossip");
+        }
+        break;
+      case Liveness::unreachable:
+        if (in.incarnation > n.info.incarnation ||
+            (in.incarnation == n.info.incarnation && n.info.liveness != Liveness::unreachable)) {
+          n.info.incarnation = in.incarnation;
+          set_liveness(n, Liveness::unreachable, "gossip");
+          broadcast(n);
+        }
+        break;
+    }
+  }
+
+  void merge_about_self(const Rec& r) {
+    Node& m = me();
+    const auto& in = r.info;
+    if (in.status > m.info.status) {
+      switch (in.status) {
+        case MemberStatus::up:
+        case MemberStatus::leaving:
+        case MemberStatus::exiting:
+        case MemberStatus::down:
+        case MemberStatus::removed: set_status(m, in.status, "the cluster says so"); break;
+        case MemberStatus::joining: break;
+      }
+    }
+    if (stopped()) return;
+    if (in.liveness != Liveness::alive && in.incarnation >= m.info.incarnation) {
+      refute(in.incarnation, fmt::format("{} at incarnation {}", to_string(in.liveness), in.incarnation));
+    } else if (in.incarnation > m.info.incarnation) {
+      refute(in.incarnation, "a higher incarnation of this node");
+    }
+  }
+
+  // ---- packets ---------------------------------------------------------------------------------
+  fb::Offset<gossip::Member> write(fb::FlatBufferBuilder& b, const Node& n) const {
+    const auto& i = n.info;
+    return gossip::CreateMemberDirect(b, i.name.c_str(), i.uid, i.gossip.host.c_str(), i.gossip.port,
+                                      i.remoting.c_str(), i.curve_key.c_str(), i.incarnation,
+                                      static_cast<gossip::MemberStatus>(i.status),
+                                      static_cast<gossip::Liveness>(i.liveness),
+                                      i.liveness == Liveness::suspect ? n.suspect_from : 0);
+  }
+
+  static std::size_t estimate(const Node& n) {
+    const auto& i = n.info;
+    return 96 + i.name.size() + i.gossip.host.size() + i.remoting.size() + i.curve_key.size();
+  }
+
+  /// Sends a packet with `body` (may be none) and as many pending updates as fit; `must` is a
+  /// member whose record goes first (a suspect being pinged gets to know it is suspected).
+  void send(const UdpEndpoint& to, gossip::Body type, const std::function<fb::Offset<void>(fb::FlatBufferBuilder&)>& body,
+            const Node* must = nullptr) {
+    fb::FlatBufferBuilder b(1024);
+    const auto body_off = body ? body(b) : fb::Offset<void>();
+    const std::size_t budget = transport.max_payload();
+    std::vector<fb::Offset<gossip::Member>> ups;
+    auto room = [&](const Node& n) { return b.GetSize() + estimate(n) + 4 * (ups.size() + 1) + 160 + me().info.name.size() <= budget; };
+    if (must && room(*must)) ups.push_back(write(b, *must));
+    // Fewest-sent first: the buckets with the most transmissions left.
+    std::vector<std::uint64_t> sent;
+    for (auto bucket = pending_tx.rbegin(); bucket != pending_tx.rend(); ++bucket) {
+      for (auto uid : bucket->second) {
+        auto it = nodes.find(uid);
+        if (it == nodes.end() || (must && uid == must->info.uid)) continue;
+        if (!room(it->second)) goto full;
+        ups.push_back(write(b, it->second));
+        sent.push_back(uid);
+      }
+    }
+  full:
+    for (auto uid : sent) {
+      auto& n = nodes.at(uid);
+      pending_tx[n.transmits_left].erase(uid);
+      if (--n.transmits_left) pending_tx[n.transmits_left].insert(uid);
+    }
+    std::erase_if(pending_tx, [](const auto& kv) { return kv.second.empty(); });
+    stats.updates_sent += ups.size();
+    if (type == gossip::Body::NONE && ups.empty()) return;
+    auto name = b.CreateString(me().info.name);
+    auto upv = b.CreateVector(ups);
+    gossip::PacketBuilder pb(b);
+    pb.add_protocol_version(kGossipProtocolVersion);
+    pb.add_from_uid(self_uid);
+    pb.add_from_name(name);
+    pb.add_digest(digest_value);
+    if (type != gossip::Body::NONE) {
+      pb.add_body_type(type);
+      pb.add_body(body_off);
+    }
+    pb.add_updates(upv);
+    b.Finish(pb.Finish());
+    ++stats.packets_out;
+    transport.send(to, {b.GetBufferPointer(), b.GetSize()});
+  }
+
+  void send_ping(const Node& target, std::uint64_t seq) {
+    send(target.info.gossip, gossip::Body::Ping,
+         [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, target.info.uid).Union(); },
+         target.info.liveness != Liveness::alive ? &target : nullptr);
+  }
+  void send_ack(const UdpEndpoint& to, std::uint64_t seq) {
+    send(to, gossip::Body::Ack, [&](fb::FlatBufferBuilder& b) { return gossip::CreateAck(b, seq).Union(); });
+  }
+  void send_nack(const UdpEndpoint& to, std::uint64_t seq) {
+    send(to, gossip::Body::Nack, [&](fb::FlatBufferBuilder& b) { return gossip::CreateNack(b, seq).Union(); });
+  }
+  void send_refused(const UdpEndpoint& to, const std::string& reason) {
+    send(to, gossip::Body::Refused,
+         [&](fb::FlatBufferBuilder& b) { return gossip::CreateRefusedDirect(b, reason.c_str()).Union(); });
+  }
+
+  /// Full state in datagram-sized chunks.
+  void send_push_pull(const UdpEndpoint& to, bool join, bool reply) {
+    std::vector<const Node*> all;
+    if (join && !reply) {
+      all.push_back(&me());
+    } else {
+      for (const auto& [uid, n] : nodes) all.push_back(&n);
+    }
+    ++stats.push_pulls;
+    std::size_t i = 0;
+    const std::size_t budget = transport.max_payload();
+    do {
+      fb::FlatBufferBuilder b(2048);
+      std::vector<fb::Offset<gossip::Member>> ms;
+      while (i < all.size() && b.GetSize() + estimate(*all[i]) + 4 * (ms.size() + 1) + 200 + me().info.name.size() <= budget) {
+        ms.push_back(write(b, *all[i]));
+        ++i;
+      }
+      if (ms.empty() && i < all.size()) ++i;  // a record larger than a datagram cannot be sent
+      auto v = b.CreateVector(ms);
+      auto body = gossip::CreatePushPull(b, join, reply, v);
+      auto name = b.CreateString(me().info.name);
+      gossip::PacketBuilder pb(b);
+      pb.add_protocol_version(kGossipProtocolVersion);
+      pb.add_from_uid(self_uid);
+      pb.add_from_name(name);
+      pb.add_digest(digest_value);
+      pb.add_body_type(gossip::Body::PushPull);
+      pb.add_body(body.Union());
+      b.Finish(pb.Finish());
+      ++stats.packets_out;
+      transport.send(to, {b.GetBufferPointer(), b.GetSize()});
+    } while (i < all.size());
+  }
+
+  static Rec read(const gossip::Member& m) {
+    Rec r;
+    r.info.name = m.name() ? m.name()->str() : std::string();
+    r.info.uid = m.uid();
+    r.info.gossip.host = m.gossip_host() ? m.gossip_host()->str() : std::string();
+    r.info.gossip.port = m.gossip_port();
+    r.info.remoting = m.remoting() ? m.remoting()->str() : std::string();
+    r.info.curve_key = m.curve_key() ? m.curve_key()->str() : std::string();
+    r.info.incarnation = m.incarnation();
+    r.info.status = static_cast<MemberStatus>(std::min<unsigned>(static_cast<unsigned>(m.status()), 5));
+    r.info.liveness = static_cast<Liveness>(std::min<unsigned>(static_cast<unsigned>(m.liveness()), 2));
+    r.from_uid = m.from_uid();
+    return r;
+  }
+
+  void on_packet(const UdpEndpoint& from, std::span<const std::uint8_t> bytes) {
+    ++stats.packets_in;
+    fb::Verifier v(bytes.data(), bytes.size(), 16, 100000);
+    if (!v.VerifyBuffer<gossip::Packet>(nullptr)) {
+      ++stats.malformed;
+      drop_log.warn(*log, "dropped a malformed gossip packet ({} bytes) from {}", bytes.size(), from.to_string());
+      return;
+    }
+    const auto* p = gossip::GetPacket(bytes.data());
+    if (p->protocol_version() != kGossipProtocolVersion) {
+      ++stats.wrong_version;
+      drop_log.warn(*log, "refused a packet of gossip protocol version {} from {} (this node speaks {})",
+                    p->protocol_version(), from.to_string(), kGossipProtocolVersion);
+      if (p->body_type() != gossip::Body::Refused) {
+        send_refused(from, fmt::format("gossip protocol version {} is not supported by {} (it speaks {})",
+                                       p->protocol_version(), me().info.name, kGossipProtocolVersion));
+      }
+      return;
+    }
+    if (stopped()) return;
+    Node* sender = nullptr;
+    if (auto it = nodes.find(p->from_uid()); it != nodes.end()) {
+      sender = &it->second;
+      if (sender->digest_seen != p->digest()) {
+        sender->digest_seen = p->digest();
+        sender->digest_seen_since = now();
+      }
+    }
+    if (p->updates()) {
+      for (const auto* m : *p->updates()) merge(read(*m));
+    }
+    // Anti-entropy on evidence: both views have been stable for a while and still differ, so an
+    // update was missed on one side (piggybacking is probabilistic). Repair with a push-pull now
+    // rather than at the next periodic one.
+    const auto settle = 2 * nanoseconds(cfg.probe_interval);
+    if (sender && joined && p->digest() != digest_value && now() - digest_changed_at >= settle &&
+        now() - sender->digest_seen_since >= settle && now() >= next_repair) {
+      next_repair = now() + settle;
+      ++stats.repairs;
+      send_push_pull(from, false, false);
+    }
+    switch (p->body_type()) {
+      case gossip::Body::Ping: {
+        const auto* ping = p->body_as_Ping();
+        if (ping->target_uid() != self_uid) {
+          ++stats.misdirected;  // meant for an earlier incarnation at this address
+          return;
+        }
+        send_ack(from, ping->seq());
+        break;
+      }
+      case gossip::Body::Ack: on_ack(p->body_as_Ack()->seq()); break;
+      case gossip::Body::Nack: {
+        if (probe && probe->seq == p->body_as_Nack()->seq()) {
+          ++probe->nacks;
+          ++stats.nacks_received;
+        }
+        break;
+      }
+      case gossip::Body::PingReq: {
+        const auto* req = p->body_as_PingReq();
+        if (!req->target()) return;
+        const Rec t = read(*req->target());
+        if (!valid(t)) {
+          ++stats.rejected_records;
+          return;
+        }
+        const auto seq = ++next_seq;
+        relays[seq] = Relay{from, req->seq(), now() + scaled(cfg.probe_timeout)};
+        send(t.info.gossip, gossip::Body::Ping,
+             [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, t.info.uid).Union(); });
+        break;
+      }
+      case gossip::Body::PushPull: {
+        const auto* pp = p->body_as_PushPull();
+        if (pp->members()) {
+          for (const auto* m : *pp->members()) merge(read(*m));
+        }
+        if (!pp->reply()) send_push_pull(from, false, true);
+        break;
+      }
+      case gossip::Body::Refused: {
+        const auto* r = p->body_as_Refused();
+        on_refused(from, r->reason() ? r->reason()->str() : "refused");
+        break;
+      }
+      case gossip::Body::NONE: break;
+    }
+  }
+
+  void on_refused(const UdpEndpoint& from, const std::string& reason) {
+    if (joined) return;  // only a joining node cares: it is not part of that cluster
+    decide(me().info.name, fmt::format("join refused by {}: {}", from.to_string(), reason));
+    log->error("join refused by {}: {}", from.to_string(), reason);
+    emit(EventKind::join_refused, me(), reason);
+  }
+
+  void on_ack(std::uint64_t seq) {
+    if (probe && probe->seq == seq) {
+      if (local_health) --local_health;
+      probe.reset();
+      return;
+    }
+    if (auto it = relays.find(seq); it != relays.end()) {
+      send_ack(it->second.requester, it->second.their_seq);
+      relays.erase(it);
+      return;
+    }
+    ++stats.stale;
+  }
+
+  // ---- time ------------------------------------------------------------------------------------
+  const Node* pick_probe_target() {
+    for (std::size_t tries = 0; tries <= order.size(); ++tries) {
+      if (order_idx >= order.size()) {
+        std::erase_if(order, [&](std::uint64_t uid) {
+          auto it = nodes.find(uid);
+          return it == nodes.end() || !live_status(it->second.info.status);
+        });
+        std::shuffle(order.begin(), order.end(), rng);
+        order_idx = 0;
+        if (order.empty()) return nullptr;
+      }
+      auto it = nodes.find(order[order_idx++]);
+      if (it != nodes.end() && live_status(it->second.info.status) && it->first != self_uid) return &it->second;
+    }
+    return nullptr;
+  }
+
+  std::vector<const Node*> random_members(std::size_t k, std::uint64_t exclude, bool reachable_only) {
+    std::vector<const Node*> out;
+    std::vector<const Node*> all;
+    for (const auto& [uid, n] : nodes) {
+      if (uid == self_uid || uid == exclude || !live_status(n.info.status)) continue;
+      if (reachable_only && n.info.liveness == Liveness::unreachable) continue;
+      all.push_back(&n);
+    }
+    if (all.size() <= k) return all;
+    std::sample(all.begin(), all.end(), std::back_inserter(out), k, rng);
+    return out;
+  }
+
+  void send_gossip_round(bool force) {
+    if (!force && pending_tx.empty()) return;
+    for (const auto* n : random_members(cfg.gossip_nodes, 0, true)) {
+      send(n->info.gossip, gossip::Body::NONE, nullptr);
+    }
+  }
+
+  void run_probe() {
+    const auto t = now();
+    if (probe) {
+      // The previous probe ran out of time without an ack.
+      auto it = nodes.find(probe->target);
+      ++stats.probe_failures;
+      unsigned penalty = 1;
+      if (probe->indirect_sent && probe->nacks < probe->nacks_expected) ++penalty;  // helpers silent too
+      local_health = std::min(local_health + penalty, cfg.max_local_health);
+      if (it != nodes.end() && live_status(it->second.info.status) && it->second.info.liveness == Liveness::alive) {
+        decide(it->second.info.name,
+               fmt::format("probe {} got no ack (direct, then {} helpers, {} nacks)", probe->seq,
+                           probe->nacks_expected, probe->nacks));
+        suspect(it->second, it->second.info.incarnation, self_uid, "no ack to a probe");
+      }
+      probe.reset();
+    }
+    const Node* target = pick_probe_target();
+    if (!target) return;
+    ++stats.probes;
+    Probe pr;
+    pr.target = target->info.uid;
+    pr.seq = ++next_seq;
+    pr.direct_deadline = t + scaled(cfg.probe_timeout);
+    pr.final_deadline = t + scaled(cfg.probe_interval);
+    probe = pr;
+    send_ping(*target, pr.seq);
+  }
+
+  void run_indirect() {
+    probe->indirect_sent = true;
+    auto it = nodes.find(probe->target);
+    if (it == nodes.end()) return;
+    const auto helpers = random_members(cfg.indirect_checks, probe->target, true);
+    probe->nacks_expected = static_cast<unsigned>(helpers.size());
+    ++stats.indirect_probes;
+    const Node& target = it->second;
+    const auto seq = probe->seq;
+    for (const auto* h : helpers) {
+      send(h->info.gossip, gossip::Body::PingReq, [&](fb::FlatBufferBuilder& b) {
+        auto tm = write(b, target);
+        return gossip::CreatePingReq(b, seq, tm).Union();
+      });
+    }
+  }
+
+  std::optional<std::uint64_t> compute_leader() const {
+    const Node* best = nullptr;
+    for (const auto& [uid, n] : nodes) {
+      if (n.info.status != MemberStatus::up || n.info.liveness == Liveness::unreachable) continue;
+      if (!best || std::tie(n.info.name, n.info.uid) < std::tie(best->info.name, best->info.uid)) best = &n;
+    }
+    if (!best) return std::nullopt;
+    return best->info.uid;
+  }
+
+  bool converged() const {
+    for (const auto& [uid, n] : nodes) {
+      if (uid == self_uid || !live_status(n.info.status)) continue;
+      if (n.info.liveness == Liveness::unreachable) {
+        if (n.info.status == MemberStatus::exiting) continue;
+        return false;
+      }
+      if (n.digest_seen != digest_value) return false;
+    }
+    return true;
+  }
+
+  void maintenance() {
+    const auto t = now();
+    // Leader.
+    const auto l = compute_leader();
+    if (l != leader_uid) {
+      leader_uid = l;
+      if (l) {
+        decide(nodes.at(*l).info.name, "became the leader");
+        emit(EventKind::leader_changed, nodes.at(*l));
+      } else {
+        emit(EventKind::leader_changed, Node{});
+      }
+    }
+    if (leader_uid == self_uid) leader_actions();
+    // Downing.
+    if (cfg.auto_down) resolve_split_brain();
+    // Flap damping recovery.
+    for (auto& [uid, n] : nodes) {
+      if (n.info.degraded && t - n.last_flip >= nanoseconds(cfg.degraded_for)) {
+        n.info.degraded = false;
+        n.flips.clear();
+        decide(n.info.name, "recovered: stable again");
+        emit(EventKind::recovered, n);
+      }
+    }
+    // An exiting node stops once removed, or after exit_timeout at the latest.
+    if (me().info.status == MemberStatus::exiting && !self_exited && t - exiting_since >= nanoseconds(cfg.exit_timeout)) {
+      self_exited = true;
+      decide(me().info.name, "exit timeout: stopping without having seen the removal");
+      emit(EventKind::self_removed, me(), "exit timeout");
+    }
+    // Tombstones expire.
+    for (auto it = removed_at.begin(); it != removed_at.end();) {
+      if (t - it->second > nanoseconds(cfg.push_pull_interval) * 4) {
+        if (auto n = nodes.find(it->first); n != nodes.end() && n->second.transmits_left == 0) nodes.erase(n);
+        it = removed_at.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void leader_actions() {
+    const auto t = now();
+    const bool conv = converged();
+    std::vector<std::pair<Node*, MemberStatus>> moves;
+    for (auto& [uid, n] : nodes) {
+      switch (n.info.status) {
+        case MemberStatus::joining:
+          if (conv && n.info.liveness != Liveness::unreachable) moves.emplace_back(&n, MemberStatus::up);
+          break;
+        case MemberStatus::leaving:
+          if (conv) moves.emplace_back(&n, MemberStatus::exiting);
+          break;
+        case MemberStatus::exiting:
+          if (conv || n.info.liveness == Liveness::unreachable) moves.emplace_back(&n, MemberStatus::removed);
+          break;
+        case MemberStatus::down:
+          if (t - n.status_since >= nanoseconds(cfg.removal_margin)) moves.emplace_back(&n, MemberStatus::removed);
+          break;
+        default: break;
+      }
+    }
+    for (auto& [n, s] : moves) set_status(*n, s, conv ? "leader, converged" : "leader");
+  }
+
+  void resolve_split_brain() {
+    std::vector<std::uint64_t> unreachable;
+    for (const auto& [uid, n] : nodes) {
+      if (uid == self_uid) continue;
+      const auto s = n.info.status;
+      if ((s == MemberStatus::joining || s == MemberStatus::up || s == MemberStatus::leaving) &&
+          n.info.liveness == Liveness::unreachable) {
+        unreachable.push_back(uid);
+      }
+    }
+    if (unreachable != unreachable_set) {
+      unreachable_set = unreachable;
+      unreachable_since = now();
+    }
+    if (unreachable.empty() || now() - unreachable_since < nanoseconds(cfg.stable_after)) return;
+    std::size_t reach = 0, lost = 0;
+    const Node* lowest = nullptr;
+    for (const auto& [uid, n] : nodes) {
+      const auto s = n.info.status;
+      if (s != MemberStatus::up && s != MemberStatus::leaving) continue;
+      const bool is_lost = std::binary_search(unreachable.begin(), unreachable.end(), uid);
+      ++(is_lost ? lost : reach);
+      if (!lowest || std::tie(n.info.name, n.info.uid) < std::tie(lowest->info.name, lowest->info.uid)) lowest = &n;
+    }
+    bool majority = reach > lost;
+    std::string rule = "keep-majority";
+    if (reach == lost) {
+      majority = lowest && !std::binary_search(unreachable.begin(), unreachable.end(), lowest->info.uid);
+      rule = fmt::format("tie, lowest member {} decides", lowest ? lowest->info.name : "?");
+    }
+    const auto sides = fmt::format("{} reachable vs {} unreachable up/leaving members, {}", reach, lost, rule);
+    if (majority) {
+      if (leader_uid != self_uid) return;  // the leader of this side acts for it
+      for (auto uid : unreachable) {
+        auto& n = nodes.at(uid);
+        decide(n.info.name, "downed: unreachable for " +
+                                std::to_string((now() - unreachable_since).count() / 1'000'000) + " ms; " + sides);
+        set_status(n, MemberStatus::down, "split-brain resolver: " + sides);
+      }
+    } else {
+      decide(me().info.name, "downing itself: this side is the minority; " + sides);
+      set_status(me(), MemberStatus::down, "split-brain resolver, minority side: " + sides);
+    }
+  }
+
+  void poll() {
+    const auto t = now();
+    if (stopped()) return;
+    // Joining: contact seeds until a formed cluster answers, or form one.
+    if (!joined) {
+      bool formed = false;
+      for (const auto& [uid, n] : nodes) {
+        if (uid != self_uid && n.info.status == MemberStatus::up) formed = true;
+      }
+      if (formed || me().info.status != MemberStatus::joining) {
+        joined = true;
+      } else if (t >= next_join) {
+        const bool first_seed = seeds.empty() || seeds.front() == me().info.gossip;
+        if (first_seed && t - join_started >= nanoseconds(seeds.size() > 1 ? cfg.form_after : milliseconds(0))) {
+          joined = true;
+          decide(me().info.name, "formed a new cluster (first seed, no other seed answered)");
+          set_status(me(), MemberStatus::up, "formed the cluster");
+        } else {
+          for (const auto& s : seeds) {
+            if (s != me().info.gossip) send_push_pull(s, true, false);
+          }
+          next_join = t + nanoseconds(cfg.join_retry_interval);
+        }
+      }
+    }
+    // Probes.
+    if (probe && !probe->indirect_sent && t >= probe->direct_deadline) run_indirect();
+    if (t >= next_probe) {
+      run_probe();
+      next_probe = t + scaled(cfg.probe_interval);
+    }
+    // Relayed pings that got no answer: nack the requester.
+    for (auto it = relays.begin(); it != relays.end();) {
+      if (t >= it->second.deadline) {
+        send_nack(it->second.requester, it->second.their_seq);
+        it = relays.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // Suspicions that ran out.
+    while (!suspicions.empty() && suspicions.begin()->first <= t) {
+      const auto uid = suspicions.begin()->second;
+      suspicions.erase(suspicions.begin());
+      auto it = nodes.find(uid);
+      if (it == nodes.end() || it->second.info.liveness != Liveness::suspect) continue;
+      ++stats.unreachable_declared;
+      set_liveness(it->second, Liveness::unreachable,
+                   fmt::format("suspicion timed out after {} ms with {} confirmations",
+                               (t - it->second.suspect_start).count() / 1'000'000, it->second.confirmers.size() - 1));
+      broadcast(it->second);
+    }
+    if (t >= next_gossip) {
+      send_gossip_round(false);
+      next_gossip = t + nanoseconds(cfg.gossip_interval);
+    }
+    if (joined && t >= next_push_pull) {
+      auto peers = random_members(1, 0, false);
+      if (!peers.empty()) send_push_pull(peers.front()->info.gossip, false, false);
+      next_push_pull = t + nanoseconds(cfg.push_pull_interval);
+    }
+    if (t >= next_maintenance) {
+      maintenance();
+      next_maintenance = t + std::min<nanoseconds>(nanoseconds(cfg.probe_interval), nanoseconds(milliseconds(250)));
+    }
+  }
+
+  nanoseconds next_wakeup() const {
+    if (stopped()) return nanoseconds::max();
+    nanoseconds w = std::min({next_probe, next_gossip, next_maintenance, joined ? next_push_pull : next_join});
+    if (probe && !probe->indirect_sent) w = std::min(w, probe->direct_deadline);
+    for (const auto& [seq, r] : relays) w = std::min(w, r.deadline);
+    if (!suspicions.empty()) w = std::min(w, suspicions.begin()->first);
+    return w;
+  }
+
+  MembershipConfig cfg;
+  const Clock& clock;
+  PacketTransport& transport;
+  std::mt19937_64 rng;
+  std::shared_ptr<spdlog::logger> log;
+  ThrottledLog drop_log;
+
+  std::uint64_t self_uid = 0;
+  std::map<std::uint64_t, Node> nodes;
+  std::size_t live_count = 1;
+  std::uint64_t digest_value = 0;
+  nanoseconds digest_changed_at{0}, next_repair{0};
+  std::map<unsigned, std::set<std::uint64_t>> pending_tx;  // transmissions left -> members
+  std::set<std::pair<nanoseconds, std::uint64_t>> suspicions;
+  std::unordered_map<std::uint64_t, nanoseconds> removed_at;
+  std::vector<std::uint64_t> order;
+  std::size_t order_idx = 0;
+  std::optional<Probe> probe;
+  std::map<std::uint64_t, Relay> relays;
+  std::uint64_t next_seq = 0;
+  unsigned local_health = 0;
+
+  std::vector<UdpEndpoint> seeds;
+  bool joined = false;
+  bool self_exited = false;
+  nanoseconds join_started{0}, next_join{0}, exiting_since{0};
+  nanoseconds next_probe{0}, next_gossip{0}, next_push_pull{0}, next_maintenance{0};
+  std::optional<std::uint64_t> leader_uid;
+  std::vector<std::uint64_t> unreachable_set;
+  nanoseconds unreachable_since{0};
+
+  std::vector<std::function<void(const MembershipEvent&)>> subscribers;
+  std::deque<Decision> history;
+  SwimStats stats;
+};
+
+// ---- SwimProtocol -------------------------------------------------------------------------------
+
+SwimProtocol::SwimProtocol(MembershipConfig config, Identity self, const Clock& clock, PacketTransport& transport,
+                           std::uint64_t seed, std::shared_ptr<spdlog::logger> log)
+    : s_(std::make_unique<State>(std::move(config), std::move(self), clock, transport, seed, std::move(log))) {
+  const auto t = clock.now();
+  // Spread the periodic work of many nodes started together.
+  std::uniform_int_distribution<std::int64_t> jitter(0, nanoseconds(s_->cfg.probe_interval).count());
+  s_->next_probe = t + nanoseconds(jitter(s_->rng));
+  s_->next_gossip = t + nanoseconds(jitter(s_->rng)) / 4;
+  s_->next_push_pull = t + nanoseconds(s_->cfg.push_pull_interval);
+  s_->next_maintenance = t;
+  s_->next_join = nanoseconds::max();
+}
+
+SwimProtocol::~SwimProtocol() = default;
+
+void SwimProtocol::join(std::vector<UdpEndpoint> seeds) {
+  s_->seeds = std::move(seeds);
+  s_->join_started = s_->now();
+  s_->next_join = s_->now();
+  s_->decide(s_->me().info.name, fmt::format("joining through {} seeds", s_->seeds.size()));
+}
+
+void SwimProtocol::leave() { leave(s_->me().info.name); }
+
+bool SwimProtocol::leave(const std::string& name) {
+  for (auto& [uid, n] : s_->nodes) {
+    if (n.info.name == name && State::live_status(n.info.status)) {
+      s_->set_status(n, MemberStatus::leaving, "asked to leave");
+      return true;
+    }
+  }
+  return false;
+}
+
+bool SwimProtocol::down(const std::string& name) {
+  for (auto& [uid, n] : s_->nodes) {
+    if (n.info.name == name && State::live_status(n.info.status)) {
+      s_->set_status(n, MemberStatus::down, "downed by an operator");
+      return true;
+    }
+  }
+  return false;
+}
+
+void SwimProtocol::on_packet(const UdpEndpoint& from, std::span<const std::uint8_t> packet) { s_->on_packet(from, packet); }
+void SwimProtocol::on_refused(const UdpEndpoint& from, const std::string& reason) { s_->on_refused(from, reason); }
+void SwimProtocol::poll() { s_->poll(); }
+std::chrono::nanoseconds SwimProtocol::next_wakeup() const { return s_->next_wakeup(); }
+void SwimProtocol::subscribe(std::function<void(const MembershipEvent&)> fn) { s_->subscribers.push_back(std::move(fn)); }
+
+std::vector<MemberInfo> SwimProtocol::members() const {
+  std::vector<MemberInfo> out;
+  for (const auto& [uid, n] : s_->nodes) {
+    if (n.info.status != MemberStatus::removed) out.push_back(n.info);
+  }
+  return out;
+}
+
+std::optional<MemberInfo> SwimProtocol::member(const std::string& name) const {
+  for (const auto& [uid, n] : s_->nodes) {
+    if (n.info.name == name && n.info.status != MemberStatus::removed) return n.info;
+  }
+  return std::nullopt;
+}
+
+std::optional<MemberInfo> SwimProtocol::leader() const {
+  if (!s_->leader_uid) return std::nullopt;
+  auto it = s_->nodes.find(*s_->leader_uid);
+  if (it == s_->nodes.end()) return std::nullopt;
+  return it->second.info;
+}
+
+const MemberInfo& SwimProtocol::self() const { return s_->me().info; }
+bool SwimProtocol::stopped() const noexcept { return s_->stopped(); }
+
+std::vector<Decision> SwimProtocol::history(const std::string& name) const {
+  std::vector<Decision> out;
+  for (const auto& d : s_->history) {
+    if (name.empty() || d.subject == name) out.push_back(d);
+  }
+  return out;
+}
+
+SwimStats SwimProtocol::stats() const {
+  auto s = s_->stats;
+  s.local_health = s_->local_health;
+  return s;
+}
+
+std::uint64_t SwimProtocol::digest() const { return s_->digest_value; }
+
+}  // namespace troupe::membership

@@ -1,0 +1,403 @@
+#include <troupe/membership/udp_transport.hpp>
+
+#include <atomic>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <troupe/serialization/log.hpp>
+
+namespace troupe::membership {
+
+namespace asio = boost::asio;
+using asio::ip::udp;
+using boost::system::error_code;
+
+std::chrono::nanoseconds SteadyClock::now() const {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch());
+}
+
+std::uint64_t UdpTransportStats::dropped_inbound() const {
+  std::uint64_t n = truncated + unhandled + receive_errors;
+  for (auto d : dropped) n += d;
+  return n;
+}
+
+namespace {
+UdpEndpoint to_endpoint(const udp::endpoint& ep) {
+  auto a = ep.address();
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) a = asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+  return {a.to_string(), ep.port()};
+}
+
+// "[::1]" → "::1": UdpEndpoint holds bare literals, but be lenient.
+std::string bare_host(const std::string& host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') return host.substr(1, host.size() - 2);
+  return host;
+}
+
+using Counter = std::atomic<std::uint64_t>;
+void bump(Counter& c) { c.fetch_add(1, std::memory_order_relaxed); }
+}  // namespace
+
+struct UdpTransport::Impl {
+  struct Timer {
+    explicit Timer(asio::io_context& io) : timer(io) {}
+    asio::steady_timer timer;
+    std::function<void()> fn;
+    std::chrono::nanoseconds interval{0};
+    bool repeat = false;
+  };
+
+  Impl(const UdpTransportConfig& c, std::shared_ptr<PacketSealer> s, std::shared_ptr<spdlog::logger> l)
+      : config(c), sealer(std::move(s)), log(std::move(l)), socket(io), resolver(io), rx_buf(c.max_inbound + 1) {}
+
+  UdpTransportConfig config;
+  std::shared_ptr<PacketSealer> sealer;
+  std::shared_ptr<spdlog::logger> log;
+  ThrottledLog drop_log;
+
+  // Asio objects: declared after io so that they are destroyed before it.
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
+  udp::socket socket;
+  udp::resolver resolver;
+  udp::endpoint local;
+  std::vector<std::uint8_t> rx_buf;  // max_inbound + 1: a full buffer means a longer datagram
+  udp::endpoint rx_from;
+  std::unordered_map<TimerId, std::shared_ptr<Timer>> timers;  // I/O thread only
+  std::atomic<TimerId> next_timer{1};
+
+  std::thread thread;
+  std::mutex stop_mu;
+  std::atomic<bool> stopping{false};
+
+  std::mutex handler_mu;
+  std::shared_ptr<const Handler> handler;
+  std::shared_ptr<const MismatchHandler> mismatch_handler;
+
+  Counter sent{0}, delivered{0}, truncated{0}, unhandled{0}, receive_errors{0};
+  Counter oversized_outbound{0}, seal_failures{0}, resolve_errors{0}, send_errors{0};
+  std::array<Counter, kSealErrcCount> dropped{};
+
+  std::size_t max_payload_for(std::size_t cluster_size) const {
+    const auto room = kIpHeader + kUdpHeader + PacketSealer::overhead_for(cluster_size);
+    return config.mtu > room ? config.mtu - room : 0;
+  }
+
+  bool on_io_thread() { return io.get_executor().running_in_this_thread(); }
+
+  void run() {
+    for (;;) {
+      try {
+        io.run();
+        return;
+      } catch (const std::exception& e) {
+        // A handler threw: the protocol thread must survive it.
+        log->error("membership transport: handler failed: {}", e.what());
+      }
+    }
+  }
+
+  void receive() {
+    socket.async_receive_from(asio::buffer(rx_buf), rx_from, [this](const error_code& ec, std::size_t n) {
+      if (ec == asio::error::operation_aborted || !socket.is_open()) return;
+      if (ec == asio::error::message_size || (!ec && n > config.max_inbound)) {
+        bump(truncated);
+        drop_log.warn(*log, "membership transport: dropped a datagram from {} larger than {} bytes",
+                      to_endpoint(rx_from).to_string(), config.max_inbound);
+      } else if (ec) {
+        bump(receive_errors);
+        drop_log.warn(*log, "membership transport: receive failed: {}", ec.message());
+      } else {
+        deliver(n);
+      }
+      receive();
+    });
+  }
+
+  void deliver(std::size_t n) {
+    const auto from = to_endpoint(rx_from);
+    std::string their_cluster;
+    auto opened = sealer->open({rx_buf.data(), n}, &their_cluster);
+    if (!opened) {
+      const auto ec = opened.error();
+      if (ec.category() == seal_category()) bump(dropped[static_cast<std::size_t>(ec.value())]);
+      drop_log.warn(*log, "membership transport: dropped a datagram from {}: {}", from.to_string(), ec.message());
+      if (ec == SealErrc::cluster_mismatch) {
+        std::shared_ptr<const MismatchHandler> h;
+        {
+          std::lock_guard lk(handler_mu);
+          h = mismatch_handler;
+        }
+        if (h && *h) (*h)(from, their_cluster);
+      }
+      return;
+    }
+    std::shared_ptr<const Handler> h;
+    {
+      std::lock_guard lk(handler_mu);
+      h = handler;
+    }
+    if (!h || !*h) {
+      bump(unhandled);
+      drop_log.warn(*log, "membership transport: no handler for a datagram from {}", from.to_string());
+      return;
+    }
+    bump(delivered);
+    (*h)(from, opened->plaintext);
+  }
+
+  void send(const UdpEndpoint& to, std::span<const std::uint8_t> plaintext, std::string_view cluster_override) {
+    if (stopping.load(std::memory_order_relaxed)) return;
+    const auto limit = max_payload_for(cluster_override.empty() ? sealer->cluster().size() : cluster_override.size());
+    if (plaintext.size() > limit) {
+      bump(oversized_outbound);
+      drop_log.warn(*log, "membership transport: refused to send {} bytes to {} (max payload {})", plaintext.size(),
+                    to.to_string(), limit);
+      return;
+    }
+    auto sealed = sealer->seal(plaintext, cluster_override);
+    if (!sealed) {
+      bump(seal_failures);
+      drop_log.warn(*log, "membership transport: cannot seal a datagram to {}: {}", to.to_string(),
+                    sealed.error().message());
+      return;
+    }
+    auto buf = std::make_shared<std::vector<std::uint8_t>>(std::move(*sealed));
+    auto host = bare_host(to.host);
+    error_code ec;
+    const auto addr = asio::ip::make_address(host, ec);
+    if (!ec) {
+      asio::post(io, [this, buf, ep = udp::endpoint(addr, to.port)] { send_to(ep, buf); });
+      return;
+    }
+    asio::post(io, [this, buf, host = std::move(host), port = to.port] {
+      resolver.async_resolve(host, std::to_string(port), udp::resolver::numeric_service,
+                             [this, buf, host](const error_code& rec, const udp::resolver::results_type& results) {
+                               if (rec == asio::error::operation_aborted) return;
+                               if (rec || results.empty()) {
+                                 bump(resolve_errors);
+                                 drop_log.warn(*log, "membership transport: cannot resolve {}: {}", host,
+                                               rec ? rec.message() : std::string("no address"));
+                                 return;
+                               }
+                               // Prefer an address of the socket's own family.
+                               auto pick = results.begin()->endpoint();
+                               for (const auto& r : results) {
+                                 if (r.endpoint().protocol() == local.protocol()) {
+                                   pick = r.endpoint();
+                                   break;
+                                 }
+                               }
+                               send_to(pick, buf);
+                             });
+    });
+  }
+
+  // I/O thread.
+  void send_to(udp::endpoint to, const std::shared_ptr<std::vector<std::uint8_t>>& buf) {
+    if (!socket.is_open()) return;
+    const auto a = to.address();
+    if (local.address().is_v6() && a.is_v4()) {
+      to = udp::endpoint(asio::ip::make_address_v6(asio::ip::v4_mapped, a.to_v4()), to.port());
+    } else if (local.address().is_v4() && a.is_v6()) {
+      if (!a.to_v6().is_v4_mapped()) {
+        bump(send_errors);
+        drop_log.warn(*log, "membership transport: cannot send to IPv6 {} from an IPv4 socket", a.to_string());
+        return;
+      }
+      to = udp::endpoint(asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()), to.port());
+    }
+    socket.async_send_to(asio::buffer(*buf), to, [this, buf, to](const error_code& ec, std::size_t) {
+      if (ec == asio::error::operation_aborted) return;
+      if (ec) {
+        bump(send_errors);
+        drop_log.warn(*log, "membership transport: send to {} failed: {}", to_endpoint(to).to_string(), ec.message());
+        return;
+      }
+      bump(sent);
+    });
+  }
+
+  // I/O thread.
+  void arm(TimerId id, const std::shared_ptr<Timer>& t) {
+    t->timer.async_wait([this, id, t](const error_code& ec) {
+      if (ec == asio::error::operation_aborted) return;
+      auto it = timers.find(id);
+      if (it == timers.end() || it->second != t) return;  // cancelled
+      if (!t->repeat) timers.erase(it);
+      t->fn();
+      if (!t->repeat || timers.find(id) == timers.end()) return;  // fn may cancel its own timer
+      auto next = t->timer.expiry() + t->interval;
+      const auto now = asio::steady_timer::clock_type::now();
+      if (next < now) next = now + t->interval;
+      t->timer.expires_at(next);
+      arm(id, t);
+    });
+  }
+
+  TimerId schedule(std::chrono::nanoseconds delay, std::function<void()> fn, bool repeat) {
+    const auto id = next_timer.fetch_add(1, std::memory_order_relaxed);
+    if (stopping.load(std::memory_order_relaxed)) return id;
+    asio::dispatch(io, [this, id, delay, repeat, fn = std::move(fn)]() mutable {
+      auto t = std::make_shared<Timer>(io);
+      t->fn = std::move(fn);
+      t->interval = delay;
+      t->repeat = repeat;
+      t->timer.expires_after(delay);
+      timers.emplace(id, t);
+      arm(id, t);
+    });
+    return id;
+  }
+};
+
+Result<std::unique_ptr<UdpTransport>> UdpTransport::start(const UdpTransportConfig& config,
+                                                          std::shared_ptr<PacketSealer> sealer,
+                                                          std::shared_ptr<spdlog::logger> log) {
+  if (!sealer) throw std::invalid_argument("UdpTransport::start: sealer is null");
+  if (!log) throw std::invalid_argument("UdpTransport::start: logger is null");
+  const auto headers = kIpHeader + kUdpHeader + sealer->overhead();
+  if (config.mtu <= headers) {
+    log->error("membership transport: config.mtu ({}) leaves no room for a payload after {} bytes of headers",
+               config.mtu, headers);
+    return make_error_code(std::errc::invalid_argument);
+  }
+  if (config.max_inbound < config.mtu - kIpHeader - kUdpHeader) {
+    log->error("membership transport: config.max_inbound ({}) is smaller than a full datagram ({})",
+               config.max_inbound, config.mtu - kIpHeader - kUdpHeader);
+    return make_error_code(std::errc::invalid_argument);
+  }
+
+  auto impl = std::make_unique<Impl>(config, std::move(sealer), log);
+  error_code ec;
+  udp::endpoint bind_ep;
+  const auto bind_addr = asio::ip::make_address(bare_host(config.bind_host), ec);
+  if (!ec) {
+    bind_ep = udp::endpoint(bind_addr, config.port);
+  } else {
+    auto results = impl->resolver.resolve(config.bind_host, std::to_string(config.port),
+                                          udp::resolver::numeric_service | udp::resolver::passive, ec);
+    if (ec) {
+      log->error("membership transport: cannot resolve config.bind_host {}: {}", config.bind_host, ec.message());
+      return std::error_code(ec);
+    }
+    if (results.empty()) return make_error_code(std::errc::address_not_available);
+    bind_ep = results.begin()->endpoint();
+  }
+  impl->socket.open(bind_ep.protocol(), ec);
+  if (!ec) impl->socket.bind(bind_ep, ec);
+  if (!ec) impl->local = impl->socket.local_endpoint(ec);
+  if (ec) {
+    log->error("membership transport: cannot bind {}: {}", to_endpoint(bind_ep).to_string(), ec.message());
+    return std::error_code(ec);
+  }
+  log->info("membership transport: listening on {} (cluster {}, max payload {})",
+            to_endpoint(impl->local).to_string(), impl->sealer->cluster(),
+            impl->max_payload_for(impl->sealer->cluster().size()));
+  impl->receive();
+  auto* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->run(); });
+  return std::unique_ptr<UdpTransport>(new UdpTransport(std::move(impl)));
+}
+
+UdpTransport::UdpTransport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+UdpTransport::~UdpTransport() { stop(); }
+
+UdpEndpoint UdpTransport::local_endpoint() const { return to_endpoint(impl_->local); }
+
+void UdpTransport::set_handler(Handler handler) {
+  auto h = std::make_shared<const Handler>(std::move(handler));
+  std::lock_guard lk(impl_->handler_mu);
+  impl_->handler = std::move(h);
+}
+
+void UdpTransport::set_mismatch_handler(MismatchHandler handler) {
+  auto h = std::make_shared<const MismatchHandler>(std::move(handler));
+  std::lock_guard lk(impl_->handler_mu);
+  impl_->mismatch_handler = std::move(h);
+}
+
+void UdpTransport::send(const UdpEndpoint& to, std::span<const std::uint8_t> plaintext) {
+  impl_->send(to, plaintext, {});
+}
+
+void UdpTransport::send_as(const UdpEndpoint& to, std::span<const std::uint8_t> plaintext,
+                           std::string_view their_cluster) {
+  impl_->send(to, plaintext, their_cluster);
+}
+
+std::size_t UdpTransport::max_payload() const { return impl_->max_payload_for(impl_->sealer->cluster().size()); }
+
+void UdpTransport::post(std::function<void()> fn) {
+  if (impl_->stopping.load(std::memory_order_relaxed)) return;
+  asio::post(impl_->io, std::move(fn));
+}
+
+UdpTransport::TimerId UdpTransport::schedule_once(std::chrono::nanoseconds delay, std::function<void()> fn) {
+  return impl_->schedule(delay, std::move(fn), false);
+}
+
+UdpTransport::TimerId UdpTransport::schedule_every(std::chrono::nanoseconds interval, std::function<void()> fn) {
+  if (interval <= std::chrono::nanoseconds::zero()) throw std::invalid_argument("schedule_every: interval must be > 0");
+  return impl_->schedule(interval, std::move(fn), true);
+}
+
+void UdpTransport::cancel(TimerId id) {
+  auto* impl = impl_.get();
+  asio::dispatch(impl->io, [impl, id] {
+    auto it = impl->timers.find(id);
+    if (it == impl->timers.end()) return;
+    it->second->timer.cancel();
+    impl->timers.erase(it);
+  });
+}
+
+void UdpTransport::stop() {
+  impl_->stopping.store(true);
+  impl_->io.stop();
+  if (impl_->on_io_thread()) return;  // joined later, from another thread
+  std::lock_guard lk(impl_->stop_mu);
+  if (!impl_->thread.joinable()) return;
+  impl_->thread.join();
+  // The I/O thread is gone: its objects are ours now.
+  error_code ec;
+  impl_->socket.close(ec);
+  impl_->resolver.cancel();
+  for (auto& [id, t] : impl_->timers) t->timer.cancel();
+  impl_->timers.clear();
+  impl_->log->info("membership transport: stopped ({})", to_endpoint(impl_->local).to_string());
+}
+
+UdpTransportStats UdpTransport::stats() const {
+  const auto& i = *impl_;
+  UdpTransportStats s;
+  s.sent = i.sent.load(std::memory_order_relaxed);
+  s.delivered = i.delivered.load(std::memory_order_relaxed);
+  for (std::size_t k = 0; k < kSealErrcCount; ++k) s.dropped[k] = i.dropped[k].load(std::memory_order_relaxed);
+  s.truncated = i.truncated.load(std::memory_order_relaxed);
+  s.unhandled = i.unhandled.load(std::memory_order_relaxed);
+  s.receive_errors = i.receive_errors.load(std::memory_order_relaxed);
+  s.oversized_outbound = i.oversized_outbound.load(std::memory_order_relaxed);
+  s.seal_failures = i.seal_failures.load(std::memory_order_relaxed);
+  s.resolve_errors = i.resolve_errors.load(std::memory_order_relaxed);
+  s.send_errors = i.send_errors.load(std::memory_order_relaxed);
+  return s;
+}
+
+const PacketSealer& UdpTransport::sealer() const { return *impl_->sealer; }
+
+}  // namespace troupe::membership

@@ -1,0 +1,238 @@
+// Membership scenarios in the deterministic simulator. Each test prints its seed on failure;
+// TROUPE_SIM_SEED=<n> replays one.
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "sim.hpp"
+
+namespace troupe::sim {
+namespace {
+
+using membership::EventKind;
+using membership::Liveness;
+using membership::MemberStatus;
+
+std::uint64_t seed_for(std::uint64_t fallback) {
+  if (const char* s = std::getenv("TROUPE_SIM_SEED")) return std::strtoull(s, nullptr, 10);
+  return fallback;
+}
+
+std::string name_of(int i) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "n%04d", i);
+  return buf;
+}
+
+/// Adds `n` nodes that all join through node 0.
+void form(Simulation& sim, int n, const MembershipConfig& cfg) {
+  for (int i = 0; i < n; ++i) sim.add_node(name_of(i), cfg);
+  for (int i = 0; i < n; ++i) sim.join(i, {0});
+}
+
+/// Node `i`'s view of the member named `name`.
+std::optional<membership::MemberInfo> view(Simulation& sim, int i, int of) {
+  return sim.node(i).member(name_of(of));
+}
+
+bool everyone_sees_all_up(Simulation& sim, const std::vector<int>& who, const std::vector<int>& of) {
+  for (int i : who) {
+    for (int j : of) {
+      auto m = view(sim, i, j);
+      if (!m || m->status != MemberStatus::up || m->liveness != Liveness::alive) return false;
+    }
+  }
+  return true;
+}
+
+std::vector<int> range(int a, int b) {
+  std::vector<int> v;
+  for (int i = a; i < b; ++i) v.push_back(i);
+  return v;
+}
+
+bool downed_by(Simulation& sim, int i, int of) {
+  auto m = view(sim, i, of);
+  return !m || m->status == MemberStatus::down || m->status == MemberStatus::removed;
+}
+
+int downs_seen(Simulation& sim, const std::vector<int>& who) {
+  int n = 0;
+  for (int i : who) {
+    for (const auto& e : sim.events(i)) n += e.kind == EventKind::downed || e.kind == EventKind::self_downed;
+  }
+  return n;
+}
+
+struct Sim : ::testing::Test {
+  void SetUp() override {
+    seed = seed_for(std::hash<std::string>()(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    sim = std::make_unique<Simulation>(seed);
+  }
+  void TearDown() override {
+    if (HasFailure()) std::printf("replay with TROUPE_SIM_SEED=%llu\n", static_cast<unsigned long long>(seed));
+  }
+  std::uint64_t seed = 0;
+  std::unique_ptr<Simulation> sim;
+  MembershipConfig cfg = MembershipConfig::lan();
+};
+
+TEST_F(Sim, FiftyNodesJoinAndEveryoneSeesEveryoneUp) {
+  form(*sim, 50, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 50), range(0, 50)); }, 60s))
+      << "not converged at t=" << sim->now().count() / 1e9 << " s";
+  // One leader, the same everywhere, and the same digest.
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(sim->node(i).leader());
+    EXPECT_EQ(sim->node(i).leader()->name, name_of(0));
+  }
+  sim->run_for(2s);
+  for (int i = 1; i < 50; ++i) EXPECT_EQ(sim->node(i).digest(), sim->node(0).digest());
+}
+
+TEST_F(Sim, AKilledNodeIsDownedByEveryLiveNode) {
+  form(*sim, 20, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 20), range(0, 20)); }, 60s));
+  const auto killed_at = sim->now();
+  sim->kill(7);
+  std::vector<int> live = range(0, 20);
+  live.erase(live.begin() + 7);
+  ASSERT_TRUE(sim->run_until(
+      [&] {
+        for (int i : live) {
+          if (!downed_by(*sim, i, 7)) return false;
+        }
+        return true;
+      },
+      60s));
+  const auto took = sim->now() - killed_at;
+  EXPECT_LT(took, nanoseconds(cfg.stable_after) + 10s) << "detection + downing took " << took.count() / 1e9 << " s";
+  for (int i : live) EXPECT_FALSE(sim->node(i).stopped()) << name_of(i);
+  // Every survivor can explain it.
+  EXPECT_FALSE(sim->node(live.front()).history(name_of(7)).empty());
+}
+
+TEST_F(Sim, APauseShorterThanToleranceDownsNobody) {
+  form(*sim, 20, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 20), range(0, 20)); }, 60s));
+  const int before = downs_seen(*sim, range(0, 20));
+  sim->pause(5);
+  sim->run_for(3s);  // suspicion may even conclude, but downing waits stable_after (5 s)
+  sim->resume(5);
+  sim->run_for(30s);
+  EXPECT_EQ(downs_seen(*sim, range(0, 20)), before);
+  EXPECT_FALSE(sim->node(5).stopped());
+  EXPECT_TRUE(everyone_sees_all_up(*sim, range(0, 20), range(0, 20)));
+}
+
+TEST_F(Sim, APartitionLeavesOnlyTheMajorityRunning) {
+  form(*sim, 15, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 15), range(0, 15)); }, 60s));
+  const auto major = range(0, 10), minor = range(10, 15);
+  sim->partition({major, minor});
+  ASSERT_TRUE(sim->run_until(
+      [&] {
+        for (int i : minor) {
+          if (!sim->node(i).stopped()) return false;
+        }
+        for (int i : major) {
+          for (int j : minor) {
+            if (!downed_by(*sim, i, j)) return false;
+          }
+        }
+        return true;
+      },
+      60s));
+  for (int i : major) EXPECT_FALSE(sim->node(i).stopped()) << name_of(i);
+  for (int i : minor) {
+    EXPECT_EQ(sim->node(i).self().status, MemberStatus::down);
+    bool self_downed = false;
+    for (const auto& e : sim->events(i)) self_downed |= e.kind == EventKind::self_downed;
+    EXPECT_TRUE(self_downed) << name_of(i);
+  }
+}
+
+TEST_F(Sim, AHealedPartitionReconverges) {
+  form(*sim, 12, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 12), range(0, 12)); }, 60s));
+  sim->partition({range(0, 8), range(8, 12)});
+  sim->run_for(3500ms);  // long enough to become unreachable, shorter than stable_after
+  sim->heal();
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 12), range(0, 12)); }, 30s));
+  EXPECT_EQ(downs_seen(*sim, range(0, 12)), 0);
+}
+
+TEST_F(Sim, OnePercentLossNoFalseDownsAndJoinsConverge) {
+  sim->set_link(LinkSpec{0.01, 1ms, 1ms, 0.01});
+  form(*sim, 30, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 30), range(0, 30)); }, 60s));
+  sim->run_for(120s);
+  EXPECT_EQ(downs_seen(*sim, range(0, 30)), 0);
+}
+
+TEST_F(Sim, TenPercentLossNoFalseDownsAndJoinsConverge) {
+  sim->set_link(LinkSpec{0.10, 1ms, 2ms, 0.02});
+  form(*sim, 30, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 30), range(0, 30)); }, 120s));
+  sim->run_for(120s);
+  EXPECT_EQ(downs_seen(*sim, range(0, 30)), 0);
+}
+
+TEST_F(Sim, AGracefulLeaveEndsRemovedEverywhere) {
+  form(*sim, 10, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 10), range(0, 10)); }, 60s));
+  sim->node(4).leave();
+  ASSERT_TRUE(sim->run_until(
+      [&] {
+        for (int i = 0; i < 10; ++i) {
+          if (i != 4 && view(*sim, i, 4)) return false;
+        }
+        return sim->node(4).stopped();
+      },
+      60s));
+  EXPECT_EQ(downs_seen(*sim, range(0, 10)), 0);
+  bool removed = false;
+  for (const auto& e : sim->events(4)) removed |= e.kind == EventKind::self_removed;
+  EXPECT_TRUE(removed);
+}
+
+TEST_F(Sim, ARestartedNodeRejoinsAsANewIncarnation) {
+  form(*sim, 8, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 8), range(0, 8)); }, 60s));
+  const auto old_uid = sim->node(3).self().uid;
+  sim->kill(3);
+  const int again = sim->add_node(name_of(3), cfg);  // same name, new uid and address
+  sim->join(again, {0});
+  ASSERT_TRUE(sim->run_until(
+      [&] {
+        for (int i : {0, 1, 2, 4, 5, 6, 7}) {
+          auto m = view(*sim, i, 3);
+          if (!m || m->uid == old_uid || m->status != MemberStatus::up) return false;
+        }
+        return true;
+      },
+      60s));
+  EXPECT_NE(sim->node(again).self().uid, old_uid);
+}
+
+TEST_F(Sim, SkewedClocksCauseNoFalseDowns) {
+  for (int i = 0; i < 12; ++i) sim->add_node(name_of(i), cfg, i % 3 == 0 ? 1.05 : (i % 3 == 1 ? 0.95 : 1.0));
+  for (int i = 0; i < 12; ++i) sim->join(i, {0});
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 12), range(0, 12)); }, 60s));
+  sim->run_for(60s);
+  EXPECT_EQ(downs_seen(*sim, range(0, 12)), 0);
+}
+
+TEST_F(Sim, OperatorDownAndLeaveOfAnotherMember) {
+  form(*sim, 6, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 6), range(0, 6)); }, 60s));
+  ASSERT_TRUE(sim->node(0).down(name_of(5)));
+  ASSERT_TRUE(sim->node(1).leave(name_of(4)));
+  EXPECT_FALSE(sim->node(0).down("nobody"));
+  ASSERT_TRUE(sim->run_until([&] { return sim->node(5).stopped() && sim->node(4).stopped(); }, 60s));
+  EXPECT_GE(sim->node(5).self().status, MemberStatus::down);
+}
+
+}  // namespace
+}  // namespace troupe::sim
