@@ -41,14 +41,20 @@ bench: build
 demo: build
 	@$(BUILD)/examples/hello_actors
 
-# libFuzzer on the decoders of untrusted bytes (clang; FUZZ_SECONDS per target, default 600).
+# libFuzzer on the decoders of untrusted bytes (clang): each of FUZZ_TARGETS for FUZZ_SECONDS
+# (default 600), one after the other, corpus in build-fuzz/corpus/<target>.
+FUZZ_TARGETS ?= frame_fuzz gossip_fuzz packet_open_fuzz
 fuzz: deps
 	@TROUPE_EXTRA_PACKAGES="clang libclang-rt-14-dev" scripts/install-deps.sh
 	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTROUPE_FUZZ=ON \
 	  -DTROUPE_SANITIZE=address,undefined -DTROUPE_BUILD_BENCH=OFF -DTROUPE_BUILD_EXAMPLES=OFF >/dev/null
-	@cmake --build build-fuzz -j $(JOBS) --target frame_fuzz
-	@mkdir -p build-fuzz/corpus/frame
-	build-fuzz/remoting/frame_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1 build-fuzz/corpus/frame
+	@cmake --build build-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build-fuzz/corpus/$$t; \
+	  echo "== $$t for $(FUZZ_SECONDS) s"; \
+	  $$(find build-fuzz -name $$t -type f -perm -u+x | head -1) -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+	    -print_final_stats=1 build-fuzz/corpus/$$t || exit 1; \
+	done
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz

@@ -963,6 +963,20 @@ bool SwimProtocol::down(const std::string& name) {
 void SwimProtocol::on_packet(const UdpEndpoint& from, std::span<const std::uint8_t> packet) { s_->on_packet(from, packet); }
 void SwimProtocol::on_refused(const UdpEndpoint& from, const std::string& reason) { s_->on_refused(from, reason); }
 void SwimProtocol::poll() { s_->poll(); }
+
+std::vector<std::uint8_t> SwimProtocol::refusal(const std::string& reason) const {
+  fb::FlatBufferBuilder b(256);
+  auto body = gossip::CreateRefusedDirect(b, reason.c_str());
+  auto name = b.CreateString(s_->me().info.name);
+  gossip::PacketBuilder pb(b);
+  pb.add_protocol_version(kGossipProtocolVersion);
+  pb.add_from_uid(s_->self_uid);
+  pb.add_from_name(name);
+  pb.add_body_type(gossip::Body::Refused);
+  pb.add_body(body.Union());
+  b.Finish(pb.Finish());
+  return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
+}
 std::chrono::nanoseconds SwimProtocol::next_wakeup() const { return s_->next_wakeup(); }
 void SwimProtocol::subscribe(std::function<void(const MembershipEvent&)> fn) { s_->subscribers.push_back(std::move(fn)); }
 

@@ -84,6 +84,9 @@ class SwimProtocol {
   void on_packet(const UdpEndpoint& from, std::span<const std::uint8_t> packet);
   /// A peer refused us (sealed for another cluster name, seen by the transport).
   void on_refused(const UdpEndpoint& from, const std::string& reason);
+  /// A Refused packet from this node, to answer a packet this node cannot accept (e.g. one of
+  /// another cluster: the transport seals it under that cluster's name).
+  std::vector<std::uint8_t> refusal(const std::string& reason) const;
   /// Does what is due at clock.now().
   void poll();
   /// When poll() next has something to do.

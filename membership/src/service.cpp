@@ -1,0 +1,243 @@
+#include <troupe/membership/service.hpp>
+
+#include <future>
+#include <random>
+#include <thread>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <fmt/format.h>
+#include <spdlog/logger.h>
+
+namespace troupe::membership {
+
+namespace {
+
+std::uint64_t random_u64() {
+  std::random_device rd;
+  std::uint64_t v = 0;
+  while (v == 0) v = (std::uint64_t{rd()} << 32) ^ rd();
+  return v;
+}
+
+/// "host:port" (IPv6 in brackets) -> endpoint; nullopt when malformed.
+std::optional<UdpEndpoint> split(const std::string& s) {
+  std::string host, port;
+  if (!s.empty() && s.front() == '[') {
+    auto close = s.find(']');
+    if (close == std::string::npos || close + 2 > s.size() || s[close + 1] != ':') return std::nullopt;
+    host = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+  } else {
+    auto colon = s.rfind(':');
+    if (colon == std::string::npos) return std::nullopt;
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+  }
+  if (host.empty() || port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) {
+    return std::nullopt;
+  }
+  const auto p = std::stoul(port);
+  if (p == 0 || p > 65535) return std::nullopt;
+  return UdpEndpoint{host, static_cast<std::uint16_t>(p)};
+}
+
+/// Every address of `ep.host` (itself when it is a literal); empty when it does not resolve.
+std::vector<UdpEndpoint> resolve_all(const UdpEndpoint& ep) {
+  boost::asio::io_context io;
+  boost::asio::ip::udp::resolver r(io);
+  boost::system::error_code ec;
+  auto results = r.resolve(ep.host, std::to_string(ep.port), ec);
+  std::vector<UdpEndpoint> out;
+  if (ec) return out;
+  for (const auto& e : results) {
+    UdpEndpoint u{e.endpoint().address().to_string(), e.endpoint().port()};
+    if (std::find(out.begin(), out.end(), u) == out.end()) out.push_back(u);
+  }
+  return out;
+}
+
+}  // namespace
+
+struct MembershipService::Impl {
+  MembershipServiceConfig cfg;
+  std::shared_ptr<spdlog::logger> log;
+  std::unique_ptr<UdpTransport> udp;
+  SteadyClock clock;
+  std::unique_ptr<SwimProtocol> proto;
+  std::thread::id io_thread;
+  std::vector<std::function<void(const MembershipEvent&)>> subscribers;  // io thread after start
+  std::mutex sub_mu;
+  std::atomic<bool> stopped{false};
+
+  /// Runs fn on the I/O thread and returns its result (inline when already there).
+  template <class F>
+  auto call(F&& fn) const -> decltype(fn()) {
+    // On the I/O thread, or once it has ended (stopped), nothing else touches the protocol.
+    if (std::this_thread::get_id() == io_thread || stopped) return fn();
+    std::packaged_task<decltype(fn())()> task(std::forward<F>(fn));
+    auto fut = task.get_future();
+    udp->post([&task] { task(); });
+    return fut.get();
+  }
+};
+
+MembershipService::MembershipService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipServiceConfig cfg,
+                                                                    std::shared_ptr<spdlog::logger> log,
+                                                                    std::string* error_detail) {
+  auto fail = [&](std::string why) -> std::error_code {
+    log->error("membership: {}", why);
+    if (error_detail) *error_detail = std::move(why);
+    return std::make_error_code(std::errc::invalid_argument);
+  };
+  if (auto bad = cfg.membership.validate(); !bad.empty()) return fail(bad);
+  if (cfg.node_name.empty() || cfg.node_name.size() > 128 ||
+      cfg.node_name.find_first_of(" \t\r\n") != std::string::npos) {
+    return fail("node_name: 1 to 128 characters without spaces");
+  }
+  if (!cfg.keyring) return fail("keyring: required (gossip is always sealed)");
+  const std::string advertise = cfg.advertise_host.empty() ? cfg.bind_host : cfg.advertise_host;
+  if (advertise.empty() || advertise == "0.0.0.0" || advertise == "::" || advertise == "*") {
+    return fail("advertise_host: required when binding a wildcard address");
+  }
+  std::vector<UdpEndpoint> seeds;
+  for (const auto& s : cfg.seeds) {
+    auto ep = split(s);
+    if (!ep) return fail("seeds: '" + s + "' is not host:port");
+    seeds.push_back(*ep);
+  }
+
+  auto impl = std::make_unique<Impl>();
+  auto& m = *impl;
+  m.cfg = std::move(cfg);
+  m.log = log;
+  if (m.cfg.uid == 0) m.cfg.uid = random_u64();
+  std::shared_ptr<PacketSealer> sealer;
+  try {
+    // The sealer's nonce prefix is its own random epoch: unique per process start.
+    sealer = std::make_shared<PacketSealer>(m.cfg.keyring, m.cfg.membership.cluster_name, random_u64());
+  } catch (const std::exception& e) {
+    return fail(std::string("cluster_name: ") + e.what());
+  }
+  UdpTransportConfig ucfg;
+  ucfg.bind_host = m.cfg.bind_host;
+  ucfg.port = m.cfg.port;
+  ucfg.mtu = m.cfg.mtu;
+  auto udp = UdpTransport::start(ucfg, sealer, log);
+  if (!udp) return fail(fmt::format("cannot bind gossip port {}:{}: {}", m.cfg.bind_host, m.cfg.port, udp.error().message()));
+  m.udp = std::move(udp).value();
+
+  SwimProtocol::Identity id;
+  id.name = m.cfg.node_name;
+  id.uid = m.cfg.uid;
+  id.gossip = UdpEndpoint{advertise, m.udp->local_endpoint().port};
+  id.remoting = m.cfg.remoting;
+  id.curve_key = m.cfg.curve_key;
+
+  // Seeds: every address of every name. The first configured seed decides who may form.
+  std::vector<UdpEndpoint> resolved;
+  for (const auto& s : seeds) {
+    auto all = resolve_all(s);
+    if (all.empty()) {
+      log->warn("membership: seed {} does not resolve (yet); using the name as given", s.to_string());
+      all.push_back(s);
+    }
+    for (auto& a : all) {
+      // This node itself, under the address other nodes use, keeps its place in the list.
+      if (a.port == id.gossip.port && (a.host == id.gossip.host || a.host == m.cfg.bind_host)) a = id.gossip;
+      resolved.push_back(a);
+    }
+  }
+
+  Impl* raw = &m;
+  std::promise<void> ready;
+  m.udp->post([raw, id, resolved, &ready] {
+    raw->io_thread = std::this_thread::get_id();
+    raw->proto = std::make_unique<SwimProtocol>(raw->cfg.membership, id, raw->clock, *raw->udp, random_u64(), raw->log);
+    raw->proto->subscribe([raw](const MembershipEvent& e) {
+      raw->log->info("membership event: {} {} ({:016x}) {}{}", to_string(e.kind), e.member.name, e.member.uid,
+                     to_string(e.member.status), e.detail.empty() ? "" : ": " + e.detail);
+      std::vector<std::function<void(const MembershipEvent&)>> subs;
+      {
+        std::lock_guard lk(raw->sub_mu);
+        subs = raw->subscribers;
+      }
+      for (auto& fn : subs) fn(e);
+    });
+    raw->udp->set_handler([raw](const UdpEndpoint& from, std::span<const std::uint8_t> p) {
+      raw->proto->on_packet(from, p);
+      raw->proto->poll();
+    });
+    raw->udp->set_mismatch_handler([raw](const UdpEndpoint& from, const std::string& theirs) {
+      auto why = fmt::format("cluster name mismatch: {} belongs to cluster '{}', not '{}'", raw->proto->self().name,
+                             raw->cfg.membership.cluster_name, theirs);
+      raw->log->warn("membership: refused a packet from {} of cluster '{}'", from.to_string(), theirs);
+      const auto bytes = raw->proto->refusal(why);
+      raw->udp->send_as(from, bytes, theirs);
+    });
+    raw->proto->join(resolved);
+    raw->udp->schedule_every(std::chrono::milliseconds(10), [raw] { raw->proto->poll(); });
+    ready.set_value();
+  });
+  ready.get_future().get();
+  log->info("membership: {} ({:016x}) gossiping at {} in cluster '{}', {} seeds", id.name, id.uid,
+            id.gossip.to_string(), m.cfg.membership.cluster_name, resolved.size());
+  return std::unique_ptr<MembershipService>(new MembershipService(std::move(impl)));
+}
+
+MembershipService::~MembershipService() { stop(); }
+
+void MembershipService::stop() {
+  if (impl_->stopped) return;
+  impl_->udp->stop();
+  impl_->stopped = true;
+}
+
+bool MembershipService::leave_and_wait(std::chrono::milliseconds timeout) {
+  auto done = std::make_shared<std::promise<bool>>();
+  auto fut = done->get_future();
+  auto fired = std::make_shared<std::atomic<bool>>(false);
+  subscribe([done, fired](const MembershipEvent& e) {
+    if (e.kind == EventKind::self_removed && !fired->exchange(true)) done->set_value(true);
+  });
+  impl_->call([&] { return impl_->proto->leave(impl_->proto->self().name); });
+  if (fut.wait_for(timeout) != std::future_status::ready) return false;
+  return fut.get();
+}
+
+bool MembershipService::leave(const std::string& name) {
+  return impl_->call([&] { return impl_->proto->leave(name); });
+}
+bool MembershipService::down(const std::string& name) {
+  return impl_->call([&] { return impl_->proto->down(name); });
+}
+
+void MembershipService::subscribe(std::function<void(const MembershipEvent&)> fn) {
+  std::lock_guard lk(impl_->sub_mu);
+  impl_->subscribers.push_back(std::move(fn));
+}
+
+std::vector<MemberInfo> MembershipService::members() const {
+  return impl_->call([&] { return impl_->proto->members(); });
+}
+std::optional<MemberInfo> MembershipService::leader() const {
+  return impl_->call([&] { return impl_->proto->leader(); });
+}
+MemberInfo MembershipService::self() const {
+  return impl_->call([&] { return impl_->proto->self(); });
+}
+std::vector<Decision> MembershipService::history(const std::string& name) const {
+  return impl_->call([&] { return impl_->proto->history(name); });
+}
+SwimStats MembershipService::stats() const {
+  return impl_->call([&] { return impl_->proto->stats(); });
+}
+UdpTransportStats MembershipService::transport_stats() const { return impl_->udp->stats(); }
+UdpEndpoint MembershipService::endpoint() const {
+  return impl_->call([&] { return impl_->proto->self().gossip; });
+}
+const std::shared_ptr<Keyring>& MembershipService::keyring() const { return impl_->cfg.keyring; }
+
+}  // namespace troupe::membership
