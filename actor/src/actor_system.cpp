@@ -253,6 +253,7 @@ const std::string& ActorSystem::node_id() const noexcept { return impl_->config.
 MessageRegistry& ActorSystem::registry() noexcept { return impl_->registry; }
 TimerService& ActorSystem::timers() noexcept { return *impl_->timers; }
 spdlog::logger& ActorSystem::log() const noexcept { return *impl_->log; }
+std::shared_ptr<spdlog::logger> ActorSystem::log_ptr() const noexcept { return impl_->log; }
 
 ActorSystemStats ActorSystem::stats() const noexcept {
   auto& i = *impl_;

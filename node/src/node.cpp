@@ -1,5 +1,6 @@
 #include <troupe/node/node.hpp>
 
+#include <fmt/format.h>
 #include <spdlog/logger.h>
 
 #include <troupe/serialization/system_generated.h>
@@ -84,6 +85,39 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
   }
   n->transport_ = std::move(t).value();
   for (const auto& [endpoint, key] : options.peer_keys) n->transport_->add_peer_key(endpoint, key);
+  if (options.membership) {
+    auto mc = std::move(*options.membership);
+    mc.node_name = n->system_->node_id();
+    mc.uid = n->transport_->address().uid;
+    mc.remoting = n->transport_->address().to_string();
+    mc.curve_key = options.transport.insecure ? std::string() : options.transport.keys.public_key;
+    std::string why;
+    auto ms = membership::MembershipService::start(std::move(mc), n->system_->log_ptr(), &why);
+    if (!ms) {
+      n->transport_->stop();
+      n->system_->shutdown();
+      return ms.error();
+    }
+    n->membership_ = std::move(ms).value();
+    auto* transport = n->transport_.get();
+    const auto self_uid = n->transport_->address().uid;
+    auto user = options.on_event;
+    n->membership_->subscribe([transport, self_uid, user](const membership::MembershipEvent& e) {
+      using membership::EventKind;
+      const auto& m = e.member;
+      if (m.uid != self_uid) {
+        if ((e.kind == EventKind::joined || e.kind == EventKind::up) && !m.remoting.empty() && !m.curve_key.empty()) {
+          if (auto a = remoting::parse_node_address(m.remoting); a && a->uid == m.uid) {
+            transport->add_peer_key(a->endpoint(), m.curve_key);
+          }
+        }
+        if (e.kind == EventKind::downed || e.kind == EventKind::removed) {
+          transport->node_lost(m.uid, fmt::format("member {} is {}", m.name, membership::to_string(m.status)));
+        }
+      }
+      if (user) user(e);
+    });
+  }
   if (options.test_actors) {
     n->system_->spawn<EchoActor>(SpawnOptions{.name = "echo"});
     n->system_->spawn<SinkActor>(SpawnOptions{.name = "sink"});
@@ -97,8 +131,16 @@ Node::~Node() { stop(); }
 void Node::stop() {
   if (stopped_) return;
   stopped_ = true;
+  if (membership_) membership_->stop();
   if (transport_) transport_->stop();
   if (system_) system_->shutdown();
+}
+
+bool Node::leave_and_stop(std::chrono::milliseconds timeout) {
+  bool left = true;
+  if (membership_ && !stopped_) left = membership_->leave_and_wait(timeout);
+  stop();
+  return left;
 }
 
 }  // namespace troupe::node

@@ -2,10 +2,13 @@
 // port with its CURVE key pair and allow-list read from files and can host the test actors;
 // configuration files, environment variables, membership and the admin HTTP server come later.
 //
-// On start it prints one line to stdout, "troupe-node ready <address>", then runs until SIGTERM
-// or SIGINT (exit 0). SIGHUP re-reads the allow-list file. A bad flag or file exits 2 with a
-// message naming it.
+// On start it prints one line to stdout, "troupe-node ready <address>[ gossip <host:port>]",
+// then one line per membership event ("troupe-node event <kind> <name> <uid> <status>
+// [detail]"). SIGTERM or SIGINT: leave the cluster gracefully and exit 0. Downed by the cluster:
+// exit 3. SIGHUP re-reads the allow-list file. A bad flag or file exits 2 with a message naming
+// it.
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -15,7 +18,10 @@
 #include <CLI/CLI.hpp>
 
 #include <troupe/node/node.hpp>
+#include <troupe/membership/keyring.hpp>
 #include <troupe/remoting/security.hpp>
+
+#include <unistd.h>
 
 namespace {
 
@@ -71,6 +77,19 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--insecure", opt.transport.insecure, "no CURVE: no encryption or authentication (development only)");
   app.add_flag("--test-actors", opt.test_actors, "host /user/echo, /user/relay and /user/sink (tests, benchmarks)");
+  // Membership (gossip): on when a keyring is given.
+  std::string keyring_file, preset = "lan", cluster = "troupe", gossip_bind, gossip_advertise;
+  std::uint16_t gossip_port = 7946;
+  std::vector<std::string> seeds;
+  app.add_option("--keyring", keyring_file, "gossip keyring file (base64 AES-256 keys, primary first; mode 0600); "
+                                             "enables membership");
+  app.add_option("--preset", preset, "membership timings: local, lan or wan")->check(CLI::IsMember({"local", "lan", "wan"}))
+      ->capture_default_str();
+  app.add_option("--cluster", cluster, "cluster name (packets of another cluster are refused)")->capture_default_str();
+  app.add_option("--gossip-bind", gossip_bind, "interface of the gossip port (default: --bind)");
+  app.add_option("--gossip-port", gossip_port, "gossip UDP port (0: any free port)")->capture_default_str();
+  app.add_option("--gossip-advertise", gossip_advertise, "host other nodes use for gossip (default: --advertise)");
+  app.add_option("--seed", seeds, "host:port of a seed node (repeatable; a name resolves to all its addresses)");
   CLI11_PARSE(app, argc, argv);
   opt.transport.max_queue_per_peer = max_queue;
 
@@ -83,6 +102,26 @@ int main(int argc, char** argv) {
     auto keys = read_allow_list(allow_file);
     if (!keys) return fail(keys.error());
     opt.transport.allow_list = std::make_shared<remoting::AllowList>(keys.keys);
+  }
+  std::shared_ptr<membership::Keyring> keyring;
+  if (!keyring_file.empty()) {
+    std::string detail;
+    auto ring = membership::load_keyring(keyring_file, &detail);
+    if (!ring) return fail("--keyring " + keyring_file + ": " + (detail.empty() ? ring.error().message() : detail));
+    keyring = *ring;
+    membership::MembershipServiceConfig mc;
+    mc.membership = preset == "local" ? membership::MembershipConfig::local()
+                    : preset == "wan" ? membership::MembershipConfig::wan()
+                                      : membership::MembershipConfig::lan();
+    mc.membership.cluster_name = cluster;
+    mc.bind_host = gossip_bind.empty() ? opt.transport.bind_host : gossip_bind;
+    mc.port = gossip_port;
+    mc.advertise_host = !gossip_advertise.empty() ? gossip_advertise : opt.transport.advertise_host;
+    mc.seeds = seeds;
+    mc.keyring = keyring;
+    opt.membership = std::move(mc);
+  } else if (!seeds.empty()) {
+    return fail("--seed needs --keyring (gossip is always encrypted)");
   }
   for (const auto& pk : peer_keys) {
     const auto eq = pk.find('=');
@@ -99,18 +138,45 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGHUP);
+  sigaddset(&stop_signals, SIGUSR1);  // raised by this process: it was downed or removed
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  // Membership events, one per line on stdout (for operators' scripts and the tests).
+  std::atomic<int> exit_code{0};
+  opt.on_event = [&exit_code](const membership::MembershipEvent& e) {
+    std::printf("troupe-node event %s %s %016llx %s%s%s\n", membership::to_string(e.kind), e.member.name.c_str(),
+                static_cast<unsigned long long>(e.member.uid), membership::to_string(e.member.status),
+                e.detail.empty() ? "" : " ", e.detail.c_str());
+    std::fflush(stdout);
+    if (e.kind == membership::EventKind::self_downed) {
+      exit_code = 3;
+      ::kill(::getpid(), SIGUSR1);
+    } else if (e.kind == membership::EventKind::self_removed) {
+      ::kill(::getpid(), SIGUSR1);
+    }
+  };
 
   auto allow = opt.transport.allow_list;
   auto n = node::Node::start(std::move(opt));
   if (!n) return fail("cannot start: " + n.error().message());
   auto& log = (*n)->system().log();
-  std::cout << "troupe-node ready " << (*n)->transport().address().to_string() << std::endl;
+  {
+    std::string line = "troupe-node ready " + (*n)->transport().address().to_string();
+    if (auto* m = (*n)->membership()) line += " gossip " + m->endpoint().to_string();
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  }
+  bool graceful = false;
   for (;;) {
     int sig = 0;
     sigwait(&stop_signals, &sig);
+    if (sig == SIGUSR1) {
+      log.warn(exit_code == 3 ? "this node was downed by the cluster: stopping" : "left the cluster: stopping");
+      break;
+    }
     if (sig != SIGHUP) {
-      log.info("signal {}: stopping", sig);
+      log.info("signal {}: leaving the cluster and stopping", sig);
+      graceful = true;
       break;
     }
     // SIGHUP: re-read the allow-list; a bad file keeps the current list.
@@ -123,6 +189,10 @@ int main(int argc, char** argv) {
     allow->replace(keys.keys);
     log.info("allow-list reloaded: {} keys", allow->size());
   }
-  (*n)->stop();
-  return 0;
+  if (graceful && (*n)->membership()) {
+    (*n)->leave_and_stop(std::chrono::seconds(15));
+  } else {
+    (*n)->stop();
+  }
+  return exit_code;
 }

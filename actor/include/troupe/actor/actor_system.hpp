@@ -101,6 +101,8 @@ class ActorSystem {
   MessageRegistry& registry() noexcept;
   TimerService& timers() noexcept;
   spdlog::logger& log() const noexcept;
+  /// The same logger, shared (for components that keep it).
+  std::shared_ptr<spdlog::logger> log_ptr() const noexcept;
   ActorSystemStats stats() const noexcept;
 
   struct Impl;

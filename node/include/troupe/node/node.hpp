@@ -9,7 +9,11 @@
 #include <utility>
 #include <vector>
 
+#include <functional>
+#include <optional>
+
 #include <troupe/actor/actor_system.hpp>
+#include <troupe/membership/service.hpp>
 #include <troupe/remoting/transport.hpp>
 #include <troupe/serialization/result.hpp>
 
@@ -25,6 +29,13 @@ struct NodeOptions {
   std::vector<std::pair<std::string, std::string>> peer_keys;
   /// Host the built-in test actors (/user/echo, /user/relay, /user/sink; see node.fbs).
   bool test_actors = false;
+  /// Gossip membership (absent: a remoting-only node). Its node_name, uid, remoting address and
+  /// CURVE key are filled in from this node; a downed or removed member is a node loss for
+  /// remoting (every watch of its actors terminates), and a member's advertised CURVE key is
+  /// declared to remoting.
+  std::optional<membership::MembershipServiceConfig> membership;
+  /// Every membership event (on the gossip I/O thread), after the node has reacted to it.
+  std::function<void(const membership::MembershipEvent&)> on_event;
 };
 
 class Node {
@@ -36,16 +47,21 @@ class Node {
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
-  /// Stops the transport, then the actor system. Idempotent.
+  /// Stops membership (without leaving), the transport, then the actor system. Idempotent.
   void stop();
+  /// Leaves the cluster gracefully (waits up to `timeout` for the removal), then stops.
+  bool leave_and_stop(std::chrono::milliseconds timeout);
 
   ActorSystem& system() noexcept { return *system_; }
   remoting::Transport& transport() noexcept { return *transport_; }
+  /// Null without membership.
+  membership::MembershipService* membership() noexcept { return membership_.get(); }
 
  private:
   Node() = default;
   std::unique_ptr<ActorSystem> system_;
   std::unique_ptr<remoting::Transport> transport_;
+  std::unique_ptr<membership::MembershipService> membership_;
   bool stopped_ = false;
 };
 

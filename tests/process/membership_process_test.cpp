@@ -1,0 +1,282 @@
+// Membership between real troupe-node processes on loopback (real UDP, sealed gossip): five
+// nodes form; SIGKILL one (all others down it); SIGSTOP one shorter than the tolerance (nobody
+// downs it) and longer (it is downed, and when it wakes it learns so and exits 3); a graceful
+// leave (SIGTERM); a restarted node rejoins as a new incarnation. The nodes print one line per
+// membership event; the test waits for the lines it expects.
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <troupe/membership/keyring.hpp>
+#include <troupe/node/node.hpp>
+#include <troupe/remoting/security.hpp>
+#include <troupe/serialization/system_generated.h>
+
+#include "testkit.hpp"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/troupe-mproc-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::filesystem::path path;
+};
+
+/// A troupe-node process whose stdout lines are collected by a reader thread.
+class Proc {
+ public:
+  explicit Proc(std::vector<std::string> args) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(fds[1], 1);
+      std::vector<char*> argv;
+      static std::string bin = TROUPE_NODE_BIN;
+      argv.push_back(bin.data());
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(bin.c_str(), argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    out_ = fds[0];
+    reader_ = std::thread([this] { read_lines(); });
+    if (!wait_line([](const std::string& l) { return l.starts_with("troupe-node ready "); }, 20s)) {
+      throw std::runtime_error("troupe-node did not get ready");
+    }
+    std::lock_guard lk(mu_);
+    for (const auto& l : lines_) {
+      if (auto g = l.find(" gossip "); l.starts_with("troupe-node ready ") && g != std::string::npos) {
+        gossip = l.substr(g + 8);
+      }
+    }
+  }
+  ~Proc() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    reader_.join();
+    ::close(out_);
+  }
+  /// Waits for a line (seen before or arriving later) that satisfies `pred`.
+  bool wait_line(const std::function<bool(const std::string&)>& pred, std::chrono::milliseconds limit) {
+    std::unique_lock lk(mu_);
+    return cv_.wait_for(lk, limit, [&] { return std::any_of(lines_.begin(), lines_.end(), pred) ; });
+  }
+  bool saw_event(const std::string& kind, const std::string& name, std::chrono::milliseconds limit) {
+    const auto prefix = "troupe-node event " + kind + " " + name + " ";
+    return wait_line([&](const std::string& l) { return l.starts_with(prefix); }, limit);
+  }
+  /// Waits until `n` lines of event `kind` about `name` were printed.
+  bool wait_count(const std::string& kind, const std::string& name, std::size_t n, std::chrono::milliseconds limit) {
+    const auto prefix = "troupe-node event " + kind + " " + name + " ";
+    std::unique_lock lk(mu_);
+    return cv_.wait_for(lk, limit, [&] {
+      return static_cast<std::size_t>(std::count_if(lines_.begin(), lines_.end(), [&](const std::string& l) {
+               return l.starts_with(prefix);
+             })) >= n;
+    });
+  }
+  std::size_t count_event(const std::string& kind, const std::string& name) {
+    const auto prefix = "troupe-node event " + kind + " " + name + " ";
+    std::lock_guard lk(mu_);
+    return static_cast<std::size_t>(std::count_if(lines_.begin(), lines_.end(),
+                                                  [&](const std::string& l) { return l.starts_with(prefix); }));
+  }
+  void signal(int sig) const { ::kill(pid_, sig); }
+  /// Waits for the process to exit (after a signal or on its own); returns its status.
+  int wait_exit(int sig = 0) {
+    if (sig) ::kill(pid_, sig);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+  std::string gossip;
+
+ private:
+  void read_lines() {
+    std::string buf;
+    char chunk[4096];
+    for (;;) {
+      auto k = ::read(out_, chunk, sizeof chunk);
+      if (k <= 0) break;
+      buf.append(chunk, static_cast<std::size_t>(k));
+      std::size_t nl;
+      while ((nl = buf.find('\n')) != std::string::npos) {
+        {
+          std::lock_guard lk(mu_);
+          lines_.push_back(buf.substr(0, nl));
+        }
+        cv_.notify_all();
+        buf.erase(0, nl + 1);
+      }
+    }
+  }
+  pid_t pid_ = -1;
+  int out_ = -1;
+  std::thread reader_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> lines_;
+};
+
+struct Five : ::testing::Test {
+  Five() {
+    std::ofstream allow(dir.path / "allow");
+    for (int i = 0; i < 6; ++i) {
+      auto kp = remoting::generate_keypair().value();
+      EXPECT_FALSE(remoting::save_keypair(kp, dir.path, name(i)));
+      allow << kp.public_key << "\n";
+    }
+    allow.close();
+    membership::Keyring ring(membership::generate_key().value());
+    EXPECT_FALSE(membership::save_keyring(ring, dir.path / "keyring"));
+  }
+  static std::string name(int i) { return "n" + std::to_string(i); }
+  std::vector<std::string> args(int i) {
+    std::vector<std::string> a{"--name", name(i), "--port", "0", "--workers", "1",
+                               "--key-file", (dir.path / (name(i) + ".key")).string(),
+                               "--allow-list", (dir.path / "allow").string(),
+                               "--keyring", (dir.path / "keyring").string(),
+                               "--preset", "local", "--gossip-port", "0"};
+    if (!seed.empty()) {
+      a.push_back("--seed");
+      a.push_back(seed);
+    }
+    return a;
+  }
+  void start_all(int n = 5) {
+    nodes.push_back(std::make_unique<Proc>(args(0)));
+    seed = nodes[0]->gossip;
+    ASSERT_FALSE(seed.empty());
+    for (int i = 1; i < n; ++i) nodes.push_back(std::make_unique<Proc>(args(i)));
+    for (int i = 0; i < n; ++i) {
+      for (int j = 0; j < n; ++j) {
+        ASSERT_TRUE(nodes[i]->saw_event("up", name(j), 30s)) << name(i) << " never saw " << name(j) << " up";
+      }
+    }
+  }
+  TempDir dir;
+  std::string seed;
+  std::vector<std::unique_ptr<Proc>> nodes;
+};
+
+TEST_F(Five, FormThenAKilledNodeIsDownedByAllOthers) {
+  start_all();
+  nodes[3]->wait_exit(SIGKILL);
+  for (int i : {0, 1, 2, 4}) EXPECT_TRUE(nodes[i]->saw_event("downed", name(3), 30s)) << name(i);
+}
+
+TEST_F(Five, AShortStopDownsNobodyALongOneDownsTheNodeWhichThenExits) {
+  start_all();
+  nodes[2]->signal(SIGSTOP);
+  std::this_thread::sleep_for(1s);  // the pause itself (local preset tolerance: ~4.5 s)
+  nodes[2]->signal(SIGCONT);
+  // Longer than the tolerance, after the pause: still nobody downed it.
+  EXPECT_FALSE(nodes[0]->saw_event("downed", name(2), 8s));
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(nodes[i]->count_event("downed", name(2)), 0u) << name(i);
+
+  nodes[2]->signal(SIGSTOP);
+  for (int i : {0, 1, 3, 4}) EXPECT_TRUE(nodes[i]->saw_event("downed", name(2), 30s)) << name(i);
+  nodes[2]->signal(SIGCONT);
+  EXPECT_TRUE(nodes[2]->saw_event("self_downed", name(2), 30s));
+  const int status = nodes[2]->wait_exit();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 3) << "a downed node stops with exit code 3";
+}
+
+TEST_F(Five, AGracefulLeaveIsRemovedEverywhereAndExitsZero) {
+  start_all();
+  nodes[4]->signal(SIGTERM);
+  for (int i : {0, 1, 2, 3}) EXPECT_TRUE(nodes[i]->saw_event("removed", name(4), 30s)) << name(i);
+  const int status = nodes[4]->wait_exit();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  for (int i : {0, 1, 2, 3}) EXPECT_EQ(nodes[i]->count_event("downed", name(4)), 0u) << name(i);
+}
+
+TEST_F(Five, ARestartedNodeRejoinsAsANewIncarnation) {
+  start_all();
+  nodes[1]->wait_exit(SIGKILL);
+  nodes[1] = std::make_unique<Proc>(args(1));
+  // The old incarnation is downed (replaced), the new one comes up: two "up n1" lines everywhere.
+  for (int i : {0, 2, 3, 4}) {
+    EXPECT_TRUE(nodes[i]->saw_event("downed", name(1), 30s)) << name(i);
+    EXPECT_TRUE(nodes[i]->wait_count("up", name(1), 2, 30s)) << name(i);
+  }
+}
+
+TEST_F(Five, ADownedMemberTerminatesEveryRemoteWatchOfItsActors) {
+  // This test process is a member too (an in-process Node), watching an actor on n1.
+  nodes.push_back(std::make_unique<Proc>(args(0)));
+  seed = nodes[0]->gossip;
+  auto a1 = args(1);
+  a1.push_back("--test-actors");
+  nodes.push_back(std::make_unique<Proc>(a1));
+  node::NodeOptions o;
+  o.name = name(5);
+  o.workers = 2;
+  o.transport.port = 0;
+  o.transport.keys = remoting::load_keypair(dir.path / (name(5) + ".key")).value();
+  std::ifstream in(dir.path / "allow");
+  std::stringstream text;
+  text << in.rdbuf();
+  o.transport.allow_list = std::make_shared<remoting::AllowList>(remoting::parse_allow_list(text.str()).value());
+  membership::MembershipServiceConfig mc;
+  mc.membership = membership::MembershipConfig::local();
+  mc.port = 0;
+  mc.seeds = {seed};
+  mc.keyring = membership::load_keyring(dir.path / "keyring").value();
+  o.membership = mc;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::string n1_remoting;
+  o.on_event = [&](const membership::MembershipEvent& e) {
+    if (e.kind == membership::EventKind::up && e.member.name == name(1)) {
+      std::lock_guard lk(mu);
+      n1_remoting = e.member.remoting;
+      cv.notify_all();
+    }
+  };
+  auto a = node::Node::start(std::move(o)).value();
+  {
+    std::unique_lock lk(mu);
+    ASSERT_TRUE(cv.wait_for(lk, 30s, [&] { return !n1_remoting.empty(); }));
+  }
+  testkit::Probe probe(a->system());
+  // The CURVE key came with the member record: no --peer-key needed.
+  auto echo = a->transport().resolve(n1_remoting + "/user/echo").value();
+  probe.watch(a->system(), echo);
+  ASSERT_TRUE(echo.ask(testkit::cmd("x"), 10s).get().error() != ActorErrc::timeout) << "n1 is reachable";
+  nodes[1]->wait_exit(SIGKILL);
+  auto t = probe.next(30s);
+  ASSERT_TRUE(t) << "no Terminated after n1 was killed";
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::NodeDown);
+  EXPECT_TRUE(nodes[0]->saw_event("downed", name(1), 30s));
+  a->stop();
+}
+
+}  // namespace
+}  // namespace troupe
