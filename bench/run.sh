@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Troupe's benchmarks and their peers in one go and writes build/bench/results.json:
 # one object per figure {"name","value","unit","peer","peer_value","ratio"}, ratio = value /
-# peer_value (for throughputs higher is better, for bytes lower is better).
+# peer_value (for throughputs higher is better, for bytes and latencies lower is better).
 # Usage: bench/run.sh [build-dir] [extra args for the harnesses, e.g. --scale 0.1]
 set -euo pipefail
 build=${1:-build}
@@ -30,6 +30,23 @@ for w in pingpong_1pair pingpong_100pairs fanin_2senders idle_actor_bytes pool_r
   run caf.part "$build/bench/caf_bench" --only "$w" "$@"
   cat "$out/caf.part.jsonl" >>"$out/caf.jsonl"
 done
+
+# Remoting, node to node over loopback in two processes (each harness starts its own server
+# process): raw libzmq with CURVE, Troupe and CAF's libcaf_io alternate, workload by workload.
+: >"$out/remote.jsonl"
+: >"$out/caf_remote.jsonl"
+for size in 64B 1KiB; do
+  run remote.part "$build/bench/remote_bench" --only "zmq_tell_$size" "$@"
+  cat "$out/remote.part.jsonl" >>"$out/remote.jsonl"
+  run remote.part "$build/bench/remote_bench" --only "remote_tell_$size" "$@"
+  cat "$out/remote.part.jsonl" >>"$out/remote.jsonl"
+  run caf_remote.part "$build/bench/caf_remote_bench" --only "remote_tell_$size" "$@"
+  cat "$out/caf_remote.part.jsonl" >>"$out/caf_remote.jsonl"
+done
+for w in zmq_pingpong remote_ask; do
+  run remote.part "$build/bench/remote_bench" --only "$w" "$@"
+  cat "$out/remote.part.jsonl" >>"$out/remote.jsonl"
+done
 rm -f "$out"/*.part.jsonl
 
 # Join on name (awk: the lines are flat objects written by our own harnesses).
@@ -43,26 +60,57 @@ awk -v peer="CAF 0.17.6" '
   file == 1 { peerv[field($0, "name")] = field($0, "value"); next }
   { name = field($0, "name"); order[++n] = name; val[name] = field($0, "value"); unit[name] = field($0, "unit") }
   END {
-    printf "[\n"
     for (i = 1; i <= n; i++) {
       k = order[i]
       if (k in peerv && peerv[k] + 0 != 0) {
-        printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":\"%s\",\"peer_value\":%s,\"ratio\":%.3f}", k, val[k], unit[k], peer, peerv[k], val[k] / peerv[k]
+        printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":\"%s\",\"peer_value\":%s,\"ratio\":%.3f}\n", k, val[k], unit[k], peer, peerv[k], val[k] / peerv[k]
       } else {
-        printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":null,\"peer_value\":null,\"ratio\":null}", k, val[k], unit[k]
+        printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":null,\"peer_value\":null,\"ratio\":null}\n", k, val[k], unit[k]
       }
-      printf (i < n ? ",\n" : "\n")
     }
-    printf "]\n"
-  }' "$out/caf.jsonl" "$out/troupe.jsonl" >"$out/results.json"
+  }' "$out/caf.jsonl" "$out/troupe.jsonl" >"$out/results.lines"
 
-printf '%-22s %16s %16s %8s  %s\n' figure troupe "CAF 0.17" ratio unit
+# The remote figures: each Troupe figure against its own peer (a missing Troupe figure, i.e. an
+# invalid run or a harness that was not built, is left out with a warning).
+awk -v rfile="$out/remote.jsonl" '
+  function field(line, key,   m) {
+    if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
+    if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
+    return ""
+  }
+  function pair(name, key, unit, peer, pv,   v) {
+    v = remote[key]
+    if (v == "") { printf "run.sh: no figure for %s (invalid run or harness not built)\n", name > "/dev/stderr"; return }
+    if (pv != "" && pv + 0 != 0) {
+      printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":\"%s\",\"peer_value\":%s,\"ratio\":%.3f}\n", name, v, unit, peer, pv, v / pv
+    } else {
+      printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":null,\"peer_value\":null,\"ratio\":null}\n", name, v, unit
+    }
+  }
+  FILENAME == rfile { remote[field($0, "name")] = field($0, "value"); next }
+  { caf[field($0, "name")] = field($0, "value") }
+  END {
+    zmq = "raw libzmq CURVE, 1 msg/frame"; cafp = "CAF 0.17.6 libcaf-io"; pp = "raw ZeroMQ CURVE ping-pong"
+    pair("remote_tell_64B", "remote_tell_64B", "msg/s", zmq, remote["zmq_tell_64B"])
+    pair("remote_tell_1KiB", "remote_tell_1KiB", "msg/s", zmq, remote["zmq_tell_1KiB"])
+    pair("remote_tell_64B_vs_caf", "remote_tell_64B", "msg/s", cafp, caf["remote_tell_64B"])
+    pair("remote_tell_1KiB_vs_caf", "remote_tell_1KiB", "msg/s", cafp, caf["remote_tell_1KiB"])
+    pair("remote_ask_p50_us", "remote_ask_p50_us", "us", pp, remote["zmq_pingpong_p50_us"])
+    pair("remote_ask_p99_us", "remote_ask_p99_us", "us", pp, remote["zmq_pingpong_p99_us"])
+  }' "$out/remote.jsonl" "$out/caf_remote.jsonl" >>"$out/results.lines"
+
+# One JSON array: the lines joined with commas.
+awk 'BEGIN { printf "[\n" } { if (NR > 1) printf ",\n"; printf "%s", $0 } END { printf "\n]\n" }' \
+  "$out/results.lines" >"$out/results.json"
+rm -f "$out/results.lines"
+
+printf '%-24s %16s %16s %8s  %-6s %s\n' figure troupe peer ratio unit "peer name"
 awk '
   function field(line, key,   m) {
     if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
     if (match(line, "\"" key "\":[-0-9.eE+]+|\"" key "\":null")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
     return ""
   }
-  /"name"/ { printf "%-22s %16s %16s %8s  %s\n", field($0,"name"), field($0,"value"), field($0,"peer_value"), field($0,"ratio"), field($0,"unit") }
+  /"name"/ { printf "%-24s %16s %16s %8s  %-6s %s\n", field($0,"name"), field($0,"value"), field($0,"peer_value"), field($0,"ratio"), field($0,"unit"), field($0,"peer") }
 ' "$out/results.json"
 echo "written: $out/results.json" >&2

@@ -136,11 +136,12 @@ struct Peer {
 
 struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   Core(ActorSystem& s, TransportConfig c) : system(s), cfg(std::move(c)), log(s.log()) {}
+  struct Conn;
 
   // ---- any thread ------------------------------------------------------------------------------
   void enqueue(Outbound&& o);
   bool post(std::function<void()> fn);
-  ActorRef remote_ref(const NodeAddress& node, std::string_view path);
+  ActorRef remote_ref(const NodeAddress& node, std::string_view path, const std::string* node_str = nullptr);
   std::shared_ptr<Peer> peer_for(const NodeAddress& node);
   std::string export_ref(const ActorRef& r);
   ActorRef exported(std::string_view path);
@@ -161,9 +162,9 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void read_dealer(Peer& p);
   void read_monitor(zmq::socket_t& mon, Peer* p);
   void handle_frame(const std::string& rid, std::string_view key, const zmq::message_t& body);
-  void deliver(const NodeAddress& origin, InEnvelope&& e);
+  void deliver(Conn& c, InEnvelope&& e);
   ActorRef local_target(const std::string& path);
-  ActorRef sender_ref(const NodeAddress& origin, const std::string& s);
+  ActorRef sender_ref(const Conn& c, const std::string& s);
   void send_ack(const std::string& rid);
   void watch_op(const ActorRef& remote, const ActorRef& watcher, bool add);
   void on_watch(const NodeAddress& origin, const InEnvelope& e, bool add);
@@ -191,6 +192,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   // Hand-over queue (q_mu).
   std::mutex q_mu;
   std::vector<Outbound> out;
+  std::vector<Outbound> spare;  // I/O thread: the other half of the double buffer
   std::vector<std::function<void()>> ops;
   bool stopped = false;
   std::atomic<std::size_t> queued_work{0};
@@ -220,6 +222,11 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     NodeAddress origin;
     std::string origin_str;
     std::string key;
+    // The last sender and recipient seen on this connection (runs of messages share them).
+    std::string last_sender;
+    ActorRef last_sender_ref;
+    std::string last_recipient;
+    ActorRef last_recipient_ref;
   };
   std::unordered_map<std::string, Conn> conns;  // by ROUTER routing id
   std::vector<std::shared_ptr<Peer>> active;     // peers with a DEALER or pending messages
@@ -359,8 +366,8 @@ std::shared_ptr<Peer> Transport::Core::peer_for(const NodeAddress& node) {
   return p;
 }
 
-ActorRef Transport::Core::remote_ref(const NodeAddress& node, std::string_view path) {
-  std::string address = node.to_string();
+ActorRef Transport::Core::remote_ref(const NodeAddress& node, std::string_view path, const std::string* node_str) {
+  std::string address = node_str ? *node_str : node.to_string();
   address.append(path);
   std::lock_guard lk(mu);
   auto it = refs.find(address);
@@ -484,12 +491,14 @@ std::string Transport::Core::sender_string(const Outbound& o) {
 }
 
 void Transport::Core::take_work() {
-  std::vector<Outbound> batch;
+  // Double-buffered: the producers' vector keeps its capacity from one round to the next.
+  auto& batch = spare;
+  batch.clear();
   std::vector<std::function<void()>> todo;
   {
     std::lock_guard lk(q_mu);
     batch.swap(out);
-    todo.swap(ops);
+    if (!ops.empty()) todo.swap(ops);
   }
   if (batch.empty() && todo.empty()) return;
   queued_work.fetch_sub(batch.size() + todo.size(), std::memory_order_relaxed);
@@ -504,6 +513,7 @@ void Transport::Core::take_work() {
     if (p.pending.empty() && !p.dealer) active.push_back(o.peer);
     p.pending.push_back(std::move(o));
   }
+  batch.clear();
   for (auto& fn : todo) fn();
 }
 
@@ -535,10 +545,20 @@ void Transport::Core::flush(Peer& p) {
     if (!(p.dealer->get(zmq::sockopt::events) & ZMQ_POLLOUT)) return;
     builder.reset();
     std::size_t k = 0;
+    // Consecutive messages usually share a sender: its address is computed once per run.
+    const troupe::detail::RefTarget* last_sender = nullptr;
+    std::string from;
     while (k < p.pending.size() && k < cfg.limits.max_envelopes && builder.approx_bytes() < cfg.max_batch_bytes) {
       const auto& o = p.pending[k];
       const std::string& to = o.recipient ? static_cast<RemoteRef*>(o.recipient.target())->local_path() : o.to;
-      builder.add(o.msg.type(), to, sender_string(o), 0, o.msg.bytes());
+      if (!o.from.empty() || !o.sender) {
+        last_sender = nullptr;
+        from = o.from;
+      } else if (o.sender.target() != last_sender) {
+        last_sender = o.sender.target();
+        from = sender_string(o);
+      }
+      builder.add(o.msg.type(), to, from, 0, o.msg.bytes());
       ++k;
     }
     auto f = builder.finish(self_origin, p.addr.uid);
@@ -664,7 +684,7 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
     return;
   }
   bump(n.messages_in, f->envelopes.size());
-  for (auto& e : f->envelopes) deliver(c.origin, std::move(e));
+  for (auto& e : f->envelopes) deliver(c, std::move(e));
 }
 
 ActorRef Transport::Core::local_target(const std::string& path) {
@@ -680,20 +700,28 @@ ActorRef Transport::Core::local_target(const std::string& path) {
   return r;
 }
 
-ActorRef Transport::Core::sender_ref(const NodeAddress& origin, const std::string& s) {
+ActorRef Transport::Core::sender_ref(const Conn& c, const std::string& s) {
   if (s.empty()) return {};
-  if (s.front() == '/') return remote_ref(origin, s);
+  if (s.front() == '/') return remote_ref(c.origin, s, &c.origin_str);
   auto a = parse_actor_address(s);
   if (!a) return {};
   if (a->node.uid == self.uid) return local_target(a->path);
   return remote_ref(a->node, a->path);
 }
 
-void Transport::Core::deliver(const NodeAddress& origin, InEnvelope&& e) {
-  if (e.type == kWatch || e.type == kUnwatch) return on_watch(origin, e, e.type == kWatch);
-  if (e.type == kTerminated) return on_terminated(origin, std::move(e));
-  ActorRef sender = sender_ref(origin, e.sender);
-  ActorRef target = local_target(e.recipient);
+void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
+  if (e.type == kWatch || e.type == kUnwatch) return on_watch(c.origin, e, e.type == kWatch);
+  if (e.type == kTerminated) return on_terminated(c.origin, std::move(e));
+  if (e.sender != c.last_sender || (c.last_sender_ref && c.last_sender_ref.target()->terminated())) {
+    c.last_sender_ref = sender_ref(c, e.sender);
+    c.last_sender = e.sender;
+  }
+  ActorRef sender = c.last_sender_ref;
+  if (e.recipient != c.last_recipient || !c.last_recipient_ref || c.last_recipient_ref.target()->terminated()) {
+    c.last_recipient_ref = local_target(e.recipient);
+    c.last_recipient = e.recipient;
+  }
+  const ActorRef& target = c.last_recipient_ref;
   if (!target) {
     bump(n.envelopes_no_recipient);
     system.dead_letter(e.payload, sender, e.recipient, "no actor at this path");
