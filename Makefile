@@ -38,8 +38,9 @@ test-sanitize: deps
 bench: build
 	@bench/run.sh $(BUILD)
 
+# A local three-node cluster (troupe-node processes) and a client running a workload against it.
 demo: build
-	@$(BUILD)/examples/hello_actors
+	@scripts/demo.sh $(BUILD)
 
 # libFuzzer on the decoders of untrusted bytes (clang): each of FUZZ_TARGETS for FUZZ_SECONDS
 # (default 600), one after the other, corpus in build-fuzz/corpus/<target>.

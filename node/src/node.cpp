@@ -78,6 +78,7 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
   sc.workers = options.workers;
   n->system_ = std::make_unique<ActorSystem>(std::move(sc));
   register_test_messages(n->system_->registry());
+  const std::string curve_key = options.transport.insecure ? std::string() : options.transport.keys.public_key;
   auto t = remoting::Transport::start(*n->system_, std::move(options.transport));
   if (!t) {
     n->system_->shutdown();
@@ -90,7 +91,7 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
     mc.node_name = n->system_->node_id();
     mc.uid = n->transport_->address().uid;
     mc.remoting = n->transport_->address().to_string();
-    mc.curve_key = options.transport.insecure ? std::string() : options.transport.keys.public_key;
+    mc.curve_key = curve_key;
     std::string why;
     auto ms = membership::MembershipService::start(std::move(mc), n->system_->log_ptr(), &why);
     if (!ms) {
