@@ -177,6 +177,30 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
       const auto bytes = raw->proto->refusal(why);
       raw->udp->send_as(from, bytes, theirs);
     });
+    raw->proto->set_key_handler([raw](KeyOp op, std::span<const std::uint8_t> bytes) -> std::string {
+      if (bytes.size() != sizeof(Key)) return "a key is 32 bytes";
+      Key k;
+      std::copy(bytes.begin(), bytes.end(), k.begin());
+      auto& ring = *raw->cfg.keyring;
+      std::error_code ec;
+      switch (op) {
+        case KeyOp::install: ec = ring.install(k); break;
+        case KeyOp::use: ec = ring.use(k); break;
+        case KeyOp::remove:
+          ec = ring.remove(k);
+          if (ec == KeyringErrc::not_installed) ec = {};  // already gone (a resent request)
+          break;
+      }
+      if (ec) return ec.message();
+      if (!raw->cfg.keyring_file.empty()) {
+        if (auto w = save_keyring(ring, raw->cfg.keyring_file)) {
+          raw->log->error("membership: keyring changed but not saved to {}: {}", raw->cfg.keyring_file, w.message());
+          return "applied, but the keyring file could not be written: " + w.message();
+        }
+      }
+      raw->log->info("membership: keyring {}: key {:08x} ({} keys)", to_string(op), key_id(k), ring.size());
+      return {};
+    });
     raw->proto->join(resolved);
     raw->udp->schedule_every(std::chrono::milliseconds(10), [raw] { raw->proto->poll(); });
     ready.set_value();
@@ -217,6 +241,27 @@ bool MembershipService::down(const std::string& name) {
 void MembershipService::subscribe(std::function<void(const MembershipEvent&)> fn) {
   std::lock_guard lk(impl_->sub_mu);
   impl_->subscribers.push_back(std::move(fn));
+}
+
+KeyOpResult MembershipService::key_operation(KeyOp op, const Key& key, std::chrono::milliseconds timeout) {
+  auto done = std::make_shared<std::promise<KeyOpResult>>();
+  auto fut = done->get_future();
+  std::vector<std::uint8_t> bytes(key.begin(), key.end());
+  impl_->call([&] {
+    impl_->proto->key_operation(op, std::move(bytes), timeout, [done](KeyOpResult r) { done->set_value(std::move(r)); });
+    return 0;
+  });
+  return fut.get();
+}
+
+std::vector<KeyOpResult> MembershipService::rotate_key(const Key& new_key, std::chrono::milliseconds step_timeout) {
+  std::vector<KeyOpResult> steps;
+  const Key old = impl_->cfg.keyring->primary();
+  for (auto op : {KeyOp::install, KeyOp::use, KeyOp::remove}) {
+    steps.push_back(key_operation(op, op == KeyOp::remove ? old : new_key, step_timeout));
+    if (!steps.back().ok()) break;
+  }
+  return steps;
 }
 
 std::vector<MemberInfo> MembershipService::members() const {

@@ -104,6 +104,64 @@ TEST_F(Cluster, ANodeWithoutTheKeyCannotJoinAndIsCounted) {
   EXPECT_EQ(x->members().size(), 1u);
 }
 
+TEST_F(Cluster, KeyRotationWhileRunningIsConfirmedStepByStepByEveryMember) {
+  EventLog la, lb, lc;
+  auto a = start(config("a", {}), &la);
+  const auto seed = "127.0.0.1:" + std::to_string(a->endpoint().port);
+  // Each node has its own keyring object holding the same key, as separate processes would.
+  auto ring_b = std::make_shared<Keyring>(keyring->primary());
+  auto ring_c = std::make_shared<Keyring>(keyring->primary());
+  auto b = start(config("b", {seed}, ring_b), &lb);
+  auto c = start(config("c", {seed}, ring_c), &lc);
+  ASSERT_TRUE(la.wait_for(is(EventKind::up, "b")));
+  ASSERT_TRUE(la.wait_for(is(EventKind::up, "c")));
+  const Key old_key = keyring->primary();
+  const Key new_key = generate_key().value();
+  auto steps = a->rotate_key(new_key, 10s);
+  ASSERT_EQ(steps.size(), 3u);
+  for (const auto& s : steps) {
+    EXPECT_TRUE(s.ok()) << to_string(s.op) << ": " << s.failed.size() << " failed, " << s.missing.size() << " missing";
+    EXPECT_EQ(s.confirmed.size(), 3u) << to_string(s.op);
+  }
+  for (const auto* r : {keyring.get(), ring_b.get(), ring_c.get()}) {
+    EXPECT_EQ(r->primary(), new_key);
+    EXPECT_EQ(r->size(), 1u) << "the old key is gone everywhere";
+  }
+  // A node holding only the new key joins; one holding only the old key cannot.
+  EventLog ld;
+  auto d = start(config("d", {seed}, std::make_shared<Keyring>(new_key)), &ld);
+  ASSERT_TRUE(la.wait_for(is(EventKind::up, "d")));
+  ASSERT_TRUE(lb.wait_for(is(EventKind::up, "d")));
+  auto stale = start(config("stale", {seed}, std::make_shared<Keyring>(old_key)));
+  const auto end = std::chrono::steady_clock::now() + 10s;
+  while (a->transport_stats().dropped_by(SealErrc::unknown_key) == 0 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_GE(a->transport_stats().dropped_by(SealErrc::unknown_key), 1u);
+  EXPECT_FALSE(a->history("a").empty());
+  for (auto* l : {&la, &lb, &lc}) {
+    std::lock_guard lk(l->mu);
+    for (const auto& e : l->events) EXPECT_NE(e.kind, EventKind::downed) << "nobody was lost during the rotation";
+  }
+}
+
+TEST_F(Cluster, AKeyOperationNamesTheMembersThatRefuseIt) {
+  EventLog la;
+  auto a = start(config("a", {}), &la);
+  const auto seed = "127.0.0.1:" + std::to_string(a->endpoint().port);
+  auto ring_b = std::make_shared<Keyring>(keyring->primary());
+  auto b = start(config("b", {seed}, ring_b));
+  ASSERT_TRUE(la.wait_for(is(EventKind::up, "b")));
+  // Using a key nobody installed: refused here and on b, each with its reason.
+  auto r = a->key_operation(KeyOp::use, generate_key().value(), 10s);
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.failed.size(), 2u);
+  EXPECT_TRUE(r.missing.empty());
+  // Removing the primary is refused too.
+  auto r2 = a->key_operation(KeyOp::remove, keyring->primary(), 10s);
+  EXPECT_EQ(r2.failed.size(), 2u);
+}
+
 TEST_F(Cluster, BadConfigurationNamesTheField) {
   std::string why;
   auto c = config("a", {"no-port"});

@@ -560,6 +560,8 @@ struct SwimProtocol::State {
         on_refused(from, r->reason() ? r->reason()->str() : "refused");
         break;
       }
+      case gossip::Body::KeyOp: on_keyop(from, *p->body_as_KeyOp()); break;
+      case gossip::Body::KeyOpReply: on_keyop_reply(p->from_uid(), *p->body_as_KeyOpReply()); break;
       case gossip::Body::NONE: break;
     }
   }
@@ -863,6 +865,7 @@ struct SwimProtocol::State {
       if (!peers.empty()) send_push_pull(peers.front()->info.gossip, false, false);
       next_push_pull = t + nanoseconds(cfg.push_pull_interval);
     }
+    if (!keyops.empty()) poll_keyops();
     if (t >= next_maintenance) {
       maintenance();
       next_maintenance = t + std::min<nanoseconds>(nanoseconds(cfg.probe_interval), nanoseconds(milliseconds(250)));
@@ -875,6 +878,7 @@ struct SwimProtocol::State {
     if (probe && !probe->indirect_sent) w = std::min(w, probe->direct_deadline);
     for (const auto& [seq, r] : relays) w = std::min(w, r.deadline);
     if (!suspicions.empty()) w = std::min(w, suspicions.begin()->first);
+    for (const auto& [id, k] : keyops) w = std::min({w, k.next_send, k.deadline});
     return w;
   }
 
@@ -912,6 +916,114 @@ struct SwimProtocol::State {
   std::vector<std::function<void(const MembershipEvent&)>> subscribers;
   std::deque<Decision> history;
   SwimStats stats;
+
+  // Keyring operations this node started, by id.
+  struct KeyOpState {
+    KeyOp op;
+    std::vector<std::uint8_t> key;
+    nanoseconds deadline{0}, next_send{0};
+    std::set<std::uint64_t> waiting;
+    KeyOpResult result;
+    std::function<void(KeyOpResult)> done;
+  };
+  KeyHandler key_handler;
+  std::map<std::uint64_t, KeyOpState> keyops;
+  std::uint64_t next_keyop = 0;
+
+  void send_keyop(const Node& to, std::uint64_t id, const KeyOpState& k) {
+    send(to.info.gossip, gossip::Body::KeyOp, [&](fb::FlatBufferBuilder& b) {
+      auto kv = b.CreateVector(k.key);
+      return gossip::CreateKeyOp(b, id, static_cast<std::uint8_t>(k.op), kv).Union();
+    });
+  }
+
+  void start_keyop(KeyOp op, std::vector<std::uint8_t> key, nanoseconds timeout, std::function<void(KeyOpResult)> done) {
+    const auto id = (self_uid << 16) ^ ++next_keyop;
+    KeyOpState k;
+    k.op = op;
+    k.key = std::move(key);
+    k.deadline = now() + timeout;
+    k.result.op = op;
+    k.done = std::move(done);
+    const std::string mine = key_handler ? key_handler(op, k.key) : "no keyring on this node";
+    if (mine.empty()) {
+      k.result.confirmed.push_back(me().info.name);
+    } else {
+      k.result.failed.emplace_back(me().info.name, mine);
+    }
+    decide(me().info.name, fmt::format("keyring {}: started ({})", to_string(op), mine.empty() ? "applied here" : mine));
+    for (const auto& [uid, n] : nodes) {
+      if (uid != self_uid && live_status(n.info.status)) k.waiting.insert(uid);
+    }
+    auto& stored = keyops.emplace(id, std::move(k)).first->second;
+    finish_keyop_if_done(id, stored);
+  }
+
+  void finish_keyop_if_done(std::uint64_t id, KeyOpState& k) {
+    if (!k.waiting.empty() && now() < k.deadline) return;
+    for (auto uid : k.waiting) {
+      auto it = nodes.find(uid);
+      if (it != nodes.end() && live_status(it->second.info.status)) k.result.missing.push_back(it->second.info.name);
+    }
+    decide(me().info.name, fmt::format("keyring {}: {} confirmed, {} failed, {} missing", to_string(k.op),
+                                       k.result.confirmed.size(), k.result.failed.size(), k.result.missing.size()));
+    auto done = std::move(k.done);
+    auto result = std::move(k.result);
+    keyops.erase(id);
+    if (done) done(std::move(result));
+  }
+
+  void poll_keyops() {
+    for (auto it = keyops.begin(); it != keyops.end();) {
+      const auto id = it->first;
+      auto& k = it->second;
+      ++it;
+      // A member that went down or away since no longer counts.
+      std::erase_if(k.waiting, [&](std::uint64_t uid) {
+        auto n = nodes.find(uid);
+        return n == nodes.end() || !live_status(n->second.info.status);
+      });
+      if (now() >= k.next_send && now() < k.deadline) {
+        for (auto uid : k.waiting) send_keyop(nodes.at(uid), id, k);
+        k.next_send = now() + nanoseconds(cfg.probe_interval);
+      }
+      finish_keyop_if_done(id, k);
+    }
+  }
+
+  void on_keyop(const UdpEndpoint& from, const gossip::KeyOp& op) {
+    std::string error;
+    const auto kind = static_cast<KeyOp>(op.op());
+    if (kind != KeyOp::install && kind != KeyOp::use && kind != KeyOp::remove) {
+      error = "unknown keyring operation";
+    } else if (!key_handler) {
+      error = "no keyring on this node";
+    } else {
+      const auto* kb = op.key();
+      error = key_handler(kind, kb ? std::span<const std::uint8_t>(kb->data(), kb->size()) : std::span<const std::uint8_t>{});
+    }
+    decide(me().info.name, fmt::format("keyring {} asked by {}: {}", kind == KeyOp::install ? "install"
+                                       : kind == KeyOp::use ? "use" : kind == KeyOp::remove ? "remove" : "?",
+                                       from.to_string(), error.empty() ? "applied" : error));
+    send(from, gossip::Body::KeyOpReply,
+         [&](fb::FlatBufferBuilder& b) { return gossip::CreateKeyOpReplyDirect(b, op.id(), error.c_str()).Union(); });
+  }
+
+  void on_keyop_reply(std::uint64_t from_uid, const gossip::KeyOpReply& r) {
+    auto it = keyops.find(r.id());
+    if (it == keyops.end()) return;
+    auto& k = it->second;
+    if (!k.waiting.erase(from_uid)) return;  // a duplicate answer
+    auto n = nodes.find(from_uid);
+    const std::string name = n != nodes.end() ? n->second.info.name : fmt::format("{:016x}", from_uid);
+    const std::string err = r.error() ? r.error()->str() : std::string();
+    if (err.empty()) {
+      k.result.confirmed.push_back(name);
+    } else {
+      k.result.failed.emplace_back(name, err);
+    }
+    finish_keyop_if_done(r.id(), k);
+  }
 };
 
 // ---- SwimProtocol -------------------------------------------------------------------------------
@@ -978,6 +1090,22 @@ std::vector<std::uint8_t> SwimProtocol::refusal(const std::string& reason) const
   return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
 }
 std::chrono::nanoseconds SwimProtocol::next_wakeup() const { return s_->next_wakeup(); }
+void SwimProtocol::set_key_handler(KeyHandler fn) { s_->key_handler = std::move(fn); }
+
+void SwimProtocol::key_operation(KeyOp op, std::vector<std::uint8_t> key, std::chrono::nanoseconds timeout,
+                                 std::function<void(KeyOpResult)> done) {
+  s_->start_keyop(op, std::move(key), timeout, std::move(done));
+}
+
+const char* to_string(KeyOp op) noexcept {
+  switch (op) {
+    case KeyOp::install: return "install";
+    case KeyOp::use: return "use";
+    case KeyOp::remove: return "remove";
+  }
+  return "?";
+}
+
 void SwimProtocol::subscribe(std::function<void(const MembershipEvent&)> fn) { s_->subscribers.push_back(std::move(fn)); }
 
 std::vector<MemberInfo> SwimProtocol::members() const {

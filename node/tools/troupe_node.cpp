@@ -119,6 +119,7 @@ int main(int argc, char** argv) {
     mc.advertise_host = !gossip_advertise.empty() ? gossip_advertise : opt.transport.advertise_host;
     mc.seeds = seeds;
     mc.keyring = keyring;
+    mc.keyring_file = keyring_file;  // keyring changes made through the cluster are kept
     opt.membership = std::move(mc);
   } else if (!seeds.empty()) {
     return fail("--seed needs --keyring (gossip is always encrypted)");

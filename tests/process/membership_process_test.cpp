@@ -155,11 +155,17 @@ struct Five : ::testing::Test {
     EXPECT_FALSE(membership::save_keyring(ring, dir.path / "keyring"));
   }
   static std::string name(int i) { return "n" + std::to_string(i); }
+  /// Each node keeps its own keyring file (changes made through the cluster are written back).
+  std::string keyring_of(int i) {
+    const auto own = dir.path / ("keyring-" + name(i));
+    if (!std::filesystem::exists(own)) std::filesystem::copy_file(dir.path / "keyring", own);
+    return own.string();
+  }
   std::vector<std::string> args(int i) {
     std::vector<std::string> a{"--name", name(i), "--port", "0", "--workers", "1",
                                "--key-file", (dir.path / (name(i) + ".key")).string(),
                                "--allow-list", (dir.path / "allow").string(),
-                               "--keyring", (dir.path / "keyring").string(),
+                               "--keyring", keyring_of(i),
                                "--preset", "local", "--gossip-port", "0"};
     if (!seed.empty()) {
       a.push_back("--seed");
@@ -228,6 +234,49 @@ TEST_F(Five, ARestartedNodeRejoinsAsANewIncarnation) {
   }
 }
 
+TEST_F(Five, KeyRotationWhileRunningReachesEveryProcessAndItsKeyringFile) {
+  start_all(4);
+  // The in-process member (n5) rotates the key for the whole cluster.
+  node::NodeOptions o;
+  o.name = name(5);
+  o.workers = 1;
+  o.transport.port = 0;
+  o.transport.keys = remoting::load_keypair(dir.path / (name(5) + ".key")).value();
+  o.transport.allow_list = std::make_shared<remoting::AllowList>();
+  membership::MembershipServiceConfig mc;
+  mc.membership = membership::MembershipConfig::local();
+  mc.port = 0;
+  mc.seeds = {seed};
+  mc.keyring = membership::load_keyring(keyring_of(5)).value();
+  mc.keyring_file = keyring_of(5);
+  o.membership = mc;
+  auto a = node::Node::start(std::move(o)).value();
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(nodes[i]->saw_event("up", name(5), 30s)) << name(i);
+  const auto new_key = membership::generate_key().value();
+  auto steps = a->membership()->rotate_key(new_key, 15s);
+  ASSERT_EQ(steps.size(), 3u);
+  for (const auto& s : steps) {
+    EXPECT_TRUE(s.ok()) << membership::to_string(s.op) << ": " << s.failed.size() << " failed, " << s.missing.size()
+                        << " missing";
+    EXPECT_EQ(s.confirmed.size(), 5u) << membership::to_string(s.op);
+  }
+  for (int i = 0; i < 4; ++i) {
+    auto ring = membership::load_keyring(keyring_of(i));
+    ASSERT_TRUE(ring.ok()) << name(i);
+    EXPECT_EQ((*ring)->size(), 1u) << name(i);
+    EXPECT_EQ((*ring)->primary(), new_key) << name(i) << "'s keyring file holds the new key only";
+  }
+  // A new process that knows only the new key joins and is seen by everyone.
+  {
+    membership::Keyring fresh(new_key);
+    ASSERT_FALSE(membership::save_keyring(fresh, dir.path / ("keyring-" + name(4))));
+  }
+  nodes.push_back(std::make_unique<Proc>(args(4)));
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(nodes[i]->saw_event("up", name(4), 30s)) << name(i);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(nodes[i]->count_event("downed", name(5)), 0u);
+  a->stop();
+}
+
 TEST_F(Five, ADownedMemberTerminatesEveryRemoteWatchOfItsActors) {
   // This test process is a member too (an in-process Node), watching an actor on n1.
   nodes.push_back(std::make_unique<Proc>(args(0)));
@@ -248,7 +297,7 @@ TEST_F(Five, ADownedMemberTerminatesEveryRemoteWatchOfItsActors) {
   mc.membership = membership::MembershipConfig::local();
   mc.port = 0;
   mc.seeds = {seed};
-  mc.keyring = membership::load_keyring(dir.path / "keyring").value();
+  mc.keyring = membership::load_keyring(keyring_of(5)).value();
   o.membership = mc;
   std::mutex mu;
   std::condition_variable cv;

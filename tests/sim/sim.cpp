@@ -49,7 +49,10 @@ int Simulation::add_node(const std::string& name, MembershipConfig cfg, double c
   by_endpoint_[id.gossip.to_string()] = i;
   n->proto = std::make_unique<SwimProtocol>(std::move(cfg), id, *n, *n, rng_(), quiet_logger());
   auto* raw = n.get();
-  n->proto->subscribe([raw](const membership::MembershipEvent& e) { raw->events.push_back(e); });
+  n->proto->subscribe([this, raw](const membership::MembershipEvent& e) {
+    if (record_events_) raw->events.push_back(e);
+    if (observer_) observer_(raw->index, e);
+  });
   nodes_.push_back(std::move(n));
   group_.push_back(-1);
   return i;

@@ -58,8 +58,15 @@ class Simulation {
   /// Runs until `pred` holds (checked after every event batch) or `limit` passes; true if it held.
   bool run_until(const std::function<bool()>& pred, nanoseconds limit);
 
-  /// Events each node saw, in order.
+  /// Events each node saw, in order (kept only while record_events is on, the default).
   const std::vector<membership::MembershipEvent>& events(int i) const;
+  /// Large simulations turn the per-node event log off (it grows with members x nodes) and
+  /// watch events through on_event instead.
+  void record_events(bool on) { record_events_ = on; }
+  /// Called for every event of every node, in order, with the node's index.
+  void on_event(std::function<void(int, const membership::MembershipEvent&)> fn) { observer_ = std::move(fn); }
+  /// Re-reads node `i`'s next wake-up after an action taken on it from outside (leave, down).
+  void wake(int i) { schedule_wake(i); }
   std::uint64_t packets_delivered() const { return delivered_; }
   std::uint64_t packets_dropped() const { return dropped_; }
 
@@ -89,6 +96,8 @@ class Simulation {
   std::unordered_map<std::string, int> by_endpoint_;
   std::vector<int> group_;  // partition group per node (-1: none)
   std::uint64_t delivered_ = 0, dropped_ = 0;
+  bool record_events_ = true;
+  std::function<void(int, const membership::MembershipEvent&)> observer_;
 };
 
 }  // namespace troupe::sim

@@ -34,6 +34,8 @@ struct MembershipServiceConfig {
   std::string remoting;                ///< this node's remoting address, advertised to others
   std::string curve_key;               ///< its CURVE public key
   std::shared_ptr<Keyring> keyring;    ///< required
+  /// When set, the keyring is written back here after every change a KeyOp applied (0600).
+  std::string keyring_file;
   std::size_t mtu = 1400;
 };
 
@@ -58,6 +60,14 @@ class MembershipService {
   /// Subscribers run on the I/O thread; subscribe before start() returns events you need...
   /// events that happened earlier are not replayed.
   void subscribe(std::function<void(const MembershipEvent&)> fn);
+
+  /// Applies a keyring change here and on every live member; blocks until all confirmed or
+  /// `timeout` (the result names who failed or did not answer).
+  KeyOpResult key_operation(KeyOp op, const Key& key, std::chrono::milliseconds timeout);
+  /// Rotates to `new_key`: install everywhere, then use everywhere, then remove the old primary
+  /// everywhere, each step only once every member confirmed the previous one. Returns the steps
+  /// run; the last one tells why it stopped if it did not succeed.
+  std::vector<KeyOpResult> rotate_key(const Key& new_key, std::chrono::milliseconds step_timeout);
 
   std::vector<MemberInfo> members() const;
   std::optional<MemberInfo> leader() const;

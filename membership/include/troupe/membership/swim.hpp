@@ -54,8 +54,22 @@ struct SwimStats {
   std::uint64_t local_health = 0;         ///< gauge: Lifeguard multiplier (0 = healthy)
 };
 
+/// A keyring change the cluster applies member by member (see SwimProtocol::key_operation).
+enum class KeyOp : std::uint8_t { install = 1, use = 2, remove = 3 };
+const char* to_string(KeyOp op) noexcept;
+
+struct KeyOpResult {
+  KeyOp op = KeyOp::install;
+  std::vector<std::string> confirmed;                       ///< members that applied it (this node too)
+  std::vector<std::pair<std::string, std::string>> failed;  ///< member, its error
+  std::vector<std::string> missing;                         ///< live members that did not answer in time
+  bool ok() const { return failed.empty() && missing.empty(); }
+};
+
 class SwimProtocol {
  public:
+  /// Applies a keyring change on this node; returns "" or the error.
+  using KeyHandler = std::function<std::string(KeyOp, std::span<const std::uint8_t> key)>;
   struct Identity {
     std::string name;
     std::uint64_t uid = 0;  ///< non-zero; the remoting incarnation when there is one
@@ -91,6 +105,15 @@ class SwimProtocol {
   void poll();
   /// When poll() next has something to do.
   std::chrono::nanoseconds next_wakeup() const;
+
+  /// How this node applies keyring changes (none: every KeyOp is refused).
+  void set_key_handler(KeyHandler fn);
+  /// Applies `op` here, then asks every live member (joining, up, leaving, exiting) to apply it,
+  /// resending to those that have not answered; `done` runs once all answered or `timeout`
+  /// passed. Serf-style rotation is install everywhere, then use, then remove, each step only
+  /// after the previous one was confirmed by every member.
+  void key_operation(KeyOp op, std::vector<std::uint8_t> key, std::chrono::nanoseconds timeout,
+                     std::function<void(KeyOpResult)> done);
 
   /// Called synchronously for every event, in order.
   void subscribe(std::function<void(const MembershipEvent&)> fn);
