@@ -67,6 +67,7 @@ struct SwimProtocol::State {
     nanoseconds status_since{0};
     std::uint64_t digest_seen = 0;
     nanoseconds digest_seen_since{0};
+    nanoseconds hinted_at{0};  // when it was last told directly that this node suspects it
     unsigned transmits_left = 0;
   };
   struct Probe {
@@ -130,6 +131,7 @@ struct SwimProtocol::State {
   // ---- statuses and liveness -------------------------------------------------------------------
   void set_status(Node& n, MemberStatus s, const std::string& why) {
     if (s <= n.info.status) return;
+    view_changed = true;
     const bool was_live = live_status(n.info.status);
     digest_value ^= member_hash(n.info.uid, n.info.status) ^ member_hash(n.info.uid, s);
     digest_changed_at = now();
@@ -167,6 +169,7 @@ struct SwimProtocol::State {
   void set_liveness(Node& n, Liveness l, const std::string& why) {
     const Liveness old = n.info.liveness;
     if (old == l) return;
+    view_changed = true;
     n.info.liveness = l;
     if ((old == Liveness::alive) != (l == Liveness::alive)) {
       n.flips.push_back(now());
@@ -174,6 +177,7 @@ struct SwimProtocol::State {
       while (!n.flips.empty() && now() - n.flips.front() > nanoseconds(cfg.flap_window)) n.flips.pop_front();
       if (!n.info.degraded && n.flips.size() >= cfg.flap_threshold) {
         n.info.degraded = true;
+        ++degraded_count;
         decide(n.info.name, fmt::format("degraded: {} reachability flips within {} ms", n.flips.size(),
                                         cfg.flap_window.count()));
         emit(EventKind::degraded, n);
@@ -222,11 +226,10 @@ struct SwimProtocol::State {
       n.suspect_deadline = n.suspect_start + suspicion_timeout(n.confirmers.size() - 1);
       suspicions.insert({n.suspect_deadline, n.info.uid});
       decide(n.info.name, fmt::format("suspicion confirmed by {:016x} ({} confirmations)", from, n.confirmers.size() - 1));
-      if (from == self_uid) {
-        // This node's own evidence: tell the others, so that they count it too.
-        n.suspect_from = self_uid;
-        broadcast(n);
-      }
+      // Pass the confirmation on (this node's own evidence or news of another's), so that every
+      // node counts it: one originator's retransmissions alone reach only some of them.
+      n.suspect_from = from;
+      broadcast(n);
     }
   }
 
@@ -279,6 +282,7 @@ struct SwimProtocol::State {
       n.info.status = MemberStatus::joining;
       n.info.liveness = Liveness::alive;
       n.status_since = now();
+      view_changed = true;
       auto& added = nodes.emplace(in.uid, std::move(n)).first->second;
       ++live_count;
       digest_value ^= member_hash(in.uid, MemberStatus::joining);
@@ -343,6 +347,11 @@ struct SwimProtocol::State {
       refute(in.incarnation, fmt::format("{} at incarnation {}", to_string(in.liveness), in.incarnation));
     } else if (in.incarnation > m.info.incarnation) {
       refute(in.incarnation, "a higher incarnation of this node");
+    } else if (in.liveness != Liveness::alive) {
+      // Someone still holds a suspicion this node already refuted: its refutation did not reach
+      // them. Send the current record again (to the sender at once, see on_packet).
+      stale_view_of_me = true;
+      broadcast(m);
     }
   }
 
@@ -505,6 +514,20 @@ struct SwimProtocol::State {
     if (p->updates()) {
       for (const auto* m : *p->updates()) merge(read(*m));
     }
+    if (stale_view_of_me) {
+      stale_view_of_me = false;
+      if (!sender || now() - sender->hinted_at >= nanoseconds(cfg.probe_interval)) {
+        if (sender) sender->hinted_at = now();
+        send(from, gossip::Body::NONE, nullptr, &me());
+      }
+    }
+    // A member this node suspects (or found unreachable) is talking to it: tell it directly, so
+    // that it refutes now rather than when a probe or a gossip round happens to carry the news.
+    if (sender && sender->info.liveness != Liveness::alive && live_status(sender->info.status) &&
+        now() - sender->hinted_at >= nanoseconds(cfg.probe_interval)) {
+      sender->hinted_at = now();
+      send(from, gossip::Body::NONE, nullptr, sender);
+    }
     // Anti-entropy on evidence: both views have been stable for a while and still differ, so an
     // update was missed on one side (piggybacking is probabilistic). Repair with a push-pull now
     // rather than at the next periodic one.
@@ -606,15 +629,30 @@ struct SwimProtocol::State {
   }
 
   std::vector<const Node*> random_members(std::size_t k, std::uint64_t exclude, bool reachable_only) {
+    // O(k): random picks from the probe order (every member ever learned), rejecting the
+    // ineligible; small clusters fall back to a full scan so that nobody is missed.
+    auto eligible = [&](std::uint64_t uid) -> const Node* {
+      if (uid == self_uid || uid == exclude) return nullptr;
+      auto it = nodes.find(uid);
+      if (it == nodes.end() || !live_status(it->second.info.status)) return nullptr;
+      if (reachable_only && it->second.info.liveness == Liveness::unreachable) return nullptr;
+      return &it->second;
+    };
     std::vector<const Node*> out;
-    std::vector<const Node*> all;
-    for (const auto& [uid, n] : nodes) {
-      if (uid == self_uid || uid == exclude || !live_status(n.info.status)) continue;
-      if (reachable_only && n.info.liveness == Liveness::unreachable) continue;
-      all.push_back(&n);
+    if (order.size() <= 4 * k + 8) {
+      std::vector<const Node*> all;
+      for (auto uid : order) {
+        if (const auto* n = eligible(uid)) all.push_back(n);
+      }
+      if (all.size() <= k) return all;
+      std::sample(all.begin(), all.end(), std::back_inserter(out), k, rng);
+      return out;
     }
-    if (all.size() <= k) return all;
-    std::sample(all.begin(), all.end(), std::back_inserter(out), k, rng);
+    std::uniform_int_distribution<std::size_t> pick(0, order.size() - 1);
+    for (std::size_t tries = 0; out.size() < k && tries < 8 * k; ++tries) {
+      const auto* n = eligible(order[pick(rng)]);
+      if (n && std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+    }
     return out;
   }
 
@@ -634,7 +672,8 @@ struct SwimProtocol::State {
       unsigned penalty = 1;
       if (probe->indirect_sent && probe->nacks < probe->nacks_expected) ++penalty;  // helpers silent too
       local_health = std::min(local_health + penalty, cfg.max_local_health);
-      if (it != nodes.end() && live_status(it->second.info.status) && it->second.info.liveness == Liveness::alive) {
+      // Alive: this node's own suspicion. Already suspect: an independent confirmation (Lifeguard).
+      if (it != nodes.end() && live_status(it->second.info.status) && it->second.info.liveness != Liveness::unreachable) {
         decide(it->second.info.name,
                fmt::format("probe {} got no ack (direct, then {} helpers, {} nacks)", probe->seq,
                            probe->nacks_expected, probe->nacks));
@@ -695,8 +734,13 @@ struct SwimProtocol::State {
 
   void maintenance() {
     const auto t = now();
+    // Everything below depends on statuses and reachability only: with a large, quiet cluster
+    // it costs nothing until something changes (the scans are O(members)).
+    const bool changed = view_changed;
+    view_changed = false;
+    if (changed) recount();
     // Leader.
-    const auto l = compute_leader();
+    const auto l = changed ? compute_leader() : leader_uid;
     if (l != leader_uid) {
       leader_uid = l;
       if (l) {
@@ -706,16 +750,19 @@ struct SwimProtocol::State {
         emit(EventKind::leader_changed, Node{});
       }
     }
-    if (leader_uid == self_uid) leader_actions();
+    if (leader_uid == self_uid && pending_moves) leader_actions();
     // Downing.
-    if (cfg.auto_down) resolve_split_brain();
+    if (cfg.auto_down && (unreachable_live || !unreachable_set.empty())) resolve_split_brain();
     // Flap damping recovery.
-    for (auto& [uid, n] : nodes) {
-      if (n.info.degraded && t - n.last_flip >= nanoseconds(cfg.degraded_for)) {
-        n.info.degraded = false;
-        n.flips.clear();
-        decide(n.info.name, "recovered: stable again");
-        emit(EventKind::recovered, n);
+    if (degraded_count) {
+      for (auto& [uid, n] : nodes) {
+        if (n.info.degraded && t - n.last_flip >= nanoseconds(cfg.degraded_for)) {
+          n.info.degraded = false;
+          n.flips.clear();
+          --degraded_count;
+          decide(n.info.name, "recovered: stable again");
+          emit(EventKind::recovered, n);
+        }
       }
     }
     // An exiting node stops once removed, or after exit_timeout at the latest.
@@ -732,6 +779,20 @@ struct SwimProtocol::State {
       } else {
         ++it;
       }
+    }
+  }
+
+  /// Counts the view's members that need the leader or the resolver (after a change).
+  void recount() {
+    pending_moves = 0;
+    unreachable_live = 0;
+    for (const auto& [uid, n] : nodes) {
+      const auto st = n.info.status;
+      if (st == MemberStatus::joining || st == MemberStatus::leaving || st == MemberStatus::exiting ||
+          st == MemberStatus::down) {
+        ++pending_moves;
+      }
+      if (live_status(st) && n.info.liveness == Liveness::unreachable) ++unreachable_live;
     }
   }
 
@@ -912,6 +973,11 @@ struct SwimProtocol::State {
   std::optional<std::uint64_t> leader_uid;
   std::vector<std::uint64_t> unreachable_set;
   nanoseconds unreachable_since{0};
+  bool view_changed = true;          // statuses or reachability changed since the last maintenance
+  bool stale_view_of_me = false;     // the packet being handled holds an already refuted suspicion
+  std::size_t pending_moves = 0;     // members the leader may move (joining, leaving, exiting, down)
+  std::size_t unreachable_live = 0;  // live members unreachable in this view
+  std::size_t degraded_count = 0;
 
   std::vector<std::function<void(const MembershipEvent&)>> subscribers;
   std::deque<Decision> history;

@@ -224,6 +224,57 @@ TEST_F(Sim, SkewedClocksCauseNoFalseDowns) {
   EXPECT_EQ(downs_seen(*sim, range(0, 12)), 0);
 }
 
+TEST_F(Sim, AFlappingMemberIsDegradedThenRecoversWithoutBeingDowned) {
+  form(*sim, 8, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 8), range(0, 8)); }, 60s));
+  auto rest = range(0, 8);
+  rest.erase(rest.begin() + 6);
+  for (int round = 0; round < 5; ++round) {
+    sim->partition({rest, {6}});
+    // Long enough to be found unreachable, shorter than stable_after: never downed.
+    ASSERT_TRUE(sim->run_until([&] { return view(*sim, 0, 6)->liveness == Liveness::unreachable; }, 10s));
+    sim->heal();
+    // Everyone, node 6 included, sees everyone alive again before the next flap.
+    ASSERT_TRUE(sim->run_until(
+        [&] {
+          for (int i = 0; i < 8; ++i) {
+            for (int j = 0; j < 8; ++j) {
+              if (view(*sim, i, j)->liveness != Liveness::alive) return false;
+            }
+          }
+          return true;
+        },
+        10s));
+  }
+  EXPECT_TRUE(view(*sim, 0, 6)->degraded);
+  bool degraded = false;
+  for (const auto& e : sim->events(0)) degraded |= e.kind == EventKind::degraded && e.member.name == name_of(6);
+  EXPECT_TRUE(degraded);
+  EXPECT_EQ(downs_seen(*sim, range(0, 8)), 0);
+  ASSERT_TRUE(sim->run_until([&] { return !view(*sim, 0, 6)->degraded; }, nanoseconds(cfg.degraded_for) + 10s));
+  bool recovered = false;
+  for (const auto& e : sim->events(0)) recovered |= e.kind == EventKind::recovered && e.member.name == name_of(6);
+  EXPECT_TRUE(recovered);
+  // The history explains it.
+  bool explained = false;
+  for (const auto& d : sim->node(0).history(name_of(6))) explained |= d.what.starts_with("degraded:");
+  EXPECT_TRUE(explained);
+}
+
+TEST_F(Sim, ADowningDecisionRecordsTheSidesCounted) {
+  form(*sim, 5, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 5), range(0, 5)); }, 60s));
+  sim->kill(4);
+  ASSERT_TRUE(sim->run_until([&] { return downed_by(*sim, 0, 4); }, 60s));
+  bool sides = false, unreachable = false;
+  for (const auto& d : sim->node(0).history(name_of(4))) {
+    sides |= d.what.find("4 reachable vs 1 unreachable") != std::string::npos;
+    unreachable |= d.what.starts_with("unreachable:");
+  }
+  EXPECT_TRUE(sides);
+  EXPECT_TRUE(unreachable);
+}
+
 TEST_F(Sim, OperatorDownAndLeaveOfAnotherMember) {
   form(*sim, 6, cfg);
   ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 6), range(0, 6)); }, 60s));
