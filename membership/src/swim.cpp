@@ -502,6 +502,12 @@ struct SwimProtocol::State {
       }
       return;
     }
+    if (p->body_type() != gossip::Body::NONE && !p->body()) {
+      // The verifier accepts a union type without its value (both fields are optional).
+      ++stats.malformed;
+      drop_log.warn(*log, "dropped a gossip packet from {} naming a body it does not carry", from.to_string());
+      return;
+    }
     if (stopped()) return;
     Node* sender = nullptr;
     if (auto it = nodes.find(p->from_uid()); it != nodes.end()) {

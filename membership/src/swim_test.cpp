@@ -98,6 +98,23 @@ TEST_F(Swim, MalformedTruncatedAndRandomPacketsAreDroppedAndCounted) {
   EXPECT_EQ(proto->members().size(), 1u);
 }
 
+TEST_F(Swim, ABodyTypeWithoutItsBodyIsMalformed) {
+  // Found by gossip_fuzz: a union type whose value is absent passes the FlatBuffers verifier.
+  for (auto type : {gossip::Body::Ping, gossip::Body::Ack, gossip::Body::PingReq, gossip::Body::Nack,
+                    gossip::Body::PushPull, gossip::Body::Refused, gossip::Body::KeyOp, gossip::Body::KeyOpReply}) {
+    fb::FlatBufferBuilder b;
+    auto from = b.CreateString("x");
+    gossip::PacketBuilder pb(b);
+    pb.add_protocol_version(1);
+    pb.add_from_uid(3);
+    pb.add_from_name(from);
+    pb.add_body_type(type);
+    b.Finish(pb.Finish());
+    proto->on_packet(peer, {b.GetBufferPointer(), b.GetSize()});
+  }
+  EXPECT_EQ(proto->stats().malformed, 8u);
+}
+
 TEST_F(Swim, RecordsWithMalformedAddressesOrNamesAreRejected) {
   proto->on_packet(peer, gossip_about("n2", 2, "bad host", 7002, 0));
   proto->on_packet(peer, gossip_about("n3", 3, "127.0.0.1", 0, 0));
