@@ -51,10 +51,10 @@ fuzz: deps
 	  -DTROUPE_SANITIZE=address,undefined -DTROUPE_BUILD_BENCH=OFF -DTROUPE_BUILD_EXAMPLES=OFF >/dev/null
 	@cmake --build build-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
-	  mkdir -p build-fuzz/corpus/$$t; \
+	  mkdir -p build-fuzz/corpus/$$t build-fuzz/artifacts; \
 	  echo "== $$t for $(FUZZ_SECONDS) s"; \
 	  $$(find build-fuzz -name $$t -type f -perm -u+x | head -1) -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
-	    -print_final_stats=1 build-fuzz/corpus/$$t || exit 1; \
+	    -artifact_prefix=build-fuzz/artifacts/$$t- -print_final_stats=1 build-fuzz/corpus/$$t || exit 1; \
 	done
 
 clean:

@@ -162,6 +162,13 @@ TEST_F(Cluster, AKeyOperationNamesTheMembersThatRefuseIt) {
   EXPECT_EQ(r2.failed.size(), 2u);
 }
 
+TEST_F(Cluster, ASeedGivenByNameIsResolved) {
+  EventLog la;
+  auto a = start(config("a", {}), &la);
+  auto b = start(config("b", {"localhost:" + std::to_string(a->endpoint().port)}));
+  ASSERT_TRUE(la.wait_for(is(EventKind::up, "b")));
+}
+
 TEST_F(Cluster, BadConfigurationNamesTheField) {
   std::string why;
   auto c = config("a", {"no-port"});
