@@ -107,15 +107,17 @@ void Simulation::send(int from, const UdpEndpoint& to, std::span<const std::uint
     ++dropped_;
     return;
   }
+  auto override_it = links_.find(key(from, dst));
+  const LinkSpec& link = override_it != links_.end() ? override_it->second : link_;
   std::uniform_real_distribution<double> u(0, 1);
-  if (u(rng_) < link_.loss) {
+  if (u(rng_) < link.loss) {
     ++dropped_;
     return;
   }
-  const int copies = u(rng_) < link_.duplicate ? 2 : 1;
+  const int copies = u(rng_) < link.duplicate ? 2 : 1;
   for (int c = 0; c < copies; ++c) {
-    std::uniform_int_distribution<std::int64_t> j(0, std::max<std::int64_t>(0, link_.jitter.count()));
-    queue_.push(Event{now_ + link_.delay + nanoseconds(j(rng_)), seq_++, dst, from,
+    std::uniform_int_distribution<std::int64_t> j(0, std::max<std::int64_t>(0, link.jitter.count()));
+    queue_.push(Event{now_ + link.delay + nanoseconds(j(rng_)), seq_++, dst, from,
                       std::vector<std::uint8_t>(bytes.begin(), bytes.end())});
   }
 }

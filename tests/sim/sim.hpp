@@ -44,7 +44,10 @@ class Simulation {
   int size() const;
   UdpEndpoint endpoint(int i) const;
 
+  /// Every link (defaults).
   void set_link(LinkSpec spec) { link_ = spec; }
+  /// The link from `from` to `to` only (one direction).
+  void set_link(int from, int to, LinkSpec spec) { links_[key(from, to)] = spec; }
   void kill(int i);
   void pause(int i);
   void resume(int i);
@@ -95,6 +98,8 @@ class Simulation {
   std::vector<std::unique_ptr<Node>> nodes_;
   std::unordered_map<std::string, int> by_endpoint_;
   std::vector<int> group_;  // partition group per node (-1: none)
+  static std::uint64_t key(int from, int to) { return (std::uint64_t(std::uint32_t(from)) << 32) | std::uint32_t(to); }
+  std::unordered_map<std::uint64_t, LinkSpec> links_;
   std::uint64_t delivered_ = 0, dropped_ = 0;
   bool record_events_ = true;
   std::function<void(int, const membership::MembershipEvent&)> observer_;
