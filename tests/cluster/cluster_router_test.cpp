@@ -1,0 +1,128 @@
+// The cluster-aware group router across three in-process nodes (real UDP gossip, real ZeroMQ
+// remoting with CURVE on loopback): it routes to the same path on every up member and follows
+// membership as members join, leave and vanish.
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include <troupe/node/node.hpp>
+#include <troupe/sharding/cluster_router.hpp>
+
+#include "testkit.hpp"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+
+/// Answers every message with Text{its node's name}.
+class Worker final : public Actor {
+ public:
+  void receive(const Message&) override {
+    const auto& name = context().system().node_id();
+    sender().tell(Message::build<test::Text>([&](auto& b) { return test::CreateTextDirect(b, name.c_str()); }), self());
+  }
+};
+
+struct Keys {
+  std::vector<remoting::CurveKeyPair> pairs;
+  std::shared_ptr<remoting::AllowList> allow = std::make_shared<remoting::AllowList>();
+  std::shared_ptr<membership::Keyring> ring = std::make_shared<membership::Keyring>(membership::generate_key().value());
+  Keys() {
+    std::vector<std::string> pubs;
+    for (int i = 0; i < 4; ++i) {
+      pairs.push_back(remoting::generate_keypair().value());
+      pubs.push_back(pairs.back().public_key);
+    }
+    allow->replace(pubs);
+  }
+};
+
+std::unique_ptr<node::Node> start(const Keys& k, int i, const std::string& seed,
+                                  std::function<void(const membership::MembershipEvent&)> on_event = {}) {
+  node::NodeOptions o;
+  o.name = "n" + std::to_string(i);
+  o.workers = 1;
+  o.transport.port = 0;
+  o.transport.keys = k.pairs[static_cast<std::size_t>(i)];
+  o.transport.allow_list = k.allow;
+  membership::MembershipServiceConfig mc;
+  mc.membership = membership::MembershipConfig::local();
+  mc.port = 0;
+  if (!seed.empty()) mc.seeds = {seed};
+  mc.keyring = std::make_shared<membership::Keyring>(k.ring->primary());
+  o.membership = mc;
+  o.on_event = std::move(on_event);
+  auto n = node::Node::start(std::move(o)).value();
+  n->system().registry().add<test::Text>();
+  n->system().registry().add<test::Cmd>();
+  n->system().spawn<Worker>(SpawnOptions{.name = "worker"});
+  return n;
+}
+
+/// Asks through the router until `names` answered (or `limit` asks); returns who answered.
+std::set<std::string> answers(const ActorRef& router, int limit) {
+  std::set<std::string> got;
+  for (int i = 0; i < limit; ++i) {
+    auto r = router.ask(testkit::cmd("who"), 5s).get();
+    if (r && r->is<test::Text>()) got.insert(r->as<test::Text>()->value()->str());
+  }
+  return got;
+}
+
+template <class P>
+bool eventually(P pred, std::chrono::milliseconds limit = 30s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+TEST(ClusterGroup, RoutesToEveryUpMemberAndFollowsJoinsLeavesAndLosses) {
+  Keys k;
+  auto n0 = start(k, 0, "");
+  const auto seed = n0->membership()->endpoint().to_string();
+  auto n1 = start(k, 1, seed);
+  auto n2 = start(k, 2, seed);
+  sharding::ClusterGroupOptions opt;
+  opt.path = "/user/worker";
+  sharding::ClusterGroup group(n0->system(), n0->transport(), *n0->membership(), opt);
+  ASSERT_TRUE(eventually([&] { return group.routees().size() == 3; })) << group.routees().size() << " routees";
+  EXPECT_EQ(answers(group.ref(), 9), (std::set<std::string>{"n0", "n1", "n2"})) << "round robin over all three";
+
+  // A member that joins later is added.
+  auto n3 = start(k, 3, seed);
+  ASSERT_TRUE(eventually([&] { return group.routees().size() == 4; }));
+  EXPECT_EQ(answers(group.ref(), 12).count("n3"), 1u);
+
+  // A member that leaves gracefully is taken out before it goes.
+  n3->leave_and_stop(20s);
+  ASSERT_TRUE(eventually([&] { return group.routees().size() == 3; }));
+  EXPECT_EQ(answers(group.ref(), 9), (std::set<std::string>{"n0", "n1", "n2"}));
+
+  // A member that vanishes (no leave) is taken out once unreachable, before it is downed.
+  n2->stop();
+  ASSERT_TRUE(eventually([&] { return group.routees().size() == 2; }));
+  EXPECT_EQ(answers(group.ref(), 6), (std::set<std::string>{"n0", "n1"}));
+  EXPECT_EQ(group.stats().no_routee, 0u);
+}
+
+TEST(ClusterGroup, WithoutSelfRoutesOnlyToOtherMembers) {
+  Keys k;
+  auto n0 = start(k, 0, "");
+  const auto seed = n0->membership()->endpoint().to_string();
+  auto n1 = start(k, 1, seed);
+  sharding::ClusterGroupOptions opt;
+  opt.path = "/user/worker";
+  opt.include_self = false;
+  opt.router.kind = RoutingKind::broadcast;
+  sharding::ClusterGroup group(n0->system(), n0->transport(), *n0->membership(), opt);
+  ASSERT_TRUE(eventually([&] { return group.routees().size() == 1; }));
+  EXPECT_EQ(answers(group.ref(), 3), (std::set<std::string>{"n1"}));
+}
+
+}  // namespace
+}  // namespace troupe
