@@ -1,5 +1,6 @@
 #include <troupe/actor/timer.hpp>
 
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -17,10 +18,11 @@ class RealTimerService final : public TimerService {
     if (stop_) return 0;
     const auto when = Clock::now() + delay;
     const auto id = next_id_++;
-    const bool earliest = due_.empty() || when < due_.begin()->first;
     due_.emplace(when, id);
     fns_.emplace(id, std::make_pair(when, std::move(fn)));
-    if (earliest) cv_.notify_one();
+    // Wake the timer thread only if it would sleep past this deadline: an ask's timeout, far
+    // away, then costs no context switch (it matters on the ask round trip).
+    if (when < sleep_until_) cv_.notify_one();
     return id;
   }
 
@@ -60,15 +62,18 @@ class RealTimerService final : public TimerService {
   void loop() {
     std::unique_lock lk(mu_);
     while (!stop_) {
-      if (due_.empty()) {
-        cv_.wait(lk);
+      const auto now = Clock::now();
+      // Idle, or the next deadline is far: look again within kHorizon at the latest, so that a
+      // new timer due later than that needs no wake-up.
+      const auto horizon = now + kHorizon;
+      if (due_.empty() || due_.begin()->first > now) {
+        sleep_until_ = due_.empty() ? horizon : std::min(due_.begin()->first, horizon);
+        const auto until = sleep_until_;  // a copy: cancel() may erase the node while we wait
+        cv_.wait_until(lk, until);
+        sleep_until_ = Clock::time_point::min();
         continue;
       }
       auto first = due_.begin();
-      if (const auto deadline = first->first; deadline > Clock::now()) {
-        cv_.wait_until(lk, deadline);  // a copy: cancel() may erase the node while we wait
-        continue;
-      }
       const auto id = first->second;
       due_.erase(first);
       auto it = fns_.find(id);
@@ -81,9 +86,12 @@ class RealTimerService final : public TimerService {
     }
   }
 
+  static constexpr std::chrono::milliseconds kHorizon{100};
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
+  // When the thread is due to wake up (min while it is running timers: no wake-up needed).
+  Clock::time_point sleep_until_ = Clock::time_point::min();
   std::uint64_t next_id_ = 1;
   std::multimap<Clock::time_point, std::uint64_t> due_;
   std::unordered_map<std::uint64_t, std::pair<Clock::time_point, std::function<void()>>> fns_;
