@@ -199,6 +199,15 @@ void ActorSystem::stop(const ActorRef& ref) {
   if (ref) ref.target()->stop();
 }
 
+void ActorSystem::stop_after_queued(const ActorRef& ref) {
+  if (auto* cell = dynamic_cast<detail::Cell*>(ref.target())) {
+    // A control in the mailbox: it runs on the actor's turn after everything queued before it.
+    cell->run_on_turn([](detail::Cell& c) { c.request_stop(sys::TerminationReason::Stopped); });
+  } else if (ref) {
+    ref.target()->stop();
+  }
+}
+
 void ActorSystem::watch(const ActorRef& target, const ActorRef& watcher) {
   if (!watcher) return;
   if (!target) {

@@ -398,3 +398,32 @@ TEST(Lifecycle, HundredThousandActorsSpawnAndStopWithoutLeaking) {
 
 }  // namespace
 }  // namespace troupe
+
+namespace troupe {
+namespace {
+using namespace testkit;
+
+TEST(Actor, StopAfterQueuedProcessesWhatWasSentBeforeAndNothingAfter) {
+  ActorSystem sys(test_config("poison"));
+  Probe probe(sys);
+  auto echo = sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  probe.watch(sys, echo);
+  for (std::uint64_t i = 1; i <= 100; ++i) echo.tell(ping(i), probe.ref());
+  sys.stop_after_queued(echo);
+  const auto dead_before = sys.stats().dead_letters;
+  for (std::uint64_t i = 1; i <= 100; ++i) {
+    auto r = probe.next();
+    ASSERT_TRUE(r);
+    ASSERT_TRUE(r->msg.is<test::Ping>()) << "message " << i << " was lost";
+    ASSERT_EQ(r->msg.as<test::Ping>()->seq(), i);
+  }
+  auto t = probe.next();
+  ASSERT_TRUE(t);
+  EXPECT_TRUE(t->msg.is<sys::Terminated>());
+  echo.tell(ping(101), probe.ref());
+  EXPECT_EQ(sys.stats().dead_letters, dead_before + 1);
+  sys.shutdown();
+}
+
+}  // namespace
+}  // namespace troupe

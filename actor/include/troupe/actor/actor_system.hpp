@@ -76,6 +76,9 @@ class ActorSystem {
 
   /// Stops `ref` after its current message (children first).
   void stop(const ActorRef& ref);
+  /// Stops `ref` once it has processed every message queued for it before this call (a poison
+  /// pill: what was sent earlier is not lost). Messages sent afterwards go to dead letters.
+  void stop_after_queued(const ActorRef& ref);
   /// Delivers troupe::sys::Terminated to `watcher` (sender = `target`) once `target` stops.
   void watch(const ActorRef& target, const ActorRef& watcher);
   /// Cancels watch(target, watcher) where the Terminated has not yet been queued.

@@ -1,0 +1,191 @@
+// Entities on one node: lazy activation with their id, order, passivation (idle and requested)
+// with messages kept for the next activation, refused types and ids, and an activation log that
+// never shows two live activations of one entity.
+
+#include <troupe/sharding/region.hpp>
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <mutex>
+
+#include <troupe/serialization/sharding_generated.h>
+
+#include "testkit.hpp"
+
+namespace troupe::sharding {
+namespace {
+
+using namespace testkit;
+using namespace std::chrono_literals;
+
+/// Activation log: (id, start) and (id, stop) in order; check() fails on an overlap.
+struct ActivationLog {
+  std::mutex mu;
+  std::vector<std::pair<std::string, bool>> events;
+  void add(const std::string& id, bool start) {
+    std::lock_guard lk(mu);
+    events.emplace_back(id, start);
+  }
+  /// Number of activations of `id`; fails the test if two overlapped.
+  int activations(const std::string& id) {
+    std::lock_guard lk(mu);
+    int live = 0, total = 0;
+    for (const auto& [who, start] : events) {
+      if (who != id) continue;
+      live += start ? 1 : -1;
+      total += start;
+      EXPECT_LE(live, 1) << "two live activations of " << id;
+    }
+    return total;
+  }
+};
+
+/// Counts its messages; "id" -> Text{its id}; "count" -> Cmd{"count", n}; "passivate" asks for
+/// it; Ping seqs are echoed back (order checks).
+class Counter final : public Actor {
+ public:
+  Counter(std::string id, ActivationLog* log) : id_(std::move(id)), log_(log) {}
+  void pre_start() override { log_->add(id_, true); }
+  void post_stop() override { log_->add(id_, false); }
+  void receive(const Message& m) override {
+    ++n_;
+    const auto op = op_of(m);
+    if (op == "id") sender().tell(Message::build<test::Text>([&](auto& b) { return test::CreateTextDirect(b, id_.c_str()); }));
+    if (op == "count") sender().tell(cmd("count", n_));
+    if (op == "passivate") context().parent().tell(Message::build<Passivate>([](auto& b) { return CreatePassivate(b); }), self());
+    if (m.is<test::Ping>()) sender().tell(m);
+  }
+
+ private:
+  std::string id_;
+  ActivationLog* log_;
+  std::uint64_t n_ = 0;
+};
+
+struct Entities : ::testing::Test {
+  Entities() {
+    auto cfg = test_config("shards");
+    cfg.timers = timers;
+    sys = std::make_unique<ActorSystem>(cfg);
+    sys->registry().add<test::Cmd>();
+    sharding = std::make_unique<Sharding>(*sys);
+    EntitySettings s;
+    s.type = "counter";
+    s.passivate_after = 10s;
+    sharding->start(s, [this](ActorContext& ctx, SpawnOptions o, const std::string& id) {
+      return ctx.spawn<Counter>(std::move(o), id, &log);
+    });
+    probe = std::make_unique<Probe>(*sys);
+  }
+  ~Entities() override {
+    probe.reset();
+    sharding.reset();
+    sys->shutdown();
+  }
+  std::uint64_t count_of(const std::string& id) {
+    sharding->tell("counter", id, cmd("count"), probe->ref());
+    auto r = probe->next();
+    EXPECT_TRUE(r);
+    return r ? r->msg.as<test::Cmd>()->n() : 0;
+  }
+  std::shared_ptr<ManualTimerService> timers = std::make_shared<ManualTimerService>();
+  ActivationLog log;
+  std::unique_ptr<ActorSystem> sys;
+  std::unique_ptr<Sharding> sharding;
+  std::unique_ptr<Probe> probe;
+};
+
+TEST_F(Entities, AnEntityStartsOnItsFirstMessageKnowsItsIdAndKeepsItsState) {
+  EXPECT_EQ(sharding->stats().activations, 0u);
+  auto r = sharding->ask("counter", "user/42$x", cmd("id"), 5s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<test::Text>()->value()->str(), "user/42$x") << "ids with '/' and '$' work";
+  EXPECT_EQ(count_of("user/42$x"), 2u) << "the same activation";
+  EXPECT_EQ(sharding->stats().activations, 1u);
+  EXPECT_EQ(sharding->stats().live_entities, 1u);
+  EXPECT_EQ(log.activations("user/42$x"), 1);
+}
+
+TEST_F(Entities, MessagesToOneEntityArriveInOrder) {
+  for (std::uint64_t i = 1; i <= 2000; ++i) sharding->tell("counter", "e", ping(i), probe->ref());
+  for (std::uint64_t i = 1; i <= 2000; ++i) {
+    auto r = probe->next();
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->msg.as<test::Ping>()->seq(), i);
+  }
+}
+
+TEST_F(Entities, AnIdleEntityIsPassivatedAndItsNextMessageStartsAFreshOne) {
+  EXPECT_EQ(count_of("idle"), 1u);
+  EXPECT_EQ(count_of("busy"), 1u);
+  timers->advance(6s);
+  EXPECT_EQ(count_of("busy"), 2u);  // busy is used again, idle is not
+  timers->advance(6s);              // idle for 12 s > 10 s; busy for 6 s
+  // The tick is in the region's mailbox before this message: it finds "idle" passivating (or
+  // gone) and starts a fresh activation.
+  EXPECT_EQ(count_of("idle"), 1u) << "a fresh activation: state starts over";
+  EXPECT_EQ(sharding->stats().passivations, 1u);
+  EXPECT_EQ(count_of("busy"), 3u) << "not passivated";
+  EXPECT_EQ(log.activations("idle"), 2);
+}
+
+TEST_F(Entities, MessagesDuringARequestedPassivationGoToTheNextActivationInOrder) {
+  EXPECT_EQ(count_of("p"), 1u);
+  sharding->tell("counter", "p", cmd("passivate"));
+  for (std::uint64_t i = 1; i <= 100; ++i) sharding->tell("counter", "p", ping(i), probe->ref());
+  for (std::uint64_t i = 1; i <= 100; ++i) {
+    auto r = probe->next();
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->msg.as<test::Ping>()->seq(), i);
+  }
+  EXPECT_EQ(sharding->stats().passivations, 1u);
+  EXPECT_GE(log.activations("p"), 1);
+  EXPECT_LE(log.activations("p"), 2);
+}
+
+TEST_F(Entities, AnUnknownTypeAndBadIdsAreAnsweredWithEntityErrorAndCounted) {
+  sharding->tell("nope", "1", cmd("x"), probe->ref());
+  auto r = probe->next();
+  ASSERT_TRUE(r);
+  ASSERT_TRUE(r->msg.is<EntityError>());
+  EXPECT_NE(r->msg.as<EntityError>()->reason()->str().find("unknown entity type"), std::string::npos);
+  sharding->tell("counter", "", cmd("x"), probe->ref());
+  sharding->tell("counter", std::string(300, 'a'), cmd("x"), probe->ref());
+  for (int i = 0; i < 2; ++i) {
+    auto e = probe->next();
+    ASSERT_TRUE(e);
+    EXPECT_TRUE(e->msg.is<EntityError>());
+  }
+  EXPECT_EQ(sharding->stats().unknown_type, 1u);
+  EXPECT_EQ(sharding->stats().bad_id, 2u);
+  EXPECT_EQ(sharding->stats().activations, 0u);
+  // An ask to an unknown type gets the EntityError as its reply, not a timeout.
+  auto a = sharding->ask("nope", "1", cmd("x"), 5s).get();
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(a->is<EntityError>());
+}
+
+TEST_F(Entities, BadSettingsAndADuplicateTypeAreRefused) {
+  EntitySettings s;
+  s.type = "";
+  EXPECT_THROW(sharding->start(s, [](ActorContext&, SpawnOptions, const std::string&) { return ActorRef(); }),
+               std::invalid_argument);
+  s.type = "counter";
+  EXPECT_THROW(sharding->start(s, [](ActorContext&, SpawnOptions, const std::string&) { return ActorRef(); }),
+               std::invalid_argument);
+  s.type = "x";
+  s.num_shards = 0;
+  EXPECT_THROW(sharding->start(s, [](ActorContext&, SpawnOptions, const std::string&) { return ActorRef(); }),
+               std::invalid_argument);
+}
+
+TEST(EntityNames, OnlySafeBytesSurviveUnescaped) {
+  EXPECT_EQ(entity_child_name("user-42_a.b"), "user-42_a.b");
+  EXPECT_EQ(entity_child_name("a/b"), "a%2Fb");
+  EXPECT_EQ(entity_child_name("$x"), "%24x");
+  EXPECT_EQ(entity_child_name("a%b"), "a%25b");
+}
+
+}  // namespace
+}  // namespace troupe::sharding
