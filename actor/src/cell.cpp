@@ -556,7 +556,7 @@ void Cell::finalize() {
     if (Extras* x = extras_.load(std::memory_order_acquire)) watchers.swap(x->watchers);
   }
   if (Extras* x = extras_.load(std::memory_order_acquire)) {
-    for (auto& t : x->watching) t.target()->remove_watcher(me);
+    x->watching.for_each([&](const ActorRef& t) { t.target()->remove_watcher(me); });
     x->watching.clear();
   }
   drain_dead();
@@ -630,24 +630,21 @@ void Cell::remove_watcher(const ActorRef& watcher) {
 void Cell::watch(const ActorRef& ref) {
   if (!ref) return;
   auto& w = extras().watching;
-  if (std::find(w.begin(), w.end(), ref) != w.end()) return;
-  w.push_back(ref);
+  if (w.contains(ref)) return;
+  w.insert(ref);
   ref.target()->add_watcher(ActorRef(this, true));
 }
 
 bool Cell::consume_watch(const ActorRef& ref) {
   Extras* x = extras_.load(std::memory_order_acquire);
   if (!x) return false;
-  auto it = std::find(x->watching.begin(), x->watching.end(), ref);
-  if (it == x->watching.end()) return false;
-  x->watching.erase(it);
-  return true;
+  return x->watching.erase(ref);
 }
 
 void Cell::unwatch(const ActorRef& ref) {
   Extras* x = extras_.load(std::memory_order_acquire);
   if (!x || !ref) return;
-  std::erase(x->watching, ref);
+  x->watching.erase(ref);
   ref.target()->remove_watcher(ActorRef(this, true));
 }
 

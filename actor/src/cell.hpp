@@ -1,4 +1,5 @@
 #pragma once
+#include <algorithm>
 // The runtime's representation of one actor: mailbox, state word, place in the tree, and the
 // user's Actor instance. Rarely used parts (name, named children, watchers, timers, restart
 // statistics) live in a lazily allocated Extras block so that an idle anonymous actor stays small.
@@ -12,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <troupe/actor/actor.hpp>
@@ -111,6 +113,52 @@ struct TimerState final : Control {
   bool admit(Cell& c) override;
 };
 
+/// The actors one actor watches: a vector while small, a hash set once large (a parent that
+/// watches a million children, such as a shard region, must not pay O(n) per watch).
+class WatchSet {
+ public:
+  bool contains(const ActorRef& r) const {
+    return big_ ? big_->count(r) != 0 : std::find(small_.begin(), small_.end(), r) != small_.end();
+  }
+  void insert(const ActorRef& r) {
+    if (big_) {
+      big_->insert(r);
+      return;
+    }
+    small_.push_back(r);
+    if (small_.size() > kSmall) {
+      big_ = std::make_unique<std::unordered_set<ActorRef>>(small_.begin(), small_.end());
+      small_.clear();
+      small_.shrink_to_fit();
+    }
+  }
+  /// Removes `r`; false when absent.
+  bool erase(const ActorRef& r) {
+    if (big_) return big_->erase(r) != 0;
+    auto it = std::find(small_.begin(), small_.end(), r);
+    if (it == small_.end()) return false;
+    small_.erase(it);
+    return true;
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    if (big_) {
+      for (const auto& r : *big_) f(r);
+    } else {
+      for (const auto& r : small_) f(r);
+    }
+  }
+  void clear() {
+    small_.clear();
+    big_.reset();
+  }
+
+ private:
+  static constexpr std::size_t kSmall = 16;
+  std::vector<ActorRef> small_;
+  std::unique_ptr<std::unordered_set<ActorRef>> big_;
+};
+
 class Cell final : public RefTarget, public ActorContext {
  public:
   enum : std::uint32_t {
@@ -186,7 +234,7 @@ class Cell final : public RefTarget, public ActorContext {
     Cell* first_child = nullptr;                                 // guarded by stripe(this)
     std::unordered_map<std::string_view, Cell*> named_children;  // guarded by stripe(this)
     std::vector<ActorRef> watchers;                              // guarded by stripe(this)
-    std::vector<ActorRef> watching;                              // own turn only
+    WatchSet watching;                                           // own turn only
     std::unordered_map<TimerId, Ref<TimerState>> timers;          // own turn only
     TimerId next_timer = 0;
     std::uint64_t incarnation = 0;                               // own turn only

@@ -60,7 +60,8 @@ class Region final : public Actor {
     ActorRef ref;
     TimerService::Clock::time_point last_active;  // on the system's timer clock (tests drive it)
     bool passivating = false;
-    std::deque<std::pair<Message, ActorRef>> waiting;  // while passivating
+    // Messages that arrive while it passivates (allocated only then: most entities never need it).
+    std::unique_ptr<std::deque<std::pair<Message, ActorRef>>> waiting;
   };
 
   void on_envelope(const EntityEnvelope& env) {
@@ -72,7 +73,8 @@ class Region final : public Actor {
     auto& e = it->second;
     if (e.passivating) {
       shared_->buffered.fetch_add(1, std::memory_order_relaxed);
-      e.waiting.emplace_back(std::move(msg), sender());
+      if (!e.waiting) e.waiting = std::make_unique<std::deque<std::pair<Message, ActorRef>>>();
+      e.waiting->emplace_back(std::move(msg), sender());
       return;
     }
     e.last_active = context().system().timers().now();
@@ -86,7 +88,7 @@ class Region final : public Actor {
     by_ref_[ref.target()] = id;
     shared_->activations.fetch_add(1, std::memory_order_relaxed);
     shared_->live.fetch_add(1, std::memory_order_relaxed);
-    return entities_.emplace(id, Entity{ref, context().system().timers().now(), false, {}}).first;
+    return entities_.emplace(id, Entity{ref, context().system().timers().now(), false, nullptr}).first;
   }
 
   void passivate(Entity& e) {
@@ -111,10 +113,10 @@ class Region final : public Actor {
     auto e = std::move(entities_.at(id));
     entities_.erase(id);
     shared_->live.fetch_sub(1, std::memory_order_relaxed);
-    if (e.waiting.empty()) return;
+    if (!e.waiting || e.waiting->empty()) return;
     // Messages that arrived while it stopped start its next activation, in order.
     auto next = activate(id);
-    for (auto& [msg, from] : e.waiting) {
+    for (auto& [msg, from] : *e.waiting) {
       shared_->routed.fetch_add(1, std::memory_order_relaxed);
       next->second.ref.tell(std::move(msg), from);
     }
