@@ -133,7 +133,10 @@ struct SwimProtocol::State {
     if (s <= n.info.status) return;
     view_changed = true;
     const bool was_live = live_status(n.info.status);
-    digest_value ^= member_hash(n.info.uid, n.info.status) ^ member_hash(n.info.uid, s);
+    // The digest covers members that are not removed: a removed member leaves it entirely, so
+    // that a node that never knew it (a later joiner) can still converge with the others.
+    digest_value ^= member_hash(n.info.uid, n.info.status);
+    if (s != MemberStatus::removed) digest_value ^= member_hash(n.info.uid, s);
     digest_changed_at = now();
     n.info.status = s;
     n.status_since = now();
@@ -220,7 +223,7 @@ struct SwimProtocol::State {
       decide(n.info.name, fmt::format("suspected by {:016x}: {} (incarnation {}, timeout {} ms)", from, why,
                                       incarnation, n.suspect_deadline.count() / 1'000'000 - now().count() / 1'000'000));
       broadcast(n);
-    } else if (n.confirmers.insert(from).second) {
+    } else if (n.confirmers.size() < 64 && n.confirmers.insert(from).second) {
       // Lifeguard: an independent confirmation shortens the suspicion.
       suspicions.erase({n.suspect_deadline, n.info.uid});
       n.suspect_deadline = n.suspect_start + suspicion_timeout(n.confirmers.size() - 1);
@@ -235,6 +238,11 @@ struct SwimProtocol::State {
 
   void refute(std::uint64_t claimed, const std::string& why) {
     Node& m = me();
+    if (claimed >= m.info.incarnation + cfg.max_incarnation_jump) {
+      // Nobody can have seen such an incarnation of this node: a forged record; keep counting.
+      ++stats.rejected_records;
+      return;
+    }
     m.info.incarnation = std::max(m.info.incarnation, claimed) + 1;
     ++stats.refutations;
     local_health = std::min(local_health + 1, cfg.max_local_health);
@@ -757,6 +765,12 @@ struct SwimProtocol::State {
       }
     }
     if (leader_uid == self_uid && pending_moves) leader_actions();
+    // Leaving with nobody up to lead (the last member, or alone): move on without a leader.
+    if (!leader_uid && me().info.status == MemberStatus::leaving) {
+      set_status(me(), MemberStatus::exiting, "leaving with no leader to move it");
+    } else if (!leader_uid && me().info.status == MemberStatus::exiting && !self_exited) {
+      set_status(me(), MemberStatus::removed, "exiting with no leader to remove it");
+    }
     // Downing.
     if (cfg.auto_down && (unreachable_live || !unreachable_set.empty())) resolve_split_brain();
     // Flap damping recovery.
@@ -780,7 +794,10 @@ struct SwimProtocol::State {
     // Tombstones expire.
     for (auto it = removed_at.begin(); it != removed_at.end();) {
       if (t - it->second > nanoseconds(cfg.push_pull_interval) * 4) {
-        if (auto n = nodes.find(it->first); n != nodes.end() && n->second.transmits_left == 0) nodes.erase(n);
+        if (auto n = nodes.find(it->first); n != nodes.end()) {
+          if (n->second.transmits_left) pending_tx[n->second.transmits_left].erase(it->first);
+          nodes.erase(n);
+        }
         it = removed_at.erase(it);
       } else {
         ++it;

@@ -208,6 +208,28 @@ TEST_F(Sim, AGracefulLeaveEndsRemovedEverywhere) {
   EXPECT_TRUE(removed);
 }
 
+TEST_F(Sim, AfterARemovalLaterJoinsAndLeavesStillComplete) {
+  form(*sim, 5, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 5), range(0, 5)); }, 60s));
+  sim->node(4).leave();
+  ASSERT_TRUE(sim->run_until([&] { return sim->node(4).stopped() && !view(*sim, 0, 4); }, 60s));
+  // A newcomer never knew n0004: it must still converge with the others and come up.
+  const int late = sim->add_node(name_of(5), cfg);
+  sim->join(late, {0});
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, {0, 1, 2, 3, 5}, {0, 1, 2, 3, 5}); }, 60s));
+  EXPECT_EQ(sim->node(late).digest(), sim->node(0).digest());
+  sim->node(3).leave();
+  ASSERT_TRUE(sim->run_until([&] { return sim->node(3).stopped(); }, 60s)) << "a later leave completes";
+}
+
+TEST_F(Sim, ALoneNodeLeavesWithoutALeader) {
+  sim->add_node(name_of(0), cfg);
+  sim->join(0, {0});
+  ASSERT_TRUE(sim->run_until([&] { return sim->node(0).self().status == MemberStatus::up; }, 10s));
+  sim->node(0).leave();
+  ASSERT_TRUE(sim->run_until([&] { return sim->node(0).stopped(); }, 5s));
+}
+
 TEST_F(Sim, ARestartedNodeRejoinsAsANewIncarnation) {
   form(*sim, 8, cfg);
   ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 8), range(0, 8)); }, 60s));

@@ -27,9 +27,9 @@ using ShardId = std::uint32_t;
 
 /// XXH3-64 of `type` and `id` (separated so that ("ab","c") and ("a","bc") differ).
 std::uint64_t entity_hash(std::string_view type, std::string_view id) noexcept;
-/// The shard of an entity: entity_hash(type, id) % num_shards.
+/// The shard of an entity: entity_hash(type, id) % num_shards (0 when num_shards is 0).
 inline ShardId shard_of(std::string_view type, std::string_view id, std::uint32_t num_shards) noexcept {
-  return static_cast<ShardId>(entity_hash(type, id) % num_shards);
+  return num_shards ? static_cast<ShardId>(entity_hash(type, id) % num_shards) : 0;
 }
 /// The rendezvous weight of `shard` on `node`.
 std::uint64_t rendezvous_weight(ShardId shard, std::uint64_t node) noexcept;
