@@ -75,9 +75,14 @@ struct MembershipService::Impl {
   auto call(F&& fn) const -> decltype(fn()) {
     // On the I/O thread, or once it has ended (stopped), nothing else touches the protocol.
     if (std::this_thread::get_id() == io_thread || stopped) return fn();
-    std::packaged_task<decltype(fn())()> task(std::forward<F>(fn));
+    std::packaged_task<decltype(fn())()> task([&fn] { return fn(); });
     auto fut = task.get_future();
     udp->post([&task] { task(); });
+    // A transport stopping drops posted tasks: once it has stopped (its thread joined), a task
+    // that did not run never will, and this thread may run it.
+    while (fut.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready) {
+      if (stopped && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return fn();
+    }
     return fut.get();
   }
 };
@@ -251,6 +256,13 @@ KeyOpResult MembershipService::key_operation(KeyOp op, const Key& key, std::chro
     impl_->proto->key_operation(op, std::move(bytes), timeout, [done](KeyOpResult r) { done->set_value(std::move(r)); });
     return 0;
   });
+  // The protocol answers by the timeout; a node that stopped meanwhile never does.
+  if (fut.wait_for(timeout + std::chrono::seconds(2)) != std::future_status::ready) {
+    KeyOpResult r;
+    r.op = op;
+    r.failed.emplace_back(impl_->cfg.node_name, "this node stopped before the operation completed");
+    return r;
+  }
   return fut.get();
 }
 

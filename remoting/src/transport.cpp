@@ -132,6 +132,7 @@ struct Peer {
   // (the peer may be added to an allow-list later).
   std::chrono::steady_clock::time_point retry_at{};
   std::chrono::milliseconds backoff{0};
+  bool in_active = false;  // listed in Core::active
 };
 
 struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
@@ -152,6 +153,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
 
   // ---- I/O thread ------------------------------------------------------------------------------
   void run();
+  void run_once(std::vector<zmq_pollitem_t>& items, std::vector<Peer*>& owners);
   void take_work();
   void flush(Peer& p);
   bool connect(Peer& p);
@@ -172,6 +174,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void lost_op(std::uint64_t uid, const std::shared_ptr<Peer>& peer, const std::string& reason);
   bool bind_origin(std::string_view key, const NodeAddress& a);
   void sweep();
+  void resend_watches();
   void socket_monitor(zmq::socket_t& s, std::unique_ptr<zmq::socket_t>& mon, int events);
 
   ActorSystem& system;
@@ -215,7 +218,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   std::mutex export_mu;
   std::unordered_map<std::uint64_t, ActorRef> exports;
   std::unordered_map<troupe::detail::RefTarget*, std::uint64_t> export_ids;
-  std::uint64_t next_export = 0;
+  std::mt19937_64 export_rng{std::random_device{}()};
 
   // I/O thread only.
   struct Conn {
@@ -235,6 +238,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     ActorRef watchee;  // remote
     ActorRef watcher;  // local
     std::string watcher_path;
+    bool sent = false;  // the Watch left in a frame; until then it is sent again (sweep)
   };
   std::unordered_map<std::uint64_t, std::vector<WatchEntry>> watches;  // by watchee's node
   struct ServedWatch {
@@ -381,8 +385,11 @@ std::string Transport::Core::export_ref(const ActorRef& r) {
   std::lock_guard lk(export_mu);
   auto [it, inserted] = export_ids.try_emplace(r.target(), 0);
   if (inserted) {
-    it->second = ++next_export;
-    exports.emplace(it->second, r);
+    // Random, not sequential: another peer cannot guess the reply address of someone's ask.
+    std::uint64_t id = 0;
+    while (id == 0 || exports.count(id)) id = export_rng();
+    it->second = id;
+    exports.emplace(id, r);
   }
   return fmt::format("{}{}", kTempPrefix, it->second);
 }
@@ -446,27 +453,30 @@ bool Transport::Core::connect(Peer& p) {
     if (it == keys.end()) return false;
     server_key = it->second.key;
   }
-  auto d = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
-  d->set(zmq::sockopt::linger, 0);
-  d->set(zmq::sockopt::immediate, 1);  // queue in Troupe (bounded, counted), not in ZeroMQ
-  d->set(zmq::sockopt::sndhwm, 64);  // frames: keeps what ZeroMQ buffers per peer small and bounded
-  d->set(zmq::sockopt::reconnect_ivl, static_cast<int>(cfg.reconnect_min.count()));
-  d->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(cfg.reconnect_max.count()));
-  d->set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(cfg.limits.max_frame_bytes + (64u << 10)));
-  if (!cfg.insecure) {
-    d->set(zmq::sockopt::curve_serverkey, server_key);
-    d->set(zmq::sockopt::curve_publickey, cfg.keys.public_key);
-    d->set(zmq::sockopt::curve_secretkey, cfg.keys.secret_key);
-  }
-  socket_monitor(*d, p.monitor, kMonitorEvents);
   try {
+    auto d = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+    d->set(zmq::sockopt::linger, 0);
+    d->set(zmq::sockopt::immediate, 1);  // queue in Troupe (bounded, counted), not in ZeroMQ
+    d->set(zmq::sockopt::sndhwm, 64);    // frames: keeps what ZeroMQ buffers per peer small and bounded
+    d->set(zmq::sockopt::reconnect_ivl, static_cast<int>(cfg.reconnect_min.count()));
+    d->set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(cfg.reconnect_max.count()));
+    d->set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(cfg.limits.max_frame_bytes + (64u << 10)));
+    if (!cfg.insecure) {
+      d->set(zmq::sockopt::curve_serverkey, server_key);
+      d->set(zmq::sockopt::curve_publickey, cfg.keys.public_key);
+      d->set(zmq::sockopt::curve_secretkey, cfg.keys.secret_key);
+    }
     d->connect(p.addr.zmq_endpoint());
+    // The monitor only once connected: a failed connect leaves no socket behind.
+    socket_monitor(*d, p.monitor, kMonitorEvents);
+    p.dealer = std::move(d);
+    return true;
   } catch (const zmq::error_t& e) {
-    log.warn("cannot connect to {}: {}", p.addr.to_string(), e.what());
+    // A bad address, or out of sockets or descriptors: this peer's messages are dropped (counted).
+    out_log.warn(log, "cannot connect to {}: {}", p.addr.to_string(), e.what());
+    close_peer(p);
     return false;
   }
-  p.dealer = std::move(d);
-  return true;
 }
 
 void Transport::Core::close_peer(Peer& p) {
@@ -510,7 +520,10 @@ void Transport::Core::take_work() {
       drop(o, "its node is lost", n.dropped_node_lost);
       continue;
     }
-    if (p.pending.empty() && !p.dealer) active.push_back(o.peer);
+    if (!p.in_active) {
+      p.in_active = true;
+      active.push_back(o.peer);
+    }
     p.pending.push_back(std::move(o));
   }
   batch.clear();
@@ -518,6 +531,18 @@ void Transport::Core::take_work() {
 }
 
 void Transport::Core::on_sent(const Outbound& o) {
+  if (o.msg.type() == kWatch) {
+    const auto* w = o.msg.as<wire::Watch>();
+    auto it = watches.find(o.peer->addr.uid);
+    if (!w || it == watches.end()) return;
+    for (auto& e : it->second) {
+      if (e.watcher_path == w->watcher()->string_view() &&
+          static_cast<RemoteRef*>(e.watchee.target())->local_path() == w->watchee()->string_view()) {
+        e.sent = true;
+      }
+    }
+    return;
+  }
   if (o.msg.type() != kTerminated) return;
   // A Terminated for a remote watcher ends that served watch.
   auto it = served.find(o.peer->addr.uid);
@@ -535,9 +560,9 @@ void Transport::Core::flush(Peer& p) {
   while (!p.pending.empty()) {
     if (!p.dealer && std::chrono::steady_clock::now() < p.retry_at) return;  // backing off
     if (!p.dealer && !connect(p)) {
-      out_log.warn(log, "no CURVE key known for {} ({} messages dropped): declare it (add_peer_key, --peer-key) or "
-                   "let that node connect first", p.addr.to_string(), p.pending.size());
-      for (auto& o : p.pending) drop(o, "no CURVE key known for its node", n.dropped_no_peer_key);
+      out_log.warn(log, "cannot reach {} ({} messages dropped): no CURVE key known for it (add_peer_key, "
+                   "--peer-key, or let it connect first) or no socket could be made", p.addr.to_string(), p.pending.size());
+      for (auto& o : p.pending) drop(o, "no connection to its node (no CURVE key known, or no socket)", n.dropped_no_peer_key);
       p.queued.fetch_sub(p.pending.size(), std::memory_order_relaxed);
       p.pending.clear();
       return;  // the key may be learned later
@@ -824,6 +849,7 @@ void Transport::Core::lost_op(std::uint64_t uid, const std::shared_ptr<Peer>& pe
     peer->pending.clear();
     close_peer(*peer);
     std::erase(active, peer);
+    peer->in_active = false;
   }
   if (auto it = watches.find(uid); it != watches.end()) {
     auto v = std::move(it->second);
@@ -928,6 +954,20 @@ void Transport::Core::read_dealer(Peer& p) {
   }
 }
 
+void Transport::Core::resend_watches() {
+  // A Watch dropped before it left (queue full, no key yet, send failure) is sent again: the
+  // watcher must get its Terminated when the actor stops, not only when its node is lost.
+  for (auto& [uid, v] : watches) {
+    for (auto& e : v) {
+      if (e.sent) continue;
+      auto* rr = static_cast<RemoteRef*>(e.watchee.target());
+      if (rr->peer()->lost.load(std::memory_order_acquire)) continue;  // the loss terminates it
+      enqueue(Outbound{rr->peer(), {}, make_watch<wire::Watch>(rr->local_path(), e.watcher_path), {},
+                       std::string(kControlPath), {}});
+    }
+  }
+}
+
 void Transport::Core::sweep() {
   std::vector<ActorRef> done;  // released outside the lock
   std::lock_guard lk(export_mu);
@@ -946,12 +986,28 @@ void Transport::Core::run() {
   std::vector<zmq_pollitem_t> items;
   std::vector<Peer*> owners;  // the peer of each item (null for the router side)
   while (!stopping.load(std::memory_order_acquire)) {
+    try {
+      run_once(items, owners);
+    } catch (const std::exception& e) {
+      // Never let one bad event end remoting: log it (throttled) and go on.
+      conn_log.warn(log, "remoting I/O thread: {}", e.what());
+    }
+  }
+}
+
+void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<Peer*>& owners) {
+  {
     take_work();
     for (auto& p : active) flush(*p);
-    std::erase_if(active, [](const std::shared_ptr<Peer>& p) { return !p->dealer && p->pending.empty(); });
+    std::erase_if(active, [](const std::shared_ptr<Peer>& p) {
+      if (p->dealer || !p->pending.empty()) return false;
+      p->in_active = false;
+      return true;
+    });
     const auto now = std::chrono::steady_clock::now();
     if (now >= next_sweep) {
       sweep();
+      resend_watches();
       next_sweep = now + std::chrono::seconds(1);
     }
 
@@ -980,7 +1036,7 @@ void Transport::Core::run() {
     idle.store(true, std::memory_order_seq_cst);
     const bool work = queued_work.load(std::memory_order_seq_cst) != 0;
     // 100 ms at most: exports are swept and peers backing off after a failed handshake retried.
-    if (zmq_poll(items.data(), static_cast<int>(items.size()), work ? 0 : 100) < 0 && zmq_errno() == ETERM) break;
+    if (zmq_poll(items.data(), static_cast<int>(items.size()), work ? 0 : 100) < 0 && zmq_errno() == ETERM) return;
     idle.store(false, std::memory_order_relaxed);
     if (items[0].revents & ZMQ_POLLIN) {
       std::uint64_t v;
@@ -1100,23 +1156,36 @@ void Transport::stop() {
   auto& c = *core_;
   if (c.stopping.exchange(true)) return;
   {
+    // From here on new messages are dropped at once and new operations refused (their callers
+    // handle that: a watch terminates at once).
+    std::lock_guard lk(c.q_mu);
+    c.stopped = true;
+  }
+  {
     const std::uint64_t one = 1;
     [[maybe_unused]] auto r = ::write(c.efd, &one, sizeof one);
   }
   if (c.io.joinable()) c.io.join();
   std::vector<Outbound> left;
+  std::vector<std::function<void()>> ops;
   {
     std::lock_guard lk(c.q_mu);
-    c.stopped = true;
     left.swap(c.out);
-    c.ops.clear();
+    ops.swap(c.ops);
   }
+  // Operations accepted before the stop still run (single-threaded now): a watch registered
+  // just before is terminated below like every other.
+  for (auto& fn : ops) fn();
   for (auto& p : c.active) {
     for (auto& o : p->pending) left.push_back(std::move(o));
     p->pending.clear();
     c.close_peer(*p);
   }
   c.active.clear();
+  {
+    std::lock_guard lk(c.mu);
+    for (auto& [uid, p] : c.peers) c.close_peer(*p);  // sockets of peers that were not active
+  }
   for (auto& o : left) {
     o.peer->queued.fetch_sub(1, std::memory_order_relaxed);
     c.drop(o, "transport stopped", c.n.dropped_stopped);
@@ -1167,6 +1236,13 @@ Result<ActorRef> Transport::resolve(std::string_view address) {
 }
 
 std::string Transport::address_of(const ActorRef& ref) { return core_->address_of(ref); }
+
+bool Transport::learn_peer_key(std::string_view endpoint, std::string_view public_key) {
+  auto& c = *core_;
+  if (!c.cfg.insecure && !c.cfg.allow_list->contains(public_key)) return false;
+  std::lock_guard lk(c.mu);
+  return c.keys.try_emplace(std::string(endpoint), Core::KeyEntry{std::string(public_key), false}).second;
+}
 
 void Transport::add_peer_key(std::string_view endpoint, std::string_view public_key) {
   std::lock_guard lk(core_->mu);

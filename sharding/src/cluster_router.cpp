@@ -70,9 +70,11 @@ ClusterGroup::ClusterGroup(ActorSystem& system, remoting::Transport& transport, 
   ms.subscribe([weak](const membership::MembershipEvent& e) {
     if (auto st = weak.lock()) st->on_event(e);
   });
-  // Members already up when the group is made.
+  // Members already up when the group is made. The snapshot is taken without holding `mu`: it
+  // waits for the gossip thread, which may be delivering an event that needs `mu`.
+  const auto members = ms.members();
   std::lock_guard lk(s.mu);
-  for (const auto& m : ms.members()) {
+  for (const auto& m : members) {
     if (m.status == MemberStatus::up && m.liveness != Liveness::unreachable) s.add(m);
   }
 }

@@ -10,8 +10,9 @@
 ///
 /// Refs to remote actors come from resolve() or arrive as the sender of a remote message; they
 /// are ordinary ActorRefs (tell, ask, watch). Delivery is at most once, FIFO per sender and
-/// recipient. Everything that cannot be delivered goes to the system's dead letters and is
-/// counted in stats().
+/// recipient. Everything Troupe cannot deliver goes to the system's dead letters and is counted
+/// in stats(); frames already handed to ZeroMQ when a connection breaks are lost with it (the
+/// disconnect is counted, the messages are not: at most once).
 
 #include <chrono>
 #include <cstddef>
@@ -125,6 +126,10 @@ class Transport final : public NodeLossListener {
   /// Declares the CURVE public key of the node listening at `endpoint` ("host:port"). Keys of
   /// peers that connect to this node are learned from their handshake.
   void add_peer_key(std::string_view endpoint, std::string_view public_key);
+  /// A key heard of (e.g. in a gossip member record): taken only when that key is on the
+  /// allow-list and no key is known yet for the endpoint (a configured or handshake-learned key
+  /// is never replaced). True when taken.
+  bool learn_peer_key(std::string_view endpoint, std::string_view public_key);
 
   void node_lost(std::uint64_t node, std::string_view reason) override;
 
