@@ -47,6 +47,8 @@ Result<NodeAddress> parse_endpoint(std::string_view s) {
     for (char c : host) {
       if (!host_char(c)) return bad();
     }
+    // libzmq refuses names that do not start with a letter or digit.
+    if (!host.empty() && !std::isalnum(static_cast<unsigned char>(host.front()))) return bad();
   }
   if (host.empty() || host.size() > 253 || port.empty()) return bad();
   unsigned p = 0;
