@@ -239,6 +239,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     ActorRef watcher;  // local
     std::string watcher_path;
     bool sent = false;  // the Watch left in a frame; until then it is sent again (sweep)
+    std::chrono::steady_clock::time_point tried{std::chrono::steady_clock::now()};
   };
   std::unordered_map<std::uint64_t, std::vector<WatchEntry>> watches;  // by watchee's node
   struct ServedWatch {
@@ -958,8 +959,10 @@ void Transport::Core::resend_watches() {
   // A Watch dropped before it left (queue full, no key yet, send failure) is sent again: the
   // watcher must get its Terminated when the actor stops, not only when its node is lost.
   for (auto& [uid, v] : watches) {
+    const auto now = std::chrono::steady_clock::now();
     for (auto& e : v) {
-      if (e.sent) continue;
+      if (e.sent || now - e.tried < std::chrono::seconds(1)) continue;
+      e.tried = now;
       auto* rr = static_cast<RemoteRef*>(e.watchee.target());
       if (rr->peer()->lost.load(std::memory_order_acquire)) continue;  // the loss terminates it
       enqueue(Outbound{rr->peer(), {}, make_watch<wire::Watch>(rr->local_path(), e.watcher_path), {},

@@ -210,6 +210,23 @@ TEST_F(TwoNodes, RemoteWatchGetsExactlyOneTerminatedWhenTheActorStops) {
   EXPECT_EQ(a->transport->stats().remote_watches, 0u);
 }
 
+TEST_F(TwoNodes, AWatchDroppedBeforeItLeftIsSentAgain) {
+  auto target = b->sys.spawn<Echo>(SpawnOptions{.name = "target"});
+  // No key for b yet: the Watch is dropped (counted) ...
+  auto remote = a->transport->resolve(b->transport->address().to_string() + "/user/target").value();
+  a->probe.watch(a->sys, remote);
+  ASSERT_TRUE(eventually([&] { return a->transport->stats().dropped_no_peer_key >= 1; }));
+  // ... and sent again once b can be reached: b's stop then reaches the watcher.
+  a->transport->add_peer_key(b->transport->address().endpoint(), b->public_key());
+  ASSERT_TRUE(eventually([&] { return b->transport->stats().messages_in >= 1; }));
+  ASSERT_TRUE(remote.ask(ping(1), 10s).get().ok());  // after the Watch on the same pair
+  b->sys.stop(target);
+  auto t = a->probe.next();
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::Stopped);
+}
+
 TEST_F(TwoNodes, WatchingAMissingRemoteActorYieldsAlreadyDead) {
   auto remote = a->ref_on(*b, "/user/never-was");
   a->probe.watch(a->sys, remote);

@@ -25,6 +25,7 @@
 #include <troupe/serialization/system_generated.h>
 
 #include "node_generated.h"
+#include "node_process.hpp"
 #include "testkit.hpp"
 
 namespace troupe {
@@ -32,115 +33,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct TempDir {
-  TempDir() {
-    char tmpl[] = "/tmp/troupe-mproc-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::filesystem::path path;
-};
-
-/// A troupe-node process whose stdout lines are collected by a reader thread.
-class Proc {
- public:
-  explicit Proc(std::vector<std::string> args) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(fds[1], 1);
-      std::vector<char*> argv;
-      static std::string bin = TROUPE_NODE_BIN;
-      argv.push_back(bin.data());
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(bin.c_str(), argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    out_ = fds[0];
-    reader_ = std::thread([this] { read_lines(); });
-    if (!wait_line([](const std::string& l) { return l.starts_with("troupe-node ready "); }, 20s)) {
-      throw std::runtime_error("troupe-node did not get ready");
-    }
-    std::lock_guard lk(mu_);
-    for (const auto& l : lines_) {
-      if (auto g = l.find(" gossip "); l.starts_with("troupe-node ready ") && g != std::string::npos) {
-        gossip = l.substr(g + 8);
-      }
-    }
-  }
-  ~Proc() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    reader_.join();
-    ::close(out_);
-  }
-  /// Waits for a line (seen before or arriving later) that satisfies `pred`.
-  bool wait_line(const std::function<bool(const std::string&)>& pred, std::chrono::milliseconds limit) {
-    std::unique_lock lk(mu_);
-    return cv_.wait_for(lk, limit, [&] { return std::any_of(lines_.begin(), lines_.end(), pred) ; });
-  }
-  bool saw_event(const std::string& kind, const std::string& name, std::chrono::milliseconds limit) {
-    const auto prefix = "troupe-node event " + kind + " " + name + " ";
-    return wait_line([&](const std::string& l) { return l.starts_with(prefix); }, limit);
-  }
-  /// Waits until `n` lines of event `kind` about `name` were printed.
-  bool wait_count(const std::string& kind, const std::string& name, std::size_t n, std::chrono::milliseconds limit) {
-    const auto prefix = "troupe-node event " + kind + " " + name + " ";
-    std::unique_lock lk(mu_);
-    return cv_.wait_for(lk, limit, [&] {
-      return static_cast<std::size_t>(std::count_if(lines_.begin(), lines_.end(), [&](const std::string& l) {
-               return l.starts_with(prefix);
-             })) >= n;
-    });
-  }
-  std::size_t count_event(const std::string& kind, const std::string& name) {
-    const auto prefix = "troupe-node event " + kind + " " + name + " ";
-    std::lock_guard lk(mu_);
-    return static_cast<std::size_t>(std::count_if(lines_.begin(), lines_.end(),
-                                                  [&](const std::string& l) { return l.starts_with(prefix); }));
-  }
-  void signal(int sig) const { ::kill(pid_, sig); }
-  /// Waits for the process to exit (after a signal or on its own); returns its status.
-  int wait_exit(int sig = 0) {
-    if (sig) ::kill(pid_, sig);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-  std::string gossip;
-
- private:
-  void read_lines() {
-    std::string buf;
-    char chunk[4096];
-    for (;;) {
-      auto k = ::read(out_, chunk, sizeof chunk);
-      if (k <= 0) break;
-      buf.append(chunk, static_cast<std::size_t>(k));
-      std::size_t nl;
-      while ((nl = buf.find('\n')) != std::string::npos) {
-        {
-          std::lock_guard lk(mu_);
-          lines_.push_back(buf.substr(0, nl));
-        }
-        cv_.notify_all();
-        buf.erase(0, nl + 1);
-      }
-    }
-  }
-  pid_t pid_ = -1;
-  int out_ = -1;
-  std::thread reader_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::string> lines_;
-};
+using testkit::TempDir;
+using Proc = testkit::NodeProcess;
 
 struct Five : ::testing::Test {
   Five() {
@@ -191,7 +85,7 @@ struct Five : ::testing::Test {
 
 TEST_F(Five, FormThenAKilledNodeIsDownedByAllOthers) {
   start_all();
-  nodes[3]->wait_exit(SIGKILL);
+  nodes[3]->stop(SIGKILL);
   for (int i : {0, 1, 2, 4}) EXPECT_TRUE(nodes[i]->saw_event("downed", name(3), 30s)) << name(i);
 }
 
@@ -208,7 +102,7 @@ TEST_F(Five, AShortStopDownsNobodyALongOneDownsTheNodeWhichThenExits) {
   for (int i : {0, 1, 3, 4}) EXPECT_TRUE(nodes[i]->saw_event("downed", name(2), 30s)) << name(i);
   nodes[2]->signal(SIGCONT);
   EXPECT_TRUE(nodes[2]->saw_event("self_downed", name(2), 30s));
-  const int status = nodes[2]->wait_exit();
+  const int status = nodes[2]->stop(0);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 3) << "a downed node stops with exit code 3";
 }
@@ -217,7 +111,7 @@ TEST_F(Five, AGracefulLeaveIsRemovedEverywhereAndExitsZero) {
   start_all();
   nodes[4]->signal(SIGTERM);
   for (int i : {0, 1, 2, 3}) EXPECT_TRUE(nodes[i]->saw_event("removed", name(4), 30s)) << name(i);
-  const int status = nodes[4]->wait_exit();
+  const int status = nodes[4]->stop(0);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   for (int i : {0, 1, 2, 3}) EXPECT_EQ(nodes[i]->count_event("downed", name(4)), 0u) << name(i);
@@ -225,7 +119,7 @@ TEST_F(Five, AGracefulLeaveIsRemovedEverywhereAndExitsZero) {
 
 TEST_F(Five, ARestartedNodeRejoinsAsANewIncarnation) {
   start_all();
-  nodes[1]->wait_exit(SIGKILL);
+  nodes[1]->stop(SIGKILL);
   nodes[1] = std::make_unique<Proc>(args(1));
   // The old incarnation is downed (replaced), the new one comes up: two "up n1" lines everywhere.
   for (int i : {0, 2, 3, 4}) {
@@ -323,7 +217,7 @@ TEST_F(Five, ADownedMemberTerminatesEveryRemoteWatchOfItsActors) {
   ASSERT_TRUE(r.ok()) << "n1's echo answers through the key its member record carried: " << r.error().message();
   EXPECT_EQ(r->as<node::Echo>()->seq(), 7u);
   EXPECT_EQ(a->transport().stats().remote_watches, 1u);
-  nodes[1]->wait_exit(SIGKILL);
+  nodes[1]->stop(SIGKILL);
   auto t = probe.next(30s);
   ASSERT_TRUE(t) << "no Terminated after n1 was killed";
   ASSERT_TRUE(t->msg.is<sys::Terminated>());

@@ -21,6 +21,7 @@
 #include <troupe/serialization/system_generated.h>
 
 #include "node_generated.h"
+#include "node_process.hpp"
 #include "testkit.hpp"
 
 namespace troupe {
@@ -29,72 +30,8 @@ namespace {
 using namespace std::chrono_literals;
 using remoting::NodeAddress;
 
-struct TempDir {
-  TempDir() {
-    char tmpl[] = "/tmp/troupe-proc-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::filesystem::path path;
-};
-
-/// A troupe-node child process; its stdout's first line gives its address.
-class NodeProcess {
- public:
-  explicit NodeProcess(std::vector<std::string> args) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(fds[1], 1);
-      std::vector<char*> argv;
-      static std::string bin = TROUPE_NODE_BIN;
-      argv.push_back(bin.data());
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(bin.c_str(), argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    out_ = fds[0];
-    std::string line;
-    while (line.find('\n') == std::string::npos) {
-      pollfd p{out_, POLLIN, 0};
-      if (::poll(&p, 1, 20000) <= 0) throw std::runtime_error("troupe-node did not get ready");
-      char buf[256];
-      auto k = ::read(out_, buf, sizeof buf);
-      if (k <= 0) throw std::runtime_error("troupe-node exited before getting ready");
-      line.append(buf, static_cast<std::size_t>(k));
-    }
-    constexpr std::string_view kReady = "troupe-node ready ";
-    if (!line.starts_with(kReady)) throw std::runtime_error("unexpected first line: " + line);
-    address_str = line.substr(kReady.size(), line.find('\n') - kReady.size());
-    address = remoting::parse_node_address(address_str).value();
-  }
-  ~NodeProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(out_);
-  }
-  void signal(int sig) const { ::kill(pid_, sig); }
-  /// Sends `sig` and reaps the process; returns its wait status.
-  int stop(int sig = SIGTERM) {
-    ::kill(pid_, sig);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-
-  std::string address_str;
-  NodeAddress address;
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-};
+using testkit::NodeProcess;
+using testkit::TempDir;
 
 Message echo(std::uint64_t seq, std::size_t payload = 0) {
   return Message::build<node::Echo>([&](flatbuffers::FlatBufferBuilder& b) {
@@ -250,7 +187,7 @@ TEST_F(Processes, RemoteWatchFiresOnceWhenThePeerIsKilled) {
   EXPECT_EQ(testkit::op_of(m->msg), "marker");
   auto s = a->transport().stats();
   EXPECT_EQ(s.messages_out + s.dropped_node_lost, 1u /*Watch*/ + 1u /*ask*/ + 100u)
-      << "every message is either sent or counted as dropped";
+      << "every message is either sent or counted as dropped (out " << s.messages_out << ", lost " << s.dropped_node_lost << ", frames " << s.frames_out << ")";
   EXPECT_GE(s.dropped_node_lost, 1u);
   auto r = sink_b.ask(echo(1), 10s).get();
   EXPECT_EQ(r.error(), ActorErrc::dead_target);
