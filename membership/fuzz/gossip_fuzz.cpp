@@ -13,6 +13,8 @@
 #include <troupe/membership/swim.hpp>
 #include <troupe/serialization/gossip_generated.h>
 
+#include "fuzz_seeds.hpp"
+
 namespace {
 using namespace troupe::membership;
 
@@ -27,7 +29,6 @@ struct Sink final : PacketTransport {
 
 void write_seeds(const std::filesystem::path& dir) {
   namespace fb = flatbuffers;
-  std::filesystem::create_directories(dir);
   for (int kind = 0; kind < 4; ++kind) {
     fb::FlatBufferBuilder b;
     auto m = troupe::gossip::CreateMemberDirect(b, "n2", 2, "127.0.0.1", 7002, "troupe://0000000000000002@127.0.0.1:7947",
@@ -58,20 +59,13 @@ void write_seeds(const std::filesystem::path& dir) {
     }
     pb.add_updates(v);
     b.Finish(pb.Finish());
-    std::ofstream(dir / ("seed-" + std::to_string(kind)), std::ios::binary)
-        .write(reinterpret_cast<const char*>(b.GetBufferPointer()), static_cast<std::streamsize>(b.GetSize()));
+    troupe::fuzz::write_seed(dir, "seed-" + std::to_string(kind), {b.GetBufferPointer(), b.GetSize()});
   }
 }
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
-  for (int i = *argc - 1; i > 0; --i) {
-    std::string a = (*argv)[i];
-    if (!a.empty() && a[0] != '-') {
-      write_seeds(a);
-      break;
-    }
-  }
+  if (auto dir = troupe::fuzz::corpus_dir(*argc, *argv); !dir.empty()) write_seeds(dir);
   return 0;
 }
 

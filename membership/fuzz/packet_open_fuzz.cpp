@@ -15,6 +15,8 @@
 
 #include <troupe/membership/packet_seal.hpp>
 
+#include "fuzz_seeds.hpp"
+
 namespace {
 using troupe::membership::Key;
 using troupe::membership::Keyring;
@@ -39,13 +41,9 @@ std::shared_ptr<Keyring> keyring() {
   return ring;
 }
 
-void write_seed(const std::filesystem::path& dir, const std::string& name, const std::vector<std::uint8_t>& b) {
-  std::ofstream(dir / name, std::ios::binary)
-      .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
+using troupe::fuzz::write_seed;
 
 void write_seeds(const std::filesystem::path& dir) {
-  std::filesystem::create_directories(dir);
   PacketSealer ours(keyring(), kCluster, 0x1122334455667788ULL);
   for (std::size_t n : {0, 1, 16, 100, 1200}) {
     std::vector<std::uint8_t> payload(n);
@@ -62,14 +60,7 @@ void write_seeds(const std::filesystem::path& dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
-  // The corpus directory is the last argument that is not a flag.
-  for (int i = *argc - 1; i > 0; --i) {
-    std::string a = (*argv)[i];
-    if (!a.empty() && a[0] != '-') {
-      write_seeds(a);
-      break;
-    }
-  }
+  if (auto dir = troupe::fuzz::corpus_dir(*argc, *argv); !dir.empty()) write_seeds(dir);
   return 0;
 }
 

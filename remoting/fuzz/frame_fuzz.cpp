@@ -10,11 +10,12 @@
 
 #include "test_messages_generated.h"
 
+#include "fuzz_seeds.hpp"
+
 namespace {
 // Valid frames as a starting point: FlatBuffers' structure is hard to discover from nothing.
 void write_seeds(const std::filesystem::path& dir) {
   using namespace troupe;
-  std::filesystem::create_directories(dir);
   auto ping = Message::build<test::Ping>([](auto& b) { return test::CreatePing(b, 42, 7); });
   auto text = Message::build<test::Text>([](auto& b) { return test::CreateTextDirect(b, "hello"); });
   for (int n : {0, 1, 2, 5}) {
@@ -25,21 +26,13 @@ void write_seeds(const std::filesystem::path& dir) {
             m.bytes());
     }
     auto f = b.finish(n % 2 ? "troupe://00ff@127.0.0.1:7947" : "", static_cast<std::uint64_t>(n));
-    std::ofstream(dir / ("seed-" + std::to_string(n)), std::ios::binary)
-        .write(reinterpret_cast<const char*>(f.data()), static_cast<std::streamsize>(f.size()));
+    troupe::fuzz::write_seed(dir, "seed-" + std::to_string(n), f);
   }
 }
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
-  // The corpus directory is the last argument that is not a flag.
-  for (int i = *argc - 1; i > 0; --i) {
-    std::string a = (*argv)[i];
-    if (!a.empty() && a[0] != '-') {
-      write_seeds(a);
-      break;
-    }
-  }
+  if (auto dir = troupe::fuzz::corpus_dir(*argc, *argv); !dir.empty()) write_seeds(dir);
   return 0;
 }
 
