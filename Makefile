@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc)
 WERROR     ?= $(if $(CI),ON,OFF)
 CMAKE_ARGS ?=
 
-.PHONY: all deps configure build test test-unit test-sanitize bench demo fuzz clean
+.PHONY: all deps configure build test test-unit test-sanitize bench bench-membership-long demo fuzz clean
 FUZZ_SECONDS ?= 600
 
 all: build
@@ -37,6 +37,14 @@ test-sanitize: deps
 # Troupe and its peers side by side; figures to build/bench/results.json and the terminal.
 bench: build
 	@bench/run.sh $(BUILD)
+
+# Membership false positives over a long stretch (one member stopped 2 s every 10 s), Troupe
+# and Serf at the same time: MEMBERSHIP_FALSE_SECONDS (default 300); figures to
+# build/bench/membership_long.json.
+MEMBERSHIP_FALSE_SECONDS ?= 300
+bench-membership-long: build
+	@TROUPE_BENCH_PARTS=membership MEMBERSHIP_WORKLOADS=false_downs MEMBERSHIP_FALSE_SECONDS=$(MEMBERSHIP_FALSE_SECONDS) \
+	  TROUPE_BENCH_RESULTS=membership_long.json bench/run.sh $(BUILD)
 
 # A local three-node cluster (troupe-node processes) and a client running a workload against it.
 demo: build

@@ -2,12 +2,21 @@
 # Runs Troupe's benchmarks and their peers in one go and writes build/bench/results.json:
 # one object per figure {"name","value","unit","peer","peer_value","ratio"}, ratio = value /
 # peer_value (for throughputs higher is better, for bytes and latencies lower is better).
-# Usage: bench/run.sh [build-dir] [extra args for the harnesses, e.g. --scale 0.1]
+# Usage: bench/run.sh [build-dir] [extra args for the actor and remoting harnesses, e.g. --scale 0.1]
+# Environment (defaults in brackets):
+#   TROUPE_BENCH_PARTS        which parts run [actors remote membership sim]
+#   TROUPE_BENCH_RESULTS      the results file under build-dir/bench [results.json]
+#   MEMBERSHIP_WORKLOADS      membership workloads, Troupe and Serf [detect_5 detect_9 false_downs]
+#   MEMBERSHIP_RUNS           fresh clusters per detection figure, median reported [3]
+#   MEMBERSHIP_FALSE_SECONDS  length of the false-positive workload [60; make bench-membership-long: 300]
+#   SIM_ARGS                  membership_sim_bench arguments [--sizes 100,1000,10000 --reps 3 --large-reps 1]
 set -euo pipefail
 build=${1:-build}
 shift || true
 out="$build/bench"
 mkdir -p "$out"
+parts=" ${TROUPE_BENCH_PARTS:-actors remote membership sim} "
+results=${TROUPE_BENCH_RESULTS:-results.json}
 
 run() {  # run <label> <binary> [args]: JSON lines to $out/<label>.jsonl
   local label=$1 bin=$2
@@ -24,7 +33,7 @@ run() {  # run <label> <binary> [args]: JSON lines to $out/<label>.jsonl
 # The two actor harnesses alternate workloads so that both see the same machine conditions.
 : >"$out/troupe.jsonl"
 : >"$out/caf.jsonl"
-for w in pingpong_1pair pingpong_100pairs fanin_2senders idle_actor_bytes pool_roundrobin_2x4 pool_broadcast_2x4 direct_tell_2x1; do
+[[ $parts == *" actors "* ]] && for w in pingpong_1pair pingpong_100pairs fanin_2senders idle_actor_bytes pool_roundrobin_2x4 pool_broadcast_2x4 direct_tell_2x1; do
   run troupe.part "$build/bench/troupe_bench" --only "$w" "$@"
   cat "$out/troupe.part.jsonl" >>"$out/troupe.jsonl"
   run caf.part "$build/bench/caf_bench" --only "$w" "$@"
@@ -35,7 +44,7 @@ done
 # process): raw libzmq with CURVE, Troupe and CAF's libcaf_io alternate, workload by workload.
 : >"$out/remote.jsonl"
 : >"$out/caf_remote.jsonl"
-for size in 64B 1KiB; do
+[[ $parts == *" remote "* ]] && for size in 64B 1KiB; do
   run remote.part "$build/bench/remote_bench" --only "zmq_tell_$size" "$@"
   cat "$out/remote.part.jsonl" >>"$out/remote.jsonl"
   run remote.part "$build/bench/remote_bench" --only "remote_tell_$size" "$@"
@@ -43,10 +52,62 @@ for size in 64B 1KiB; do
   run caf_remote.part "$build/bench/caf_remote_bench" --only "remote_tell_$size" "$@"
   cat "$out/caf_remote.part.jsonl" >>"$out/caf_remote.jsonl"
 done
-for w in zmq_pingpong remote_ask; do
+[[ $parts == *" remote "* ]] && for w in zmq_pingpong remote_ask; do
   run remote.part "$build/bench/remote_bench" --only "$w" "$@"
   cat "$out/remote.part.jsonl" >>"$out/remote.jsonl"
 done
+
+# Membership between real processes on loopback: troupe-node (preset lan) against HashiCorp Serf
+# (memberlist's LAN profile), detection workload by workload alternately (timed: nothing else
+# runs meanwhile); the false-positive workload of both at the same time, with the simulator
+# beside them (they count events, they do not time them, and leave a core to the simulator).
+: >"$out/membership.jsonl"
+: >"$out/membership_serf.jsonl"
+: >"$out/sim.jsonl"
+mbench="$build/bench/membership_bench"
+mruns=${MEMBERSHIP_RUNS:-3}
+mfalse=${MEMBERSHIP_FALSE_SECONDS:-60}
+serf_bin=$(command -v serf || true)
+sim_pid=""
+run_sim() {
+  # shellcheck disable=SC2086  # SIM_ARGS is a list of arguments
+  run sim "$build/bench/membership_sim_bench" ${SIM_ARGS:---sizes 100,1000,10000 --reps 3 --large-reps 1}
+}
+if [[ $parts == *" membership "* ]]; then
+  [ -n "$serf_bin" ] || echo "== membership: serf not installed (scripts/install-deps.sh), the peer is skipped" >&2
+  for w in ${MEMBERSHIP_WORKLOADS:-detect_5 detect_9 false_downs}; do
+    : >"$out/mserf.part.jsonl"
+    if [ "$w" = false_downs ]; then
+      if [[ $parts == *" sim "* ]] && [ -z "$sim_pid" ]; then
+        run_sim &
+        sim_pid=$!
+      fi
+      run mtroupe.part "$mbench" --system troupe --only "$w" --false-seconds "$mfalse" &
+      pids=$!
+      if [ -n "$serf_bin" ]; then
+        run mserf.part "$mbench" --system serf --serf "$serf_bin" --only "$w" --false-seconds "$mfalse" &
+        pids="$pids $!"
+      fi
+      # shellcheck disable=SC2086
+      wait $pids
+    else
+      run mtroupe.part "$mbench" --system troupe --only "$w" --runs "$mruns"
+      [ -n "$serf_bin" ] && run mserf.part "$mbench" --system serf --serf "$serf_bin" --only "$w" --runs "$mruns"
+    fi
+    cat "$out/mtroupe.part.jsonl" >>"$out/membership.jsonl"
+    cat "$out/mserf.part.jsonl" >>"$out/membership_serf.jsonl"
+    rm -f "$out/mtroupe.part.jsonl" "$out/mserf.part.jsonl"
+  done
+fi
+
+# Membership in the deterministic simulator (virtual time): dissemination at scale, no peer.
+if [[ $parts == *" sim "* ]]; then
+  if [ -n "$sim_pid" ]; then
+    wait "$sim_pid"
+  else
+    run_sim
+  fi
+fi
 rm -f "$out"/*.part.jsonl
 
 # Join on name (awk: the lines are flat objects written by our own harnesses).
@@ -72,7 +133,7 @@ awk -v peer="CAF 0.17.6" '
 
 # The remote figures: each Troupe figure against its own peer (a missing Troupe figure, i.e. an
 # invalid run or a harness that was not built, is left out with a warning).
-awk -v rfile="$out/remote.jsonl" '
+[[ $parts == *" remote "* ]] && awk -v rfile="$out/remote.jsonl" '
   function field(line, key,   m) {
     if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
     if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
@@ -99,18 +160,41 @@ awk -v rfile="$out/remote.jsonl" '
     pair("remote_ask_p99_us", "remote_ask_p99_us", "us", pp, remote["zmq_pingpong_p99_us"])
   }' "$out/remote.jsonl" "$out/caf_remote.jsonl" >>"$out/results.lines"
 
+# Membership: each Troupe figure against Serf's figure of the same name (a peer value of 0, e.g.
+# no false downs, is shown with ratio null); simulator figures have no peer.
+awk -v sfile="$out/membership_serf.jsonl" -v simfile="$out/sim.jsonl" -v peer="Serf 0.9.4 (memberlist LAN)" '
+  function field(line, key,   m) {
+    if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
+    if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
+    return ""
+  }
+  FILENAME == sfile { serf[field($0, "name")] = field($0, "value"); next }
+  {
+    k = field($0, "name"); v = field($0, "value"); u = field($0, "unit")
+    if (FILENAME != simfile && (k in serf)) {
+      pv = serf[k]
+      if (pv + 0 != 0) {
+        printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":\"%s\",\"peer_value\":%s,\"ratio\":%.3f}\n", k, v, u, peer, pv, v / pv
+      } else {
+        printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":\"%s\",\"peer_value\":%s,\"ratio\":null}\n", k, v, u, peer, pv
+      }
+    } else {
+      printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":null,\"peer_value\":null,\"ratio\":null}\n", k, v, u
+    }
+  }' "$out/membership_serf.jsonl" "$out/membership.jsonl" "$out/sim.jsonl" >>"$out/results.lines"
+
 # One JSON array: the lines joined with commas.
 awk 'BEGIN { printf "[\n" } { if (NR > 1) printf ",\n"; printf "%s", $0 } END { printf "\n]\n" }' \
-  "$out/results.lines" >"$out/results.json"
+  "$out/results.lines" >"$out/$results"
 rm -f "$out/results.lines"
 
-printf '%-24s %16s %16s %8s  %-6s %s\n' figure troupe peer ratio unit "peer name"
+printf '%-30s %16s %16s %8s  %-12s %s\n' figure troupe peer ratio unit "peer name"
 awk '
   function field(line, key,   m) {
     if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
     if (match(line, "\"" key "\":[-0-9.eE+]+|\"" key "\":null")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
     return ""
   }
-  /"name"/ { printf "%-24s %16s %16s %8s  %-6s %s\n", field($0,"name"), field($0,"value"), field($0,"peer_value"), field($0,"ratio"), field($0,"unit"), field($0,"peer") }
-' "$out/results.json"
-echo "written: $out/results.json" >&2
+  /"name"/ { printf "%-30s %16s %16s %8s  %-12s %s\n", field($0,"name"), field($0,"value"), field($0,"peer_value"), field($0,"ratio"), field($0,"unit"), field($0,"peer") }
+' "$out/$results"
+echo "written: $out/$results" >&2

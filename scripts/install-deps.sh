@@ -13,6 +13,7 @@ packages=(
   libssl-dev libxxhash-dev
   libcaf-dev
   libcli11-dev
+  serf
 )
 [ "${TROUPE_EXTRA_PACKAGES:-}" ] && read -r -a extra <<<"$TROUPE_EXTRA_PACKAGES" && packages+=("${extra[@]}")
 
@@ -33,3 +34,8 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q
 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+# serf is only the membership benchmark's peer: its Debian package enables a system agent on
+# the gossip port Troupe uses by default (7946); where systemd runs, keep that agent off.
+if [[ " ${missing[*]} " == *" serf "* ]] && [ -d /run/systemd/system ]; then
+  $sudo systemctl disable --now serf.service >/dev/null 2>&1 || true
+fi

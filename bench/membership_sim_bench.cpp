@@ -1,0 +1,432 @@
+// membership_sim_bench: gossip dissemination in the deterministic simulator (tests/sim), the
+// real SwimProtocol with the lan() preset on virtual nodes, virtual time, per-datagram loss
+// (delay 0.5 ms + up to 0.2 ms jitter). For each cluster size n:
+//   1. form the cluster with real joins (the public API has no bulk insert): node 0 forms it,
+//      the others start in 20 waves 500 ms apart and join through node 0; formed = every node
+//      knows every member and sees none unreachable. Up to --up-max-n, also how long until every
+//      node sees every member up (the leader moves joining -> up once it sees convergence);
+//   2. for each loss rate (0 %, then 5 %), --reps times (--large-reps from 1000 nodes on) with a
+//      different member and joiner each time, median reported, in simulated seconds measured
+//      from the nodes' own event times:
+//      sim_update_<n>_<loss>pct_s  one status change from one node (a member's graceful leave,
+//                                  "leaving") until every other live node has it;
+//      sim_join_<n>_<loss>pct_s    a new node joins through node 0, until every live node of the
+//                                  cluster knows it (its "joined" event);
+//      sim_join_up_<n>_<loss>pct_s (up to --up-max-n) the same joiner until every live node sees
+//                                  it up, within --up-limit;
+//   3. sim_speed_<n>: simulated seconds per wall second over everything after formation (the
+//      measurements, the settling between them and the periodic push-pulls in that time).
+//
+// Usage: membership_sim_bench [--sizes 100,1000,10000] [--reps 3] [--large-reps R] [--seed N]
+//                             [--max-gib G] [--form-limit S] [--up-limit S] [--up-max-n N]
+// Prints one JSON line per figure on stdout ({"name","value","unit"}); progress, wall times,
+// heap use, protocol counters and the spread of each measurement on stderr. A size whose member
+// tables would not fit in --max-gib (every node keeps all members: n^2 entries, at the bytes per
+// entry measured on the smaller sizes) or that does not form within --form-limit simulated
+// seconds yields no figures, and says why.
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sim.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using troupe::membership::EventKind;
+using troupe::membership::MembershipConfig;
+using troupe::membership::MembershipEvent;
+using troupe::sim::LinkSpec;
+using troupe::sim::Simulation;
+using WallClock = std::chrono::steady_clock;
+using std::chrono::nanoseconds;
+
+struct Options {
+  std::vector<int> sizes{100, 1000, 10000};
+  int reps = 3;
+  int large_reps = 3;  ///< repetitions for sizes of 1000 and more
+  std::uint64_t seed = 20261125;
+  double max_gib = 12;
+  double form_limit_s = 600;
+  double up_limit_s = 120;
+  int up_max_n = 200;  ///< "up everywhere" is waited for only up to this size (it takes ~n x 0.5 s)
+};
+
+double seconds(nanoseconds d) { return double(d.count()) / 1e9; }
+double wall_seconds(WallClock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+/// Heap bytes in use now (glibc).
+double heap_bytes() {
+  const auto mi = ::mallinfo2();
+  return double(mi.uordblks) + double(mi.hblkhd);
+}
+
+void emit(const std::string& name, double value, const char* unit) {
+  std::printf("{\"name\":\"%s\",\"value\":%.3f,\"unit\":\"%s\"}\n", name.c_str(), value, unit);
+  std::fflush(stdout);
+}
+
+std::string node_name(int i) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "n%05d", i);
+  return buf;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+/// Watches the cluster through the simulator's event hook: formation counters and, for one
+/// member at a time, which nodes have seen it reach a given stage.
+class Watcher {
+ public:
+  explicit Watcher(Simulation& sim) : sim_(sim) {
+    sim.record_events(false);  // members x nodes events would not fit in memory
+    sim.on_event([this](int i, const MembershipEvent& e) { on(i, e); });
+  }
+
+  void add_node() {
+    known_.push_back(0);
+    up_.push_back(0);
+    stopped_.push_back(false);
+  }
+  int formed_nodes() const { return formed_; }
+  bool up_everywhere() const { return up_complete_ == static_cast<int>(up_.size()); }
+  long unreachable_now() const { return unreachable_; }
+  int expected_members = 0;
+
+  /// Starts watching `name` reaching one of `kinds` on every node in `who` (true = counts).
+  void watch(const std::string& name, std::vector<EventKind> kinds, std::vector<bool> who, nanoseconds start) {
+    watch_name_ = name;
+    watch_kinds_ = std::move(kinds);
+    watch_who_ = std::move(who);
+    watch_seen_.assign(watch_who_.size(), false);
+    watch_need_ = static_cast<int>(std::count(watch_who_.begin(), watch_who_.end(), true));
+    watch_count_ = 0;
+    watch_start_ = start;
+    watch_times_.clear();
+  }
+  bool watch_done() const { return watch_count_ >= watch_need_; }
+  int watch_count() const { return watch_count_; }
+  int watch_need() const { return watch_need_; }
+  /// Seconds from the start until the k-th fraction of the watched nodes had it (1.0 = all).
+  double watch_quantile(double q) const {
+    if (watch_times_.empty()) return 0;
+    auto v = watch_times_;
+    std::sort(v.begin(), v.end());
+    const auto idx = std::min(v.size() - 1, static_cast<std::size_t>(q * double(v.size() - 1) + 0.5));
+    return v[idx];
+  }
+  bool is_stopped(int i) const { return stopped_[static_cast<std::size_t>(i)]; }
+
+ private:
+  void on(int i, const MembershipEvent& e) {
+    const auto ui = static_cast<std::size_t>(i);
+    switch (e.kind) {
+      case EventKind::joined:
+        if (++known_[ui] == expected_members) ++formed_;
+        break;
+      case EventKind::up:
+        if (++up_[ui] == expected_members + 1) ++up_complete_;  // itself included
+        break;
+      case EventKind::unreachable: ++unreachable_; break;
+      case EventKind::reachable: --unreachable_; break;
+      case EventKind::self_removed:
+      case EventKind::self_downed: stopped_[ui] = true; break;
+      default: break;
+    }
+    if (!watch_name_.empty() && ui < watch_who_.size() && watch_who_[ui] && !watch_seen_[ui] &&
+        e.member.name == watch_name_ &&
+        std::find(watch_kinds_.begin(), watch_kinds_.end(), e.kind) != watch_kinds_.end()) {
+      watch_seen_[ui] = true;
+      ++watch_count_;
+      watch_times_.push_back(seconds(e.at - watch_start_));
+    }
+  }
+
+  Simulation& sim_;
+  std::vector<int> known_, up_;
+  int up_complete_ = 0;
+  std::vector<bool> stopped_;
+  int formed_ = 0;
+  long unreachable_ = 0;
+  std::string watch_name_;
+  std::vector<EventKind> watch_kinds_;
+  std::vector<bool> watch_who_, watch_seen_;
+  int watch_need_ = 0, watch_count_ = 0;
+  nanoseconds watch_start_{0};
+  std::vector<double> watch_times_;
+};
+
+/// Protocol counters summed over the nodes (where the packets went).
+void print_stats(Simulation& sim, int n, const char* when) {
+  troupe::membership::SwimStats t;
+  for (int i = 0; i < sim.size(); ++i) {
+    const auto s = sim.node(i).stats();
+    t.packets_out += s.packets_out;
+    t.probes += s.probes;
+    t.probe_failures += s.probe_failures;
+    t.suspicions += s.suspicions;
+    t.unreachable_declared += s.unreachable_declared;
+    t.push_pulls += s.push_pulls;
+    t.repairs += s.repairs;
+    t.updates_sent += s.updates_sent;
+  }
+  std::fprintf(stderr,
+               "sim n=%d %s (t=%.1f s, heap %.0f MiB): packets out %llu, probes %llu (failed %llu), suspicions %llu, "
+               "unreachable %llu, push-pulls %llu (repairs %llu), updates sent %llu\n",
+               n, when, seconds(sim.now()), heap_bytes() / double(1 << 20), (unsigned long long)t.packets_out,
+               (unsigned long long)t.probes, (unsigned long long)t.probe_failures, (unsigned long long)t.suspicions,
+               (unsigned long long)t.unreachable_declared, (unsigned long long)t.push_pulls,
+               (unsigned long long)t.repairs, (unsigned long long)t.updates_sent);
+}
+
+struct SizeResult {
+  bool formed = false;
+  double bytes_per_entry = 0;
+};
+
+/// Forms an n-node cluster with real joins (a rolling start: node 0 forms it, the others start
+/// in 20 waves 500 ms apart and join through node 0, so that their periodic timers are spread as
+/// in a real cluster). True once every node knows every member and sees none unreachable.
+bool form(const Options& o, Simulation& sim, Watcher& w, int n) {
+  const auto cfg = MembershipConfig::lan();
+  sim.set_link(LinkSpec{0.0, 500us, 200us, 0.0});
+  w.expected_members = n - 1;  // a node has no "joined" event for itself
+  const int wave = std::max(1, n / 20);
+  for (int i = 0; i < n;) {
+    for (int k = 0; k < wave && i < n; ++k, ++i) {
+      sim.add_node(node_name(i), cfg);
+      w.add_node();
+      if (i == 0) {
+        sim.join(0, {});
+      } else {
+        sim.join(i, {0});
+      }
+    }
+    if (i < n) sim.run_for(500ms);
+  }
+  return sim.run_until([&] { return w.formed_nodes() == n && w.unreachable_now() == 0; },
+                       nanoseconds(static_cast<std::int64_t>(o.form_limit_s * 1e9)));
+}
+
+/// Nodes that take part (alive, not stopped), all but `except`.
+std::vector<bool> live_nodes(Simulation& sim, const Watcher& w, int except) {
+  std::vector<bool> who(static_cast<std::size_t>(sim.size()), false);
+  for (int i = 0; i < sim.size(); ++i) who[static_cast<std::size_t>(i)] = i != except && !w.is_stopped(i) && sim.alive(i);
+  return who;
+}
+
+/// A join into a quiet, converged cluster (fresh, every member up everywhere), at `loss`: seconds
+/// until every node sees the joiner up, or nothing when that does not happen within the limit.
+std::optional<double> join_up_once(const Options& o, int n, double loss, std::uint64_t seed) {
+  Simulation sim(seed);
+  Watcher w(sim);
+  if (!form(o, sim, w, n)) return std::nullopt;
+  if (!sim.run_until([&] { return w.up_everywhere(); }, nanoseconds(static_cast<std::int64_t>(o.form_limit_s * 1e9)))) {
+    return std::nullopt;
+  }
+  sim.set_link(LinkSpec{loss, 500us, 200us, 0.0});
+  sim.run_for(5s);
+  const int j = sim.size();
+  const auto who = live_nodes(sim, w, -1);
+  sim.add_node(node_name(j), MembershipConfig::lan());
+  w.add_node();
+  const auto t0 = sim.now();
+  w.watch(node_name(j), {EventKind::up}, who, t0);
+  sim.join(j, {0});
+  const bool ok = sim.run_until([&] { return w.watch_done(); }, nanoseconds(static_cast<std::int64_t>(o.up_limit_s * 1e9)));
+  std::fprintf(stderr, "sim n=%d loss=%.0f%%: join of %s into a converged cluster up on %d/%d nodes: %s %.2f s\n", n,
+               loss * 100, node_name(j).c_str(), w.watch_count(), w.watch_need(), ok ? "all" : "NOT all within the limit, last",
+               w.watch_quantile(1.0));
+  if (!ok) return std::nullopt;
+  return w.watch_quantile(1.0);
+}
+
+/// Runs everything for one cluster size. Returns what the next size's memory estimate needs.
+SizeResult run_size(const Options& o, int n, double bytes_per_entry_estimate) {
+  SizeResult res;
+  const double entries = double(n) * double(n);
+  if (bytes_per_entry_estimate > 0) {
+    const double need_gib = entries * bytes_per_entry_estimate / double(1ull << 30);
+    if (need_gib > o.max_gib) {
+      std::fprintf(stderr,
+                   "sim n=%d: skipped: every node keeps the full member table, n^2 = %.0f entries x %.0f bytes "
+                   "(measured on the smaller size) = %.1f GiB > --max-gib %.1f\n",
+                   n, entries, bytes_per_entry_estimate, need_gib, o.max_gib);
+      return res;
+    }
+  }
+  const double heap0 = heap_bytes();
+  const auto wall0 = WallClock::now();
+  Simulation sim(o.seed + static_cast<std::uint64_t>(n));
+  Watcher w(sim);
+  const bool formed = form(o, sim, w, n);
+  const double form_wall = wall_seconds(WallClock::now() - wall0);
+  const double heap1 = heap_bytes();
+  res.bytes_per_entry = std::max(1.0, (heap1 - heap0) / entries);
+  print_stats(sim, n, "formed");
+  std::fprintf(stderr, "sim n=%d: formation %s after %.1f simulated s, %.1f wall s; heap %.0f MiB (%.0f bytes per member entry)\n",
+               n, formed ? "complete" : "NOT complete", seconds(sim.now()), form_wall, (heap1 - heap0) / double(1 << 20),
+               res.bytes_per_entry);
+  if (!formed) {
+    std::fprintf(stderr, "sim n=%d: %d of %d nodes knew every member, %ld unreachable views: no figures\n", n,
+                 w.formed_nodes(), n, w.unreachable_now());
+    return res;
+  }
+  res.formed = true;
+
+  // Speed: everything after formation (the measurements, the settling between them, the
+  // periodic push-pulls that fall in that time).
+  const auto speed_sim0 = sim.now();
+  const auto speed_wall0 = WallClock::now();
+  const int reps = n >= 1000 ? o.large_reps : o.reps;
+  int next_leaver = 1;
+  for (const double loss : {0.0, 0.05}) {
+    const std::string tag = std::to_string(n) + "_" + std::to_string(int(loss * 100 + 0.5)) + "pct";
+    sim.set_link(LinkSpec{loss, 500us, 200us, 0.0});
+    sim.run_for(3s);
+    std::vector<double> upd, join;
+    for (int r = 0; r < reps; ++r) {
+      // One status change from one node: member `k` leaves gracefully.
+      const int k = next_leaver;
+      next_leaver += std::max(1, n / 7);
+      const auto t0 = sim.now();
+      const auto wall_a = WallClock::now();
+      w.watch(node_name(k), {EventKind::leaving, EventKind::exiting, EventKind::removed, EventKind::downed},
+              live_nodes(sim, w, k), t0);
+      sim.node(k).leave();
+      sim.wake(k);
+      const bool ok = sim.run_until([&] { return w.watch_done(); }, 60s);
+      std::fprintf(stderr,
+                   "sim n=%d loss=%.0f%%: leave of %s reached %d/%d nodes: 50%% %.2f s, 90%% %.2f s, all %s%.2f s "
+                   "(%.1f wall s)\n",
+                   n, loss * 100, node_name(k).c_str(), w.watch_count(), w.watch_need(), w.watch_quantile(0.5),
+                   w.watch_quantile(0.9), ok ? "" : "NOT within 60 s, last ", w.watch_quantile(1.0),
+                   wall_seconds(WallClock::now() - wall_a));
+      if (ok) upd.push_back(w.watch_quantile(1.0));
+      sim.run_for(2s);
+
+      // A join: a new node through node 0, until every live node knows it.
+      const int j = sim.size();
+      const auto who = live_nodes(sim, w, -1);
+      sim.add_node(node_name(j), MembershipConfig::lan());
+      w.add_node();
+      const auto t1 = sim.now();
+      const auto wall_b = WallClock::now();
+      w.watch(node_name(j), {EventKind::joined}, who, t1);
+      sim.join(j, {0});
+      const bool ok_join = sim.run_until([&] { return w.watch_done(); }, 60s);
+      std::fprintf(stderr,
+                   "sim n=%d loss=%.0f%%: join of %s known by %d/%d nodes: 50%% %.2f s, 90%% %.2f s, all %s%.2f s "
+                   "(%.1f wall s)\n",
+                   n, loss * 100, node_name(j).c_str(), w.watch_count(), w.watch_need(), w.watch_quantile(0.5),
+                   w.watch_quantile(0.9), ok_join ? "" : "NOT within 60 s, last ", w.watch_quantile(1.0),
+                   wall_seconds(WallClock::now() - wall_b));
+      if (ok_join) join.push_back(w.watch_quantile(1.0));
+      sim.run_for(2s);
+    }
+    if (static_cast<int>(upd.size()) == reps) emit("sim_update_" + tag + "_s", median(upd), "s");
+    if (static_cast<int>(join.size()) == reps) emit("sim_join_" + tag + "_s", median(join), "s");
+  }
+  {
+    const double sim_s = seconds(sim.now() - speed_sim0);
+    const double wall = wall_seconds(WallClock::now() - speed_wall0);
+    std::fprintf(stderr, "sim n=%d: after formation %.1f simulated s in %.1f wall s\n", n, sim_s, wall);
+    emit("sim_speed_" + std::to_string(n), sim_s / wall, "sim s/wall s");
+  }
+  print_stats(sim, n, "at the end");
+  std::fprintf(stderr, "sim n=%d: done in %.1f wall s, %.1f simulated s, %llu packets delivered, %llu dropped\n", n,
+               wall_seconds(WallClock::now() - wall0), seconds(sim.now()),
+               static_cast<unsigned long long>(sim.packets_delivered()),
+               static_cast<unsigned long long>(sim.packets_dropped()));
+
+  // Up everywhere (the leader moves a joiner up once it sees the cluster converged): fresh,
+  // quiet clusters, small sizes only (it takes about n x probe_interval, see README).
+  if (n <= o.up_max_n) {
+    for (const double loss : {0.0, 0.05}) {
+      std::vector<double> ups;
+      for (int r = 0; r < reps; ++r) {
+        if (auto t = join_up_once(o, n, loss, o.seed + 1000003ull * static_cast<std::uint64_t>(r + 1) + static_cast<std::uint64_t>(n))) {
+          ups.push_back(*t);
+        }
+      }
+      const std::string tag = std::to_string(n) + "_" + std::to_string(int(loss * 100 + 0.5)) + "pct";
+      if (static_cast<int>(ups.size()) == reps) {
+        emit("sim_join_up_" + tag + "_s", median(ups), "s");
+      } else {
+        std::fprintf(stderr, "sim n=%d loss=%.0f%%: sim_join_up not reported (%zu of %d joins up everywhere within %.0f s)\n",
+                     n, loss * 100, ups.size(), reps, o.up_limit_s);
+      }
+    }
+  }
+  return res;
+}
+
+std::vector<int> parse_sizes(const std::string& s) {
+  std::vector<int> out;
+  std::size_t pos = 0;
+  while (pos < s.size()) {
+    const auto comma = s.find(',', pos);
+    out.push_back(std::atoi(s.substr(pos, comma - pos).c_str()));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--sizes") {
+      o.sizes = parse_sizes(next());
+    } else if (a == "--reps") {
+      o.reps = o.large_reps = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--large-reps") {
+      o.large_reps = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--seed") {
+      o.seed = std::strtoull(next().c_str(), nullptr, 10);
+    } else if (a == "--max-gib") {
+      o.max_gib = std::atof(next().c_str());
+    } else if (a == "--form-limit") {
+      o.form_limit_s = std::atof(next().c_str());
+    } else if (a == "--up-limit") {
+      o.up_limit_s = std::atof(next().c_str());
+    } else if (a == "--up-max-n") {
+      o.up_max_n = std::atoi(next().c_str());
+    } else {
+      std::fprintf(stderr,
+                   "usage: membership_sim_bench [--sizes 100,1000,10000] [--reps 3] [--large-reps R] [--seed N] [--max-gib G] "
+                   "[--form-limit S] [--up-limit S] [--up-max-n N]\n");
+      return 2;
+    }
+  }
+  std::sort(o.sizes.begin(), o.sizes.end());
+  double per_entry = 0;
+  for (int n : o.sizes) {
+    if (n < 2) continue;
+    const auto r = run_size(o, n, per_entry);
+    if (r.bytes_per_entry > per_entry) per_entry = r.bytes_per_entry;
+  }
+  return 0;
+}
