@@ -4,7 +4,7 @@
 # peer_value (for throughputs higher is better, for bytes and latencies lower is better).
 # Usage: bench/run.sh [build-dir] [extra args for the actor and remoting harnesses, e.g. --scale 0.1]
 # Environment (defaults in brackets):
-#   TROUPE_BENCH_PARTS        which parts run [actors remote membership sim]
+#   TROUPE_BENCH_PARTS        which parts run [actors remote membership sim sharding]
 #   TROUPE_BENCH_RESULTS      the results file under build-dir/bench [results.json]
 #   MEMBERSHIP_WORKLOADS      membership workloads, Troupe and Serf [detect_5 detect_9 false_downs]
 #   MEMBERSHIP_RUNS           fresh clusters per detection figure, median reported [3]
@@ -15,7 +15,7 @@ build=${1:-build}
 shift || true
 out="$build/bench"
 mkdir -p "$out"
-parts=" ${TROUPE_BENCH_PARTS:-actors remote membership sim} "
+parts=" ${TROUPE_BENCH_PARTS:-actors remote membership sim sharding} "
 results=${TROUPE_BENCH_RESULTS:-results.json}
 
 run() {  # run <label> <binary> [args]: JSON lines to $out/<label>.jsonl
@@ -108,6 +108,15 @@ if [[ $parts == *" sim "* ]]; then
     run_sim
   fi
 fi
+# Sharding: placement beside jump consistent hash and rendezvous hashing (computed in the same
+# run), and memory per idle entity (no peer).
+: >"$out/sharding.jsonl"
+if [[ $parts == *" sharding "* ]]; then
+  run placement.part "$build/bench/placement_bench"
+  cat "$out/placement.part.jsonl" >>"$out/sharding.jsonl"
+  run entities.part "$build/bench/entity_bench"
+  cat "$out/entities.part.jsonl" >>"$out/sharding.jsonl"
+fi
 rm -f "$out"/*.part.jsonl
 
 # Join on name (awk: the lines are flat objects written by our own harnesses).
@@ -182,6 +191,22 @@ awk -v sfile="$out/membership_serf.jsonl" -v simfile="$out/sim.jsonl" -v peer="S
       printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":null,\"peer_value\":null,\"ratio\":null}\n", k, v, u
     }
   }' "$out/membership_serf.jsonl" "$out/membership.jsonl" "$out/sim.jsonl" >>"$out/results.lines"
+
+# Sharding lines carry their own peer: add the ratio.
+awk '
+  function field(line, key,   m) {
+    if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
+    if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
+    return ""
+  }
+  /"name"/ {
+    k = field($0, "name"); v = field($0, "value"); u = field($0, "unit"); p = field($0, "peer"); pv = field($0, "peer_value")
+    if (p != "" && pv + 0 != 0) {
+      printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":\"%s\",\"peer_value\":%s,\"ratio\":%.3f}\n", k, v, u, p, pv, v / pv
+    } else {
+      printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":null,\"peer_value\":null,\"ratio\":null}\n", k, v, u
+    }
+  }' "$out/sharding.jsonl" >>"$out/results.lines"
 
 # One JSON array: the lines joined with commas.
 awk 'BEGIN { printf "[\n" } { if (NR > 1) printf ",\n"; printf "%s", $0 } END { printf "\n]\n" }' \
