@@ -62,12 +62,13 @@ struct SwimProtocol::State {
     nanoseconds suspect_start{0};
     nanoseconds suspect_deadline{0};
     std::set<std::uint64_t> confirmers;
-    std::deque<nanoseconds> flips;
+    std::vector<nanoseconds> flips;  // a deque would allocate for every member
     nanoseconds last_flip{0};
     nanoseconds status_since{0};
     std::uint64_t digest_seen = 0;
     nanoseconds digest_seen_since{0};
     nanoseconds hinted_at{0};  // when it was last told directly that this node suspects it
+    nanoseconds asked_at{0};   // when the leader last pinged it for its view digest
     unsigned transmits_left = 0;
   };
   struct Probe {
@@ -177,7 +178,7 @@ struct SwimProtocol::State {
     if ((old == Liveness::alive) != (l == Liveness::alive)) {
       n.flips.push_back(now());
       n.last_flip = now();
-      while (!n.flips.empty() && now() - n.flips.front() > nanoseconds(cfg.flap_window)) n.flips.pop_front();
+      std::erase_if(n.flips, [&](nanoseconds f) { return now() - f > nanoseconds(cfg.flap_window); });
       if (!n.info.degraded && n.flips.size() >= cfg.flap_threshold) {
         n.info.degraded = true;
         ++degraded_count;
@@ -451,6 +452,7 @@ struct SwimProtocol::State {
     }
     ++stats.push_pulls;
     std::size_t i = 0;
+    unsigned chunk = 0;
     const std::size_t budget = transport.max_payload();
     do {
       fb::FlatBufferBuilder b(2048);
@@ -461,7 +463,7 @@ struct SwimProtocol::State {
       }
       if (ms.empty() && i < all.size()) ++i;  // a record larger than a datagram cannot be sent
       auto v = b.CreateVector(ms);
-      auto body = gossip::CreatePushPull(b, join, reply, v);
+      auto body = gossip::CreatePushPull(b, join, reply, v, static_cast<std::uint16_t>(chunk++));
       auto name = b.CreateString(me().info.name);
       gossip::PacketBuilder pb(b);
       pb.add_protocol_version(kGossipProtocolVersion);
@@ -579,7 +581,10 @@ struct SwimProtocol::State {
           return;
         }
         const auto seq = ++next_seq;
-        relays[seq] = Relay{from, req->seq(), now() + scaled(cfg.probe_timeout)};
+        // Nack within 80 % of the timeout: the prober must still be waiting when it arrives
+        // (it asked at probe_timeout and gives up at probe_interval).
+        const auto budget_left = std::min(scaled(cfg.probe_timeout), scaled(cfg.probe_interval) - scaled(cfg.probe_timeout));
+        relays[seq] = Relay{from, req->seq(), now() + budget_left * 4 / 5};
         send(t.info.gossip, gossip::Body::Ping,
              [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, t.info.uid).Union(); });
         break;
@@ -589,7 +594,8 @@ struct SwimProtocol::State {
         if (pp->members()) {
           for (const auto* m : *pp->members()) merge(read(*m));
         }
-        if (!pp->reply()) send_push_pull(from, false, true);
+        // One answer per request, not one per chunk of it.
+        if (!pp->reply() && pp->chunk() == 0) send_push_pull(from, false, true);
         break;
       }
       case gossip::Body::Refused: {
@@ -611,6 +617,7 @@ struct SwimProtocol::State {
   }
 
   void on_ack(std::uint64_t seq) {
+    if (seq == 0) return;  // the answer to a digest ping: its digest was all it carried
     if (probe && probe->seq == seq) {
       if (local_health) --local_health;
       probe.reset();
@@ -819,9 +826,27 @@ struct SwimProtocol::State {
     }
   }
 
+  /// The leader waits for every member to show the same view digest; in a quiet cluster it would
+  /// hear from each only when its probe comes round (n probe intervals). Ask the lagging ones
+  /// directly instead: their acks carry their digests (at most 32 per round).
+  void ask_for_digests() {
+    const auto t = now();
+    unsigned asked = 0;
+    for (auto& [uid, n] : nodes) {
+      if (asked >= 32) break;
+      if (uid == self_uid || !live_status(n.info.status) || n.info.liveness == Liveness::unreachable) continue;
+      if (n.digest_seen == digest_value || t - n.asked_at < nanoseconds(cfg.probe_interval)) continue;
+      n.asked_at = t;
+      ++asked;
+      send(n.info.gossip, gossip::Body::Ping,
+           [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.info.uid).Union(); });
+    }
+  }
+
   void leader_actions() {
     const auto t = now();
     const bool conv = converged();
+    if (!conv) ask_for_digests();
     std::vector<std::pair<Node*, MemberStatus>> moves;
     for (auto& [uid, n] : nodes) {
       switch (n.info.status) {
@@ -947,7 +972,10 @@ struct SwimProtocol::State {
     if (joined && t >= next_push_pull) {
       auto peers = random_members(1, 0, false);
       if (!peers.empty()) send_push_pull(peers.front()->info.gossip, false, false);
-      next_push_pull = t + nanoseconds(cfg.push_pull_interval);
+      // Jittered (+-10 %): nodes started together do not all exchange at the same moment.
+      std::uniform_int_distribution<std::int64_t> jitter(-nanoseconds(cfg.push_pull_interval).count() / 10,
+                                                          nanoseconds(cfg.push_pull_interval).count() / 10);
+      next_push_pull = t + nanoseconds(cfg.push_pull_interval) + nanoseconds(jitter(rng));
     }
     if (!keyops.empty()) poll_keyops();
     if (t >= next_maintenance) {
