@@ -85,7 +85,6 @@ class Region final : public Actor {
   std::unordered_map<std::string, Entity>::iterator activate(const std::string& id) {
     auto ref = factory_(context(), SpawnOptions{.name = entity_child_name(id)}, id);
     context().watch(ref);
-    by_ref_[ref.target()] = id;
     shared_->activations.fetch_add(1, std::memory_order_relaxed);
     shared_->live.fetch_add(1, std::memory_order_relaxed);
     return entities_.emplace(id, Entity{ref, context().system().timers().now(), false, nullptr}).first;
@@ -99,19 +98,25 @@ class Region final : public Actor {
     context().system().stop_after_queued(e.ref);
   }
 
+  /// The entity `ref` is, found from its name (the last segment of its path): no reverse map,
+  /// which would cost every idle entity another entry.
+  std::unordered_map<std::string, Entity>::iterator find(const ActorRef& ref) {
+    if (!ref) return entities_.end();
+    const auto path = ref.path();
+    auto it = entities_.find(entity_id_of_name(std::string_view(path).substr(path.rfind('/') + 1)));
+    return it != entities_.end() && it->second.ref == ref ? it : entities_.end();
+  }
+
   void passivate_sender() {
-    auto it = by_ref_.find(sender().target());
-    if (it == by_ref_.end()) return;
-    passivate(entities_.at(it->second));
+    if (auto it = find(sender()); it != entities_.end()) passivate(it->second);
   }
 
   void on_terminated(const ActorRef& who) {
-    auto it = by_ref_.find(who.target());
-    if (it == by_ref_.end()) return;
-    const std::string id = it->second;
-    by_ref_.erase(it);
-    auto e = std::move(entities_.at(id));
-    entities_.erase(id);
+    auto it = find(who);
+    if (it == entities_.end()) return;
+    const std::string id = it->first;
+    auto e = std::move(it->second);
+    entities_.erase(it);
     shared_->live.fetch_sub(1, std::memory_order_relaxed);
     if (!e.waiting || e.waiting->empty()) return;
     // Messages that arrived while it stopped start its next activation, in order.
@@ -133,7 +138,6 @@ class Region final : public Actor {
   EntityFactory factory_;
   std::shared_ptr<Sharding::Shared> shared_;
   std::unordered_map<std::string, Entity> entities_;
-  std::unordered_map<const void*, std::string> by_ref_;
 };
 
 }  // namespace
@@ -146,6 +150,21 @@ std::string entity_child_name(std::string_view id) {
       out.push_back(static_cast<char>(c));
     } else {
       out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
+}
+
+std::string entity_id_of_name(std::string_view name) {
+  std::string out;
+  out.reserve(name.size());
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    if (name[i] == '%' && i + 2 < name.size()) {
+      auto hex = [](char c) { return c <= '9' ? c - '0' : (c & ~0x20) - 'A' + 10; };
+      out.push_back(static_cast<char>(hex(name[i + 1]) * 16 + hex(name[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(name[i]);
     }
   }
   return out;

@@ -185,6 +185,9 @@ TEST(EntityNames, OnlySafeBytesSurviveUnescaped) {
   EXPECT_EQ(entity_child_name("a/b"), "a%2Fb");
   EXPECT_EQ(entity_child_name("$x"), "%24x");
   EXPECT_EQ(entity_child_name("a%b"), "a%25b");
+  for (std::string id : {"user-1", "a/b", "$x", "a%b", "é ü\n", "%", "100%"}) {
+    EXPECT_EQ(entity_id_of_name(entity_child_name(id)), id);
+  }
 }
 
 }  // namespace

@@ -83,5 +83,7 @@ class Sharding {
 
 /// The child name of an entity: its id with every byte outside [A-Za-z0-9._-] as %XX.
 std::string entity_child_name(std::string_view id);
+/// The id back from a child name made by entity_child_name.
+std::string entity_id_of_name(std::string_view name);
 
 }  // namespace troupe::sharding
