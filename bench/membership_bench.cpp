@@ -50,6 +50,8 @@
 #include <thread>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include <troupe/membership/keyring.hpp>
 #include <troupe/remoting/security.hpp>
 
@@ -535,42 +537,20 @@ bool false_downs(const Options& o) {
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--system") {
-      o.system = next();
-    } else if (a == "--only") {
-      o.only = next();
-    } else if (a == "--runs") {
-      o.runs = std::max(1, std::atoi(next().c_str()));
-    } else if (a == "--false-seconds") {
-      o.false_seconds = std::atof(next().c_str());
-    } else if (a == "--pause-every") {
-      o.pause_every = std::atof(next().c_str());
-    } else if (a == "--pause-for") {
-      o.pause_for = std::atof(next().c_str());
-    } else if (a == "--serf") {
-      o.serf = next();
-    } else if (a == "--troupe-node") {
-      o.troupe_node = next();
-    } else if (a == "--keep") {
-      o.keep = true;
-    } else {
-      o.system.clear();
-      break;
-    }
-  }
-  if ((o.system != "troupe" && o.system != "serf") || o.only.empty() || o.pause_for >= o.pause_every) {
-    std::fprintf(stderr,
-                 "usage: membership_bench --system troupe|serf --only detect_5|detect_9|false_downs [--runs 3] "
-                 "[--false-seconds 60] [--pause-every 10] [--pause-for 2] [--serf PATH] [--troupe-node PATH] [--keep]\n");
+  CLI::App app{"membership_bench: failure detection and false positives, Troupe or Serf"};
+  app.add_option("--system", o.system, "troupe or serf")->required()->check(CLI::IsMember({"troupe", "serf"}));
+  app.add_option("--only", o.only, "detect_5, detect_9 or false_downs")->required();
+  app.add_option("--runs", o.runs, "fresh clusters per detection figure (median)")->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--false-seconds", o.false_seconds, "length of false_downs")->capture_default_str();
+  app.add_option("--pause-every", o.pause_every, "false_downs: seconds between pauses")->capture_default_str();
+  app.add_option("--pause-for", o.pause_for, "false_downs: seconds a pause lasts")->capture_default_str();
+  app.add_option("--serf", o.serf, "serf binary")->capture_default_str();
+  app.add_option("--troupe-node", o.troupe_node, "troupe-node binary")->capture_default_str();
+  app.add_flag("--keep", o.keep, "keep the work directory");
+  CLI11_PARSE(app, argc, argv);
+  if (o.pause_for >= o.pause_every) {
+    std::fprintf(stderr, "membership_bench: --pause-for must be shorter than --pause-every\n");
     return 2;
   }
   ::signal(SIGPIPE, SIG_IGN);

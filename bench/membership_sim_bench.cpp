@@ -37,6 +37,8 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "sim.hpp"
 
 namespace {
@@ -58,7 +60,7 @@ struct Options {
   double max_gib = 12;
   double form_limit_s = 600;
   double up_limit_s = 120;
-  int up_max_n = 200;  ///< "up everywhere" is waited for only up to this size (it takes ~n x 0.5 s)
+  int up_max_n = 200;  ///< "up everywhere" is waited for only up to this size
 };
 
 double seconds(nanoseconds d) { return double(d.count()) / 1e9; }
@@ -389,38 +391,22 @@ std::vector<int> parse_sizes(const std::string& s) {
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--sizes") {
-      o.sizes = parse_sizes(next());
-    } else if (a == "--reps") {
-      o.reps = o.large_reps = std::max(1, std::atoi(next().c_str()));
-    } else if (a == "--large-reps") {
-      o.large_reps = std::max(1, std::atoi(next().c_str()));
-    } else if (a == "--seed") {
-      o.seed = std::strtoull(next().c_str(), nullptr, 10);
-    } else if (a == "--max-gib") {
-      o.max_gib = std::atof(next().c_str());
-    } else if (a == "--form-limit") {
-      o.form_limit_s = std::atof(next().c_str());
-    } else if (a == "--up-limit") {
-      o.up_limit_s = std::atof(next().c_str());
-    } else if (a == "--up-max-n") {
-      o.up_max_n = std::atoi(next().c_str());
-    } else {
-      std::fprintf(stderr,
-                   "usage: membership_sim_bench [--sizes 100,1000,10000] [--reps 3] [--large-reps R] [--seed N] [--max-gib G] "
-                   "[--form-limit S] [--up-limit S] [--up-max-n N]\n");
-      return 2;
-    }
-  }
+  std::string sizes;
+  std::optional<int> large_reps;
+  CLI::App app{"membership_sim_bench: dissemination at scale in the simulator"};
+  app.add_option("--sizes", sizes, "cluster sizes, comma-separated (default 100,1000,10000)");
+  app.add_option("--reps", o.reps, "repetitions per size")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--large-reps", large_reps, "repetitions for 1,000 nodes and more (default: --reps)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--seed", o.seed, "simulation seed")->capture_default_str();
+  app.add_option("--max-gib", o.max_gib, "skip a size whose estimated memory exceeds this")->capture_default_str();
+  app.add_option("--form-limit", o.form_limit_s, "simulated seconds allowed to form a cluster")->capture_default_str();
+  app.add_option("--up-limit", o.up_limit_s, "simulated seconds allowed for a join to be up everywhere")
+      ->capture_default_str();
+  app.add_option("--up-max-n", o.up_max_n, "largest size for the join-up figure")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (!sizes.empty()) o.sizes = parse_sizes(sizes);
+  o.large_reps = large_reps.value_or(o.reps);
   std::sort(o.sizes.begin(), o.sizes.end());
   double per_entry = 0;
   for (int n : o.sizes) {

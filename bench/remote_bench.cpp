@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
@@ -620,30 +621,13 @@ int serve(const Options& o, const std::string& role) {
 int main(int argc, char** argv) {
   Options o;
   std::string role;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "missing value for %s\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--threads") {
-      o.threads = static_cast<unsigned>(std::stoul(value()));
-    } else if (a == "--only") {
-      o.only = value();
-    } else if (a == "--scale") {
-      o.scale = std::stod(value());
-    } else if (a == "--serve") {
-      role = value();
-    } else {
-      std::fprintf(stderr,
-                   "usage: remote_bench [--threads N] [--only NAME] [--scale F]\n"
-                   "workloads: zmq_tell_64B zmq_tell_1KiB remote_tell_64B remote_tell_1KiB zmq_pingpong remote_ask\n");
-      return 2;
-    }
-  }
+  CLI::App app{"remote_bench: remoting throughput and latency, Troupe beside raw libzmq"};
+  app.add_option("--threads", o.threads, "worker threads per node")->capture_default_str();
+  app.add_option("--only", o.only, "one workload: zmq_tell_64B zmq_tell_1KiB remote_tell_64B remote_tell_1KiB "
+                                   "zmq_pingpong remote_ask");
+  app.add_option("--scale", o.scale, "multiplies message counts")->capture_default_str();
+  app.add_option("--serve", role, "internal: the server role (zmq|troupe)");
+  CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   std::signal(SIGPIPE, SIG_IGN);
   try {
