@@ -105,6 +105,25 @@ const char* to_string(Liveness l) noexcept {
   return "?";
 }
 
+bool older(const MemberInfo& a, const MemberInfo& b) noexcept {
+  // 0 means not up yet: younger than any member that is.
+  auto age = [](const MemberInfo& m) { return m.up_order ? m.up_order : UINT64_MAX; };
+  const auto x = age(a), y = age(b);
+  if (x != y) return x < y;
+  if (a.name != b.name) return a.name < b.name;
+  return a.uid < b.uid;
+}
+
+std::optional<MemberInfo> oldest_up(const std::vector<MemberInfo>& members) {
+  const MemberInfo* best = nullptr;
+  for (const auto& m : members) {
+    if (m.status != MemberStatus::up || m.liveness == Liveness::unreachable) continue;
+    if (!best || older(m, *best)) best = &m;
+  }
+  if (!best) return std::nullopt;
+  return *best;
+}
+
 const char* to_string(EventKind k) noexcept {
   switch (k) {
     case EventKind::joined: return "joined";

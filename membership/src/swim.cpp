@@ -142,8 +142,9 @@ struct SwimProtocol::State {
     n.info.status = s;
     n.status_since = now();
     if (was_live && !live_status(s) && live_count) --live_count;
-    decide(n.info.name, fmt::format("status -> {} ({})", to_string(s), why));
-    log->info("member {} ({}) is {}: {}", n.info.name, fmt::format("{:016x}", n.info.uid), to_string(s), why);
+    const auto age = s == MemberStatus::up && n.info.up_order ? fmt::format(", up_order {}", n.info.up_order) : "";
+    decide(n.info.name, fmt::format("status -> {} ({}){}", to_string(s), why, age));
+    log->info("member {} ({}) is {}: {}{}", n.info.name, fmt::format("{:016x}", n.info.uid), to_string(s), why, age);
     broadcast(n);
     const bool is_me = n.info.uid == self_uid;
     switch (s) {
@@ -252,6 +253,23 @@ struct SwimProtocol::State {
   }
 
   // ---- merging what others say -----------------------------------------------------------------
+  /// An up_order gossiped for `n`. Set once and never changed, so that the age order is the same
+  /// everywhere; two different ones (given on both sides of a split) settle on the smaller.
+  void learn_up_order(Node& n, std::uint64_t given) {
+    if (given == 0 || given == n.info.up_order) return;
+    max_up_order = std::max(max_up_order, given);
+    if (n.info.up_order != 0 && n.info.up_order < given) {
+      broadcast(n);  // the sender holds the larger one: spread the smaller
+      return;
+    }
+    if (n.info.up_order != 0) {
+      decide(n.info.name, fmt::format("up_order {} -> {}: the smaller of two given on both sides of a split",
+                                      n.info.up_order, given));
+    }
+    n.info.up_order = given;
+    broadcast(n);
+  }
+
   bool valid(const Rec& r) const {
     const auto& i = r.info;
     return i.uid != 0 && !i.name.empty() && printable(i.name, 128) && valid_host(i.gossip.host) && i.gossip.port != 0 &&
@@ -293,6 +311,7 @@ struct SwimProtocol::State {
       n.status_since = now();
       view_changed = true;
       auto& added = nodes.emplace(in.uid, std::move(n)).first->second;
+      max_up_order = std::max(max_up_order, in.up_order);
       ++live_count;
       digest_value ^= member_hash(in.uid, MemberStatus::joining);
       digest_changed_at = now();
@@ -312,6 +331,7 @@ struct SwimProtocol::State {
                     n.info.incarnation, in.incarnation);
       return;
     }
+    learn_up_order(n, in.up_order);  // first: the up event carries it
     if (in.status > n.info.status) set_status(n, in.status, "gossip");
     switch (in.liveness) {
       case Liveness::alive:
@@ -341,6 +361,8 @@ struct SwimProtocol::State {
   void merge_about_self(const Rec& r) {
     Node& m = me();
     const auto& in = r.info;
+    // Only the leader gives this node its age; it learns it here and passes it on like others.
+    learn_up_order(m, in.up_order);
     if (in.status > m.info.status) {
       switch (in.status) {
         case MemberStatus::up:
@@ -371,12 +393,12 @@ struct SwimProtocol::State {
                                       i.remoting.c_str(), i.curve_key.c_str(), i.incarnation,
                                       static_cast<gossip::MemberStatus>(i.status),
                                       static_cast<gossip::Liveness>(i.liveness),
-                                      i.liveness == Liveness::suspect ? n.suspect_from : 0);
+                                      i.liveness == Liveness::suspect ? n.suspect_from : 0, i.up_order);
   }
 
   static std::size_t estimate(const Node& n) {
     const auto& i = n.info;
-    return 96 + i.name.size() + i.gossip.host.size() + i.remoting.size() + i.curve_key.size();
+    return 104 + i.name.size() + i.gossip.host.size() + i.remoting.size() + i.curve_key.size();  // 8 for up_order
   }
 
   /// Sends a packet with `body` (may be none) and as many pending updates as fit; `must` is a
@@ -490,6 +512,7 @@ struct SwimProtocol::State {
     r.info.status = static_cast<MemberStatus>(std::min<unsigned>(static_cast<unsigned>(m.status()), 5));
     r.info.liveness = static_cast<Liveness>(std::min<unsigned>(static_cast<unsigned>(m.liveness()), 2));
     r.from_uid = m.from_uid();
+    r.info.up_order = m.up_order();
     return r;
   }
 
@@ -847,11 +870,12 @@ struct SwimProtocol::State {
     const auto t = now();
     const bool conv = converged();
     if (!conv) ask_for_digests();
+    std::vector<Node*> coming_up;
     std::vector<std::pair<Node*, MemberStatus>> moves;
     for (auto& [uid, n] : nodes) {
       switch (n.info.status) {
         case MemberStatus::joining:
-          if (conv && n.info.liveness != Liveness::unreachable) moves.emplace_back(&n, MemberStatus::up);
+          if (conv && n.info.liveness != Liveness::unreachable) coming_up.push_back(&n);
           break;
         case MemberStatus::leaving:
           if (conv) moves.emplace_back(&n, MemberStatus::exiting);
@@ -864,6 +888,15 @@ struct SwimProtocol::State {
           break;
         default: break;
       }
+    }
+    // Ages after every one this node has seen (removed members too: a number is never given
+    // twice by one leader); members moved together are numbered in name order, not uid order.
+    std::sort(coming_up.begin(), coming_up.end(), [](const Node* a, const Node* b) {
+      return std::tie(a->info.name, a->info.uid) < std::tie(b->info.name, b->info.uid);
+    });
+    for (auto* n : coming_up) {
+      if (!n->info.up_order) n->info.up_order = ++max_up_order;
+      set_status(*n, MemberStatus::up, "leader, converged");
     }
     for (auto& [n, s] : moves) set_status(*n, s, conv ? "leader, converged" : "leader");
   }
@@ -929,6 +962,8 @@ struct SwimProtocol::State {
         if (first_seed && t - join_started >= nanoseconds(seeds.size() > 1 ? cfg.form_after : milliseconds(0))) {
           joined = true;
           decide(me().info.name, "formed a new cluster (first seed, no other seed answered)");
+          me().info.up_order = 1;  // the oldest member of the new cluster
+          max_up_order = std::max<std::uint64_t>(max_up_order, 1);
           set_status(me(), MemberStatus::up, "formed the cluster");
         } else {
           for (const auto& s : seeds) {
@@ -1029,6 +1064,7 @@ struct SwimProtocol::State {
   std::size_t pending_moves = 0;     // members the leader may move (joining, leaving, exiting, down)
   std::size_t unreachable_live = 0;  // live members unreachable in this view
   std::size_t degraded_count = 0;
+  std::uint64_t max_up_order = 0;    // the highest up_order ever seen (the leader gives the next)
 
   std::vector<std::function<void(const MembershipEvent&)>> subscribers;
   std::deque<Decision> history;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <random>
 
 #include <flatbuffers/flatbuffers.h>
@@ -43,9 +44,10 @@ std::vector<std::uint8_t> gossip_about(const std::string& name, std::uint64_t ui
                                        std::uint16_t port, std::uint64_t incarnation,
                                        gossip::MemberStatus status = gossip::MemberStatus::Up,
                                        gossip::Liveness live = gossip::Liveness::Alive, std::uint16_t version = 1,
-                                       std::uint64_t from_uid = 77) {
+                                       std::uint64_t from_uid = 77, std::uint64_t up_order = 0) {
   fb::FlatBufferBuilder b;
-  auto m = gossip::CreateMemberDirect(b, name.c_str(), uid, host.c_str(), port, "", "", incarnation, status, live, 0);
+  auto m = gossip::CreateMemberDirect(b, name.c_str(), uid, host.c_str(), port, "", "", incarnation, status, live, 0,
+                                      up_order);
   std::vector<fb::Offset<gossip::Member>> ms{m};
   auto v = b.CreateVector(ms);
   auto from = b.CreateString("sender");
@@ -56,6 +58,31 @@ std::vector<std::uint8_t> gossip_about(const std::string& name, std::uint64_t ui
   pb.add_updates(v);
   b.Finish(pb.Finish());
   return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
+}
+
+/// A packet from `from_uid` that says only what its view digest is (what the leader waits for).
+std::vector<std::uint8_t> digest_from(std::uint64_t from_uid, std::uint64_t digest) {
+  fb::FlatBufferBuilder b;
+  auto from = b.CreateString("sender");
+  gossip::PacketBuilder pb(b);
+  pb.add_protocol_version(1);
+  pb.add_from_uid(from_uid);
+  pb.add_from_name(from);
+  pb.add_digest(digest);
+  b.Finish(pb.Finish());
+  return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
+}
+
+/// The up_order of member `uid` in the updates of the packets sent, if one carried it.
+std::optional<std::uint64_t> sent_up_order(const std::vector<std::vector<std::uint8_t>>& packets, std::uint64_t uid) {
+  for (const auto& bytes : packets) {
+    const auto* p = gossip::GetPacket(bytes.data());
+    if (!p->updates()) continue;
+    for (const auto* m : *p->updates()) {
+      if (m->uid() == uid) return m->up_order();
+    }
+  }
+  return std::nullopt;
 }
 
 struct Swim : ::testing::Test {
@@ -75,6 +102,7 @@ struct Swim : ::testing::Test {
 
 TEST_F(Swim, ASingleNodeFormsAClusterAndLeadsIt) {
   EXPECT_EQ(proto->self().status, MemberStatus::up);
+  EXPECT_EQ(proto->self().up_order, 1u) << "the member that formed the cluster is the oldest";
   clock.t += 1s;
   proto->poll();
   ASSERT_TRUE(proto->leader());
@@ -195,6 +223,146 @@ TEST_F(Swim, APingForAnotherIncarnationIsNotAnswered) {
   proto->on_packet(peer, {b.GetBufferPointer(), b.GetSize()});
   EXPECT_EQ(proto->stats().misdirected, 1u);
   EXPECT_TRUE(out.sent.empty());
+}
+
+TEST_F(Swim, TheLeaderGivesAgesInOrderNamesBreakingTiesWithinOneMove) {
+  // Two join together; their uids run against their names: the numbering follows the names.
+  const auto joining = gossip::MemberStatus::Joining;
+  const auto alive = gossip::Liveness::Alive;
+  proto->on_packet(peer, gossip_about("nb", 2, "127.0.0.1", 7002, 0, joining, alive, 1, 2));
+  proto->on_packet(peer, gossip_about("na", 3, "127.0.0.1", 7003, 0, joining, alive, 1, 3));
+  auto converge = [&](std::initializer_list<std::uint64_t> uids) {
+    for (auto uid : uids) proto->on_packet(peer, digest_from(uid, proto->digest()));
+    clock.t += 300ms;
+    proto->poll();
+  };
+  converge({2, 3});
+  ASSERT_EQ(proto->member("na")->status, MemberStatus::up);
+  ASSERT_EQ(proto->member("nb")->status, MemberStatus::up);
+  EXPECT_EQ(proto->member("na")->up_order, 2u);
+  EXPECT_EQ(proto->member("nb")->up_order, 3u);
+  // The up event carries the age.
+  bool announced = false;
+  for (const auto& e : events) announced |= e.kind == EventKind::up && e.member.name == "na" && e.member.up_order == 2;
+  EXPECT_TRUE(announced);
+
+  // A later joiner is younger than those before it, even with a smaller name. (Names stay above
+  // "me": the leader is the up member with the lowest name, and it must stay this node.)
+  proto->on_packet(peer, gossip_about("n0", 4, "127.0.0.1", 7004, 0, joining, alive, 1, 4));
+  converge({2, 3, 4});
+  ASSERT_EQ(proto->member("n0")->status, MemberStatus::up);
+  EXPECT_EQ(proto->member("n0")->up_order, 4u);
+  EXPECT_EQ(oldest_up(proto->members())->name, "me");
+
+  // A downed member's number is not given again.
+  ASSERT_TRUE(proto->down("n0"));
+  proto->on_packet(peer, gossip_about("nc", 5, "127.0.0.1", 7005, 0, joining, alive, 1, 5));
+  converge({2, 3, 5});
+  ASSERT_EQ(proto->member("nc")->status, MemberStatus::up);
+  EXPECT_EQ(proto->member("nc")->up_order, 5u);
+}
+
+TEST_F(Swim, AnAgeGossipedIsKeptAndOnlyASmallerOneReplacesIt) {
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0, gossip::MemberStatus::Up,
+                                      gossip::Liveness::Alive, 1, 77, 4));
+  EXPECT_EQ(proto->member("n2")->up_order, 4u);
+  // Records that predate it (0) or a larger one (only after a split) leave it alone...
+  for (std::uint64_t order : {0, 9}) {
+    proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0, gossip::MemberStatus::Up,
+                                        gossip::Liveness::Alive, 1, 77, order));
+    EXPECT_EQ(proto->member("n2")->up_order, 4u);
+  }
+  // ...and of two numbers given on both sides of a split, every node settles on the smaller.
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0, gossip::MemberStatus::Up,
+                                      gossip::Liveness::Alive, 1, 77, 3));
+  EXPECT_EQ(proto->member("n2")->up_order, 3u);
+  // A status learned later keeps the age.
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0, gossip::MemberStatus::Leaving,
+                                      gossip::Liveness::Alive, 1, 77, 0));
+  EXPECT_EQ(proto->member("n2")->up_order, 3u);
+}
+
+TEST(SwimAge, AJoinerLearnsItsOwnAgeFromTheClusterAndPassesItOn) {
+  ManualClock clock;
+  Recorder out;
+  const UdpEndpoint seed{"127.0.0.1", 7000};
+  SwimProtocol j(MembershipConfig::lan(), {"j", 9, UdpEndpoint{"127.0.0.1", 7009}, "", ""}, clock, out, 2, quiet());
+  j.join({seed});
+  j.poll();
+  EXPECT_EQ(j.self().up_order, 0u);
+  j.on_packet(seed, gossip_about("j", 9, "127.0.0.1", 7009, 0, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 1,
+                                 5));
+  EXPECT_EQ(j.self().status, MemberStatus::up);
+  EXPECT_EQ(j.self().up_order, 5u);
+  // Its own record goes out with the age (here on the ack to a ping).
+  out.sent.clear();
+  fb::FlatBufferBuilder b;
+  auto ping = gossip::CreatePing(b, 5, 9);
+  auto from = b.CreateString("seed");
+  gossip::PacketBuilder pb(b);
+  pb.add_protocol_version(1);
+  pb.add_from_uid(1);
+  pb.add_from_name(from);
+  pb.add_body_type(gossip::Body::Ping);
+  pb.add_body(ping.Union());
+  b.Finish(pb.Finish());
+  j.on_packet(seed, {b.GetBufferPointer(), b.GetSize()});
+  std::vector<std::vector<std::uint8_t>> sent;
+  for (const auto& s : out.sent) sent.push_back(s.bytes);
+  EXPECT_EQ(sent_up_order(sent, 9), 5u);
+  // Once set, its age does not move (except to a smaller one given on the other side of a split).
+  j.on_packet(seed, gossip_about("j", 9, "127.0.0.1", 7009, 0, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 1,
+                                 7));
+  EXPECT_EQ(j.self().up_order, 5u);
+  j.on_packet(seed, gossip_about("j", 9, "127.0.0.1", 7009, 0, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 1,
+                                 3));
+  EXPECT_EQ(j.self().up_order, 3u);
+}
+
+MemberInfo aged(std::string name, std::uint64_t uid, std::uint64_t up_order, MemberStatus status = MemberStatus::up,
+                Liveness liveness = Liveness::alive) {
+  MemberInfo m;
+  m.name = std::move(name);
+  m.uid = uid;
+  m.up_order = up_order;
+  m.status = status;
+  m.liveness = liveness;
+  return m;
+}
+
+TEST(MemberAge, OlderComparesUpOrderThenNameThenUid) {
+  EXPECT_TRUE(older(aged("z", 9, 1), aged("a", 1, 2)));  // the age decides before the name
+  EXPECT_FALSE(older(aged("a", 1, 2), aged("z", 9, 1)));
+  EXPECT_TRUE(older(aged("z", 9, 7), aged("a", 1, 0)));  // 0 (not up yet) is the youngest
+  EXPECT_FALSE(older(aged("a", 1, 0), aged("z", 9, 7)));
+  EXPECT_TRUE(older(aged("a", 9, 3), aged("b", 1, 3)));  // a tie after a split: the name...
+  EXPECT_FALSE(older(aged("b", 1, 3), aged("a", 9, 3)));
+  EXPECT_TRUE(older(aged("a", 1, 3), aged("a", 2, 3)));  // ...then the uid
+  EXPECT_FALSE(older(aged("a", 2, 3), aged("a", 1, 3)));
+  EXPECT_TRUE(older(aged("a", 1, 0), aged("b", 1, 0)));
+  EXPECT_FALSE(older(aged("a", 1, 3), aged("a", 1, 3)));  // irreflexive
+}
+
+TEST(MemberAge, OldestUpSkipsMembersNotUpOrUnreachable) {
+  EXPECT_FALSE(oldest_up({}));
+  std::vector<MemberInfo> ms{
+      aged("a", 1, 0, MemberStatus::joining),
+      aged("b", 2, 1, MemberStatus::down),
+      aged("c", 3, 2, MemberStatus::leaving),
+      aged("d", 4, 3, MemberStatus::up, Liveness::unreachable),
+      aged("f", 6, 5),
+      aged("e", 5, 4, MemberStatus::up, Liveness::suspect),  // suspected is still up
+  };
+  ASSERT_TRUE(oldest_up(ms));
+  EXPECT_EQ(oldest_up(ms)->name, "e");
+  ms.pop_back();
+  EXPECT_EQ(oldest_up(ms)->name, "f");
+  ms.push_back(aged("g", 8, 5));  // the same age as f (a split): the name decides
+  ms.push_back(aged("0", 7, 6));
+  EXPECT_EQ(oldest_up(ms)->name, "f");
+  ms.push_back(aged("f", 0, 5));  // and then the uid
+  EXPECT_EQ(oldest_up(ms)->uid, 0u);
+  EXPECT_FALSE(oldest_up({aged("a", 1, 0, MemberStatus::joining), aged("b", 2, 1, MemberStatus::removed)}));
 }
 
 TEST(MembershipConfigTest, PresetsAreValidAndBadValuesNameTheField) {

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <map>
+#include <set>
 
 #include "sim.hpp"
 
@@ -63,6 +65,32 @@ int downs_seen(Simulation& sim, const std::vector<int>& who) {
     for (const auto& e : sim.events(i)) n += e.kind == EventKind::downed || e.kind == EventKind::self_downed;
   }
   return n;
+}
+
+/// Every node of `who` sees exactly the nodes of `who` up and alive, and all give each the same
+/// non-zero up_order.
+bool ages_agreed(Simulation& sim, const std::vector<int>& who) {
+  std::map<std::string, std::uint64_t> first;
+  for (int i : who) {
+    std::map<std::string, std::uint64_t> ages;
+    for (const auto& m : sim.node(i).members()) {
+      if (m.status != MemberStatus::up || m.liveness != Liveness::alive) continue;
+      if (m.up_order == 0) return false;
+      ages[m.name] = m.up_order;
+    }
+    if (ages.size() != who.size()) return false;
+    if (i == who.front()) {
+      first = std::move(ages);
+    } else if (ages != first) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string oldest_seen_by(Simulation& sim, int i) {
+  auto o = membership::oldest_up(sim.node(i).members());
+  return o ? o->name : "";
 }
 
 struct Sim : ::testing::Test {
@@ -316,6 +344,76 @@ TEST_F(Sim, OperatorDownAndLeaveOfAnotherMember) {
   EXPECT_FALSE(sim->node(0).down("nobody"));
   ASSERT_TRUE(sim->run_until([&] { return sim->node(5).stopped() && sim->node(4).stopped(); }, 60s));
   EXPECT_GE(sim->node(5).self().status, MemberStatus::down);
+}
+
+TEST_F(Sim, TheFounderIsTheOldestAndEveryNodeAgreesOnTheAges) {
+  form(*sim, 12, cfg);
+  auto live = range(0, 12);
+  ASSERT_TRUE(sim->run_until([&] { return ages_agreed(*sim, live); }, 60s));
+  EXPECT_EQ(view(*sim, 5, 0)->up_order, 1u);
+  std::set<std::uint64_t> ages;
+  for (const auto& m : sim->node(0).members()) ages.insert(m.up_order);
+  EXPECT_EQ(ages.size(), 12u) << "distinct";
+  EXPECT_EQ(*ages.rbegin(), 12u) << "no gaps: numbered one after the other";
+  for (int i : live) EXPECT_EQ(oldest_seen_by(*sim, i), name_of(0));
+
+  // Newcomers with names below every other (and so, once up, the leaders that number the next
+  // ones) are younger than everyone; the oldest stays the oldest.
+  std::uint64_t youngest = 12;
+  for (const char* name : {"a-late", "a-0"}) {
+    const int late = sim->add_node(name, cfg);
+    sim->join(late, {3});
+    live.push_back(late);
+    ASSERT_TRUE(sim->run_until([&] { return ages_agreed(*sim, live); }, 60s)) << name;
+    EXPECT_EQ(sim->node(late).self().up_order, youngest + 1) << name;
+    youngest = sim->node(late).self().up_order;
+    for (int i : live) EXPECT_EQ(oldest_seen_by(*sim, i), name_of(0)) << name_of(i);
+  }
+  // The leader (lowest name) is another member: the oldest is not the leader.
+  EXPECT_TRUE(sim->run_until([&] { return sim->node(0).leader() && sim->node(0).leader()->name == "a-0"; }, 5s));
+
+  // The oldest is downed: the next oldest (up_order 2) takes over everywhere.
+  std::string next;
+  for (const auto& m : sim->node(4).members()) {
+    if (m.up_order == 2) next = m.name;
+  }
+  ASSERT_FALSE(next.empty());
+  ASSERT_TRUE(sim->node(4).down(name_of(0)));
+  sim->wake(4);
+  live.erase(live.begin());
+  ASSERT_TRUE(sim->run_until(
+      [&] {
+        for (int i : live) {
+          if (oldest_seen_by(*sim, i) != next) return false;
+        }
+        return ages_agreed(*sim, live);
+      },
+      60s));
+  ASSERT_TRUE(sim->run_until([&] { return sim->node(0).stopped(); }, 30s));
+}
+
+TEST_F(Sim, JoinsInWavesUnderLossGetIncreasingAgesEveryoneAgreesOn) {
+  sim->set_link(LinkSpec{0.05, 1ms, 2ms, 0.02});
+  std::vector<int> live;
+  std::uint64_t previous_wave_max = 0;
+  for (int wave = 0; wave < 3; ++wave) {
+    const auto members = range(wave * 8, wave * 8 + 8);
+    for (int i : members) sim->add_node(name_of(i), cfg);
+    for (int i : members) sim->join(i, {0});
+    live.insert(live.end(), members.begin(), members.end());
+    ASSERT_TRUE(sim->run_until([&] { return ages_agreed(*sim, live); }, 120s)) << "wave " << wave;
+    std::uint64_t lo = UINT64_MAX, hi = 0;
+    for (int i : members) {
+      lo = std::min(lo, sim->node(i).self().up_order);
+      hi = std::max(hi, sim->node(i).self().up_order);
+    }
+    EXPECT_GT(lo, previous_wave_max) << "wave " << wave << " is younger than the ones before";
+    previous_wave_max = hi;
+  }
+  std::set<std::uint64_t> ages;
+  for (const auto& m : sim->node(17).members()) ages.insert(m.up_order);
+  EXPECT_EQ(ages.size(), live.size()) << "distinct";
+  for (int i : live) EXPECT_EQ(oldest_seen_by(*sim, i), name_of(0));
 }
 
 }  // namespace

@@ -5,7 +5,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <troupe/membership/packet_transport.hpp>
 
@@ -27,9 +29,20 @@ struct MemberInfo {
   std::string curve_key;     ///< Z85 or ""
   std::uint64_t incarnation = 0;
   MemberStatus status = MemberStatus::joining;
+  /// Order in which members became up, assigned by the leader (1 for the member that formed the
+  /// cluster); lower is older; ties (possible only after a partition) broken by name then uid.
+  /// 0 = not up yet. Once set it never changes (but for two given on both sides of a split: the
+  /// smaller wins), so every node ends with the same age order.
+  std::uint64_t up_order = 0;
   Liveness liveness = Liveness::alive;
   bool degraded = false;     ///< flapping: gets no new shards until stable
 };
+
+/// True when `a` is older than `b`: smaller non-zero up_order (0, not up yet, is the youngest),
+/// then name, then uid. A strict total order on distinct members.
+bool older(const MemberInfo& a, const MemberInfo& b) noexcept;
+/// The oldest member that is up and not unreachable (where a cluster singleton runs), if any.
+std::optional<MemberInfo> oldest_up(const std::vector<MemberInfo>& members);
 
 enum class EventKind {
   joined,          ///< a member appeared (status joining)
