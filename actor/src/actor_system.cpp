@@ -208,6 +208,15 @@ void ActorSystem::stop_after_queued(const ActorRef& ref) {
   }
 }
 
+bool ActorSystem::run_with_actor(const ActorRef& ref, std::function<void(Actor&)> fn) {
+  auto* cell = dynamic_cast<detail::Cell*>(ref.target());
+  if (!cell) return false;
+  cell->run_on_turn([fn = std::move(fn)](detail::Cell& c) {
+    if (auto* a = c.instance()) fn(*a);
+  });
+  return true;
+}
+
 void ActorSystem::watch(const ActorRef& target, const ActorRef& watcher) {
   if (!watcher) return;
   if (!target) {

@@ -194,6 +194,8 @@ class Cell final : public RefTarget, public ActorContext {
   void enqueue(Envelope* e);
   /// Runs `fn` on this actor's own turn, in mailbox order.
   void run_on_turn(std::function<void(Cell&)> fn);
+  /// The actor instance (valid on the actor's own turn; null between incarnations).
+  Actor* instance() noexcept { return actor_; }
   /// One turn on a worker; the caller hands over the scheduled reference.
   void run();
   bool dead() const noexcept { return state_.load(std::memory_order_acquire) & kDead; }

@@ -6,25 +6,21 @@
 #include <fmt/format.h>
 #include <spdlog/logger.h>
 
-#include <troupe/serialization/log.hpp>
+#include <troupe/membership/service.hpp>
+#include <troupe/remoting/transport.hpp>
 #include <troupe/serialization/sharding_generated.h>
 #include <troupe/serialization/system_generated.h>
 
+#include "coordinator.hpp"
+#include "shared.hpp"
+
 namespace troupe::sharding {
 
-struct Sharding::Shared {
-  std::mutex mu;
-  struct TypeEntry {
-    EntitySettings settings;
-    ActorRef region;
-  };
-  std::unordered_map<std::string, TypeEntry> types;
-  std::atomic<std::uint64_t> routed{0}, activations{0}, passivations{0}, buffered{0}, unknown_type{0}, bad_id{0},
-      live{0};
-  ThrottledLog refused_log;
-};
-
 namespace {
+
+constexpr std::uint8_t kMaxHops = 4;
+// A handoff's states travel in one message: past this size later states are dropped (counted).
+constexpr std::size_t kMaxStateBytes = 4u << 20;
 
 Message entity_error(std::string_view type, std::string_view id, const std::string& reason) {
   return Message::build<EntityError>([&](flatbuffers::FlatBufferBuilder& b) {
@@ -33,53 +29,207 @@ Message entity_error(std::string_view type, std::string_view id, const std::stri
   });
 }
 
-/// One entity type's region on this node: owns the entities as children.
+std::string_view sv(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
+
+/// One entity type's region on this node: hosts the entities of the shards allocated here (as
+/// its children) and forwards the rest to their owner's region; a proxy region only forwards.
 class Region final : public Actor {
  public:
-  Region(EntitySettings s, EntityFactory f, std::shared_ptr<Sharding::Shared> shared)
-      : settings_(std::move(s)), factory_(std::move(f)), shared_(std::move(shared)) {}
+  Region(EntitySettings s, EntityFactory f, std::shared_ptr<Sharding::Shared> shared, bool proxy)
+      : settings_(std::move(s)), factory_(std::move(f)), shared_(std::move(shared)), proxy_(proxy),
+        local_(!shared_->cluster()) {}
 
   void pre_start() override {
-    if (settings_.passivate_after.count() > 0) {
+    if (!proxy_ && settings_.passivate_after.count() > 0) {
       static const Message tick = Message::build<PassivationTick>([](auto& b) { return CreatePassivationTick(b); });
       context().schedule_every(settings_.passivate_after / 2, tick);
     }
+    if (shared_->cluster()) my_address_ = shared_->self_address + "/system/" + region_name(settings_.type);
   }
 
   void receive(const Message& m) override {
-    if (const auto* env = m.as<EntityEnvelope>()) return on_envelope(*env);
+    if (const auto* env = m.as<EntityEnvelope>()) return on_envelope(m, *env);
     if (m.is<sys::Terminated>()) return on_terminated(sender());
     if (m.is<Passivate>()) return passivate_sender();
     if (m.is<PassivationTick>()) return on_tick();
+    if (const auto* t = m.as<ShardTableUpdate>()) return on_table(*t);
+    if (const auto* h = m.as<HandOff>()) return on_handoff(*h);
+    if (const auto* st = m.as<ShardState>()) return on_state(*st);
+    if (const auto* es = m.as<EntityState>()) return on_entity_state(*es);
+    if (m.is<FenceAll>()) return fence_all();
   }
 
-  void post_stop() override { shared_->live.fetch_sub(entities_.size(), std::memory_order_relaxed); }
+  void post_stop() override {
+    // Children stop before their parent: every entity left here has stopped.
+    shared_->live.fetch_sub(entities_.size(), std::memory_order_relaxed);
+    for (const auto& [id, e] : entities_) log_activation(id, false, e.incarnation);
+  }
 
  private:
   struct Entity {
     ActorRef ref;
     TimerService::Clock::time_point last_active;  // on the system's timer clock (tests drive it)
+    std::uint64_t incarnation = 0;
     bool passivating = false;
     // Messages that arrive while it passivates (allocated only then: most entities never need it).
     std::unique_ptr<std::deque<std::pair<Message, ActorRef>>> waiting;
   };
+  struct Hosted {
+    std::uint64_t epoch = 0;
+    bool stopping = false;     // handing off: entities stopping, messages buffered
+    std::size_t pending = 0;   // entities still to stop
+    ActorRef reply_to;         // the coordinator that asked
+    std::vector<std::pair<std::string, Message>> states;
+    std::size_t state_bytes = 0;
+  };
+  struct Pending {
+    Message env;  // an EntityEnvelope
+    ActorRef from;
+  };
+  struct Buffer {
+    std::deque<Pending> q;
+    std::size_t bytes = 0;
+  };
 
-  void on_envelope(const EntityEnvelope& env) {
-    const std::string id = env.entity_id() ? env.entity_id()->str() : std::string();
-    auto msg = Message::copy_of(env.type_id(), env.payload() ? std::span<const std::uint8_t>(env.payload()->data(), env.payload()->size())
-                                                             : std::span<const std::uint8_t>{});
+  // ---- messages for entities ----
+
+  void on_envelope(const Message& m, const EntityEnvelope& env) {
+    const auto id = sv(env.entity_id());
+    if (id.empty() || id.size() > settings_.max_id_bytes) {
+      shared_->bad_id.fetch_add(1, std::memory_order_relaxed);
+      refuse_error(id, fmt::format("entity id must be 1 to {} bytes (got {})", settings_.max_id_bytes, id.size()));
+      return;
+    }
+    const auto shard = shard_of(settings_.type, id, settings_.num_shards);
+    if (env.epoch() != 0 && env.shard() != shard) {
+      shared_->malformed.fetch_add(1, std::memory_order_relaxed);
+      shared_->protocol_log.warn(context().system().log(), "sharding {}: an envelope for {} claims shard {} (it is {}); dropped",
+                                 settings_.type, id.substr(0, 64), env.shard(), shard);
+      return;
+    }
+    route(m, env, shard, sender());
+  }
+
+  void refuse_error(std::string_view id, const std::string& why) {
+    shared_->refused_log.warn(context().system().log(), "sharding: refused a message for {}/{}: {}", settings_.type,
+                              id.substr(0, 64), why);
+    if (sender()) sender().tell(entity_error(settings_.type, id.substr(0, 256), why));
+  }
+
+  /// Delivers here, forwards to the owner, or buffers until the shard has a usable home.
+  void route(const Message& m, const EntityEnvelope& env, ShardId shard, const ActorRef& from) {
+    if (local_) return deliver(m, env, from, false);
+    if (down_) return unavailable(m, env, shard, from, "this node was downed");
+    if (auto h = hosted_.find(shard); h != hosted_.end()) {
+      if (h->second.stopping) return buffer(m, env, shard, from);
+      if (env.epoch() != 0 && env.epoch() < h->second.epoch) shared_->stale_epoch.fetch_add(1, std::memory_order_relaxed);
+      return deliver(m, env, from, env.epoch() != 0);
+    }
+    if (shard < owner_.size() && owner_[shard] != 0 && !moving_[shard] && owner_[shard] - 1 != self_index_) {
+      if (env.hops() >= kMaxHops) return unavailable(m, env, shard, from, "too many hops between regions");
+      auto& target = regions_[owner_[shard] - 1];
+      if (env.epoch() != 0) shared_->rerouted.fetch_add(1, std::memory_order_relaxed);
+      shared_->forwarded.fetch_add(1, std::memory_order_relaxed);
+      const auto id = sv(env.entity_id());
+      const auto payload = env.payload() ? std::span<const std::uint8_t>(env.payload()->data(), env.payload()->size())
+                                         : std::span<const std::uint8_t>{};
+      target.tell(Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
+                    auto i = b.CreateString(id.data(), id.size());
+                    auto p = b.CreateVector(payload.data(), payload.size());
+                    auto t = b.CreateString(settings_.type);
+                    return CreateEntityEnvelope(b, i, env.type_id(), p, t, shard, epoch_[shard],
+                                                static_cast<std::uint8_t>(env.hops() + 1));
+                  }),
+                  from);
+      return;
+    }
+    buffer(m, env, shard, from);
+  }
+
+  void buffer(const Message& m, const EntityEnvelope& env, ShardId shard, const ActorRef& from) {
+    const auto& cfg = shared_->config;
+    auto& b = buffers_[shard];
+    if (b.q.size() >= cfg.buffer_per_shard || b.bytes + m.size() > cfg.buffer_bytes_per_shard ||
+        buffered_count_ >= cfg.buffer_per_region || buffered_bytes_ + m.size() > cfg.buffer_bytes_per_region) {
+      if (b.q.empty()) buffers_.erase(shard);
+      return unavailable(m, env, shard, from, "the shard's buffer is full while it has no home");
+    }
+    b.q.push_back({m, from});
+    b.bytes += m.size();
+    ++buffered_count_;
+    buffered_bytes_ += m.size();
+    shared_->buffered.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void unavailable(const Message& m, const EntityEnvelope& env, ShardId shard, const ActorRef& from, const char* why) {
+    shared_->unavailable.fetch_add(1, std::memory_order_relaxed);
+    const auto id = sv(env.entity_id());
+    const std::uint64_t epoch = shard < epoch_.size() ? epoch_[shard] : 0;
+    shared_->refused_log.warn(context().system().log(), "sharding {}: message for {} (shard {}) refused: {}", settings_.type,
+                              id.substr(0, 64), shard, why);
+    if (!from) {
+      shared_->dropped_no_sender.fetch_add(1, std::memory_order_relaxed);
+      context().system().dead_letter(m, from, my_address_.empty() ? std::string("sharding") : my_address_, why);
+      return;
+    }
+    from.tell(Message::build<ShardUnavailable>([&](flatbuffers::FlatBufferBuilder& b) {
+      return CreateShardUnavailable(b, b.CreateString(settings_.type), b.CreateString(id.data(), id.size()), shard, epoch,
+                                    static_cast<std::uint32_t>(shared_->config.retry_after.count()), b.CreateString(why));
+    }));
+  }
+
+  /// Re-routes whatever waits for a shard that now has a usable home.
+  void flush_buffers() {
+    std::vector<ShardId> ready;
+    for (const auto& [shard, b] : buffers_) {
+      if (routable(shard)) ready.push_back(shard);
+    }
+    for (auto shard : ready) {
+      auto b = std::move(buffers_[shard]);
+      buffers_.erase(shard);
+      buffered_count_ -= b.q.size();
+      buffered_bytes_ -= b.bytes;
+      for (auto& p : b.q) route(p.env, *p.env.as<EntityEnvelope>(), shard, p.from);
+    }
+  }
+
+  bool routable(ShardId shard) const {
+    if (auto h = hosted_.find(shard); h != hosted_.end()) return !h->second.stopping;
+    return shard < owner_.size() && owner_[shard] != 0 && !moving_[shard] && owner_[shard] - 1 != self_index_;
+  }
+
+  void deliver(const Message& m, const EntityEnvelope& env, const ActorRef& from, bool remote) {
+    const std::string id(sv(env.entity_id()));
+    const auto payload = env.payload() ? std::span<const std::uint8_t>(env.payload()->data(), env.payload()->size())
+                                       : std::span<const std::uint8_t>{};
+    Message msg;
+    if (remote) {
+      // Bytes from another node: verified like any remote message before an entity sees them.
+      auto decoded = context().system().registry().decode(env.type_id(), payload);
+      if (!decoded) {
+        shared_->malformed.fetch_add(1, std::memory_order_relaxed);
+        shared_->protocol_log.warn(context().system().log(), "sharding {}: message for {} of type {:#018x} refused: {}",
+                                   settings_.type, id.substr(0, 64), env.type_id(), decoded.error().message());
+        return;
+      }
+      msg = std::move(decoded).value();
+    } else {
+      msg = Message::copy_of(env.type_id(), payload);
+    }
+    (void)m;
+    if (proxy_ || !factory_) return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from, "a proxy hosts no entities");
     auto it = entities_.find(id);
     if (it == entities_.end()) it = activate(id);
     auto& e = it->second;
     if (e.passivating) {
       shared_->buffered.fetch_add(1, std::memory_order_relaxed);
       if (!e.waiting) e.waiting = std::make_unique<std::deque<std::pair<Message, ActorRef>>>();
-      e.waiting->emplace_back(std::move(msg), sender());
+      e.waiting->emplace_back(std::move(msg), from);
       return;
     }
     e.last_active = context().system().timers().now();
     shared_->routed.fetch_add(1, std::memory_order_relaxed);
-    e.ref.tell(std::move(msg), sender());
+    e.ref.tell(std::move(msg), from);
   }
 
   std::unordered_map<std::string, Entity>::iterator activate(const std::string& id) {
@@ -87,7 +237,21 @@ class Region final : public Actor {
     context().watch(ref);
     shared_->activations.fetch_add(1, std::memory_order_relaxed);
     shared_->live.fetch_add(1, std::memory_order_relaxed);
-    return entities_.emplace(id, Entity{ref, context().system().timers().now(), false, nullptr}).first;
+    const auto inc = shared_->incarnations.fetch_add(1, std::memory_order_relaxed) + 1;
+    log_activation(id, true, inc);
+    return entities_.emplace(id, Entity{ref, context().system().timers().now(), inc, false, nullptr}).first;
+  }
+
+  void log_activation(const std::string& id, bool started, std::uint64_t inc) {
+    if (!shared_->config.on_activation) return;
+    ActivationEvent ev;
+    ev.type = settings_.type;
+    ev.id = id;
+    ev.shard = shard_of(settings_.type, id, settings_.num_shards);
+    if (auto h = hosted_.find(ev.shard); h != hosted_.end()) ev.epoch = h->second.epoch;
+    ev.started = started;
+    ev.incarnation = inc;
+    shared_->config.on_activation(ev);
   }
 
   void passivate(Entity& e) {
@@ -118,13 +282,31 @@ class Region final : public Actor {
     auto e = std::move(it->second);
     entities_.erase(it);
     shared_->live.fetch_sub(1, std::memory_order_relaxed);
-    if (!e.waiting || e.waiting->empty()) return;
-    // Messages that arrived while it stopped start its next activation, in order.
-    auto next = activate(id);
-    for (auto& [msg, from] : *e.waiting) {
-      shared_->routed.fetch_add(1, std::memory_order_relaxed);
-      next->second.ref.tell(std::move(msg), from);
+    log_activation(id, false, e.incarnation);
+    const auto shard = shard_of(settings_.type, id, settings_.num_shards);
+    auto h = hosted_.find(shard);
+    const bool handing_off = h != hosted_.end() && h->second.stopping;
+    if (e.waiting && !e.waiting->empty()) {
+      if (handing_off) {
+        // Its shard is moving: what waited goes to the new home with the shard's other messages.
+        for (auto& [msg, from] : *e.waiting) {
+          auto env = Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
+            auto i = b.CreateString(id);
+            auto p = b.CreateVector(msg.bytes().data(), msg.size());
+            return CreateEntityEnvelope(b, i, msg.type(), p);
+          });
+          buffer(env, *env.as<EntityEnvelope>(), shard, from);
+        }
+      } else {
+        // Messages that arrived while it stopped start its next activation, in order.
+        auto next = activate(id);
+        for (auto& [msg, from] : *e.waiting) {
+          shared_->routed.fetch_add(1, std::memory_order_relaxed);
+          next->second.ref.tell(std::move(msg), from);
+        }
+      }
     }
+    if (handing_off && h->second.pending > 0 && --h->second.pending == 0) finish_handoff(shard);
   }
 
   void on_tick() {
@@ -134,10 +316,280 @@ class Region final : public Actor {
     }
   }
 
+  // ---- the coordinator's messages ----
+
+  /// True when `coordinator` is the one this node follows and the message came from its node.
+  bool from_coordinator(std::uint64_t coordinator) {
+    const auto current = shared_->coordinator.load(std::memory_order_acquire);
+    bool ok = coordinator != 0 && coordinator == current && sender();
+    if (ok) {
+      auto a = remoting::parse_actor_address(shared_->transport->address_of(sender()));
+      ok = a && a->node.uid == coordinator;
+    }
+    if (!ok) {
+      shared_->stale_coordinator.fetch_add(1, std::memory_order_relaxed);
+      shared_->protocol_log.warn(context().system().log(),
+                                 "sharding {}: ignored a coordinator message for coordinator {} (following {})",
+                                 settings_.type, remoting::format_uid(coordinator), remoting::format_uid(current));
+    }
+    return ok;
+  }
+
+  void on_table(const ShardTableUpdate& t) {
+    if (local_ || !from_coordinator(t.coordinator())) return;
+    const auto reply_to = sender();
+    auto ack = [&] {
+      reply_to.tell(Message::build<TableAck>([&](flatbuffers::FlatBufferBuilder& b) {
+        return CreateTableAck(b, b.CreateString(settings_.type), table_coordinator_, table_version_, shared_->self_uid);
+      }), self());
+    };
+    if (t.coordinator() == table_coordinator_ && t.version() <= table_version_) return ack();
+    const auto n = settings_.num_shards;
+    if (t.num_shards() != n || !t.owner() || !t.epoch() || !t.moving() || t.owner()->size() != n ||
+        t.epoch()->size() != n || t.moving()->size() != n || !t.regions() || t.regions()->size() > 0xffff) {
+      shared_->malformed.fetch_add(1, std::memory_order_relaxed);
+      shared_->protocol_log.warn(context().system().log(), "sharding {}: a shard table that does not fit this type "
+                                 "({} shards here, {} in the table); dropped", settings_.type, n, t.num_shards());
+      return;
+    }
+    // Regions: reuse the refs of addresses seen before.
+    std::vector<std::string> addrs;
+    std::vector<ActorRef> refs;
+    int self_index = -1;
+    for (const auto* a : *t.regions()) {
+      addrs.emplace_back(a ? a->str() : std::string());
+      const auto& s = addrs.back();
+      if (!proxy_ && s == my_address_) self_index = static_cast<int>(addrs.size()) - 1;
+      ActorRef ref;
+      for (std::size_t i = 0; i < region_addrs_.size() && !ref; ++i) {
+        if (region_addrs_[i] == s) ref = regions_[i];
+      }
+      if (!ref) {
+        if (auto r = shared_->transport->resolve(s)) ref = *r;
+      }
+      refs.push_back(ref);
+    }
+    for (std::uint32_t s = 0; s < n; ++s) {
+      const auto o = t.owner()->Get(s);
+      if (o > refs.size() || (o != 0 && !refs[o - 1])) {
+        shared_->malformed.fetch_add(1, std::memory_order_relaxed);
+        shared_->protocol_log.warn(context().system().log(), "sharding {}: a shard table with a bad region for shard {}; dropped",
+                                   settings_.type, s);
+        return;
+      }
+    }
+    table_coordinator_ = t.coordinator();
+    table_version_ = t.version();
+    region_addrs_ = std::move(addrs);
+    regions_ = std::move(refs);
+    self_index_ = self_index;
+    owner_.assign(t.owner()->begin(), t.owner()->end());
+    epoch_.assign(t.epoch()->begin(), t.epoch()->end());
+    moving_.assign(t.moving()->begin(), t.moving()->end());
+    std::uint64_t max_epoch = 0;
+    for (auto e : epoch_) max_epoch = std::max(max_epoch, e);
+    shared_->note_epoch(max_epoch);
+    shared_->tables_applied.fetch_add(1, std::memory_order_relaxed);
+
+    // Shards allocated elsewhere stop at once (fenced); shards allocated here start.
+    std::vector<ShardId> fence;
+    for (const auto& [shard, h] : hosted_) {
+      const bool mine = owner_[shard] != 0 && static_cast<int>(owner_[shard]) - 1 == self_index_ && epoch_[shard] == h.epoch;
+      if (!mine) fence.push_back(shard);
+    }
+    for (auto shard : fence) fence_shard(shard, "allocated elsewhere by the coordinator");
+    if (self_index_ >= 0) {
+      for (ShardId s = 0; s < n; ++s) {
+        if (owner_[s] == static_cast<unsigned>(self_index_ + 1) && !moving_[s] && !hosted_.count(s)) host(s, epoch_[s]);
+      }
+    }
+    publish();
+    flush_buffers();
+    ack();
+  }
+
+  void host(ShardId shard, std::uint64_t epoch) {
+    hosted_[shard].epoch = epoch;
+    auto st = pending_states_.find(shard);
+    if (st == pending_states_.end()) return;
+    auto states = std::move(st->second);
+    pending_states_.erase(st);
+    if (states.first != epoch) return;
+    // Entities with handed-over state start now and restore it before any message.
+    for (auto& [id, state] : states.second) {
+      if (entities_.count(id)) continue;
+      auto it = activate(id);
+      context().system().run_with_actor(it->second.ref, [state = std::move(state)](Actor& a) {
+        if (auto* e = dynamic_cast<sharding::Entity*>(&a)) e->restore(state);
+      });
+      shared_->states_restored.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  void on_state(const ShardState& st) {
+    if (local_ || proxy_ || !from_coordinator(st.coordinator())) return;
+    std::vector<std::pair<std::string, Message>> states;
+    if (st.states()) {
+      for (const auto* s : *st.states()) {
+        if (!s || !s->entity_id() || !s->payload()) continue;
+        auto decoded = context().system().registry().decode(
+            s->type_id(), std::span<const std::uint8_t>(s->payload()->data(), s->payload()->size()));
+        if (!decoded) {
+          shared_->malformed.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        states.emplace_back(s->entity_id()->str(), std::move(decoded).value());
+      }
+    }
+    pending_states_[st.shard()] = {st.epoch(), std::move(states)};
+  }
+
+  void on_handoff(const HandOff& h) {
+    if (local_ || !from_coordinator(h.coordinator())) return;
+    const auto shard = h.shard();
+    auto it = hosted_.find(shard);
+    if (it == hosted_.end() || it->second.epoch != h.epoch()) {
+      // Not here (any more): done already, or never was.
+      sender().tell(stopped_message(shard, h.epoch(), {}), self());
+      return;
+    }
+    auto& hs = it->second;
+    hs.reply_to = sender();
+    if (hs.stopping) return;
+    hs.stopping = true;
+    shared_->handoffs.fetch_add(1, std::memory_order_relaxed);
+    const auto me = self();
+    for (auto& [id, e] : entities_) {
+      if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
+      ++hs.pending;
+      if (e.passivating) continue;  // stopping already; its Terminated counts it
+      e.passivating = true;
+      context().system().run_with_actor(e.ref, [me, id = id](Actor& a) {
+        auto* ent = dynamic_cast<sharding::Entity*>(&a);
+        if (!ent) return;
+        auto state = ent->snapshot();
+        if (!state) return;
+        me.tell(Message::build<EntityState>([&](flatbuffers::FlatBufferBuilder& b) {
+          auto i = b.CreateString(id);
+          auto p = b.CreateVector(state->bytes().data(), state->size());
+          return CreateEntityState(b, i, state->type(), p);
+        }));
+      });
+      context().system().stop_after_queued(e.ref);
+    }
+    if (hs.pending == 0) finish_handoff(shard);
+  }
+
+  void on_entity_state(const EntityState& es) {
+    if (sender() || !es.entity_id()) return;  // sent by our entities' snapshot hook only (no sender)
+    const auto id = es.entity_id()->string_view();
+    auto it = hosted_.find(shard_of(settings_.type, id, settings_.num_shards));
+    if (it == hosted_.end() || !it->second.stopping || !es.payload()) return;
+    auto& hs = it->second;
+    if (hs.state_bytes + es.payload()->size() > kMaxStateBytes) {
+      shared_->malformed.fetch_add(1, std::memory_order_relaxed);
+      shared_->protocol_log.warn(context().system().log(), "sharding {}: the state of {} does not fit the handoff; dropped",
+                                 settings_.type, id.substr(0, 64));
+      return;
+    }
+    hs.state_bytes += es.payload()->size();
+    hs.states.emplace_back(std::string(id), Message::copy_of(es.type_id(), std::span<const std::uint8_t>(
+                                                                            es.payload()->data(), es.payload()->size())));
+  }
+
+  Message stopped_message(ShardId shard, std::uint64_t epoch, const std::vector<std::pair<std::string, Message>>& states) {
+    return Message::build<ShardStopped>([&](flatbuffers::FlatBufferBuilder& b) {
+      std::vector<flatbuffers::Offset<EntityState>> v;
+      for (const auto& [id, m] : states) {
+        v.push_back(CreateEntityState(b, b.CreateString(id), m.type(), b.CreateVector(m.bytes().data(), m.size())));
+      }
+      return CreateShardStopped(b, b.CreateString(settings_.type), shard, epoch, b.CreateVector(v), shared_->self_uid);
+    });
+  }
+
+  void finish_handoff(ShardId shard) {
+    auto it = hosted_.find(shard);
+    if (it == hosted_.end()) return;
+    auto hs = std::move(it->second);
+    hosted_.erase(it);
+    context().system().log().info("sharding {}: shard {} handed off ({} entity states)", settings_.type, shard,
+                                  hs.states.size());
+    if (hs.reply_to) hs.reply_to.tell(stopped_message(shard, hs.epoch, hs.states), self());
+    publish();
+    flush_buffers();
+  }
+
+  /// Stops a shard's entities at once, without handing anything over.
+  void fence_shard(ShardId shard, const char* why) {
+    shared_->fenced.fetch_add(1, std::memory_order_relaxed);
+    context().system().log().warn("sharding {}: stopped serving shard {}: {}", settings_.type, shard, why);
+    hosted_.erase(shard);
+    for (auto& [id, e] : entities_) {
+      if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
+      e.passivating = true;
+      if (e.waiting) e.waiting->clear();
+      context().stop(e.ref);
+    }
+  }
+
+  void fence_all() {
+    if (local_ || down_) return;
+    down_ = true;
+    std::vector<ShardId> all;
+    for (const auto& [shard, h] : hosted_) all.push_back(shard);
+    for (auto shard : all) fence_shard(shard, "this node was downed");
+    publish();
+    // Whatever waited can no longer be delivered by this node.
+    auto buffers = std::move(buffers_);
+    buffers_.clear();
+    buffered_count_ = buffered_bytes_ = 0;
+    for (auto& [shard, b] : buffers) {
+      for (auto& p : b.q) unavailable(p.env, *p.env.as<EntityEnvelope>(), shard, p.from, "this node was downed");
+    }
+  }
+
+  /// Makes this region's hosted shards and table visible to the node (reports, inspection).
+  void publish() {
+    std::vector<ShardInfo> table;
+    table.reserve(owner_.size());
+    for (ShardId s = 0; s < owner_.size(); ++s) {
+      ShardInfo i;
+      i.shard = s;
+      i.epoch = epoch_[s];
+      i.region = owner_[s] ? region_addrs_[owner_[s] - 1] : std::string();
+      i.moving = moving_[s] != 0;
+      i.hosted_here = hosted_.count(s) > 0;
+      table.push_back(std::move(i));
+    }
+    std::lock_guard lk(shared_->mu);
+    auto it = shared_->types.find(settings_.type);
+    if (it == shared_->types.end()) return;
+    it->second.hosted.clear();
+    for (const auto& [shard, h] : hosted_) it->second.hosted.emplace(shard, h.epoch);
+    it->second.table = std::move(table);
+    shared_->hosted_changed.notify_all();
+  }
+
   EntitySettings settings_;
   EntityFactory factory_;
   std::shared_ptr<Sharding::Shared> shared_;
+  const bool proxy_;
+  const bool local_;
+  bool down_ = false;
+  std::string my_address_;
   std::unordered_map<std::string, Entity> entities_;
+  // The table as this region last accepted it.
+  std::uint64_t table_coordinator_ = 0, table_version_ = 0;
+  std::vector<std::string> region_addrs_;
+  std::vector<ActorRef> regions_;
+  int self_index_ = -1;
+  std::vector<std::uint16_t> owner_;
+  std::vector<std::uint64_t> epoch_;
+  std::vector<std::uint8_t> moving_;
+  std::unordered_map<ShardId, Hosted> hosted_;
+  std::unordered_map<ShardId, std::pair<std::uint64_t, std::vector<std::pair<std::string, Message>>>> pending_states_;
+  std::unordered_map<ShardId, Buffer> buffers_;
+  std::size_t buffered_count_ = 0, buffered_bytes_ = 0;
 };
 
 }  // namespace
@@ -170,30 +622,105 @@ std::string entity_id_of_name(std::string_view name) {
   return out;
 }
 
+namespace {
+void register_messages(MessageRegistry& r) {
+  r.add<EntityEnvelope>();
+  r.add<EntityError>();
+  r.add<Passivate>();
+  r.add<ShardUnavailable>();
+  r.add<NodeReport>();
+  r.add<ReportRequest>();
+  r.add<ReportAck>();
+  r.add<ShardTableUpdate>();
+  r.add<TableAck>();
+  r.add<HandOff>();
+  r.add<EntityState>();
+  r.add<ShardStopped>();
+  r.add<ShardState>();
+}
+}  // namespace
+
 Sharding::Sharding(ActorSystem& system) : system_(system), shared_(std::make_shared<Shared>()) {
-  system_.registry().add<EntityEnvelope>();
-  system_.registry().add<EntityError>();
-  system_.registry().add<Passivate>();
+  shared_->system = &system;
+  register_messages(system_.registry());
 }
 
-Sharding::~Sharding() = default;
+Sharding::Sharding(ActorSystem& system, remoting::Transport& transport, membership::MembershipService& membership,
+                   ClusterShardingConfig config)
+    : system_(system), shared_(std::make_shared<Shared>()) {
+  auto& s = *shared_;
+  s.system = &system;
+  s.transport = &transport;
+  s.membership = &membership;
+  s.config = std::move(config);
+  s.self_uid = transport.address().uid;
+  s.self_address = transport.address().to_string();
+  register_messages(system_.registry());
+  s.coordinator_actor = system_.spawn_system<Coordinator>(SpawnOptions{.name = kCoordinatorName}, shared_);
+  std::weak_ptr<Shared> weak = shared_;
+  membership.subscribe([weak](const membership::MembershipEvent& e) {
+    if (auto sh = weak.lock()) on_membership_event(*sh, e);
+  });
+  // Members known already. The snapshot is taken without holding `mu`: it waits for the gossip
+  // thread, which may be delivering an event that needs `mu`.
+  const auto members = membership.members();
+  {
+    std::lock_guard lk(s.mu);
+    for (const auto& m : members) s.members.emplace(m.uid, m);
+    s.recompute_coordinator_locked();
+  }
+  s.coordinator_actor.tell(membership_tick());
+}
+
+Sharding::~Sharding() {
+  // Membership may still call the subscription; it holds only a weak reference.
+}
 
 ActorRef Sharding::start(EntitySettings settings, EntityFactory factory) {
   if (settings.type.empty() || settings.type.size() > 128) throw std::invalid_argument("EntitySettings.type: 1 to 128 characters");
-  if (settings.num_shards == 0) throw std::invalid_argument("EntitySettings.num_shards: at least 1");
+  if (settings.num_shards == 0 || settings.num_shards > 65'536) {
+    throw std::invalid_argument("EntitySettings.num_shards: 1 to 65536");
+  }
   if (settings.max_id_bytes == 0) throw std::invalid_argument("EntitySettings.max_id_bytes: at least 1");
   if (!factory) throw std::invalid_argument("an entity factory is required");
-  std::lock_guard lk(shared_->mu);
-  if (shared_->types.count(settings.type)) throw std::invalid_argument("entity type '" + settings.type + "' started twice");
-  auto region = system_.spawn_system<Region>(SpawnOptions{.name = "sharding-" + entity_child_name(settings.type)},
-                                             settings, std::move(factory), shared_);
-  shared_->types.emplace(settings.type, Shared::TypeEntry{settings, region});
+  ActorRef region;
+  {
+    std::lock_guard lk(shared_->mu);
+    if (shared_->types.count(settings.type)) throw std::invalid_argument("entity type '" + settings.type + "' started twice");
+    region = system_.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, std::move(factory),
+                                          shared_, false);
+    shared_->types.emplace(settings.type, Shared::TypeEntry{settings, false, region, {}, {}});
+  }
+  if (shared_->coordinator_actor) shared_->coordinator_actor.tell(report_again());
+  return region;
+}
+
+ActorRef Sharding::start_proxy(std::string type, std::uint32_t num_shards, std::size_t max_id_bytes) {
+  if (!shared_->cluster()) throw std::invalid_argument("start_proxy needs cluster sharding");
+  EntitySettings settings;
+  settings.type = std::move(type);
+  settings.num_shards = num_shards;
+  settings.max_id_bytes = max_id_bytes;
+  settings.passivate_after = std::chrono::milliseconds(0);
+  if (settings.type.empty() || settings.type.size() > 128) throw std::invalid_argument("proxy type: 1 to 128 characters");
+  if (num_shards == 0 || num_shards > 65'536) throw std::invalid_argument("proxy num_shards: 1 to 65536");
+  if (max_id_bytes == 0) throw std::invalid_argument("proxy max_id_bytes: at least 1");
+  ActorRef region;
+  {
+    std::lock_guard lk(shared_->mu);
+    if (shared_->types.count(settings.type)) throw std::invalid_argument("entity type '" + settings.type + "' started twice");
+    region = system_.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, EntityFactory{},
+                                          shared_, true);
+    shared_->types.emplace(settings.type, Shared::TypeEntry{settings, true, region, {}, {}});
+  }
+  shared_->coordinator_actor.tell(report_again());
   return region;
 }
 
 namespace {
 
-/// Routes `msg` to entity (type, id) through its region, or answers `sender` with EntityError.
+/// Routes `msg` to entity (type, id) through this node's region of the type, or answers
+/// `sender` with EntityError.
 void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type, std::string_view id,
            const Message& msg, const ActorRef& sender) {
   ActorRef region;
@@ -254,10 +781,58 @@ std::future<Result<Message>> Sharding::ask(std::string_view type, std::string_vi
   return fwd.ask(msg, timeout);
 }
 
+bool Sharding::hand_off_all(std::chrono::milliseconds timeout) {
+  if (!shared_->cluster()) return true;
+  shared_->leaving.store(true, std::memory_order_release);
+  shared_->coordinator_actor.tell(report_again());
+  std::unique_lock lk(shared_->mu);
+  return shared_->hosted_changed.wait_for(lk, timeout, [&] {
+    for (const auto& [name, t] : shared_->types) {
+      if (!t.hosted.empty()) return false;
+    }
+    return true;
+  });
+}
+
+std::vector<ShardInfo> Sharding::shards(std::string_view type) const {
+  std::lock_guard lk(shared_->mu);
+  auto it = shared_->types.find(std::string(type));
+  if (it == shared_->types.end()) return {};
+  if (!shared_->cluster()) {
+    std::vector<ShardInfo> out(it->second.settings.num_shards);
+    for (ShardId s = 0; s < out.size(); ++s) {
+      out[s].shard = s;
+      out[s].hosted_here = true;
+    }
+    return out;
+  }
+  return it->second.table;
+}
+
+std::uint64_t Sharding::coordinator() const { return shared_->coordinator.load(std::memory_order_acquire); }
+
 ShardingStats Sharding::stats() const {
   const auto& s = *shared_;
-  return {s.routed.load(), s.activations.load(), s.passivations.load(), s.buffered.load(),
-          s.unknown_type.load(), s.bad_id.load(), s.live.load()};
+  ShardingStats out{s.routed.load(), s.activations.load(), s.passivations.load(), s.buffered.load(),
+                    s.unknown_type.load(), s.bad_id.load(), s.live.load()};
+  out.forwarded = s.forwarded.load();
+  out.rerouted = s.rerouted.load();
+  out.stale_epoch = s.stale_epoch.load();
+  out.unavailable = s.unavailable.load();
+  out.dropped_no_sender = s.dropped_no_sender.load();
+  out.handoffs = s.handoffs.load();
+  out.fenced = s.fenced.load();
+  out.states_restored = s.states_restored.load();
+  out.tables_applied = s.tables_applied.load();
+  out.stale_coordinator = s.stale_coordinator.load();
+  out.malformed = s.malformed.load();
+  out.rebalances = s.rebalances.load();
+  out.allocations = s.allocations.load();
+  {
+    std::lock_guard lk(s.mu);
+    for (const auto& [name, t] : s.types) out.shards_hosted += t.hosted.size();
+  }
+  return out;
 }
 
 }  // namespace troupe::sharding

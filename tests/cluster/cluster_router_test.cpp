@@ -9,6 +9,7 @@
 #include <troupe/node/node.hpp>
 #include <troupe/sharding/cluster_router.hpp>
 
+#include "cluster_nodes.hpp"
 #include "testkit.hpp"
 
 namespace troupe {
@@ -25,38 +26,11 @@ class Worker final : public Actor {
   }
 };
 
-struct Keys {
-  std::vector<remoting::CurveKeyPair> pairs;
-  std::shared_ptr<remoting::AllowList> allow = std::make_shared<remoting::AllowList>();
-  std::shared_ptr<membership::Keyring> ring = std::make_shared<membership::Keyring>(membership::generate_key().value());
-  Keys() {
-    std::vector<std::string> pubs;
-    for (int i = 0; i < 4; ++i) {
-      pairs.push_back(remoting::generate_keypair().value());
-      pubs.push_back(pairs.back().public_key);
-    }
-    allow->replace(pubs);
-  }
-};
+using testkit::ClusterKeys;
+using testkit::eventually;
 
-std::unique_ptr<node::Node> start(const Keys& k, int i, const std::string& seed,
-                                  std::function<void(const membership::MembershipEvent&)> on_event = {}) {
-  node::NodeOptions o;
-  o.name = "n" + std::to_string(i);
-  o.workers = 1;
-  o.transport.port = 0;
-  o.transport.keys = k.pairs[static_cast<std::size_t>(i)];
-  o.transport.allow_list = k.allow;
-  membership::MembershipServiceConfig mc;
-  mc.membership = membership::MembershipConfig::local();
-  mc.port = 0;
-  if (!seed.empty()) mc.seeds = {seed};
-  mc.keyring = std::make_shared<membership::Keyring>(k.ring->primary());
-  o.membership = mc;
-  o.on_event = std::move(on_event);
-  auto n = node::Node::start(std::move(o)).value();
-  n->system().registry().add<test::Text>();
-  n->system().registry().add<test::Cmd>();
+std::unique_ptr<node::Node> start(const ClusterKeys& k, int i, const std::string& seed) {
+  auto n = testkit::start_cluster_node(k, i, seed);
   n->system().spawn<Worker>(SpawnOptions{.name = "worker"});
   return n;
 }
@@ -71,18 +45,8 @@ std::set<std::string> answers(const ActorRef& router, int limit) {
   return got;
 }
 
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = 30s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(10ms);
-  }
-  return true;
-}
-
 TEST(ClusterGroup, RoutesToEveryUpMemberAndFollowsJoinsLeavesAndLosses) {
-  Keys k;
+  ClusterKeys k;
   auto n0 = start(k, 0, "");
   const auto seed = n0->membership()->endpoint().to_string();
   auto n1 = start(k, 1, seed);
@@ -111,7 +75,7 @@ TEST(ClusterGroup, RoutesToEveryUpMemberAndFollowsJoinsLeavesAndLosses) {
 }
 
 TEST(ClusterGroup, WithoutSelfRoutesOnlyToOtherMembers) {
-  Keys k;
+  ClusterKeys k;
   auto n0 = start(k, 0, "");
   const auto seed = n0->membership()->endpoint().to_string();
   auto n1 = start(k, 1, seed);

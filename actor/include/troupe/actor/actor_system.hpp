@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -79,6 +80,11 @@ class ActorSystem {
   /// Stops `ref` once it has processed every message queued for it before this call (a poison
   /// pill: what was sent earlier is not lost). Messages sent afterwards go to dead letters.
   void stop_after_queued(const ActorRef& ref);
+  /// Runs `fn` with the actor instance of local `ref` on the actor's own turn, after every
+  /// message queued for it before this call (for Troupe's extensions: sharding snapshots and
+  /// restores entity state this way). `fn` must not keep the reference; an exception from it
+  /// counts as a failure of the actor. False when `ref` is not a local actor.
+  bool run_with_actor(const ActorRef& ref, std::function<void(Actor&)> fn);
   /// Delivers troupe::sys::Terminated to `watcher` (sender = `target`) once `target` stops.
   void watch(const ActorRef& target, const ActorRef& watcher);
   /// Cancels watch(target, watcher) where the Terminated has not yet been queued.

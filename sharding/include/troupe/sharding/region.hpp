@@ -1,14 +1,21 @@
 #pragma once
 /// \file
-/// Entities and their regions on one node. An entity is an actor identified by (type, id); it is
-/// started on its first message, receives its messages one at a time in order, and is passivated
-/// (stopped, post_stop runs) when idle for `passivate_after` or when it asks for it; a message
-/// for a passivating entity waits and starts its next activation. Each entity type has one
-/// region actor per node (/system/sharding-<type>) that owns its entities.
+/// Cluster sharding: entities identified by (type, id), spread over the members of a cluster.
 ///
-/// This is the local half of sharding (a cluster of one, no configuration); the shard
-/// coordinator that spreads shards over members, the handoff protocol and the sharding client
-/// build on it.
+/// An entity is an actor started on its first message, with its id; it receives its messages
+/// one at a time in order and is passivated (stopped, post_stop runs) when idle for
+/// `passivate_after` or when it asks for it. Entity id -> shard by hash (placement.hpp); shard ->
+/// node by the shard table of the active coordinator (the oldest up member), which every region
+/// routes from without asking per message.
+///
+/// Per node and entity type there is one region actor (/system/sharding-<type>): it hosts the
+/// entities of the shards allocated to this node and forwards everything else to the owning
+/// node's region. Nodes that do not host a type route to it through a proxy region
+/// (start_proxy). One coordinator actor per node (/system/sharding-coordinator) is active on
+/// the oldest up member; see DESIGN.md "Sharding" for the handoff protocol and epochs.
+///
+/// Without a cluster (Sharding(ActorSystem&)) every shard is local: a cluster of one, no
+/// configuration.
 
 #include <chrono>
 #include <cstdint>
@@ -16,14 +23,34 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include <troupe/actor/actor_system.hpp>
 #include <troupe/sharding/placement.hpp>
 
+namespace troupe::remoting {
+class Transport;
+}
+namespace troupe::membership {
+class MembershipService;
+}
+
 namespace troupe::sharding {
+
+/// Optional base of entities that carry state across a graceful handoff (rebalance, leave).
+/// Plain actors work as entities too; they start empty on their new home.
+class Entity : public Actor {
+ public:
+  /// The state to hand to the next activation on the shard's new home (any registered
+  /// FlatBuffers message), or nothing. Runs on the entity's turn after its last message.
+  virtual std::optional<Message> snapshot() { return std::nullopt; }
+  /// Called on the new home, before any message, with what snapshot() returned.
+  virtual void restore(const Message& /*state*/) {}
+};
 
 struct EntitySettings {
   std::string type;                                       ///< entity type name, e.g. "user"
@@ -35,20 +62,85 @@ struct EntitySettings {
 /// Makes an entity for `id` as a child of its region (`ctx` is the region's context).
 using EntityFactory = std::function<ActorRef(ActorContext& ctx, SpawnOptions opts, const std::string& id)>;
 
+/// An entity started or stopped (for activation logs: tests check that no two activations of
+/// one entity overlap). `started` is reported before the entity runs, `stopped` after it
+/// stopped, so a logged interval covers the real one.
+struct ActivationEvent {
+  std::string type, id;
+  ShardId shard = 0;
+  std::uint64_t epoch = 0;
+  bool started = false;
+  std::uint64_t incarnation = 0;  ///< distinct per activation on this node
+};
+
+struct ClusterShardingConfig {
+  /// Handoffs in flight at once when rebalancing (a join or a graceful leave).
+  std::size_t max_simultaneous_handoffs = 16;
+  /// How long the coordinator waits for every region to acknowledge that a shard is moving
+  /// before it asks the owner to stop it anyway; also the period of HandOff retries.
+  std::chrono::milliseconds handoff_ack_timeout{2'000};
+  /// A new coordinator waits this long for reports from reachable members that do not answer
+  /// (members running no sharding) before it allocates.
+  std::chrono::milliseconds rebuild_timeout{3'000};
+  /// After a member is downed, its shards wait this long before they are allocated elsewhere:
+  /// the downed side stops its entities first (it learns its own downing at about the same
+  /// time).
+  std::chrono::milliseconds down_margin{1'000};
+  /// Tables, reports and handoffs not acknowledged are sent again at this period.
+  std::chrono::milliseconds resend_interval{1'000};
+  /// Messages buffered while a shard has no usable home: per shard and per region.
+  std::size_t buffer_per_shard = 1'000;
+  std::size_t buffer_bytes_per_shard = 1u << 20;
+  std::size_t buffer_per_region = 100'000;
+  std::size_t buffer_bytes_per_region = 64u << 20;
+  /// Told to senders in ShardUnavailable.
+  std::chrono::milliseconds retry_after{500};
+  /// Every activation and stop of an entity on this node (on the region's thread).
+  std::function<void(const ActivationEvent&)> on_activation;
+};
+
 struct ShardingStats {
   std::uint64_t routed = 0;               ///< messages handed to an entity
   std::uint64_t activations = 0;          ///< entities started
   std::uint64_t passivations = 0;         ///< entities stopped when idle or on request
-  std::uint64_t buffered = 0;             ///< messages that waited for a passivating entity
+  std::uint64_t buffered = 0;             ///< messages that waited (passivating entity, moving shard)
   std::uint64_t unknown_type = 0;         ///< refused: no region for the entity type
   std::uint64_t bad_id = 0;               ///< refused: empty or over-long entity id
   std::uint64_t live_entities = 0;        ///< gauge
+  std::uint64_t forwarded = 0;            ///< messages sent to another node's region
+  std::uint64_t rerouted = 0;             ///< arrived for a shard this node does not own: passed on
+  std::uint64_t stale_epoch = 0;          ///< stamped with an older epoch than the owner's
+  std::uint64_t unavailable = 0;          ///< refused with ShardUnavailable (buffer full, too many hops)
+  std::uint64_t dropped_no_sender = 0;    ///< refused with no sender to tell (dead letters)
+  std::uint64_t shards_hosted = 0;        ///< gauge
+  std::uint64_t handoffs = 0;             ///< shards this node stopped for a handoff
+  std::uint64_t fenced = 0;               ///< shards stopped at once: allocated elsewhere, or self downed
+  std::uint64_t states_restored = 0;      ///< entity states restored after a handoff
+  std::uint64_t tables_applied = 0;
+  std::uint64_t stale_coordinator = 0;    ///< coordinator messages from a node that is not the coordinator
+  std::uint64_t malformed = 0;            ///< protocol messages that do not add up (counted, dropped)
+  std::uint64_t rebalances = 0;           ///< handoffs started by this node's coordinator
+  std::uint64_t allocations = 0;          ///< shards allocated by this node's coordinator
 };
 
-/// Sharding on one node: start entity types, send to entities. Thread-safe.
+/// One shard as this node's region sees it.
+struct ShardInfo {
+  ShardId shard = 0;
+  std::uint64_t epoch = 0;
+  std::string region;   ///< owning region's address ("" : no home yet)
+  bool moving = false;
+  bool hosted_here = false;
+};
+
+/// Sharding on one node. Thread-safe.
 class Sharding {
  public:
+  /// A cluster of one: every shard is local.
   explicit Sharding(ActorSystem& system);
+  /// Cluster sharding over `membership`'s members, messages over `transport` (both must outlive
+  /// this object).
+  Sharding(ActorSystem& system, remoting::Transport& transport, membership::MembershipService& membership,
+           ClusterShardingConfig config = {});
   ~Sharding();
   Sharding(const Sharding&) = delete;
   Sharding& operator=(const Sharding&) = delete;
@@ -60,17 +152,30 @@ class Sharding {
       return ctx.spawn<T>(std::move(o), id);
     });
   }
-  /// Starts the region of an entity type. Throws std::invalid_argument on a bad setting or a
-  /// type started twice.
+  /// Starts the region of an entity type on this node. Throws std::invalid_argument on a bad
+  /// setting or a type started twice.
   ActorRef start(EntitySettings settings, EntityFactory factory);
+  /// Routes to an entity type hosted on other members only (roles: this node hosts none of it).
+  /// Messages wait (bounded) until the coordinator's table arrives. Cluster mode only.
+  ActorRef start_proxy(std::string type, std::uint32_t num_shards = 1024, std::size_t max_id_bytes = 256);
 
   /// Sends `msg` to entity (`type`, `id`). An unknown type or a bad id is answered to `sender`
-  /// with troupe.sharding.EntityError (and counted).
+  /// with troupe.sharding.EntityError; a full buffer with ShardUnavailable (both counted).
   void tell(std::string_view type, std::string_view id, const Message& msg, const ActorRef& sender = {});
-  /// Asks entity (`type`, `id`): the entity's reply, EntityError as a reply for a refused
-  /// message, or ActorErrc::timeout.
+  /// Asks entity (`type`, `id`): the entity's reply, EntityError or ShardUnavailable as a reply
+  /// for a refused message, or ActorErrc::timeout.
   std::future<Result<Message>> ask(std::string_view type, std::string_view id, const Message& msg,
                                    std::chrono::milliseconds timeout);
+
+  /// Graceful leave, first half: asks the coordinator to move every shard this node hosts to
+  /// other members (state travels by snapshot) and waits until none is left here. True when
+  /// done within `timeout`. Call before MembershipService::leave. No-op for a cluster of one.
+  bool hand_off_all(std::chrono::milliseconds timeout);
+
+  /// This node's view of the shard table of `type` (empty for an unknown type).
+  std::vector<ShardInfo> shards(std::string_view type) const;
+  /// Node uid of the coordinator this node follows (0: none, or a cluster of one).
+  std::uint64_t coordinator() const;
 
   ShardingStats stats() const;
 

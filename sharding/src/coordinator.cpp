@@ -1,0 +1,623 @@
+#include "coordinator.hpp"
+
+#include <algorithm>
+#include <map>
+
+#include <fmt/format.h>
+#include <spdlog/logger.h>
+
+#include <troupe/remoting/transport.hpp>
+#include <troupe/serialization/sharding_generated.h>
+
+namespace troupe::sharding {
+
+using membership::EventKind;
+using membership::Liveness;
+using membership::MemberInfo;
+using membership::MemberStatus;
+
+Message membership_tick() {
+  return Message::build<MembershipTick>([](auto& b) { return CreateMembershipTick(b); });
+}
+
+Message report_again() {
+  return Message::build<ReportRequest>([](auto& b) { return CreateReportRequest(b, 0); });
+}
+
+bool Sharding::Shared::recompute_coordinator_locked() {
+  const MemberInfo* best = nullptr;
+  for (const auto& [uid, m] : members) {
+    if (m.status != MemberStatus::up) continue;
+    if (!best || membership::older(m, *best)) best = &m;
+  }
+  const std::uint64_t c = best ? best->uid : 0;
+  return coordinator.exchange(c, std::memory_order_acq_rel) != c;
+}
+
+void on_membership_event(Sharding::Shared& s, const membership::MembershipEvent& e) {
+  if (e.kind == EventKind::leader_changed || e.kind == EventKind::join_refused) return;
+  std::vector<ActorRef> fence;
+  ActorRef coordinator;
+  {
+    std::lock_guard lk(s.mu);
+    if (e.kind == EventKind::removed) {
+      s.members.erase(e.member.uid);
+    } else {
+      s.members[e.member.uid] = e.member;
+    }
+    if (e.kind == EventKind::self_downed && !s.self_down.exchange(true)) {
+      for (const auto& [name, t] : s.types) fence.push_back(t.region);
+    }
+    s.recompute_coordinator_locked();
+    coordinator = s.coordinator_actor;
+  }
+  static const Message fence_all = Message::build<FenceAll>([](auto& b) { return CreateFenceAll(b); });
+  for (const auto& r : fence) r.tell(fence_all);
+  if (coordinator) coordinator.tell(membership_tick());
+}
+
+namespace {
+std::string_view sv(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
+}  // namespace
+
+struct Coordinator::State {
+  using TP = TimerService::Clock::time_point;
+  std::shared_ptr<Sharding::Shared> sh;
+  ActorContext* ctx = nullptr;
+
+  // ---- following (every node) ----
+  std::uint64_t following = 0;
+  bool report_acked = false;
+
+  // ---- active (the oldest up member) ----
+  bool active = false, ready = false;
+  TP rebuild_deadline{};
+  struct NodeReg {
+    std::string address;  // "troupe://<uid>@host:port"
+    bool leaving = false, reported = false;
+    std::unordered_map<std::string, bool> types;  // type -> proxy
+    std::unordered_map<std::string, std::uint64_t> acked, sent;
+  };
+  std::unordered_map<std::uint64_t, NodeReg> nodes;
+  struct Claim {
+    std::string type;
+    std::uint32_t num_shards;
+    std::vector<std::pair<ShardId, std::uint64_t>> shards;
+  };
+  std::unordered_map<std::uint64_t, std::vector<Claim>> claims;  // reports kept during a rebuild
+  struct TypeState {
+    std::uint32_t num_shards = 0;
+    std::vector<std::uint64_t> owner, epoch;
+    std::vector<std::uint8_t> moving;
+    std::uint64_t version = 0;
+    bool changed = true;
+  };
+  std::map<std::string, TypeState> types;
+  struct Move {
+    std::uint64_t from = 0, to = 0, version = 0;
+    bool stopping = false;
+    TP deadline{};
+  };
+  std::map<std::pair<std::string, ShardId>, Move> moves;
+  std::unordered_map<std::uint64_t, TP> downed;  // node -> when its shards become free
+  std::uint64_t epoch_counter = 0;
+
+  TP now() const { return ctx->system().timers().now(); }
+  spdlog::logger& log() const { return ctx->system().log(); }
+  std::uint64_t self_uid() const { return sh->self_uid; }
+
+  std::unordered_map<std::uint64_t, MemberInfo> members() const {
+    std::lock_guard lk(sh->mu);
+    return sh->members;
+  }
+  static bool reachable(const std::unordered_map<std::uint64_t, MemberInfo>& ms, std::uint64_t uid) {
+    auto it = ms.find(uid);
+    return it != ms.end() && it->second.liveness != Liveness::unreachable;
+  }
+  std::uint64_t node_of(const ActorRef& ref) const {
+    if (!ref) return 0;
+    auto a = remoting::parse_actor_address(sh->transport->address_of(ref));
+    return a ? a->node.uid : 0;
+  }
+  void tell(const std::string& address, const Message& m) {
+    if (address.empty()) return;
+    if (auto r = sh->transport->resolve(address); r && *r) r->tell(m, ctx->self());
+  }
+  std::string region_address(std::uint64_t node, const std::string& type) const {
+    auto it = nodes.find(node);
+    return it == nodes.end() ? std::string() : it->second.address + "/system/" + region_name(type);
+  }
+
+  // ---- following ----
+
+  void send_report() {
+    std::string to;
+    Message m;
+    {
+      std::lock_guard lk(sh->mu);
+      to = sh->address_of_locked(following);
+      m = Message::build<NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
+        std::vector<flatbuffers::Offset<TypeReport>> reports;
+        for (const auto& [name, t] : sh->types) {
+          std::vector<std::uint32_t> shards;
+          std::vector<std::uint64_t> epochs;
+          for (const auto& [s, e] : t.hosted) {
+            shards.push_back(s);
+            epochs.push_back(e);
+          }
+          reports.push_back(CreateTypeReport(b, b.CreateString(name), t.settings.num_shards, t.proxy, b.CreateVector(shards),
+                                           b.CreateVector(epochs)));
+        }
+        return CreateNodeReport(b, following, sh->self_uid, b.CreateVector(reports), sh->max_epoch.load(),
+                                sh->leaving.load());
+      });
+    }
+    if (!to.empty()) tell(to + "/system/" + kCoordinatorName, m);
+  }
+
+  void on_membership() {
+    const auto c = sh->coordinator.load(std::memory_order_acquire);
+    if (c != following) {
+      following = c;
+      report_acked = false;
+      if (c) {
+        log().info("sharding: the coordinator is now {}", remoting::format_uid(c));
+        send_report();
+      }
+    }
+    const bool should = c == self_uid() && !sh->self_down.load();
+    if (should && !active) become_active();
+    if (!should && active) step_down();
+    if (active) on_members_changed();
+  }
+
+  // ---- active ----
+
+  void become_active() {
+    step_down();
+    active = true;
+    epoch_counter = sh->max_epoch.load();
+    rebuild_deadline = now() + sh->config.rebuild_timeout;
+    log().info("sharding: this node is the coordinator; rebuilding the shard tables from the members' reports");
+    const auto ms = members();
+    const auto ask = Message::build<ReportRequest>([&](auto& b) { return CreateReportRequest(b, self_uid()); });
+    for (const auto& [uid, m] : ms) {
+      if (uid != self_uid() && (m.status == MemberStatus::up || m.status == MemberStatus::leaving)) {
+        tell(m.remoting + "/system/" + kCoordinatorName, ask);
+      }
+    }
+    check_rebuild();
+  }
+
+  void step_down() {
+    if (active) log().info("sharding: this node is no longer the coordinator");
+    active = ready = false;
+    nodes.clear();
+    claims.clear();
+    types.clear();
+    moves.clear();
+    downed.clear();
+  }
+
+  void on_report(const NodeReport& r, const ActorRef& from) {
+    if (!active) {
+      sh->stale_coordinator.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const auto ms = members();
+    auto m = ms.find(r.node());
+    if (m == ms.end() || node_of(from) != r.node() || m->second.status == MemberStatus::down) {
+      sh->stale_coordinator.fetch_add(1, std::memory_order_relaxed);
+      sh->protocol_log.warn(log(), "sharding: ignored a report from {}, which is not a member (or not its sender)",
+                            remoting::format_uid(r.node()));
+      return;
+    }
+    auto& reg = nodes[r.node()];
+    reg.address = m->second.remoting;
+    reg.leaving = r.leaving() || m->second.status == MemberStatus::leaving || m->second.status == MemberStatus::exiting;
+    reg.reported = true;
+    reg.types.clear();
+    reg.acked.clear();
+    reg.sent.clear();
+    std::vector<Claim> cs;
+    if (r.types()) {
+      for (const auto* t : *r.types()) {
+        const auto name = std::string(sv(t->entity_type()));
+        const auto n = t->num_shards();
+        const auto* shards = t->shards();
+        const auto* epochs = t->epochs();
+        if (name.empty() || n == 0 || n > 65'536 || (shards && (!epochs || epochs->size() != shards->size()))) {
+          sh->malformed.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        if (auto ts = types.find(name); ts != types.end() && ts->second.num_shards != n) {
+          sh->malformed.fetch_add(1, std::memory_order_relaxed);
+          log().error("sharding: member {} runs type '{}' with {} shards, the cluster with {}; ignored there",
+                      m->second.name, name, n, ts->second.num_shards);
+          continue;
+        }
+        reg.types[name] = t->proxy();
+        Claim c{name, n, {}};
+        if (shards && !t->proxy()) {
+          for (std::uint32_t i = 0; i < shards->size(); ++i) {
+            if (shards->Get(i) < n) c.shards.emplace_back(shards->Get(i), epochs->Get(i));
+          }
+        }
+        cs.push_back(std::move(c));
+      }
+    }
+    epoch_counter = std::max(epoch_counter, r.max_epoch());
+    from.tell(Message::build<ReportAck>([&](auto& b) { return CreateReportAck(b, self_uid()); }), ctx->self());
+    if (!ready) {
+      claims[r.node()] = std::move(cs);
+      check_rebuild();
+      return;
+    }
+    for (auto& c : cs) adopt(r.node(), c);
+    plan();
+    publish_all();
+  }
+
+  TypeState& type_state(const std::string& name, std::uint32_t n) {
+    auto [it, fresh] = types.try_emplace(name);
+    if (fresh) {
+      it->second.num_shards = n;
+      it->second.owner.assign(n, 0);
+      it->second.epoch.assign(n, 0);
+      it->second.moving.assign(n, 0);
+    }
+    return it->second;
+  }
+
+  /// Takes a member's claim to the shards it hosts where the table has no other home for them.
+  void adopt(std::uint64_t node, const Claim& c) {
+    auto& ts = type_state(c.type, c.num_shards);
+    if (ts.num_shards != c.num_shards) return;
+    for (const auto& [s, e] : c.shards) {
+      epoch_counter = std::max(epoch_counter, e);
+      if (ts.owner[s] == node && ts.epoch[s] == e) continue;
+      if (ts.owner[s] == 0 || e > ts.epoch[s]) {
+        if (ts.owner[s] != 0) {
+          log().warn("sharding {}: shard {} claimed by {} (epoch {}) and {} (epoch {}); the later epoch wins", c.type, s,
+                     remoting::format_uid(ts.owner[s]), ts.epoch[s], remoting::format_uid(node), e);
+        }
+        ts.owner[s] = node;
+        ts.epoch[s] = e;
+        ts.moving[s] = 0;
+        ts.changed = true;
+      } else {
+        log().warn("sharding {}: {} claims shard {} at epoch {}, which is allocated to {} at epoch {}; it will be fenced",
+                   c.type, remoting::format_uid(node), s, e, remoting::format_uid(ts.owner[s]), ts.epoch[s]);
+      }
+    }
+  }
+
+  void check_rebuild() {
+    if (!active || ready) return;
+    const auto ms = members();
+    const auto t = now();
+    for (const auto& [uid, m] : ms) {
+      if (m.status != MemberStatus::up && m.status != MemberStatus::leaving) continue;
+      if (auto it = nodes.find(uid); it != nodes.end() && it->second.reported) continue;
+      // An unreachable member may host shards: nothing is allocated before it answers or is
+      // downed. A reachable one that stays silent runs no sharding.
+      if (m.liveness == Liveness::unreachable || t < rebuild_deadline) return;
+    }
+    ready = true;
+    for (const auto& [node, cs] : claims) {
+      for (const auto& c : cs) adopt(node, c);
+    }
+    claims.clear();
+    for (auto& [name, ts] : types) ts.changed = true;
+    log().info("sharding: coordinator ready: {} entity types from {} members' reports", types.size(), nodes.size());
+    plan();
+    publish_all();
+  }
+
+  void on_members_changed() {
+    const auto ms = members();
+    const auto t = now();
+    for (auto& [uid, reg] : nodes) {
+      auto m = ms.find(uid);
+      const bool gone = m == ms.end() || m->second.status == MemberStatus::down || m->second.status == MemberStatus::removed;
+      if (gone && !downed.count(uid)) {
+        downed[uid] = t + sh->config.down_margin;
+        log().info("sharding: member {} is gone; its shards wait for new homes after {} ms", remoting::format_uid(uid),
+                   sh->config.down_margin.count());
+        for (auto& [name, ts] : types) {
+          for (ShardId s = 0; s < ts.num_shards; ++s) {
+            if (ts.owner[s] == uid && !ts.moving[s]) {
+              ts.moving[s] = 1;  // senders buffer instead of sending into the void
+              ts.changed = true;
+            }
+          }
+        }
+      }
+      if (m != ms.end() && (m->second.status == MemberStatus::leaving || m->second.status == MemberStatus::exiting)) {
+        reg.leaving = true;
+      }
+    }
+    if (!ready) return check_rebuild();
+    plan();
+    publish_all();
+  }
+
+  void allocate(TypeState& ts, ShardId s, std::uint64_t node) {
+    ts.owner[s] = node;
+    ts.epoch[s] = ++epoch_counter;
+    ts.moving[s] = 0;
+    ts.changed = true;
+    sh->allocations.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void plan() {
+    if (!active || !ready) return;
+    const auto t = now();
+    // Members downed long enough: their shards are free.
+    for (auto it = downed.begin(); it != downed.end();) {
+      if (t < it->second) {
+        ++it;
+        continue;
+      }
+      const auto uid = it->first;
+      for (auto& [name, ts] : types) {
+        for (ShardId s = 0; s < ts.num_shards; ++s) {
+          if (ts.owner[s] == uid) {
+            ts.owner[s] = 0;
+            ts.moving[s] = 0;
+            ts.changed = true;
+          }
+        }
+      }
+      for (auto mv = moves.begin(); mv != moves.end();) mv = mv->second.from == uid ? moves.erase(mv) : std::next(mv);
+      nodes.erase(uid);
+      it = downed.erase(it);
+    }
+    const auto ms = members();
+    for (auto& [name, ts] : types) {
+      std::vector<std::uint64_t> hosts, live;
+      for (const auto& [uid, reg] : nodes) {
+        auto ty = reg.types.find(name);
+        if (ty == reg.types.end() || ty->second || reg.leaving || downed.count(uid)) continue;
+        auto m = ms.find(uid);
+        if (m == ms.end() || m->second.status != MemberStatus::up) continue;
+        hosts.push_back(uid);
+        if (m->second.liveness != Liveness::unreachable) live.push_back(uid);
+      }
+      if (live.empty()) continue;
+      std::sort(hosts.begin(), hosts.end());
+      std::sort(live.begin(), live.end());
+      const bool all_live = live.size() == hosts.size();
+      const auto target = rebalance(ShardTable(ts.owner), ts.num_shards, live);
+      std::unordered_map<std::uint64_t, std::uint32_t> load;
+      for (auto o : ts.owner) {
+        if (o) ++load[o];
+      }
+      for (ShardId s = 0; s < ts.num_shards; ++s) {
+        if (ts.owner[s] != 0 || ts.moving[s]) continue;
+        std::uint64_t dest = target.owner(s);
+        if (!all_live) {
+          // Someone is unreachable: the balanced table would count its shards as free.
+          dest = 0;
+          for (auto n : live) {
+            if (!dest || load[n] < load[dest] || (load[n] == load[dest] && rendezvous_weight(s, n) > rendezvous_weight(s, dest))) dest = n;
+          }
+        }
+        if (!dest) continue;
+        allocate(ts, s, dest);
+        ++load[dest];
+      }
+      if (!all_live) continue;
+      // Rebalance: hand off what the balanced table puts elsewhere, a bounded number at a time.
+      for (ShardId s = 0; s < ts.num_shards && moves.size() < sh->config.max_simultaneous_handoffs; ++s) {
+        const auto o = ts.owner[s];
+        const auto to = target.owner(s);
+        if (!o || ts.moving[s] || to == o || !to || downed.count(o) || !nodes.count(o) || !reachable(ms, o)) continue;
+        ts.moving[s] = 1;
+        ts.changed = true;
+        moves[{name, s}] = Move{o, to, 0, false, t + sh->config.handoff_ack_timeout};
+        sh->rebalances.fetch_add(1, std::memory_order_relaxed);
+        log().info("sharding {}: moving shard {} from {} to {}", name, s, remoting::format_uid(o), remoting::format_uid(to));
+      }
+    }
+  }
+
+  Message table_message(const std::string& name, const TypeState& ts) {
+    std::vector<std::uint64_t> region_nodes;
+    std::unordered_map<std::uint64_t, std::uint16_t> index;
+    std::vector<std::uint16_t> owners(ts.num_shards, 0);
+    for (ShardId s = 0; s < ts.num_shards; ++s) {
+      const auto o = ts.owner[s];
+      if (!o) continue;
+      auto [it, fresh] = index.try_emplace(o, static_cast<std::uint16_t>(region_nodes.size() + 1));
+      if (fresh) region_nodes.push_back(o);
+      owners[s] = it->second;
+    }
+    std::vector<std::string> regions;
+    for (auto n : region_nodes) regions.push_back(region_address(n, name));
+    return Message::build<ShardTableUpdate>([&](flatbuffers::FlatBufferBuilder& b) {
+      return CreateShardTableUpdate(b, b.CreateString(name), self_uid(), ts.version, ts.num_shards,
+                                    b.CreateVectorOfStrings(regions), b.CreateVector(owners), b.CreateVector(ts.epoch),
+                                    b.CreateVector(ts.moving));
+    });
+  }
+
+  /// Sends each type's table to every member with the type that has not got its version (or,
+  /// on `resend`, not acknowledged it).
+  void publish_all(bool resend = false) {
+    if (!active || !ready) return;
+    const auto ms = members();
+    for (auto& [name, ts] : types) {
+      if (ts.changed) {
+        ++ts.version;
+        ts.changed = false;
+        for (auto& [key, mv] : moves) {
+          if (key.first == name && mv.version == 0) mv.version = ts.version;
+        }
+      }
+      Message table;
+      for (auto& [uid, reg] : nodes) {
+        if (!reg.types.count(name) || downed.count(uid) || !reachable(ms, uid)) continue;
+        const bool due = resend ? reg.acked[name] < ts.version : reg.sent[name] < ts.version;
+        if (!due) continue;
+        if (!table) table = table_message(name, ts);
+        tell(region_address(uid, name), table);
+        reg.sent[name] = ts.version;
+      }
+    }
+    advance_moves();
+  }
+
+  void on_table_ack(const TableAck& a, const ActorRef& from) {
+    if (!active || a.coordinator() != self_uid() || node_of(from) != a.node()) return;
+    auto it = nodes.find(a.node());
+    if (it == nodes.end()) return;
+    auto& v = it->second.acked[std::string(sv(a.entity_type()))];
+    v = std::max(v, a.version());
+    advance_moves();
+  }
+
+  void send_handoff(const std::string& name, ShardId s, const Move& mv) {
+    const auto& ts = types.at(name);
+    tell(region_address(mv.from, name), Message::build<HandOff>([&](auto& b) {
+           return CreateHandOff(b, b.CreateString(name), self_uid(), s, ts.epoch[s]);
+         }));
+  }
+
+  /// A move whose "moving" table every member with the type has acknowledged (or that waited
+  /// long enough) asks the owner to stop the shard.
+  void advance_moves() {
+    const auto ms = members();
+    const auto t = now();
+    for (auto& [key, mv] : moves) {
+      if (mv.stopping || mv.version == 0) continue;
+      bool all = true;
+      for (auto& [uid, reg] : nodes) {
+        if (!reg.types.count(key.first) || downed.count(uid) || !reachable(ms, uid)) continue;
+        if (reg.acked[key.first] < mv.version) all = false;
+      }
+      if (!all && t < mv.deadline) continue;
+      mv.stopping = true;
+      mv.deadline = t + sh->config.handoff_ack_timeout;
+      send_handoff(key.first, key.second, mv);
+    }
+  }
+
+  void on_stopped(const ShardStopped& st, const ActorRef& from) {
+    if (!active || !ready || node_of(from) != st.node()) return;
+    const auto name = std::string(sv(st.entity_type()));
+    auto mv = moves.find({name, st.shard()});
+    auto ts = types.find(name);
+    if (mv == moves.end() || ts == types.end() || mv->second.from != st.node() || ts->second.epoch[st.shard()] != st.epoch()) {
+      return;  // a duplicate or a stale answer
+    }
+    const auto s = st.shard();
+    auto to = mv->second.to;
+    moves.erase(mv);
+    const auto ms = members();
+    auto eligible = [&](std::uint64_t n) {
+      auto r = nodes.find(n);
+      auto m = ms.find(n);
+      return r != nodes.end() && !r->second.leaving && !downed.count(n) && r->second.types.count(name) &&
+             !r->second.types.at(name) && m != ms.end() && m->second.status == MemberStatus::up &&
+             m->second.liveness != Liveness::unreachable;
+    };
+    if (!eligible(to)) to = 0;
+    if (!to) {
+      std::unordered_map<std::uint64_t, std::uint32_t> load;
+      for (auto o : ts->second.owner) ++load[o];
+      for (const auto& [n, reg] : nodes) {
+        if (n != st.node() && eligible(n) && (!to || load[n] < load[to])) to = n;
+      }
+    }
+    auto& t = ts->second;
+    if (!to) {
+      t.owner[s] = 0;
+      t.moving[s] = 0;
+      t.changed = true;
+      log().warn("sharding {}: shard {} stopped but no member can take it; {} entity states dropped", name, s,
+                 st.states() ? st.states()->size() : 0);
+    } else {
+      allocate(t, s, to);
+      if (st.states() && st.states()->size() > 0) {
+        tell(region_address(to, name), Message::build<ShardState>([&](flatbuffers::FlatBufferBuilder& b) {
+               std::vector<flatbuffers::Offset<EntityState>> v;
+               for (const auto* e : *st.states()) {
+                 if (!e || !e->entity_id() || !e->payload()) continue;
+                 v.push_back(CreateEntityState(b, b.CreateString(e->entity_id()->string_view()), e->type_id(),
+                                               b.CreateVector(e->payload()->data(), e->payload()->size())));
+               }
+               return CreateShardState(b, b.CreateString(name), self_uid(), s, t.epoch[s], b.CreateVector(v));
+             }));
+      }
+      log().info("sharding {}: shard {} handed off to {} at epoch {}", name, s, remoting::format_uid(to), t.epoch[s]);
+    }
+    plan();
+    publish_all();
+  }
+
+  void on_tick() {
+    if (following && !report_acked) send_report();
+    if (!active) return;
+    if (!ready) {
+      const auto ms = members();
+      const auto ask = Message::build<ReportRequest>([&](auto& b) { return CreateReportRequest(b, self_uid()); });
+      for (const auto& [uid, m] : ms) {
+        if (m.status != MemberStatus::up && m.status != MemberStatus::leaving) continue;
+        if (auto it = nodes.find(uid); it == nodes.end() || !it->second.reported) tell(m.remoting + "/system/" + kCoordinatorName, ask);
+      }
+      check_rebuild();
+      return;
+    }
+    plan();
+    publish_all(true);
+    const auto ms = members();
+    const auto t = now();
+    for (auto& [key, mv] : moves) {
+      if (mv.stopping && t >= mv.deadline && reachable(ms, mv.from)) {
+        mv.deadline = t + sh->config.handoff_ack_timeout;
+        send_handoff(key.first, key.second, mv);
+      }
+    }
+  }
+};
+
+Coordinator::Coordinator(std::shared_ptr<Sharding::Shared> shared) : st_(std::make_unique<State>()) {
+  st_->sh = std::move(shared);
+}
+Coordinator::~Coordinator() = default;
+
+void Coordinator::pre_start() {
+  st_->ctx = &context();
+  context().schedule_every(st_->sh->config.resend_interval,
+                           Message::build<CoordinatorTick>([](auto& b) { return CreateCoordinatorTick(b); }));
+}
+
+void Coordinator::receive(const Message& m) {
+  auto& s = *st_;
+  if (m.is<MembershipTick>()) return s.on_membership();
+  if (m.is<CoordinatorTick>()) return s.on_tick();
+  if (const auto* r = m.as<NodeReport>()) return s.on_report(*r, sender());
+  if (const auto* a = m.as<TableAck>()) return s.on_table_ack(*a, sender());
+  if (const auto* st = m.as<ShardStopped>()) return s.on_stopped(*st, sender());
+  if (const auto* q = m.as<ReportRequest>()) {
+    if (q->coordinator() == 0) {
+      s.report_acked = false;
+      return s.send_report();
+    }
+    // A newly active coordinator asks before this node may see it as such: answer it.
+    if (q->coordinator() == s.following || s.node_of(sender()) == q->coordinator()) {
+      const auto keep = s.following;
+      s.following = q->coordinator();
+      s.send_report();
+      s.following = keep;
+    }
+    return;
+  }
+  if (const auto* a = m.as<ReportAck>()) {
+    if (a->coordinator() == s.following) s.report_acked = true;
+    return;
+  }
+}
+
+}  // namespace troupe::sharding

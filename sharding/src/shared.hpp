@@ -1,0 +1,73 @@
+#pragma once
+// Internal: the state a node's sharding actors and its Sharding object share.
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <troupe/membership/member.hpp>
+#include <troupe/serialization/log.hpp>
+#include <troupe/sharding/region.hpp>
+
+namespace troupe::remoting {
+class Transport;
+}
+
+namespace troupe::sharding {
+
+inline constexpr const char* kCoordinatorName = "sharding-coordinator";
+/// The region actor's name for an entity type.
+inline std::string region_name(std::string_view type) { return "sharding-" + entity_child_name(type); }
+
+struct Sharding::Shared {
+  ActorSystem* system = nullptr;
+  remoting::Transport* transport = nullptr;      // null: a cluster of one
+  membership::MembershipService* membership = nullptr;
+  ClusterShardingConfig config;
+  std::uint64_t self_uid = 0;
+  std::string self_address;                       // "troupe://<uid>@host:port"
+
+  mutable std::mutex mu;
+  struct TypeEntry {
+    EntitySettings settings;
+    bool proxy = false;
+    ActorRef region;
+    // What the region hosts now (shard -> epoch) and its table, for reports and inspection.
+    std::unordered_map<ShardId, std::uint64_t> hosted;
+    std::vector<ShardInfo> table;
+  };
+  std::unordered_map<std::string, TypeEntry> types;
+  // Members as membership last told (uid -> info), and the coordinator they give.
+  std::unordered_map<std::uint64_t, membership::MemberInfo> members;
+  std::atomic<std::uint64_t> coordinator{0};
+  std::atomic<bool> self_down{false};
+  std::atomic<bool> leaving{false};
+  std::atomic<std::uint64_t> max_epoch{0};
+  ActorRef coordinator_actor;
+  std::condition_variable hosted_changed;  // with mu: hand_off_all waits on it
+
+  std::atomic<std::uint64_t> routed{0}, activations{0}, passivations{0}, buffered{0}, unknown_type{0}, bad_id{0},
+      live{0}, forwarded{0}, rerouted{0}, stale_epoch{0}, unavailable{0}, dropped_no_sender{0}, handoffs{0},
+      fenced{0}, states_restored{0}, tables_applied{0}, stale_coordinator{0}, malformed{0}, rebalances{0},
+      allocations{0}, incarnations{0};
+  ThrottledLog refused_log, protocol_log;
+
+  bool cluster() const noexcept { return transport != nullptr; }
+  void note_epoch(std::uint64_t e) {
+    auto cur = max_epoch.load(std::memory_order_relaxed);
+    while (e > cur && !max_epoch.compare_exchange_weak(cur, e, std::memory_order_relaxed)) {
+    }
+  }
+  /// The remoting address of member `uid` ("" if unknown). Caller holds mu.
+  std::string address_of_locked(std::uint64_t uid) const {
+    auto it = members.find(uid);
+    return it == members.end() ? std::string() : it->second.remoting;
+  }
+  /// Recomputes the coordinator (the oldest up member). Caller holds mu. True when it changed.
+  bool recompute_coordinator_locked();
+};
+
+}  // namespace troupe::sharding
