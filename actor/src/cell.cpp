@@ -103,6 +103,7 @@ bool TimerState::admit(Cell& c) {
 Cell::Cell(ActorSystem::Impl& sys, Cell* parent, FactoryPtr f, std::uint64_t id)
     : sys_(sys), parent_(parent), factory_(std::move(f)), id_(id) {
   static_assert(sizeof(Cell) <= 104, "an idle actor's cell must stay small (see bench idle_actor_bytes)");
+  static_assert(sizeof(Ident) <= 56, "a named, watched actor's Ident must fit a 64-byte chunk (see bench entity_idle_bytes)");
   if (parent_) parent_->add_ref();
 }
 
@@ -117,24 +118,53 @@ Cell::~Cell() {
   // Runs when the last ref is gone, possibly after the system itself: touch no system state.
   while (MpscNode* n = mbox_.pop()) (void)open_envelope(n);
   delete actor_;
-  delete extras_.load(std::memory_order_acquire);
+  delete ident_.load(std::memory_order_acquire);
   if (parent_) parent_->release();
 }
 
 ActorSystem& Cell::system() const noexcept { return sys_.owner; }
 
+Cell::Ident& Cell::ident() {
+  Ident* i = ident_.load(std::memory_order_acquire);
+  if (i) return *i;
+  auto* fresh = new Ident;
+  if (ident_.compare_exchange_strong(i, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *i;
+}
+
 Cell::Extras& Cell::extras() {
-  Extras* e = extras_.load(std::memory_order_acquire);
+  Ident& i = ident();
+  Extras* e = i.extras.load(std::memory_order_acquire);
   if (e) return *e;
   auto* fresh = new Extras;
-  if (extras_.compare_exchange_strong(e, fresh, std::memory_order_acq_rel)) return *fresh;
+  if (i.extras.compare_exchange_strong(e, fresh, std::memory_order_acq_rel)) return *fresh;
   delete fresh;
   return *e;
 }
 
+Cell::Extras* Cell::extras_if() const noexcept {
+  const Ident* i = ident_.load(std::memory_order_acquire);
+  return i ? i->extras.load(std::memory_order_acquire) : nullptr;
+}
+
+std::string_view Cell::own_name() const noexcept {
+  const Ident* i = ident_.load(std::memory_order_acquire);
+  return i ? std::string_view(i->name) : std::string_view();
+}
+
+std::size_t ChildNameTraits::hash(const Cell* c) noexcept { return std::hash<std::string_view>()(c->own_name()); }
+
+Cell* Cell::named_child(std::string_view name) const {
+  const Extras* x = extras_if();
+  if (!x) return nullptr;
+  return x->named_children.find(std::hash<std::string_view>()(name),
+                                [name](const Cell* c) { return c->own_name() == name; });
+}
+
 std::string Cell::name() const {
-  const Extras* e = extras_.load(std::memory_order_acquire);
-  if (e && !e->name.empty()) return e->name;
+  const auto n = own_name();
+  if (!n.empty()) return std::string(n);
   return "$" + to_base36(id_);
 }
 
@@ -162,20 +192,20 @@ ActorRef Cell::spawn(FactoryPtr f, SpawnOptions opts) {
   auto* c = new Cell(sys_, this, std::move(f), sys_.next_id.fetch_add(1, std::memory_order_relaxed));
   bool parent_stopping = false;
   try {
-    if (!opts.name.empty()) c->extras().name = std::move(opts.name);
+    if (!opts.name.empty()) c->ident().name = std::move(opts.name);
     c->actor_ = c->factory_->make();  // a throwing constructor fails the spawn; nothing is linked
     c->actor_->ctx_ = c;
     std::lock_guard lk(stripe(this));
     parent_stopping = state_.load(std::memory_order_acquire) & (kStopReq | kTerminating | kDead);
-    if (Extras* x = c->extras_.load(std::memory_order_relaxed); x && !x->name.empty()) {
-      auto& named = extras().named_children;
-      if (named.count(x->name)) {
-        throw std::system_error(ActorErrc::duplicate_name,
-                                "an actor named '" + x->name + "' already exists under '" + path() + "/'");
+    Extras& mine = extras();
+    if (const auto name = c->own_name(); !name.empty()) {
+      if (named_child(name)) {
+        throw std::system_error(ActorErrc::duplicate_name, "an actor named '" + std::string(name) +
+                                                               "' already exists under '" + path() + "/'");
       }
-      named.emplace(x->name, c);
+      mine.named_children.insert(c);
     }
-    Cell*& first = extras().first_child;
+    Cell*& first = mine.first_child;
     c->next_sibling_ = first;
     if (first) first->prev_sibling_ = c;
     first = c;
@@ -204,7 +234,7 @@ void Cell::send(Message&& msg, ActorRef&& sender) {
 void Cell::enqueue(Envelope* e) {
   mbox_.push(e);
   const auto s = state_.load(std::memory_order_seq_cst);
-  if (s & kCounted) extras_.load(std::memory_order_acquire)->queued.fetch_add(1, std::memory_order_relaxed);
+  if (s & kCounted) extras_if()->queued.fetch_add(1, std::memory_order_relaxed);
   if (!(s & kScheduled)) wake(0);
 }
 
@@ -215,7 +245,7 @@ void Cell::enable_load_count() {
 
 std::uint64_t Cell::load_estimate() const noexcept {
   const auto s = state_.load(std::memory_order_acquire);
-  const Extras* x = extras_.load(std::memory_order_acquire);
+  const Extras* x = extras_if();
   const auto q = x ? std::max<std::int64_t>(0, x->queued.load(std::memory_order_relaxed)) : 0;
   return static_cast<std::uint64_t>(q) * 2 + ((s & kScheduled) ? 1 : 0);
 }
@@ -301,7 +331,7 @@ void Cell::process(unsigned budget) {
     MpscNode* n = mbox_.pop();
     if (!n) return;
     if (state_.load(std::memory_order_relaxed) & kCounted) {
-      extras_.load(std::memory_order_relaxed)->queued.fetch_sub(1, std::memory_order_relaxed);
+      extras_if()->queued.fetch_sub(1, std::memory_order_relaxed);
     }
     Letter l = open_envelope(n);
     deliver(l);
@@ -398,7 +428,7 @@ void Cell::child_failed(Cell& child, std::exception_ptr ep) {
       std::vector<Ref<Cell>> targets;
       if (st.scope == SupervisorStrategy::Scope::all_for_one) {
         std::lock_guard lk(stripe(this));
-        if (Extras* x = extras_.load(std::memory_order_acquire)) {
+        if (Extras* x = extras_if()) {
           for (Cell* c = x->first_child; c; c = c->next_sibling_) targets.emplace_back(c, true);
         }
       } else {
@@ -462,7 +492,7 @@ void Cell::apply_directive() {
 }
 
 std::uint64_t Cell::incarnation() const noexcept {
-  const Extras* x = extras_.load(std::memory_order_acquire);
+  const Extras* x = extras_if();
   return x ? x->incarnation : 0;
 }
 
@@ -470,7 +500,7 @@ void Cell::stop_children() {
   std::vector<Ref<Cell>> kids;
   {
     std::lock_guard lk(stripe(this));
-    if (Extras* x = extras_.load(std::memory_order_acquire)) {
+    if (Extras* x = extras_if()) {
       for (Cell* c = x->first_child; c; c = c->next_sibling_) kids.emplace_back(c, true);
     }
   }
@@ -520,7 +550,7 @@ void Cell::begin_terminate() {
   std::vector<ActorRef> kids;
   {
     std::lock_guard lk(stripe(this));
-    if (Extras* x = extras_.load(std::memory_order_acquire)) {
+    if (Extras* x = extras_if()) {
       for (Cell* c = x->first_child; c; c = c->next_sibling_) kids.emplace_back(c, true);
     }
   }
@@ -529,7 +559,7 @@ void Cell::begin_terminate() {
 
 bool Cell::no_children() const {
   std::lock_guard lk(stripe(this));
-  Extras* x = extras_.load(std::memory_order_acquire);
+  Extras* x = extras_if();
   return !x || x->first_child == nullptr;
 }
 
@@ -548,14 +578,14 @@ void Cell::finalize() {
   // What was queued is accounted for before anyone can learn of the death (a watch arriving
   // from now on is answered at once); stragglers racing with the death are drained again below.
   drain_dead();
-  std::vector<ActorRef> watchers;
+  WatcherList watchers;
   std::uint32_t s;
   {
     std::lock_guard lk(stripe(this));
     s = state_.fetch_or(kDead, std::memory_order_acq_rel);
-    if (Extras* x = extras_.load(std::memory_order_acquire)) watchers.swap(x->watchers);
+    if (Ident* i = ident_.load(std::memory_order_acquire)) watchers = std::move(i->watchers);
   }
-  if (Extras* x = extras_.load(std::memory_order_acquire)) {
+  if (Extras* x = extras_if()) {
     x->watching.for_each([&](const ActorRef& t) { t.target()->remove_watcher(me); });
     x->watching.clear();
   }
@@ -566,7 +596,7 @@ void Cell::finalize() {
   if (!watchers.empty()) {
     auto reason = static_cast<sys::TerminationReason>((s >> kReasonShift) & 7u);
     Message t = make_terminated(reason, path());
-    for (auto& w : watchers) notify_terminated(w, t, me);
+    watchers.for_each([&](const ActorRef& w) { notify_terminated(w, t, me); });
   }
   if (parent_) parent_->child_died(this);
   factory_.reset();
@@ -574,13 +604,9 @@ void Cell::finalize() {
 }
 
 void Cell::release_name(Cell* child) {
-  const Extras* cx = child->extras_.load(std::memory_order_acquire);
-  if (!cx || cx->name.empty()) return;
+  if (child->own_name().empty()) return;
   std::lock_guard lk(stripe(this));
-  if (Extras* x = extras_.load(std::memory_order_acquire)) {
-    auto it = x->named_children.find(cx->name);
-    if (it != x->named_children.end() && it->second == child) x->named_children.erase(it);
-  }
+  if (Extras* x = extras_if()) x->named_children.erase(child);
 }
 
 void Cell::child_died(Cell* child) {
@@ -614,17 +640,14 @@ void Cell::add_watcher(const ActorRef& watcher) {
   {
     std::lock_guard lk(stripe(this));
     dead = state_.load(std::memory_order_acquire) & kDead;
-    if (!dead) {
-      auto& w = extras().watchers;
-      if (std::find(w.begin(), w.end(), watcher) == w.end()) w.push_back(watcher);
-    }
+    if (!dead) ident().watchers.add(watcher);
   }
   if (dead) notify_terminated(watcher, make_terminated(sys::TerminationReason::AlreadyDead, path()), ActorRef(this, true));
 }
 
 void Cell::remove_watcher(const ActorRef& watcher) {
   std::lock_guard lk(stripe(this));
-  if (Extras* x = extras_.load(std::memory_order_acquire)) std::erase(x->watchers, watcher);
+  if (Ident* i = ident_.load(std::memory_order_acquire)) i->watchers.erase(watcher);
 }
 
 void Cell::watch(const ActorRef& ref) {
@@ -636,13 +659,13 @@ void Cell::watch(const ActorRef& ref) {
 }
 
 bool Cell::consume_watch(const ActorRef& ref) {
-  Extras* x = extras_.load(std::memory_order_acquire);
+  Extras* x = extras_if();
   if (!x) return false;
   return x->watching.erase(ref);
 }
 
 void Cell::unwatch(const ActorRef& ref) {
-  Extras* x = extras_.load(std::memory_order_acquire);
+  Extras* x = extras_if();
   if (!x || !ref) return;
   x->watching.erase(ref);
   ref.target()->remove_watcher(ActorRef(this, true));
@@ -673,7 +696,7 @@ void Cell::arm(const Ref<TimerState>& t, std::chrono::nanoseconds d) {
 }
 
 void Cell::cancel_timer(TimerId id) {
-  Extras* x = extras_.load(std::memory_order_acquire);
+  Extras* x = extras_if();
   if (!x) return;
   auto it = x->timers.find(id);
   if (it == x->timers.end()) return;
@@ -683,11 +706,11 @@ void Cell::cancel_timer(TimerId id) {
 }
 
 void Cell::forget_timer(TimerId id) {
-  if (Extras* x = extras_.load(std::memory_order_acquire)) x->timers.erase(id);
+  if (Extras* x = extras_if()) x->timers.erase(id);
 }
 
 void Cell::cancel_all_timers() {
-  Extras* x = extras_.load(std::memory_order_acquire);
+  Extras* x = extras_if();
   if (!x) return;
   for (auto& [id, t] : x->timers) {
     t->cancelled.store(true, std::memory_order_release);
@@ -704,17 +727,15 @@ ActorRef Cell::child(std::string_view name) const {
     std::uint64_t id = 0;
     auto [p, ec] = std::from_chars(name.data() + 1, name.data() + name.size(), id, 36);
     if (ec != std::errc{} || p != name.data() + name.size()) return {};
-    const Extras* x = extras_.load(std::memory_order_acquire);
+    const Extras* x = extras_if();
     for (Cell* c = x ? x->first_child : nullptr; c; c = c->next_sibling_) {
       if (c->id_ == id) return c->dead() ? ActorRef{} : ActorRef(c, true);
     }
     return {};
   }
-  const Extras* x = extras_.load(std::memory_order_acquire);
-  if (!x) return {};
-  auto it = x->named_children.find(name);
-  if (it == x->named_children.end() || it->second->dead()) return {};
-  return ActorRef(it->second, true);
+  Cell* c = named_child(name);
+  if (!c || c->dead()) return {};
+  return ActorRef(c, true);
 }
 
 }  // namespace troupe::detail

@@ -1,9 +1,10 @@
 #pragma once
-#include <algorithm>
 // The runtime's representation of one actor: mailbox, state word, place in the tree, and the
-// user's Actor instance. Rarely used parts (name, named children, watchers, timers, restart
-// statistics) live in a lazily allocated Extras block so that an idle anonymous actor stays small.
+// user's Actor instance. Rarely used parts live in lazily allocated blocks so that an idle actor
+// stays small: Ident (name and watchers: what a named, watched child such as a shard entity
+// needs) and, behind it, Extras (children, watches, timers, restart statistics).
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -13,7 +14,6 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include <troupe/actor/actor.hpp>
@@ -21,6 +21,7 @@
 #include <troupe/serialization/system_generated.h>
 
 #include "mailbox.hpp"
+#include "ptr_set.hpp"
 
 namespace troupe::detail {
 
@@ -113,51 +114,89 @@ struct TimerState final : Control {
   bool admit(Cell& c) override;
 };
 
-/// The actors one actor watches: a vector while small, a hash set once large (a parent that
-/// watches a million children, such as a shard region, must not pay O(n) per watch).
+/// The actors one actor watches (each with a reference): an open-addressing set of targets, so
+/// that a parent watching a million children (a shard region) pays neither O(n) per watch nor
+/// a hash node per child.
 class WatchSet {
  public:
-  bool contains(const ActorRef& r) const {
-    return big_ ? big_->count(r) != 0 : std::find(small_.begin(), small_.end(), r) != small_.end();
-  }
+  WatchSet() = default;
+  WatchSet(const WatchSet&) = delete;
+  WatchSet& operator=(const WatchSet&) = delete;
+  ~WatchSet() { clear(); }
+  bool contains(const ActorRef& r) const { return set_.contains(r.target()); }
   void insert(const ActorRef& r) {
-    if (big_) {
-      big_->insert(r);
-      return;
-    }
-    small_.push_back(r);
-    if (small_.size() > kSmall) {
-      big_ = std::make_unique<std::unordered_set<ActorRef>>(small_.begin(), small_.end());
-      small_.clear();
-      small_.shrink_to_fit();
-    }
+    if (!r || contains(r)) return;
+    r.target()->add_ref();
+    set_.insert(r.target());
   }
   /// Removes `r`; false when absent.
   bool erase(const ActorRef& r) {
-    if (big_) return big_->erase(r) != 0;
-    auto it = std::find(small_.begin(), small_.end(), r);
-    if (it == small_.end()) return false;
-    small_.erase(it);
+    if (!r || !set_.erase(r.target())) return false;
+    r.target()->release();  // the set's reference; the caller still holds one
     return true;
   }
   template <class F>
   void for_each(F&& f) const {
-    if (big_) {
-      for (const auto& r : *big_) f(r);
-    } else {
-      for (const auto& r : small_) f(r);
-    }
+    set_.for_each([&](RefTarget* t) { f(ActorRef(t, true)); });
   }
   void clear() {
-    small_.clear();
-    big_.reset();
+    auto s = std::move(set_);
+    s.for_each([](RefTarget* t) { t->release(); });
   }
 
  private:
-  static constexpr std::size_t kSmall = 16;
-  std::vector<ActorRef> small_;
-  std::unique_ptr<std::unordered_set<ActorRef>> big_;
+  struct Traits {
+    static std::size_t hash(const RefTarget* t) noexcept { return mix_pointer(t); }
+  };
+  PtrSet<RefTarget, Traits> set_;
 };
+
+/// The actors watching one actor, in the order they came. Most have none or one (their parent,
+/// a shard region): the first lives inline; more go to a vector.
+class WatcherList {
+ public:
+  /// Adds `w`; false when it is there already.
+  bool add(const ActorRef& w) {
+    if (!w || first_ == w || (rest_ && std::find(rest_->begin(), rest_->end(), w) != rest_->end())) return false;
+    if (!first_) {
+      first_ = w;  // then there is no other
+    } else {
+      if (!rest_) rest_ = std::make_unique<std::vector<ActorRef>>();
+      rest_->push_back(w);
+    }
+    return true;
+  }
+  void erase(const ActorRef& w) {
+    if (!w) return;
+    if (first_ == w) {
+      first_ = ActorRef();
+      if (rest_ && !rest_->empty()) {
+        first_ = std::move(rest_->front());
+        rest_->erase(rest_->begin());
+      }
+    } else if (rest_) {
+      std::erase(*rest_, w);
+    }
+  }
+  bool empty() const noexcept { return !first_ && (!rest_ || rest_->empty()); }
+  template <class F>
+  void for_each(F&& f) const {
+    if (first_) f(first_);
+    if (rest_) {
+      for (const auto& w : *rest_) f(w);
+    }
+  }
+
+ private:
+  ActorRef first_;
+  std::unique_ptr<std::vector<ActorRef>> rest_;
+};
+
+/// Named children are found by the child's own name: no key string or node per child.
+struct ChildNameTraits {
+  static std::size_t hash(const Cell* c) noexcept;
+};
+using ChildNames = PtrSet<Cell, ChildNameTraits>;
 
 class Cell final : public RefTarget, public ActorContext {
  public:
@@ -212,6 +251,8 @@ class Cell final : public RefTarget, public ActorContext {
   /// Own turn: increases with every restart (continuations of an older instance are dropped).
   std::uint64_t incarnation() const noexcept;
   std::string name() const;
+  /// The name given at spawn ("" for an anonymous actor); constant.
+  std::string_view own_name() const noexcept;
   /// Live child named `name` ("$<id>" for anonymous children), or null.
   ActorRef child(std::string_view name) const;
 
@@ -232,10 +273,8 @@ class Cell final : public RefTarget, public ActorContext {
 
  private:
   struct Extras {
-    std::string name;
     Cell* first_child = nullptr;                                 // guarded by stripe(this)
-    std::unordered_map<std::string_view, Cell*> named_children;  // guarded by stripe(this)
-    std::vector<ActorRef> watchers;                              // guarded by stripe(this)
+    ChildNames named_children;                                   // guarded by stripe(this)
     WatchSet watching;                                           // own turn only
     std::unordered_map<TimerId, Ref<TimerState>> timers;          // own turn only
     TimerId next_timer = 0;
@@ -250,7 +289,21 @@ class Cell final : public RefTarget, public ActorContext {
     Directive directive = Directive::resume;
     std::exception_ptr directive_cause;
   };
+  /// What a named or watched actor needs; 56 bytes.
+  struct Ident {
+    Ident() = default;
+    Ident(const Ident&) = delete;
+    Ident& operator=(const Ident&) = delete;
+    ~Ident() { delete extras.load(std::memory_order_acquire); }
+    std::string name;                      // set at spawn, constant afterwards
+    WatcherList watchers;                  // guarded by stripe(this)
+    std::atomic<Extras*> extras{nullptr};  // the rest, allocated on first need
+  };
+  Ident& ident();
   Extras& extras();
+  Extras* extras_if() const noexcept;
+  /// A live or dying named child (caller holds stripe(this)).
+  Cell* named_child(std::string_view name) const;
   bool wake(std::uint32_t bits);
   bool has_work(std::uint32_t s) const noexcept;
   void start();
@@ -280,7 +333,7 @@ class Cell final : public RefTarget, public ActorContext {
   Cell* next_sibling_ = nullptr;              // guarded by stripe(parent_)
   Actor* actor_ = nullptr;
   FactoryPtr factory_;
-  std::atomic<Extras*> extras_{nullptr};
+  std::atomic<Ident*> ident_{nullptr};
   std::uint64_t id_;
 };
 

@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <future>
+#include <set>
+#include <string>
 
 #include <troupe/actor/actor_system.hpp>
 #include <troupe/serialization/system_generated.h>
@@ -118,6 +120,104 @@ TEST(Deathwatch, ParentStopTerminatesWatchedChildrenToo) {
   ASSERT_TRUE(a && b);
   EXPECT_EQ(a->sender, kid) << "the child stops (and is reported) before its parent";
   EXPECT_EQ(b->sender, parent);
+}
+
+/// Spawns named children c<i> and watches each; tells `report` the name of every child it hears
+/// has stopped.
+class Nursery final : public Actor {
+ public:
+  explicit Nursery(ActorRef report) : report_(std::move(report)) {}
+  void receive(const Message& m) override {
+    if (m.is<sys::Terminated>()) {
+      const auto path = sender().path();
+      report_.tell(cmd(path.substr(path.rfind('/') + 1)));
+      return;
+    }
+    const auto op = op_of(m);
+    const auto n = m.as<test::Cmd>()->n();
+    if (op == "spawn-all") {  // c0 .. c<n-1>
+      for (std::uint64_t i = 0; i < n; ++i) context().watch(context().spawn<Silent>(SpawnOptions{.name = name(i)}));
+    } else if (op == "spawn") {
+      context().watch(context().spawn<Silent>(SpawnOptions{.name = name(n)}));
+    } else if (op == "unwatch") {
+      context().unwatch(context().system().lookup(context().path() + "/" + name(n)));
+    }
+    sender().tell(cmd("done"));
+  }
+  static std::string name(std::uint64_t i) { return "c" + std::to_string(i); }
+
+ private:
+  ActorRef report_;
+};
+
+// A shard region's shape: thousands of named children, each watched by its parent. Names are
+// found, freed and reused as children come and go; every watcher hears of each death once.
+TEST(Deathwatch, ManyNamedWatchedChildrenAreFoundByNameAndEachDeathIsReportedOnce) {
+  ActorSystem sys(cfg());
+  Probe reports(sys), other(sys), third(sys);
+  constexpr std::uint64_t kN = 3000;
+  auto nursery = sys.spawn<Nursery>(SpawnOptions{.name = "nursery"}, reports.ref());
+  ASSERT_TRUE(nursery.ask(cmd("spawn-all", kN), 30s).get().ok());
+  auto child = [&](std::uint64_t i) { return sys.lookup("/user/nursery/" + Nursery::name(i)); };
+  std::set<const void*> distinct;
+  for (std::uint64_t i = 0; i < kN; ++i) {
+    auto c = child(i);
+    ASSERT_TRUE(c) << i;
+    EXPECT_EQ(c.path(), "/user/nursery/c" + std::to_string(i));
+    distinct.insert(c.target());
+  }
+  EXPECT_EQ(distinct.size(), kN);
+  EXPECT_FALSE(child(kN));
+  EXPECT_FALSE(sys.lookup("/user/nursery/c"));
+
+  // c1 and c3 get more watchers; then the nursery stops watching c3 (its first watcher).
+  other.watch(sys, child(1));
+  other.watch(sys, child(3));
+  third.watch(sys, child(3));
+  ASSERT_TRUE(nursery.ask(cmd("unwatch", 3), 10s).get().ok());
+
+  // Two children in three stop (and c3): names leave from the middle of the table's runs.
+  auto stop_and_collect = [&](auto&& which) {
+    std::uint64_t expected = 0;
+    for (std::uint64_t i = 0; i < kN; ++i) {
+      if (!which(i)) continue;
+      auto c = child(i);
+      ASSERT_TRUE(c) << i;
+      sys.stop(c);
+      if (i != 3) ++expected;
+    }
+    std::set<std::string> heard;
+    for (std::uint64_t k = 0; k < expected; ++k) {
+      auto r = reports.next();
+      ASSERT_TRUE(r) << "after " << k << " of " << expected;
+      EXPECT_TRUE(heard.insert(op_of(r->msg)).second) << op_of(r->msg) << " reported twice";
+    }
+    EXPECT_EQ(heard.count("c3"), 0u) << "unwatched";
+  };
+  stop_and_collect([](std::uint64_t i) { return i % 3 != 0 || i == 3; });
+  for (auto* p : {&other, &other, &third}) {
+    auto t = p->next();
+    ASSERT_TRUE(t);
+    EXPECT_TRUE(t->msg.is<sys::Terminated>());
+  }
+  ASSERT_TRUE(nursery.ask(cmd("sync"), 10s).get().ok());
+  EXPECT_EQ(reports.queued(), 0u);
+  EXPECT_EQ(other.queued(), 0u);
+  EXPECT_EQ(third.queued(), 0u);
+  for (std::uint64_t i = 0; i < kN; ++i) EXPECT_EQ(static_cast<bool>(child(i)), i % 3 == 0 && i != 3) << i;
+
+  // A freed name is taken again; most of the rest stop (the table shrinks) and the few left
+  // are still found.
+  ASSERT_TRUE(nursery.ask(cmd("spawn", 1), 10s).get().ok());
+  ASSERT_TRUE(child(1));
+  const std::set<std::uint64_t> keep{0, 1, kN - 3};
+  stop_and_collect([&](std::uint64_t i) { return i % 3 == 0 && i != 3 && !keep.count(i); });
+  for (auto i : keep) EXPECT_TRUE(child(i)) << i;
+  EXPECT_FALSE(child(6));
+  other.watch(sys, nursery);
+  sys.stop(nursery);
+  ASSERT_TRUE(other.next());
+  for (auto i : keep) EXPECT_FALSE(child(i)) << i;
 }
 
 TEST(DeadLetters, MessagesToAStoppedActorAreCounted) {
