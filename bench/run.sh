@@ -109,13 +109,17 @@ if [[ $parts == *" sim "* ]]; then
   fi
 fi
 # Sharding: placement beside jump consistent hash and rendezvous hashing (computed in the same
-# run), and memory per idle entity (no peer).
+# run), memory per idle entity (no peer), end to end against plain remoting, and recovery.
 : >"$out/sharding.jsonl"
 if [[ $parts == *" sharding "* ]]; then
   run placement.part "$build/bench/placement_bench"
   cat "$out/placement.part.jsonl" >>"$out/sharding.jsonl"
   run entities.part "$build/bench/entity_bench"
   cat "$out/entities.part.jsonl" >>"$out/sharding.jsonl"
+  # End to end (a sharding client to entities on three troupe-node processes, beside plain
+  # remoting in the same run) and recovery from a SIGKILLed node (preset lan).
+  run sharded.part "$build/bench/sharding_bench"
+  cat "$out/sharded.part.jsonl" >>"$out/sharding.jsonl"
 fi
 rm -f "$out"/*.part.jsonl
 

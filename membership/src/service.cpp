@@ -292,6 +292,8 @@ SwimStats MembershipService::stats() const {
   return impl_->call([&] { return impl_->proto->stats(); });
 }
 UdpTransportStats MembershipService::transport_stats() const { return impl_->udp->stats(); }
+const MembershipConfig& MembershipService::config() const noexcept { return impl_->cfg.membership; }
+
 UdpEndpoint MembershipService::endpoint() const {
   return impl_->call([&] { return impl_->proto->self().gossip; });
 }

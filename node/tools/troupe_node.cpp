@@ -1,10 +1,11 @@
-// troupe-node: runs one Troupe node. This is the remoting-stage daemon: it binds the remoting
-// port with its CURVE key pair and allow-list read from files and can host the test actors;
-// configuration files, environment variables, membership and the admin HTTP server come later.
+// troupe-node: runs one Troupe node: remoting (CURVE key pair and allow-list from files), gossip
+// membership (--keyring), cluster sharding with the built-in test entity (--entity) and the test
+// actors; configuration files, environment variables and the admin HTTP server come later.
 //
 // On start it prints one line to stdout, "troupe-node ready <address>[ gossip <host:port>]",
 // then one line per membership event ("troupe-node event <kind> <name> <uid> <status>
-// [detail]"). SIGTERM or SIGINT: leave the cluster gracefully and exit 0. Downed by the cluster:
+// [detail]"). SIGTERM or SIGINT: hand every local shard off, leave the cluster gracefully and
+// exit 0. Downed by the cluster:
 // exit 3. SIGHUP re-reads the allow-list file. A bad flag or file exits 2 with a message naming
 // it.
 
@@ -90,6 +91,16 @@ int main(int argc, char** argv) {
   app.add_option("--gossip-port", gossip_port, "gossip UDP port (0: any free port)")->capture_default_str();
   app.add_option("--gossip-advertise", gossip_advertise, "host other nodes use for gossip (default: --advertise)");
   app.add_option("--seed", seeds, "host:port of a seed node (repeatable; a name resolves to all its addresses)");
+  // Cluster sharding (needs membership): the built-in test entity for each --entity type.
+  std::vector<std::string> entities, proxies;
+  std::string activation_log;
+  std::int64_t passivate_ms = 120'000;
+  app.add_option("--entity", entities, "host entity type TYPE[:SHARDS] with the built-in test entity (repeatable)");
+  app.add_option("--proxy", proxies, "route to entity type TYPE[:SHARDS] hosted elsewhere (repeatable)");
+  app.add_option("--passivate-after", passivate_ms, "idle time (ms) before an entity is passivated; 0: never")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{86'400'000}))->capture_default_str();
+  app.add_option("--activation-log", activation_log,
+                 "append one line per entity start and stop to FILE (tests check that activations never overlap)");
   CLI11_PARSE(app, argc, argv);
   opt.transport.max_queue_per_peer = max_queue;
 
@@ -131,6 +142,55 @@ int main(int argc, char** argv) {
       return fail("--peer-key " + pk + ": expected host:port=<40-character Z85 public key>");
     }
     opt.peer_keys.emplace_back(pk.substr(0, eq), pk.substr(eq + 1));
+  }
+
+  std::FILE* activation_file = nullptr;
+  if (!entities.empty() || !proxies.empty()) {
+    if (!opt.membership) return fail("--entity and --proxy need membership (--keyring)");
+    node::NodeOptions::ShardingOptions so;
+    auto parse_type = [](const std::string& flag, const std::string& v, std::string& type, std::uint32_t& shards) {
+      const auto colon = v.find(':');
+      type = v.substr(0, colon);
+      shards = 1024;
+      if (colon != std::string::npos) {
+        try {
+          std::size_t used = 0;
+          const auto n = std::stoul(v.substr(colon + 1), &used);
+          if (used != v.size() - colon - 1 || n == 0 || n > 65'536) throw std::out_of_range("shards");
+          shards = static_cast<std::uint32_t>(n);
+        } catch (const std::exception&) {
+          return flag + " " + v + ": the number of shards must be 1 to 65536";
+        }
+      }
+      if (type.empty() || type.size() > 128) return flag + " " + v + ": the type must be 1 to 128 characters";
+      return std::string();
+    };
+    for (const auto& e : entities) {
+      sharding::EntitySettings s;
+      if (auto why = parse_type("--entity", e, s.type, s.num_shards); !why.empty()) return fail(why);
+      s.passivate_after = std::chrono::milliseconds(passivate_ms);
+      so.test_entities.push_back(s);
+    }
+    for (const auto& p : proxies) {
+      std::string type;
+      std::uint32_t shards = 0;
+      if (auto why = parse_type("--proxy", p, type, shards); !why.empty()) return fail(why);
+      so.proxies.emplace_back(type, shards);
+    }
+    if (!activation_log.empty()) {
+      activation_file = std::fopen(activation_log.c_str(), "a");
+      if (!activation_file) return fail("--activation-log " + activation_log + ": cannot open the file");
+      so.config.on_activation = [activation_file, name = opt.name](const sharding::ActivationEvent& e) {
+        // One line per event, written whole: "<start|stop> <node> <type> <id> <incarnation> <monotonic ns>".
+        const auto t = std::chrono::steady_clock::now().time_since_epoch().count();
+        std::fprintf(activation_file, "%s %s %s %s %llu %lld\n", e.started ? "start" : "stop", name.c_str(), e.type.c_str(),
+                     e.id.c_str(), static_cast<unsigned long long>(e.incarnation), static_cast<long long>(t));
+        std::fflush(activation_file);
+      };
+    }
+    opt.sharding = std::move(so);
+  } else if (!activation_log.empty()) {
+    return fail("--activation-log needs --entity");
   }
 
   // Block the stop signals before any thread starts, then wait for one on this thread.
@@ -195,5 +255,6 @@ int main(int argc, char** argv) {
   } else {
     (*n)->stop();
   }
+  if (activation_file) std::fclose(activation_file);  // the node has stopped: no more entity events
   return exit_code;
 }

@@ -157,6 +157,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void take_work();
   void flush(Peer& p);
   bool connect(Peer& p);
+  std::string connect_endpoint(const NodeAddress& to) const;
   void close_peer(Peer& p);
   std::string sender_string(const Outbound& o);
   void on_sent(const Outbound& o);
@@ -446,6 +447,17 @@ constexpr int kMonitorEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHA
                                ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                                ZMQ_EVENT_DISCONNECTED;
 
+/// Where a DEALER connects: from this node's own interface when it is bound to one (a
+/// multi-homed host, or several nodes on loopback addresses: what a peer sees as the source is
+/// then this node's address), else wherever the kernel routes from.
+std::string Transport::Core::connect_endpoint(const NodeAddress& to) const {
+  const auto& h = cfg.bind_host;
+  if (h.empty() || h == "0.0.0.0" || h == "::" || h == "*" || h.find(':') != std::string::npos) return to.zmq_endpoint();
+  const auto loopback = [](std::string_view x) { return x.starts_with("127.") || x == "localhost"; };
+  if (loopback(h) && !loopback(to.host)) return to.zmq_endpoint();  // no route from loopback to elsewhere
+  return "tcp://" + h + ":0;" + to.endpoint();
+}
+
 bool Transport::Core::connect(Peer& p) {
   std::string server_key;
   if (!cfg.insecure) {
@@ -467,7 +479,7 @@ bool Transport::Core::connect(Peer& p) {
       d->set(zmq::sockopt::curve_publickey, cfg.keys.public_key);
       d->set(zmq::sockopt::curve_secretkey, cfg.keys.secret_key);
     }
-    d->connect(p.addr.zmq_endpoint());
+    d->connect(connect_endpoint(p.addr));
     // The monitor only once connected: a failed connect leaves no socket behind.
     socket_monitor(*d, p.monitor, kMonitorEvents);
     p.dealer = std::move(d);
@@ -1227,6 +1239,7 @@ void Transport::stop() {
 }
 
 const NodeAddress& Transport::address() const noexcept { return core_->self; }
+std::string Transport::public_key() const { return core_->cfg.insecure ? std::string() : core_->cfg.keys.public_key; }
 
 Result<ActorRef> Transport::resolve(std::string_view address) {
   auto a = parse_actor_address(address);
@@ -1239,6 +1252,53 @@ Result<ActorRef> Transport::resolve(std::string_view address) {
 }
 
 std::string Transport::address_of(const ActorRef& ref) { return core_->address_of(ref); }
+
+Result<NodeAddress> Transport::discover(std::string_view endpoint, std::chrono::milliseconds timeout) {
+  auto ep = parse_endpoint(endpoint);
+  if (!ep) return ep.error();
+  auto& c = *core_;
+  std::string server_key;
+  if (!c.cfg.insecure) {
+    std::lock_guard lk(c.mu);
+    auto it = c.keys.find(ep->endpoint());
+    if (it == c.keys.end()) return make_error_code(std::errc::permission_denied);
+    server_key = it->second.key;
+  }
+  try {
+    // A socket of its own on the caller's thread: hello, and the node's answer names it.
+    zmq::socket_t d(c.ctx, zmq::socket_type::dealer);
+    d.set(zmq::sockopt::linger, 0);
+    d.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(64u << 10));
+    if (!c.cfg.insecure) {
+      d.set(zmq::sockopt::curve_serverkey, server_key);
+      d.set(zmq::sockopt::curve_publickey, c.cfg.keys.public_key);
+      d.set(zmq::sockopt::curve_secretkey, c.cfg.keys.secret_key);
+    }
+    d.connect(c.connect_endpoint(*ep));
+    BatchBuilder hello(1024);
+    auto f = hello.finish(c.self_origin, 0);
+    if (!d.send(zmq::buffer(f.data(), f.size()), zmq::send_flags::dontwait)) {
+      return make_error_code(std::errc::resource_unavailable_try_again);
+    }
+    zmq::pollitem_t item{d.handle(), 0, ZMQ_POLLIN, 0};
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return make_error_code(std::errc::timed_out);
+      zmq::poll(&item, 1, left);
+      zmq::message_t m;
+      if (!d.recv(m, zmq::recv_flags::dontwait)) continue;
+      FrameReport rep;
+      auto in = decode_frame({static_cast<const std::uint8_t*>(m.data()), m.size()}, c.system.registry(), c.cfg.limits, rep);
+      if (!in) continue;
+      auto a = parse_node_address(in->origin);
+      if (a) return *a;
+    }
+  } catch (const zmq::error_t& e) {
+    c.log.warn("discover {}: {}", endpoint, e.what());
+    return make_error_code(std::errc::host_unreachable);
+  }
+}
 
 bool Transport::learn_peer_key(std::string_view endpoint, std::string_view public_key) {
   auto& c = *core_;

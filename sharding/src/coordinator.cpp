@@ -1,5 +1,7 @@
 #include "coordinator.hpp"
 
+#include <troupe/membership/service.hpp>
+
 #include <algorithm>
 #include <map>
 
@@ -34,6 +36,25 @@ bool Sharding::Shared::recompute_coordinator_locked() {
   return coordinator.exchange(c, std::memory_order_acq_rel) != c;
 }
 
+bool in_majority(const std::vector<MemberInfo>& members, std::uint64_t self_uid,
+                 const std::function<bool(const MemberInfo&)>& lost_fn) {
+  std::size_t reach = 0, lost = 0;
+  const MemberInfo* lowest = nullptr;
+  bool lowest_lost = false;
+  for (const auto& m : members) {
+    if (m.status != MemberStatus::up && m.status != MemberStatus::leaving) continue;
+    const bool is_lost = m.uid != self_uid && (m.liveness == Liveness::unreachable || (lost_fn && lost_fn(m)));
+    ++(is_lost ? lost : reach);
+    if (!lowest || std::tie(m.name, m.uid) < std::tie(lowest->name, lowest->uid)) {
+      lowest = &m;
+      lowest_lost = is_lost;
+    }
+  }
+  if (reach + lost == 0) return true;  // nothing to decide yet
+  if (reach != lost) return reach > lost;
+  return lowest && !lowest_lost;
+}
+
 void on_membership_event(Sharding::Shared& s, const membership::MembershipEvent& e) {
   if (e.kind == EventKind::leader_changed || e.kind == EventKind::join_refused) return;
   std::vector<ActorRef> fence;
@@ -51,6 +72,7 @@ void on_membership_event(Sharding::Shared& s, const membership::MembershipEvent&
     s.recompute_coordinator_locked();
     coordinator = s.coordinator_actor;
   }
+  s.hosted_changed.notify_all();  // hand_off_all looks at the members too
   static const Message fence_all = Message::build<FenceAll>([](auto& b) { return CreateFenceAll(b); });
   for (const auto& r : fence) r.tell(fence_all);
   if (coordinator) coordinator.tell(membership_tick());
@@ -59,6 +81,7 @@ void on_membership_event(Sharding::Shared& s, const membership::MembershipEvent&
 namespace {
 std::string_view sv(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
 }  // namespace
+
 
 struct Coordinator::State {
   using TP = TimerService::Clock::time_point;
@@ -75,6 +98,8 @@ struct Coordinator::State {
   struct NodeReg {
     std::string address;  // "troupe://<uid>@host:port"
     bool leaving = false, reported = false;
+    bool client = false;  // a sharding client (not a member): routes only, kept while its lease lasts
+    TP lease{};
     std::unordered_map<std::string, bool> types;  // type -> proxy
     std::unordered_map<std::string, std::uint64_t> acked, sent;
   };
@@ -101,6 +126,7 @@ struct Coordinator::State {
   std::map<std::pair<std::string, ShardId>, Move> moves;
   std::unordered_map<std::uint64_t, TP> downed;  // node -> when its shards become free
   std::uint64_t epoch_counter = 0;
+  std::unordered_map<std::uint64_t, TP> heard;  // member -> when its last heartbeat came
 
   TP now() const { return ctx->system().timers().now(); }
   spdlog::logger& log() const { return ctx->system().log(); }
@@ -114,14 +140,18 @@ struct Coordinator::State {
     auto it = ms.find(uid);
     return it != ms.end() && it->second.liveness != Liveness::unreachable;
   }
+  /// A registered node that can be sent to: a reachable member, or a client whose lease lasts.
+  bool alive(const std::unordered_map<std::uint64_t, MemberInfo>& ms, std::uint64_t uid, const NodeReg& reg) const {
+    return reg.client ? now() < reg.lease : reachable(ms, uid);
+  }
   std::uint64_t node_of(const ActorRef& ref) const {
     if (!ref) return 0;
     auto a = remoting::parse_actor_address(sh->transport->address_of(ref));
     return a ? a->node.uid : 0;
   }
-  void tell(const std::string& address, const Message& m) {
+  void tell(const std::string& address, const Message& m, const ActorRef& as = {}) {
     if (address.empty()) return;
-    if (auto r = sh->transport->resolve(address); r && *r) r->tell(m, ctx->self());
+    if (auto r = sh->transport->resolve(address); r && *r) r->tell(m, as ? as : ctx->self());
   }
   std::string region_address(std::uint64_t node, const std::string& type) const {
     auto it = nodes.find(node);
@@ -199,13 +229,14 @@ struct Coordinator::State {
     downed.clear();
   }
 
-  void on_report(const NodeReport& r, const ActorRef& from) {
+  void on_report(const Message& msg, const NodeReport& r, const ActorRef& from) {
+    const auto ms = members();
+    auto m = ms.find(r.node());
+    if (m == ms.end() && node_of(from) == r.node()) return on_client_report(msg, r, from);
     if (!active) {
       sh->stale_coordinator.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    const auto ms = members();
-    auto m = ms.find(r.node());
     if (m == ms.end() || node_of(from) != r.node() || m->second.status == MemberStatus::down) {
       sh->stale_coordinator.fetch_add(1, std::memory_order_relaxed);
       sh->protocol_log.warn(log(), "sharding: ignored a report from {}, which is not a member (or not its sender)",
@@ -255,6 +286,64 @@ struct Coordinator::State {
     }
     for (auto& c : cs) adopt(r.node(), c);
     plan();
+    publish_all();
+  }
+
+  /// A report from a program that is not a member: a sharding client. A node that does not
+  /// coordinate passes the client's first report on to the coordinator it follows.
+  void on_client_report(const Message& msg, const NodeReport& r, const ActorRef& from) {
+    if (!active) {
+      if (r.coordinator() != 0 || !following || following == self_uid()) return;
+      std::string to;
+      {
+        std::lock_guard lk(sh->mu);
+        to = sh->address_of_locked(following);
+      }
+      // Forwarded once: the copy names the coordinator, so no other node passes it on again.
+      auto copy = Message::build<NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
+        std::vector<flatbuffers::Offset<TypeReport>> reports;
+        if (r.types()) {
+          for (const auto* t : *r.types()) {
+            reports.push_back(CreateTypeReport(b, b.CreateString(sv(t->entity_type())), t->num_shards(), true));
+          }
+        }
+        return CreateNodeReport(b, following, r.node(), b.CreateVector(reports), r.max_epoch(), false,
+                                b.CreateString(sv(r.curve_key())));
+      });
+      (void)msg;
+      if (!to.empty()) tell(to + "/system/" + kCoordinatorName, copy, from);
+      return;
+    }
+    if (!ready) return;  // it asks again
+    auto a = remoting::parse_actor_address(sh->transport->address_of(from));
+    if (!a) return;
+    // Its key, to answer it (taken only when allow-listed, never replacing a known one).
+    if (r.curve_key() && r.curve_key()->size() > 0) sh->transport->learn_peer_key(a->node.endpoint(), r.curve_key()->string_view());
+    auto& reg = nodes[r.node()];
+    const bool fresh = !reg.client || reg.address != a->node.to_string();
+    reg.client = true;
+    reg.address = a->node.to_string();
+    reg.reported = true;
+    reg.lease = now() + 3 * sh->config.resend_interval + sh->config.rebuild_timeout;
+    std::unordered_map<std::string, bool> wanted;
+    if (r.types()) {
+      for (const auto* t : *r.types()) {
+        const auto name = std::string(sv(t->entity_type()));
+        auto ts = types.find(name);
+        if (name.empty() || ts == types.end() || ts->second.num_shards != t->num_shards()) {
+          // A type the cluster does not run (yet), or with another number of shards.
+          if (ts != types.end()) sh->malformed.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        wanted[name] = true;
+      }
+    }
+    if (fresh || wanted != reg.types) {
+      reg.types = std::move(wanted);
+      reg.acked.clear();
+      reg.sent.clear();
+    }
+    from.tell(Message::build<ReportAck>([&](auto& b) { return CreateReportAck(b, self_uid()); }), ctx->self());
     publish_all();
   }
 
@@ -318,6 +407,7 @@ struct Coordinator::State {
     const auto ms = members();
     const auto t = now();
     for (auto& [uid, reg] : nodes) {
+      if (reg.client) continue;
       auto m = ms.find(uid);
       const bool gone = m == ms.end() || m->second.status == MemberStatus::down || m->second.status == MemberStatus::removed;
       if (gone && !downed.count(uid)) {
@@ -351,7 +441,8 @@ struct Coordinator::State {
   }
 
   void plan() {
-    if (!active || !ready) return;
+    // A coordinator that sees itself in a minority allocates nothing: the majority's will.
+    if (!active || !ready || !sh->in_majority.load()) return;
     const auto t = now();
     // Members downed long enough: their shards are free.
     for (auto it = downed.begin(); it != downed.end();) {
@@ -378,7 +469,7 @@ struct Coordinator::State {
       std::vector<std::uint64_t> hosts, live;
       for (const auto& [uid, reg] : nodes) {
         auto ty = reg.types.find(name);
-        if (ty == reg.types.end() || ty->second || reg.leaving || downed.count(uid)) continue;
+        if (reg.client || ty == reg.types.end() || ty->second || reg.leaving || downed.count(uid)) continue;
         auto m = ms.find(uid);
         if (m == ms.end() || m->second.status != MemberStatus::up) continue;
         hosts.push_back(uid);
@@ -433,12 +524,19 @@ struct Coordinator::State {
       if (fresh) region_nodes.push_back(o);
       owners[s] = it->second;
     }
-    std::vector<std::string> regions;
-    for (auto n : region_nodes) regions.push_back(region_address(n, name));
+    std::vector<std::string> regions, keys;
+    {
+      std::lock_guard lk(sh->mu);
+      for (auto n : region_nodes) {
+        regions.push_back(region_address(n, name));
+        auto m = sh->members.find(n);
+        keys.push_back(m == sh->members.end() ? std::string() : m->second.curve_key);
+      }
+    }
     return Message::build<ShardTableUpdate>([&](flatbuffers::FlatBufferBuilder& b) {
       return CreateShardTableUpdate(b, b.CreateString(name), self_uid(), ts.version, ts.num_shards,
                                     b.CreateVectorOfStrings(regions), b.CreateVector(owners), b.CreateVector(ts.epoch),
-                                    b.CreateVector(ts.moving));
+                                    b.CreateVector(ts.moving), b.CreateVectorOfStrings(keys));
     });
   }
 
@@ -457,7 +555,7 @@ struct Coordinator::State {
       }
       Message table;
       for (auto& [uid, reg] : nodes) {
-        if (!reg.types.count(name) || downed.count(uid) || !reachable(ms, uid)) continue;
+        if (!reg.types.count(name) || downed.count(uid) || !alive(ms, uid, reg)) continue;
         const bool due = resend ? reg.acked[name] < ts.version : reg.sent[name] < ts.version;
         if (!due) continue;
         if (!table) table = table_message(name, ts);
@@ -493,7 +591,7 @@ struct Coordinator::State {
       if (mv.stopping || mv.version == 0) continue;
       bool all = true;
       for (auto& [uid, reg] : nodes) {
-        if (!reg.types.count(key.first) || downed.count(uid) || !reachable(ms, uid)) continue;
+        if (reg.client || !reg.types.count(key.first) || downed.count(uid) || !reachable(ms, uid)) continue;
         if (reg.acked[key.first] < mv.version) all = false;
       }
       if (!all && t < mv.deadline) continue;
@@ -556,6 +654,46 @@ struct Coordinator::State {
     publish_all();
   }
 
+  /// Which side of a partition this node is on: every member's coordinator actor tells every
+  /// other one it is alive each minority_check_interval; a member not heard from for
+  /// minority_after (or unreachable) is lost. Regions suspend in a minority and resume in the
+  /// majority. Heartbeats of our own rather than SWIM's suspicions: Lifeguard slows a node's
+  /// probing when its probes fail, so on the minority side suspicions come late, while this
+  /// node must stop serving well before the majority can down it and take its shards.
+  void check_side() {
+    if (!sh->membership || sh->self_down.load()) return;
+    const auto ms = sh->membership->members();
+    const auto t = now();
+    static const Message beat = Message::build<SideHeartbeat>([](auto& b) { return CreateSideHeartbeat(b); });
+    for (const auto& m : ms) {
+      if (m.uid == self_uid() || m.remoting.empty()) continue;
+      if (m.status != MemberStatus::up && m.status != MemberStatus::leaving && m.status != MemberStatus::joining) continue;
+      tell(m.remoting + "/system/" + kCoordinatorName, beat);
+    }
+    for (auto it = heard.begin(); it != heard.end();) {
+      const bool known = std::any_of(ms.begin(), ms.end(), [&](const MemberInfo& m) { return m.uid == it->first; });
+      it = known ? std::next(it) : heard.erase(it);
+    }
+    // Members never heard from (starting, or running no sharding) are judged by SWIM alone.
+    const bool majority = in_majority(ms, self_uid(), [&](const MemberInfo& m) {
+      auto h = heard.find(m.uid);
+      return h != heard.end() && t - h->second > sh->config.minority_after;
+    });
+    if (sh->in_majority.exchange(majority) == majority) return;
+    static const Message suspend = Message::build<Suspend>([](auto& b) { return CreateSuspend(b); });
+    static const Message resume = Message::build<Resume>([](auto& b) { return CreateResume(b); });
+    std::vector<ActorRef> regions;
+    {
+      std::lock_guard lk(sh->mu);
+      for (const auto& [name, type] : sh->types) regions.push_back(type.region);
+    }
+    for (const auto& r : regions) r.tell(majority ? resume : suspend);
+  }
+
+  void on_heartbeat(const ActorRef& from) {
+    if (const auto n = node_of(from)) heard[n] = now();
+  }
+
   void on_tick() {
     if (following && !report_acked) send_report();
     if (!active) return;
@@ -569,10 +707,13 @@ struct Coordinator::State {
       check_rebuild();
       return;
     }
+    const auto t = now();
+    for (auto it = nodes.begin(); it != nodes.end();) {
+      it = it->second.client && t >= it->second.lease ? nodes.erase(it) : std::next(it);
+    }
     plan();
     publish_all(true);
     const auto ms = members();
-    const auto t = now();
     for (auto& [key, mv] : moves) {
       if (mv.stopping && t >= mv.deadline && reachable(ms, mv.from)) {
         mv.deadline = t + sh->config.handoff_ack_timeout;
@@ -591,13 +732,17 @@ void Coordinator::pre_start() {
   st_->ctx = &context();
   context().schedule_every(st_->sh->config.resend_interval,
                            Message::build<CoordinatorTick>([](auto& b) { return CreateCoordinatorTick(b); }));
+  context().schedule_every(st_->sh->config.minority_check_interval,
+                           Message::build<MajorityTick>([](auto& b) { return CreateMajorityTick(b); }));
 }
 
 void Coordinator::receive(const Message& m) {
   auto& s = *st_;
   if (m.is<MembershipTick>()) return s.on_membership();
   if (m.is<CoordinatorTick>()) return s.on_tick();
-  if (const auto* r = m.as<NodeReport>()) return s.on_report(*r, sender());
+  if (m.is<MajorityTick>()) return s.check_side();
+  if (m.is<SideHeartbeat>()) return s.on_heartbeat(sender());
+  if (const auto* r = m.as<NodeReport>()) return s.on_report(m, *r, sender());
   if (const auto* a = m.as<TableAck>()) return s.on_table_ack(*a, sender());
   if (const auto* st = m.as<ShardStopped>()) return s.on_stopped(*st, sender());
   if (const auto* q = m.as<ReportRequest>()) {

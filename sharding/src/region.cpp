@@ -57,6 +57,8 @@ class Region final : public Actor {
     if (const auto* st = m.as<ShardState>()) return on_state(*st);
     if (const auto* es = m.as<EntityState>()) return on_entity_state(*es);
     if (m.is<FenceAll>()) return fence_all();
+    if (m.is<Suspend>()) return suspend();
+    if (m.is<Resume>()) return resume();
   }
 
   void post_stop() override {
@@ -66,17 +68,18 @@ class Region final : public Actor {
   }
 
  private:
+  // 24 bytes: with its id as the key, one 80-byte hash node per idle entity.
   struct Entity {
     ActorRef ref;
-    TimerService::Clock::time_point last_active;  // on the system's timer clock (tests drive it)
     std::uint64_t incarnation = 0;
-    bool passivating = false;
-    // Messages that arrive while it passivates (allocated only then: most entities never need it).
-    std::unique_ptr<std::deque<std::pair<Message, ActorRef>>> waiting;
+    std::uint32_t last_active = 0;  // activity_tick() of its last message
+    bool passivating = false;       // messages wait in waiting_ meanwhile
   };
+  static_assert(sizeof(Entity) <= 24);
   struct Hosted {
     std::uint64_t epoch = 0;
-    bool stopping = false;     // handing off: entities stopping, messages buffered
+    bool stopping = false;     // entities stopping or stopped (handoff, minority): messages buffered
+    bool handoff = false;      // the coordinator asked: ShardStopped once every entity stopped
     std::size_t pending = 0;   // entities still to stop
     ActorRef reply_to;         // the coordinator that asked
     std::vector<std::pair<std::string, Message>> states;
@@ -125,6 +128,9 @@ class Region final : public Actor {
       if (env.epoch() != 0 && env.epoch() < h->second.epoch) shared_->stale_epoch.fetch_add(1, std::memory_order_relaxed);
       return deliver(m, env, from, env.epoch() != 0);
     }
+    // Stamped with a newer allocation than this region's table knows: the table is behind (the
+    // sender's may name this very region); wait for it rather than send by an older one.
+    if (shard < epoch_.size() && env.epoch() > epoch_[shard]) return buffer(m, env, shard, from);
     if (shard < owner_.size() && owner_[shard] != 0 && !moving_[shard] && owner_[shard] - 1 != self_index_) {
       if (env.hops() >= kMaxHops) return unavailable(m, env, shard, from, "too many hops between regions");
       auto& target = regions_[owner_[shard] - 1];
@@ -223,11 +229,10 @@ class Region final : public Actor {
     auto& e = it->second;
     if (e.passivating) {
       shared_->buffered.fetch_add(1, std::memory_order_relaxed);
-      if (!e.waiting) e.waiting = std::make_unique<std::deque<std::pair<Message, ActorRef>>>();
-      e.waiting->emplace_back(std::move(msg), from);
+      waiting_[id].emplace_back(std::move(msg), from);
       return;
     }
-    e.last_active = context().system().timers().now();
+    e.last_active = activity_tick();
     shared_->routed.fetch_add(1, std::memory_order_relaxed);
     e.ref.tell(std::move(msg), from);
   }
@@ -239,7 +244,18 @@ class Region final : public Actor {
     shared_->live.fetch_add(1, std::memory_order_relaxed);
     const auto inc = shared_->incarnations.fetch_add(1, std::memory_order_relaxed) + 1;
     log_activation(id, true, inc);
-    return entities_.emplace(id, Entity{ref, context().system().timers().now(), inc, false, nullptr}).first;
+    return entities_.emplace(id, Entity{ref, inc, activity_tick(), false}).first;
+  }
+
+  /// The system's timer clock (tests drive it) in ticks of passivate_after / 64 (rounded up),
+  /// wrapping at 2^32. Rounded up for a message and down in on_tick, which passivates an entity
+  /// 64 ticks after its last message: never before passivate_after, at most a tick later.
+  std::uint32_t activity_tick(bool round_up = true) {
+    using std::chrono::nanoseconds;
+    if (settings_.passivate_after.count() <= 0) return 0;
+    const auto tick = (nanoseconds(settings_.passivate_after) + nanoseconds(63)) / 64;
+    const auto since = context().system().timers().now().time_since_epoch();
+    return static_cast<std::uint32_t>((since + (round_up ? tick - nanoseconds(1) : nanoseconds(0))) / tick);
   }
 
   void log_activation(const std::string& id, bool started, std::uint64_t inc) {
@@ -281,15 +297,20 @@ class Region final : public Actor {
     const std::string id = it->first;
     auto e = std::move(it->second);
     entities_.erase(it);
+    std::deque<std::pair<Message, ActorRef>> waiting;
+    if (auto w = waiting_.find(id); w != waiting_.end()) {
+      waiting = std::move(w->second);
+      waiting_.erase(w);
+    }
     shared_->live.fetch_sub(1, std::memory_order_relaxed);
     log_activation(id, false, e.incarnation);
     const auto shard = shard_of(settings_.type, id, settings_.num_shards);
     auto h = hosted_.find(shard);
     const bool handing_off = h != hosted_.end() && h->second.stopping;
-    if (e.waiting && !e.waiting->empty()) {
+    if (!waiting.empty()) {
       if (handing_off) {
         // Its shard is moving: what waited goes to the new home with the shard's other messages.
-        for (auto& [msg, from] : *e.waiting) {
+        for (auto& [msg, from] : waiting) {
           auto env = Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
             auto i = b.CreateString(id);
             auto p = b.CreateVector(msg.bytes().data(), msg.size());
@@ -300,19 +321,97 @@ class Region final : public Actor {
       } else {
         // Messages that arrived while it stopped start its next activation, in order.
         auto next = activate(id);
-        for (auto& [msg, from] : *e.waiting) {
+        for (auto& [msg, from] : waiting) {
           shared_->routed.fetch_add(1, std::memory_order_relaxed);
           next->second.ref.tell(std::move(msg), from);
         }
       }
     }
-    if (handing_off && h->second.pending > 0 && --h->second.pending == 0) finish_handoff(shard);
+    if (handing_off && h->second.pending > 0 && --h->second.pending == 0) stopped(shard);
+  }
+
+  /// Every entity of a stopping shard has stopped: hand it off, or serve it again if it was
+  /// only suspended and this node is back in the majority.
+  void stopped(ShardId shard) {
+    auto it = hosted_.find(shard);
+    if (it == hosted_.end()) return;
+    if (it->second.handoff) return finish_handoff(shard);
+    if (!suspended_) restart(shard);
+  }
+
+  /// Stops the entities of `shard`, each handing its snapshot to this region first.
+  void stop_entities(ShardId shard, Hosted& hs) {
+    const auto me = self();
+    for (auto& [id, e] : entities_) {
+      if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
+      ++hs.pending;
+      if (e.passivating) continue;  // stopping already; its Terminated counts it
+      e.passivating = true;
+      context().system().run_with_actor(e.ref, [me, id = id](Actor& a) {
+        auto* ent = dynamic_cast<sharding::Entity*>(&a);
+        if (!ent) return;
+        auto state = ent->snapshot();
+        if (!state) return;
+        me.tell(Message::build<EntityState>([&](flatbuffers::FlatBufferBuilder& b) {
+          auto i = b.CreateString(id);
+          auto p = b.CreateVector(state->bytes().data(), state->size());
+          return CreateEntityState(b, i, state->type(), p);
+        }));
+      });
+      context().system().stop_after_queued(e.ref);
+    }
+  }
+
+  /// Serves a stopped (suspended) shard again: its entities come back with their state.
+  void restart(ShardId shard) {
+    auto& hs = hosted_.at(shard);
+    hs.stopping = false;
+    auto states = std::move(hs.states);
+    hs.states.clear();
+    hs.state_bytes = 0;
+    for (auto& [id, state] : states) {
+      if (entities_.count(id)) continue;
+      auto it = activate(id);
+      context().system().run_with_actor(it->second.ref, [state = std::move(state)](Actor& a) {
+        if (auto* e = dynamic_cast<sharding::Entity*>(&a)) e->restore(state);
+      });
+    }
+    flush_buffers();
+  }
+
+  /// This node sees itself in a minority: it stops serving at once, before the majority can
+  /// down it and give its shards to others. The entities' state is kept here and they come back
+  /// if the majority returns before this node is downed.
+  void suspend() {
+    if (local_ || suspended_ || down_) return;
+    suspended_ = true;
+    context().system().log().warn("sharding {}: this node sees itself in a minority: {} shards suspended", settings_.type,
+                                  hosted_.size());
+    for (auto& [shard, hs] : hosted_) {
+      if (hs.stopping) continue;
+      hs.stopping = true;
+      shared_->suspended.fetch_add(1, std::memory_order_relaxed);
+      stop_entities(shard, hs);
+    }
+    publish();
+  }
+
+  void resume() {
+    if (!suspended_) return;
+    suspended_ = false;
+    context().system().log().info("sharding {}: back in the majority: serving again", settings_.type);
+    std::vector<ShardId> ready;
+    for (auto& [shard, hs] : hosted_) {
+      if (hs.stopping && !hs.handoff && hs.pending == 0) ready.push_back(shard);
+    }
+    for (auto shard : ready) restart(shard);
   }
 
   void on_tick() {
-    const auto idle_since = context().system().timers().now() - settings_.passivate_after;
+    const auto now = activity_tick(false);
     for (auto& [id, e] : entities_) {
-      if (!e.passivating && e.last_active <= idle_since) passivate(e);
+      // The difference is taken modulo 2^32: an active entity is never 2^31 ticks old.
+      if (!e.passivating && static_cast<std::int32_t>(now - e.last_active) >= 64) passivate(e);
     }
   }
 
@@ -365,6 +464,13 @@ class Region final : public Actor {
         if (region_addrs_[i] == s) ref = regions_[i];
       }
       if (!ref) {
+        // A program that is not a member (a sharding client) learns the nodes' keys here.
+        const auto k = addrs.size() - 1;
+        if (t.region_keys() && k < t.region_keys()->size() && t.region_keys()->Get(k)->size() > 0) {
+          if (auto addr = remoting::parse_actor_address(s)) {
+            shared_->transport->learn_peer_key(addr->node.endpoint(), t.region_keys()->Get(k)->string_view());
+          }
+        }
         if (auto r = shared_->transport->resolve(s)) ref = *r;
       }
       refs.push_back(ref);
@@ -409,21 +515,21 @@ class Region final : public Actor {
   }
 
   void host(ShardId shard, std::uint64_t epoch) {
-    hosted_[shard].epoch = epoch;
-    auto st = pending_states_.find(shard);
-    if (st == pending_states_.end()) return;
-    auto states = std::move(st->second);
-    pending_states_.erase(st);
-    if (states.first != epoch) return;
-    // Entities with handed-over state start now and restore it before any message.
-    for (auto& [id, state] : states.second) {
-      if (entities_.count(id)) continue;
-      auto it = activate(id);
-      context().system().run_with_actor(it->second.ref, [state = std::move(state)](Actor& a) {
-        if (auto* e = dynamic_cast<sharding::Entity*>(&a)) e->restore(state);
-      });
-      shared_->states_restored.fetch_add(1, std::memory_order_relaxed);
+    auto& hs = hosted_[shard];
+    hs.epoch = epoch;
+    std::vector<std::pair<std::string, Message>> states;
+    if (auto st = pending_states_.find(shard); st != pending_states_.end()) {
+      if (st->second.first == epoch) states = std::move(st->second.second);
+      pending_states_.erase(st);
     }
+    shared_->states_restored.fetch_add(states.size(), std::memory_order_relaxed);
+    hs.states = std::move(states);
+    if (suspended_) {
+      hs.stopping = true;  // in a minority: held (messages wait) until the majority is back
+      return;
+    }
+    // Entities with handed-over state start now and restore it before any message.
+    restart(shard);
   }
 
   void on_state(const ShardState& st) {
@@ -455,27 +561,12 @@ class Region final : public Actor {
     }
     auto& hs = it->second;
     hs.reply_to = sender();
-    if (hs.stopping) return;
-    hs.stopping = true;
+    if (hs.handoff) return;
+    hs.handoff = true;
     shared_->handoffs.fetch_add(1, std::memory_order_relaxed);
-    const auto me = self();
-    for (auto& [id, e] : entities_) {
-      if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
-      ++hs.pending;
-      if (e.passivating) continue;  // stopping already; its Terminated counts it
-      e.passivating = true;
-      context().system().run_with_actor(e.ref, [me, id = id](Actor& a) {
-        auto* ent = dynamic_cast<sharding::Entity*>(&a);
-        if (!ent) return;
-        auto state = ent->snapshot();
-        if (!state) return;
-        me.tell(Message::build<EntityState>([&](flatbuffers::FlatBufferBuilder& b) {
-          auto i = b.CreateString(id);
-          auto p = b.CreateVector(state->bytes().data(), state->size());
-          return CreateEntityState(b, i, state->type(), p);
-        }));
-      });
-      context().system().stop_after_queued(e.ref);
+    if (!hs.stopping) {
+      hs.stopping = true;
+      stop_entities(shard, hs);
     }
     if (hs.pending == 0) finish_handoff(shard);
   }
@@ -527,7 +618,7 @@ class Region final : public Actor {
     for (auto& [id, e] : entities_) {
       if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
       e.passivating = true;
-      if (e.waiting) e.waiting->clear();
+      waiting_.erase(id);
       context().stop(e.ref);
     }
   }
@@ -576,8 +667,11 @@ class Region final : public Actor {
   const bool proxy_;
   const bool local_;
   bool down_ = false;
+  bool suspended_ = false;  // this node sees itself in a minority
   std::string my_address_;
   std::unordered_map<std::string, Entity> entities_;
+  // Messages for entities that are passivating (few at a time): they start the next activation.
+  std::unordered_map<std::string, std::deque<std::pair<Message, ActorRef>>> waiting_;
   // The table as this region last accepted it.
   std::uint64_t table_coordinator_ = 0, table_version_ = 0;
   std::vector<std::string> region_addrs_;
@@ -637,6 +731,7 @@ void register_messages(MessageRegistry& r) {
   r.add<EntityState>();
   r.add<ShardStopped>();
   r.add<ShardState>();
+  r.add<SideHeartbeat>();
 }
 }  // namespace
 
@@ -655,6 +750,8 @@ Sharding::Sharding(ActorSystem& system, remoting::Transport& transport, membersh
   s.config = std::move(config);
   s.self_uid = transport.address().uid;
   s.self_address = transport.address().to_string();
+  if (s.config.down_margin.count() < 0) s.config.down_margin = membership.config().stable_after / 2;
+  if (s.config.minority_after.count() < 0) s.config.minority_after = membership.config().stable_after / 2;
   register_messages(system_.registry());
   s.coordinator_actor = system_.spawn_system<Coordinator>(SpawnOptions{.name = kCoordinatorName}, shared_);
   std::weak_ptr<Shared> weak = shared_;
@@ -672,6 +769,18 @@ Sharding::Sharding(ActorSystem& system, remoting::Transport& transport, membersh
   s.coordinator_actor.tell(membership_tick());
 }
 
+Sharding::Sharding(ClientMode, ActorSystem& system, remoting::Transport& transport, ClusterShardingConfig config)
+    : system_(system), shared_(std::make_shared<Shared>()) {
+  auto& s = *shared_;
+  s.system = &system;
+  s.transport = &transport;
+  s.client_mode = true;
+  s.config = std::move(config);
+  s.self_uid = transport.address().uid;
+  s.self_address = transport.address().to_string();
+  register_messages(system_.registry());
+}
+
 Sharding::~Sharding() {
   // Membership may still call the subscription; it holds only a weak reference.
 }
@@ -683,6 +792,7 @@ ActorRef Sharding::start(EntitySettings settings, EntityFactory factory) {
   }
   if (settings.max_id_bytes == 0) throw std::invalid_argument("EntitySettings.max_id_bytes: at least 1");
   if (!factory) throw std::invalid_argument("an entity factory is required");
+  if (shared_->client_mode) throw std::invalid_argument("a sharding client hosts no entities (use start_proxy)");
   ActorRef region;
   {
     std::lock_guard lk(shared_->mu);
@@ -713,7 +823,7 @@ ActorRef Sharding::start_proxy(std::string type, std::uint32_t num_shards, std::
                                           shared_, true);
     shared_->types.emplace(settings.type, Shared::TypeEntry{settings, true, region, {}, {}});
   }
-  shared_->coordinator_actor.tell(report_again());
+  if (shared_->coordinator_actor) shared_->coordinator_actor.tell(report_again());
   return region;
 }
 
@@ -787,6 +897,11 @@ bool Sharding::hand_off_all(std::chrono::milliseconds timeout) {
   shared_->coordinator_actor.tell(report_again());
   std::unique_lock lk(shared_->mu);
   return shared_->hosted_changed.wait_for(lk, timeout, [&] {
+    bool others = false;  // alone, there is nobody to hand shards to
+    for (const auto& [uid, m] : shared_->members) {
+      others |= uid != shared_->self_uid && m.status == membership::MemberStatus::up;
+    }
+    if (!others) return true;
     for (const auto& [name, t] : shared_->types) {
       if (!t.hosted.empty()) return false;
     }
@@ -822,6 +937,7 @@ ShardingStats Sharding::stats() const {
   out.dropped_no_sender = s.dropped_no_sender.load();
   out.handoffs = s.handoffs.load();
   out.fenced = s.fenced.load();
+  out.suspended = s.suspended.load();
   out.states_restored = s.states_restored.load();
   out.tables_applied = s.tables_applied.load();
   out.stale_coordinator = s.stale_coordinator.load();

@@ -25,6 +25,7 @@ inline std::string region_name(std::string_view type) { return "sharding-" + ent
 struct Sharding::Shared {
   ActorSystem* system = nullptr;
   remoting::Transport* transport = nullptr;      // null: a cluster of one
+  bool client_mode = false;                       // a ShardingClient: proxies only, not a member
   membership::MembershipService* membership = nullptr;
   ClusterShardingConfig config;
   std::uint64_t self_uid = 0;
@@ -44,6 +45,7 @@ struct Sharding::Shared {
   std::unordered_map<std::uint64_t, membership::MemberInfo> members;
   std::atomic<std::uint64_t> coordinator{0};
   std::atomic<bool> self_down{false};
+  std::atomic<bool> in_majority{true};  // this node sees a majority of the up members (as downing decides it)
   std::atomic<bool> leaving{false};
   std::atomic<std::uint64_t> max_epoch{0};
   ActorRef coordinator_actor;
@@ -51,7 +53,7 @@ struct Sharding::Shared {
 
   std::atomic<std::uint64_t> routed{0}, activations{0}, passivations{0}, buffered{0}, unknown_type{0}, bad_id{0},
       live{0}, forwarded{0}, rerouted{0}, stale_epoch{0}, unavailable{0}, dropped_no_sender{0}, handoffs{0},
-      fenced{0}, states_restored{0}, tables_applied{0}, stale_coordinator{0}, malformed{0}, rebalances{0},
+      fenced{0}, suspended{0}, states_restored{0}, tables_applied{0}, stale_coordinator{0}, malformed{0}, rebalances{0},
       allocations{0}, incarnations{0};
   ThrottledLog refused_log, protocol_log;
 
@@ -68,6 +70,7 @@ struct Sharding::Shared {
   }
   /// Recomputes the coordinator (the oldest up member). Caller holds mu. True when it changed.
   bool recompute_coordinator_locked();
+
 };
 
 }  // namespace troupe::sharding

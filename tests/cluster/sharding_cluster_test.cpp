@@ -6,11 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <set>
 
 #include <troupe/serialization/sharding_generated.h>
+#include <troupe/sharding/client.hpp>
 #include <troupe/sharding/region.hpp>
 
 #include "cluster_nodes.hpp"
@@ -92,11 +96,10 @@ struct ShardCluster {
     }
   }
 
-  void add(int i, bool host = true) {
-    nodes[i] = testkit::start_cluster_node(keys, i, seed);
+  void add(int i, bool host = true, const std::string& ip = "127.0.0.1") {
+    nodes[i] = testkit::start_cluster_node(keys, i, seed, {}, ip);
     if (seed.empty()) seed = nodes[i]->membership()->endpoint().to_string();
     sharding::ClusterShardingConfig cfg;
-    cfg.down_margin = 300ms;
     cfg.resend_interval = 300ms;
     cfg.buffer_per_shard = buffer_per_shard;
     cfg.on_activation = [this, i](const sharding::ActivationEvent& e) { log.add(i, e); };
@@ -371,6 +374,116 @@ TEST(ClusterSharding, RefusesForgedTablesMisroutedEnvelopesUnknownTypesAndBadIds
   }
   EXPECT_EQ(c.sh[1]->stats().unknown_type, 1u);
   EXPECT_EQ(c.sh[1]->stats().bad_id, 2u);
+  c.log.check();
+}
+
+TEST(ClusterSharding, AClientThatIsNotAMemberRoutesThroughTheTablesAndFollowsACoordinatorMove) {
+  ShardCluster c;
+  c.add(0);
+  c.add(1);
+  c.add(2);
+  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2}, {0, 1, 2}); }, 30s));
+  // A remoting-only process: no membership; it knows one member's endpoint and key.
+  node::NodeOptions o;
+  o.name = "client";
+  o.transport.port = 0;
+  o.transport.keys = c.keys.pairs[5];
+  o.transport.allow_list = c.keys.allow;
+  auto client_node = node::Node::start(std::move(o)).value();
+  client_node->system().registry().add<test::Cmd>();
+  const auto contact = c.nodes[1]->transport().address().endpoint();  // not the coordinator: it passes the client on
+  client_node->transport().add_peer_key(contact, c.keys.pairs[1].public_key);
+  sharding::ShardingClientConfig cc;
+  cc.contact_points = {contact};
+  cc.sharding.resend_interval = 300ms;
+  auto client = std::make_unique<sharding::ShardingClient>(client_node->system(), client_node->transport(), cc);
+  client->start_proxy(kType, kShards);
+  ASSERT_TRUE(eventually([&] {
+    auto t = client->shards(kType);
+    return t.size() == kShards && std::all_of(t.begin(), t.end(), [](const auto& s) { return !s.region.empty() && !s.moving; });
+  }, 30s));
+  EXPECT_EQ(client->coordinator(), c.uid(0));
+  auto get = [&](const std::string& id) -> std::pair<std::string, std::uint64_t> {
+    auto r = client->ask(kType, id, cmd("get"), 3s).get();
+    if (!r || !r->is<test::Cmd>()) return {"", 0};
+    return {op_of(*r), r->as<test::Cmd>()->n()};
+  };
+  std::set<std::string> answered;
+  for (int k = 0; k < 45; ++k) {
+    client->tell(kType, id_of(k), cmd("add", 7));
+    auto [node, count] = get(id_of(k));
+    EXPECT_EQ(count, 7u) << id_of(k);
+    answered.insert(node);
+  }
+  EXPECT_EQ(answered, (std::set<std::string>{"n0", "n1", "n2"})) << "straight to every owner";
+  EXPECT_EQ(client->stats().forwarded, 90u) << "every message went straight to its owner's region";
+
+  // The coordinator's node goes: the client finds the new coordinator through its contact.
+  c.nodes[0]->stop();
+  ASSERT_TRUE(eventually([&] { return c.settled({1, 2}, {1, 2}) && client->coordinator() == c.uid(1); }, 60s));
+  ASSERT_TRUE(eventually([&] {
+    for (int k = 0; k < 45; ++k) {
+      if (get(id_of(k)).first.empty()) return false;
+    }
+    return true;
+  }, 30s)) << "every entity answers the client again";
+  client.reset();
+  client_node->stop();
+  c.log.check();
+}
+
+/// A chain of iptables rules of this test's own, removed on destruction (root only).
+struct Partition {
+  std::string chain = "TROUPE_PART_" + std::to_string(::getpid());
+  bool ok = false;
+  Partition() {
+    ok = ::geteuid() == 0 && run("iptables -w -N " + chain) && run("iptables -w -I INPUT -j " + chain);
+  }
+  ~Partition() {
+    run("iptables -w -D INPUT -j " + chain);
+    run("iptables -w -F " + chain);
+    run("iptables -w -X " + chain);
+  }
+  /// Drops every packet between the two addresses, both ways.
+  bool cut(const std::string& a, const std::string& b) {
+    return run("iptables -w -A " + chain + " -s " + a + " -d " + b + " -j DROP") &&
+           run("iptables -w -A " + chain + " -s " + b + " -d " + a + " -j DROP");
+  }
+  static bool run(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+};
+
+TEST(ClusterSharding, AMinorityPartitionStopsServingBeforeTheMajorityTakesItsShards) {
+  Partition part;
+  if (!part.ok) GTEST_SKIP() << "needs root and iptables (the partition is made with iptables on loopback addresses)";
+  ShardCluster c;
+  auto ip = [](int i) { return "127.77.0." + std::to_string(i + 1); };
+  for (int i = 0; i < 5; ++i) c.add(i, true, ip(i));
+  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2, 3, 4}, {0, 1, 2, 3, 4}); }, 60s));
+  std::set<std::string> minority_ids;
+  for (int k = 0; k < 100; ++k) {
+    c.sh[0]->tell(kType, id_of(k), cmd("add", 1));
+    auto [node, count] = c.get(0, id_of(k));
+    ASSERT_EQ(count, 1u) << id_of(k);
+    if (node == "n3" || node == "n4") minority_ids.insert(id_of(k));
+  }
+  ASSERT_FALSE(minority_ids.empty());
+  for (int a : {0, 1, 2}) {
+    for (int b : {3, 4}) ASSERT_TRUE(part.cut(ip(a), ip(b)));
+  }
+  // The majority asks for the minority's entities all along: each starts on the majority side
+  // as soon as its shard is allocated there, which must be after the minority stopped it.
+  ASSERT_TRUE(eventually([&] {
+    for (const auto& id : minority_ids) c.sh[1]->tell(kType, id, cmd("add", 1));
+    return c.settled({0, 1, 2}, {0, 1, 2});
+  }, 60s));
+  // The minority saw itself so and stopped every entity (it keeps their state in case the
+  // majority comes back before it is downed).
+  EXPECT_GT(c.sh[3]->stats().suspended + c.sh[4]->stats().suspended, 0u) << "the minority stopped serving";
+  EXPECT_EQ(c.sh[3]->stats().live_entities + c.sh[4]->stats().live_entities, 0u);
+  for (const auto& id : minority_ids) {
+    auto [node, count] = c.get(1, id);
+    EXPECT_TRUE(node == "n0" || node == "n1" || node == "n2") << id << ": '" << node << "'";
+  }
   c.log.check();
 }
 

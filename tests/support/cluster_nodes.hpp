@@ -30,19 +30,22 @@ struct ClusterKeys {
   }
 };
 
-/// Starts node "n<i>" (the `local` membership preset, free ports), joining through `seed`
+/// Starts node "n<i>" on `host` (the `local` membership preset, free ports), joining through `seed`
 /// ("host:port" of a member's gossip endpoint; empty: it forms the cluster). Registers the
 /// testkit messages.
 inline std::unique_ptr<node::Node> start_cluster_node(const ClusterKeys& k, int i, const std::string& seed,
-                                                      std::function<void(const membership::MembershipEvent&)> on_event = {}) {
+                                                      std::function<void(const membership::MembershipEvent&)> on_event = {},
+                                                      const std::string& host = "127.0.0.1") {
   node::NodeOptions o;
   o.name = "n" + std::to_string(i);
   o.workers = 2;
+  o.transport.bind_host = host;
   o.transport.port = 0;
   o.transport.keys = k.pairs[static_cast<std::size_t>(i)];
   o.transport.allow_list = k.allow;
   membership::MembershipServiceConfig mc;
   mc.membership = membership::MembershipConfig::local();
+  mc.bind_host = host;
   mc.port = 0;
   if (!seed.empty()) mc.seeds = {seed};
   mc.keyring = std::make_shared<membership::Keyring>(k.ring->primary());

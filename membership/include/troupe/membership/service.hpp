@@ -76,6 +76,8 @@ class MembershipService {
   SwimStats stats() const;
   UdpTransportStats transport_stats() const;
   UdpEndpoint endpoint() const;
+  /// The protocol timings this service runs with.
+  const MembershipConfig& config() const noexcept;
   const std::shared_ptr<Keyring>& keyring() const;
 
   struct Impl;

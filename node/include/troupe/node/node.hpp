@@ -1,8 +1,8 @@
 #pragma once
 /// \file
-/// Node: the composition root of a Troupe node process (troupe-node). It owns the actor system
-/// and the remoting transport; membership, sharding and the admin HTTP server join it as they
-/// land. Embedding programs may use it too.
+/// Node: the composition root of a Troupe node process (troupe-node). It owns the actor system,
+/// the remoting transport, membership and cluster sharding; the admin HTTP server joins it
+/// later. Embedding programs may use it too.
 
 #include <memory>
 #include <string>
@@ -16,6 +16,7 @@
 #include <troupe/membership/service.hpp>
 #include <troupe/remoting/transport.hpp>
 #include <troupe/serialization/result.hpp>
+#include <troupe/sharding/region.hpp>
 
 namespace troupe::node {
 
@@ -36,6 +37,16 @@ struct NodeOptions {
   std::optional<membership::MembershipServiceConfig> membership;
   /// Every membership event (on the gossip I/O thread), after the node has reacted to it.
   std::function<void(const membership::MembershipEvent&)> on_event;
+  /// Cluster sharding (needs membership): the node's Sharding is made with this config. Entity
+  /// types are started on it by the embedding program, or here for the built-in test entity.
+  struct ShardingOptions {
+    sharding::ClusterShardingConfig config;
+    /// Types hosted with the built-in test entity (node.fbs: EntityAdd, EntityGet, Echo).
+    std::vector<sharding::EntitySettings> test_entities;
+    /// Types this node only routes to (type, number of shards).
+    std::vector<std::pair<std::string, std::uint32_t>> proxies;
+  };
+  std::optional<ShardingOptions> sharding;
 };
 
 class Node {
@@ -49,19 +60,23 @@ class Node {
 
   /// Stops membership (without leaving), the transport, then the actor system. Idempotent.
   void stop();
-  /// Leaves the cluster gracefully (waits up to `timeout` for the removal), then stops.
+  /// Leaves the cluster gracefully, then stops: hands every local shard off first (up to half
+  /// of `timeout`), then leaves membership (waiting for the removal).
   bool leave_and_stop(std::chrono::milliseconds timeout);
 
   ActorSystem& system() noexcept { return *system_; }
   remoting::Transport& transport() noexcept { return *transport_; }
   /// Null without membership.
   membership::MembershipService* membership() noexcept { return membership_.get(); }
+  /// Null without sharding.
+  sharding::Sharding* sharding() noexcept { return sharding_.get(); }
 
  private:
   Node() = default;
   std::unique_ptr<ActorSystem> system_;
   std::unique_ptr<remoting::Transport> transport_;
   std::unique_ptr<membership::MembershipService> membership_;
+  std::unique_ptr<sharding::Sharding> sharding_;
   bool stopped_ = false;
 };
 

@@ -118,6 +118,8 @@ class Transport final : public NodeLossListener {
 
   /// This node's address.
   const NodeAddress& address() const noexcept;
+  /// This node's CURVE public key (Z85; empty when insecure).
+  std::string public_key() const;
   /// A ref to the actor at `address` ("troupe://<node>@<host>:<port>/<path>"): local for this
   /// node's own address, remote otherwise. Fails only on a malformed address.
   Result<ActorRef> resolve(std::string_view address);
@@ -126,6 +128,11 @@ class Transport final : public NodeLossListener {
   /// Declares the CURVE public key of the node listening at `endpoint` ("host:port"). Keys of
   /// peers that connect to this node are learned from their handshake.
   void add_peer_key(std::string_view endpoint, std::string_view public_key);
+  /// The address (with its incarnation) of the node listening at `endpoint` ("host:port"), as
+  /// it answers a hello: how a program that is not a member finds nodes it knows only by
+  /// endpoint. Blocks up to `timeout` (std::errc::timed_out); needs the endpoint's CURVE key
+  /// (std::errc::permission_denied without one). Any thread.
+  Result<NodeAddress> discover(std::string_view endpoint, std::chrono::milliseconds timeout);
   /// A key heard of (e.g. in a gossip member record): taken only when that key is on the
   /// allow-list and no key is known yet for the endpoint (a configured or handshake-learned key
   /// is never replaced). True when taken.

@@ -83,9 +83,17 @@ struct ClusterShardingConfig {
   /// (members running no sharding) before it allocates.
   std::chrono::milliseconds rebuild_timeout{3'000};
   /// After a member is downed, its shards wait this long before they are allocated elsewhere:
-  /// the downed side stops its entities first (it learns its own downing at about the same
-  /// time).
-  std::chrono::milliseconds down_margin{1'000};
+  /// a member cut off in a minority stops serving minority_after after it lost touch, the
+  /// majority downs it stable_after after it became unreachable; this adds a margin for clocks
+  /// and scheduling. Negative: half the membership's stable_after.
+  std::chrono::milliseconds down_margin{-1};
+  /// Members tell each other they are alive at this period; a member not heard from for
+  /// `minority_after` (negative: half the membership's stable_after) counts as lost, and a node
+  /// that has lost touch with a majority stops serving at once (its regions suspend, keeping
+  /// their entities' state) until the majority is back or the node is downed. The majority
+  /// downs it no sooner than stable_after, and gives its shards away down_margin later.
+  std::chrono::milliseconds minority_check_interval{250};
+  std::chrono::milliseconds minority_after{-1};
   /// Tables, reports and handoffs not acknowledged are sent again at this period.
   std::chrono::milliseconds resend_interval{1'000};
   /// Messages buffered while a shard has no usable home: per shard and per region.
@@ -115,6 +123,7 @@ struct ShardingStats {
   std::uint64_t shards_hosted = 0;        ///< gauge
   std::uint64_t handoffs = 0;             ///< shards this node stopped for a handoff
   std::uint64_t fenced = 0;               ///< shards stopped at once: allocated elsewhere, or self downed
+  std::uint64_t suspended = 0;            ///< shards suspended because this node saw itself in a minority
   std::uint64_t states_restored = 0;      ///< entity states restored after a handoff
   std::uint64_t tables_applied = 0;
   std::uint64_t stale_coordinator = 0;    ///< coordinator messages from a node that is not the coordinator
@@ -182,6 +191,9 @@ class Sharding {
   struct Shared;
 
  private:
+  friend class ShardingClient;
+  struct ClientMode {};
+  Sharding(ClientMode, ActorSystem& system, remoting::Transport& transport, ClusterShardingConfig config);
   ActorSystem& system_;
   std::shared_ptr<Shared> shared_;
 };

@@ -1,0 +1,299 @@
+// sharding_bench: cluster sharding end to end between real processes on loopback, CURVE on.
+// Three troupe-node processes host the built-in test entity (and the test actors); this process
+// is a ShardingClient (not a member) that found them through their endpoints.
+//
+//   e2e: the client tells entities spread over the three nodes (every message crosses to another
+//        node), msg/s, beside the same client telling the actor /user/sink on one node directly
+//        (plain remoting, actor to actor), in the same run with the same windowing; and ask
+//        latency p50 to an entity beside an ask to /user/echo.
+//   recovery: under load (the client asking every entity in turn), SIGKILL one node (preset
+//        `lan` unless --preset): per entity of the lost node, the time from the kill until it
+//        answers again on a survivor (p50, p99, max), the time until the survivors downed the
+//        node, and the asks that went unanswered meanwhile (lost with that node's mailboxes).
+//
+// Usage: sharding_bench [--only e2e|recovery] [--messages N] [--entities E] [--preset P]
+// Prints one JSON line per figure: {"name","value","unit","peer","peer_value"} (peer_value only
+// where the figure has a baseline measured here).
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include <troupe/membership/keyring.hpp>
+#include <troupe/node/node.hpp>
+#include <troupe/remoting/security.hpp>
+#include <troupe/sharding/client.hpp>
+
+#include "node_generated.h"
+#include "node_process.hpp"
+
+namespace {
+
+using namespace troupe;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using Proc = testkit::NodeProcess;
+
+const std::string kType = "bench";
+constexpr std::uint32_t kShards = 256;
+
+void emit(const std::string& name, double value, const std::string& unit, const std::string& peer = "",
+          double peer_value = 0) {
+  if (peer.empty()) {
+    std::printf("{\"name\":\"%s\",\"value\":%.3f,\"unit\":\"%s\",\"peer\":null,\"peer_value\":null}\n", name.c_str(), value,
+                unit.c_str());
+  } else {
+    std::printf("{\"name\":\"%s\",\"value\":%.3f,\"unit\":\"%s\",\"peer\":\"%s\",\"peer_value\":%.3f}\n", name.c_str(), value,
+                unit.c_str(), peer.c_str(), peer_value);
+  }
+  std::fflush(stdout);
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
+}
+
+struct Cluster {
+  testkit::TempDir dir;
+  std::vector<remoting::CurveKeyPair> keys;
+  std::vector<std::unique_ptr<Proc>> nodes;
+  std::unique_ptr<node::Node> client_node;
+  std::unique_ptr<sharding::ShardingClient> client;
+
+  explicit Cluster(const std::string& preset, int n = 3) {
+    std::ofstream allow(dir.path / "allow");
+    for (int i = 0; i <= n; ++i) {
+      keys.push_back(remoting::generate_keypair().value());
+      if (i < n) (void)remoting::save_keypair(keys.back(), dir.path, "n" + std::to_string(i));
+      allow << keys.back().public_key << "\n";
+    }
+    allow.close();
+    membership::Keyring ring(membership::generate_key().value());
+    (void)membership::save_keyring(ring, dir.path / "keyring");
+    std::string seed;
+    for (int i = 0; i < n; ++i) {
+      const auto name = "n" + std::to_string(i);
+      const auto ring_file = dir.path / ("keyring-" + name);
+      std::filesystem::copy_file(dir.path / "keyring", ring_file);
+      std::vector<std::string> a{"--name", name, "--port", "0", "--workers", "2", "--key-file",
+                                 (dir.path / (name + ".key")).string(), "--allow-list", (dir.path / "allow").string(),
+                                 "--keyring", ring_file.string(), "--preset", preset, "--gossip-port", "0",
+                                 "--entity", kType + ":" + std::to_string(kShards), "--test-actors"};
+      if (!seed.empty()) {
+        a.push_back("--seed");
+        a.push_back(seed);
+      }
+      nodes.push_back(std::make_unique<Proc>(a));
+      if (seed.empty()) seed = nodes.back()->gossip;
+    }
+    node::NodeOptions o;
+    o.name = "client";
+    o.workers = 2;
+    o.transport.port = 0;
+    o.transport.keys = keys[static_cast<std::size_t>(n)];
+    o.transport.allow_list = std::make_shared<remoting::AllowList>();
+    std::vector<std::string> pubs;
+    for (const auto& k : keys) pubs.push_back(k.public_key);
+    o.transport.allow_list->replace(pubs);
+    client_node = node::Node::start(std::move(o)).value();
+    node::register_test_messages(client_node->system().registry());
+    sharding::ShardingClientConfig cc;
+    for (int i = 0; i < n; ++i) {
+      cc.contact_points.push_back(nodes[static_cast<std::size_t>(i)]->address.endpoint());
+      client_node->transport().add_peer_key(nodes[static_cast<std::size_t>(i)]->address.endpoint(),
+                                            keys[static_cast<std::size_t>(i)].public_key);
+    }
+    cc.sharding.resend_interval = 500ms;
+    client = std::make_unique<sharding::ShardingClient>(client_node->system(), client_node->transport(), cc);
+    client->start_proxy(kType, kShards);
+  }
+  ~Cluster() {
+    client.reset();
+    if (client_node) client_node->stop();
+  }
+
+  /// Every shard placed (none moving) on `n` nodes, as the client sees it.
+  bool settled(std::size_t n) const {
+    auto t = client->shards(kType);
+    if (t.size() != kShards) return false;
+    std::set<std::string> regions;
+    for (const auto& s : t) {
+      if (s.region.empty() || s.moving) return false;
+      regions.insert(s.region);
+    }
+    return regions.size() == n;
+  }
+  bool wait_settled(std::size_t n, std::chrono::seconds limit) const {
+    const auto end = Clock::now() + limit;
+    while (!settled(n)) {
+      if (Clock::now() > end) return false;
+      std::this_thread::sleep_for(20ms);
+    }
+    return true;
+  }
+  Message get() const { return Message::build<node::EntityGet>([](auto& b) { return node::CreateEntityGet(b); }); }
+  /// The node answering for `id`, "" on failure.
+  std::string where(const std::string& id, std::chrono::milliseconds timeout = 5s) const {
+    auto r = client->ask(kType, id, get(), timeout).get();
+    if (!r || !r->is<node::EntityValue>()) return "";
+    return r->as<node::EntityValue>()->node()->str();
+  }
+};
+
+std::string id_of(int k) { return "e" + std::to_string(k); }
+
+int run_e2e(std::size_t messages, int entities) {
+  Cluster c("lan");
+  if (!c.wait_settled(3, 60s)) {
+    std::fprintf(stderr, "sharding_bench: the cluster did not settle\n");
+    return 1;
+  }
+  // One entity per node to sync on (FIFO per path: when it answers, everything sent to its node
+  // before has been handed to its entities), and the entities that take the load.
+  std::map<std::string, std::string> probe_of_node;
+  std::vector<std::string> ids;
+  for (int k = 0; k < entities; ++k) {
+    const auto node = c.where(id_of(k));
+    if (node.empty()) {
+      std::fprintf(stderr, "sharding_bench: entity %s does not answer\n", id_of(k).c_str());
+      return 1;
+    }
+    ids.push_back(id_of(k));
+    probe_of_node.emplace(node, id_of(k));
+  }
+  auto sink = c.client_node->transport().resolve(c.nodes[1]->address_str + "/user/sink").value();
+  auto echo = c.client_node->transport().resolve(c.nodes[1]->address_str + "/user/echo").value();
+  const auto add = Message::build<node::EntityAdd>([](auto& b) { return node::CreateEntityAdd(b, 1); });
+  const std::size_t window = 20'000;
+
+  auto sharded = [&] {
+    const auto t0 = Clock::now();
+    for (std::size_t i = 0; i < messages; ++i) {
+      c.client->tell(kType, ids[i % ids.size()], add);
+      if ((i + 1) % window == 0 || i + 1 == messages) {
+        for (const auto& [node, id] : probe_of_node) (void)c.where(id, 30s);
+      }
+    }
+    return static_cast<double>(messages) / std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  auto direct = [&] {
+    const auto query = Message::build<node::CountQuery>([](auto& b) { return node::CreateCountQuery(b); });
+    const auto t0 = Clock::now();
+    for (std::size_t i = 0; i < messages; ++i) {
+      sink.tell(add);
+      if ((i + 1) % window == 0 || i + 1 == messages) (void)sink.ask(query, 30s).get();
+    }
+    return static_cast<double>(messages) / std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  // Alternate, best of three each: both see the same machine conditions.
+  double best_sharded = 0, best_direct = 0;
+  for (int r = 0; r < 3; ++r) {
+    best_direct = std::max(best_direct, direct());
+    best_sharded = std::max(best_sharded, sharded());
+  }
+  const auto lost_before = c.client->stats().unavailable;
+  emit("sharded_tell_rate", best_sharded, "msg/s", "remoting actor-to-actor tell, same run", best_direct);
+
+  // Ask latency: entity vs echo actor, one outstanding, alternating.
+  std::vector<double> ent_us, echo_us;
+  const auto ping = Message::build<node::Echo>([](auto& b) { return node::CreateEcho(b, 1); });
+  for (int i = 0; i < 2000; ++i) {
+    auto t0 = Clock::now();
+    auto r = c.client->ask(kType, ids[static_cast<std::size_t>(i) % ids.size()], ping, 5s).get();
+    if (r) ent_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    t0 = Clock::now();
+    auto e = echo.ask(ping, 5s).get();
+    if (e) echo_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  emit("sharded_ask_p50_us", percentile(ent_us, 0.5), "us", "remoting ask to an actor, same run", percentile(echo_us, 0.5));
+  emit("sharded_ask_p99_us", percentile(ent_us, 0.99), "us", "remoting ask to an actor, same run", percentile(echo_us, 0.99));
+  if (c.client->stats().unavailable != lost_before) std::fprintf(stderr, "sharding_bench: messages refused during the run\n");
+  return 0;
+}
+
+int run_recovery(int entities, const std::string& preset) {
+  Cluster c(preset);
+  if (!c.wait_settled(3, 60s)) {
+    std::fprintf(stderr, "sharding_bench: the cluster did not settle\n");
+    return 1;
+  }
+  std::vector<std::string> victims;
+  for (int k = 0; k < entities; ++k) {
+    if (c.where(id_of(k)) == "n2") victims.push_back(id_of(k));
+  }
+  // Load: every entity asked in turn from a second thread while the node dies.
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> asked{0}, unanswered{0};
+  std::thread load([&] {
+    for (int k = 0; !stop; k = (k + 1) % entities) {
+      ++asked;
+      if (!c.client->ask(kType, id_of(k), c.get(), 500ms).get()) ++unanswered;
+    }
+  });
+  std::this_thread::sleep_for(1s);
+  const auto killed = Clock::now();
+  c.nodes[2]->stop(SIGKILL);
+  // Each victim is asked until it answers from a survivor; all victims in parallel rounds.
+  std::map<std::string, double> back;
+  double downed_s = -1;
+  while (back.size() < victims.size() && Clock::now() - killed < 120s) {
+    std::vector<std::pair<std::string, std::future<Result<Message>>>> round;
+    for (const auto& id : victims) {
+      if (!back.count(id)) round.emplace_back(id, c.client->ask(kType, id, c.get(), 250ms));
+    }
+    for (auto& [id, f] : round) {
+      auto r = f.get();
+      if (r && r->is<node::EntityValue>() && r->as<node::EntityValue>()->node()->str() != "n2") {
+        back[id] = std::chrono::duration<double>(Clock::now() - killed).count();
+      }
+    }
+    if (downed_s < 0 && c.nodes[0]->count_event("downed", "n2") > 0) {
+      downed_s = std::chrono::duration<double>(Clock::now() - killed).count();
+    }
+  }
+  stop = true;
+  load.join();
+  if (back.size() < victims.size()) {
+    std::fprintf(stderr, "sharding_bench: %zu of %zu entities never came back\n", victims.size() - back.size(), victims.size());
+    return 1;
+  }
+  std::vector<double> t;
+  for (const auto& [id, s] : back) t.push_back(s);
+  emit("recovery_p50_s", percentile(t, 0.5), "s");
+  emit("recovery_p99_s", percentile(t, 0.99), "s");
+  emit("recovery_max_s", *std::max_element(t.begin(), t.end()), "s");
+  if (downed_s >= 0) emit("recovery_downed_after_s", downed_s, "s");
+  emit("recovery_entities", static_cast<double>(victims.size()), "entities");
+  emit("recovery_unanswered_asks", static_cast<double>(unanswered.load()), "asks");
+  emit("recovery_asks", static_cast<double>(asked.load()), "asks");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sharding_bench: cluster sharding end to end and recovery, real processes"};
+  std::string only, preset = "lan";
+  std::size_t messages = 200'000;
+  int entities = 300;
+  app.add_option("--only", only, "e2e or recovery (default: both)");
+  app.add_option("--messages", messages, "messages per e2e tell run")->capture_default_str();
+  app.add_option("--entities", entities, "entities")->capture_default_str();
+  app.add_option("--preset", preset, "membership preset of the nodes in the recovery workload")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  int rc = 0;
+  if (only.empty() || only == "e2e") rc |= run_e2e(messages, entities);
+  if (only.empty() || only == "recovery") rc |= run_recovery(entities, preset);
+  return rc;
+}
