@@ -182,6 +182,10 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
       const auto bytes = raw->proto->refusal(why);
       raw->udp->send_as(from, bytes, theirs);
     });
+    raw->udp->set_unreachable_handler([raw](const UdpEndpoint& to) {
+      raw->proto->on_port_unreachable(to);
+      raw->proto->poll();
+    });
     raw->proto->set_key_handler([raw](KeyOp op, std::span<const std::uint8_t> bytes) -> std::string {
       if (bytes.size() != sizeof(Key)) return "a key is 32 bytes";
       Key k;

@@ -77,6 +77,26 @@ TEST_F(Cluster, ThreeNodesFormAndAGracefulLeaveEndsRemoved) {
   EXPECT_EQ(a->transport_stats().dropped_inbound(), 0u);
 }
 
+TEST_F(Cluster, AStoppedProcessWhosePortRefusesIsDownedWithoutWaitingStableAfter) {
+  EventLog la;
+  auto a = start(config("a", {}), &la);
+  const auto seed = "127.0.0.1:" + std::to_string(a->endpoint().port);
+  auto b = start(config("b", {seed}), &la);
+  auto c = start(config("c", {seed}));
+  ASSERT_TRUE(la.wait_for(is(EventKind::up, "b")));
+  ASSERT_TRUE(la.wait_for(is(EventKind::up, "c")));
+  const auto stopped_at = std::chrono::steady_clock::now();
+  c->stop();  // its socket is closed: the kernel refuses datagrams to its port
+  ASSERT_TRUE(la.wait_for(is(EventKind::downed, "c")));
+  const auto took = std::chrono::steady_clock::now() - stopped_at;
+  EXPECT_LT(took, a->config().stable_after) << "took " << std::chrono::duration<double>(took).count() << " s";
+  bool why = false;
+  for (const auto& d : a->history("c")) why |= d.what.find("its gossip port refuses") != std::string::npos;
+  EXPECT_TRUE(why);
+  EXPECT_GE(a->transport_stats().port_unreachable, 2u);
+  EXPECT_FALSE(b->self().status == MemberStatus::down);
+}
+
 TEST_F(Cluster, AnotherClusterNameIsRefusedWithAClearErrorOnBothSides) {
   EventLog la, lx;
   auto a = start(config("a", {}), &la);

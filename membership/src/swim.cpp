@@ -70,6 +70,12 @@ struct SwimProtocol::State {
     nanoseconds hinted_at{0};  // when it was last told directly that this node suspects it
     nanoseconds asked_at{0};   // when the leader last pinged it for its view digest
     unsigned transmits_left = 0;
+    // Evidence that its process is gone: ICMP port unreachable for pings to its gossip port.
+    unsigned refusals = 0;                // counted, each after another ping (a stray ICMP is one)
+    nanoseconds refused_at{0};            // the last one counted
+    std::uint64_t pings = 0;              // pings sent to it
+    std::uint64_t pings_at_refusal = 0;   // pings when the last refusal was counted
+    nanoseconds verified_at{0};           // when the leader last pinged it to see the refusal itself
   };
   struct Probe {
     std::uint64_t target = 0;
@@ -311,6 +317,7 @@ struct SwimProtocol::State {
       n.status_since = now();
       view_changed = true;
       auto& added = nodes.emplace(in.uid, std::move(n)).first->second;
+      by_endpoint.emplace(in.gossip, in.uid);
       max_up_order = std::max(max_up_order, in.up_order);
       ++live_count;
       digest_value ^= member_hash(in.uid, MemberStatus::joining);
@@ -449,6 +456,7 @@ struct SwimProtocol::State {
   }
 
   void send_ping(const Node& target, std::uint64_t seq) {
+    pinged(target.info.uid);
     send(target.info.gossip, gossip::Body::Ping,
          [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, target.info.uid).Union(); },
          target.info.liveness != Liveness::alive ? &target : nullptr);
@@ -550,6 +558,7 @@ struct SwimProtocol::State {
         sender->digest_seen_since = now();
       }
     }
+    if (!refused.empty()) heard_from(from, p->from_uid());
     if (p->updates()) {
       for (const auto* m : *p->updates()) merge(read(*m));
     }
@@ -608,6 +617,7 @@ struct SwimProtocol::State {
         // (it asked at probe_timeout and gives up at probe_interval).
         const auto budget_left = std::min(scaled(cfg.probe_timeout), scaled(cfg.probe_interval) - scaled(cfg.probe_timeout));
         relays[seq] = Relay{from, req->seq(), now() + budget_left * 4 / 5};
+        pinged(t.info.uid);
         send(t.info.gossip, gossip::Body::Ping,
              [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, t.info.uid).Union(); });
         break;
@@ -637,6 +647,72 @@ struct SwimProtocol::State {
     decide(me().info.name, fmt::format("join refused by {}: {}", from.to_string(), reason));
     log->error("join refused by {}: {}", from.to_string(), reason);
     emit(EventKind::join_refused, me(), reason);
+  }
+
+  // ---- refusals: a process that is gone -----------------------------------------------------------
+  void pinged(std::uint64_t uid) {
+    if (auto it = nodes.find(uid); it != nodes.end()) ++it->second.pings;
+  }
+  nanoseconds refusal_window() const { return 2 * scaled(cfg.probe_interval); }
+  bool refuses(const Node& n) const { return n.refusals >= 2 && now() - n.refused_at <= refusal_window(); }
+
+  /// ICMP port unreachable for a datagram to `to`. Only a process that is gone (on a host that
+  /// lives) gives it; a partition or a pause is silent. Two, each after another ping, within
+  /// refusal_window() are evidence enough to skip the suspicion.
+  void on_port_unreachable(const UdpEndpoint& to) {
+    if (!cfg.down_on_refusal || stopped()) return;
+    // Several uids may share the endpoint (a process restarted there): a packet from it clears
+    // them all (heard_from), so refusals only count while nothing answers from there.
+    auto [first, last] = by_endpoint.equal_range(to);
+    std::vector<std::uint64_t> uids;
+    for (auto it = first; it != last; ++it) uids.push_back(it->second);
+    for (auto uid : uids) {
+      auto it = nodes.find(uid);
+      if (it == nodes.end() || uid == self_uid || !live_status(it->second.info.status)) continue;
+      Node& n = it->second;
+      ++stats.port_refusals;
+      if (n.refusals && now() - n.refused_at > refusal_window()) n.refusals = 0;  // too old
+      if (n.refusals && n.pings == n.pings_at_refusal) continue;  // no ping since the last one counted
+      n.refusals = std::min(n.refusals + 1, 16u);
+      n.refused_at = now();
+      n.pings_at_refusal = n.pings;
+      refused.insert(uid);
+      if (n.refusals == 1) {
+        // Confirm at once with a ping of its own rather than at the next probe.
+        ++n.pings;
+        send(n.info.gossip, gossip::Body::Ping,
+             [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.info.uid).Union(); });
+        continue;
+      }
+      if (n.info.liveness == Liveness::unreachable) continue;
+      if (probe && probe->target == uid) probe.reset();  // answered: no helpers, no local-health penalty
+      ++stats.unreachable_declared;
+      set_liveness(n, Liveness::unreachable,
+                   fmt::format("its gossip port refuses: the process is gone ({} ICMP port unreachable within {} ms)",
+                               n.refusals, refusal_window().count() / 1'000'000));
+      broadcast(n);
+    }
+  }
+
+  /// A packet from `from` (uid `from_uid`): that member, and any process at that endpoint, is
+  /// not gone; its refusals no longer count.
+  void heard_from(const UdpEndpoint& from, std::uint64_t from_uid) {
+    for (auto it = refused.begin(); it != refused.end();) {
+      auto n = nodes.find(*it);
+      if (n == nodes.end()) {
+        it = refused.erase(it);
+        continue;
+      }
+      if (n->first != from_uid && n->second.info.gossip != from) {
+        ++it;
+        continue;
+      }
+      if (n->second.refusals >= 2) {
+        decide(n->second.info.name, fmt::format("its gossip port answers again ({}): refusals dropped", from.to_string()));
+      }
+      n->second.refusals = 0;
+      it = refused.erase(it);
+    }
   }
 
   void on_ack(std::uint64_t seq) {
@@ -826,6 +902,14 @@ struct SwimProtocol::State {
       if (t - it->second > nanoseconds(cfg.push_pull_interval) * 4) {
         if (auto n = nodes.find(it->first); n != nodes.end()) {
           if (n->second.transmits_left) pending_tx[n->second.transmits_left].erase(it->first);
+          auto [first, last] = by_endpoint.equal_range(n->second.info.gossip);
+          for (auto e = first; e != last; ++e) {
+            if (e->second == it->first) {
+              by_endpoint.erase(e);
+              break;
+            }
+          }
+          refused.erase(it->first);
           nodes.erase(n);
         }
         it = removed_at.erase(it);
@@ -861,6 +945,7 @@ struct SwimProtocol::State {
       if (n.digest_seen == digest_value || t - n.asked_at < nanoseconds(cfg.probe_interval)) continue;
       n.asked_at = t;
       ++asked;
+      ++n.pings;
       send(n.info.gossip, gossip::Body::Ping,
            [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.info.uid).Union(); });
     }
@@ -915,7 +1000,29 @@ struct SwimProtocol::State {
       unreachable_set = unreachable;
       unreachable_since = now();
     }
-    if (unreachable.empty() || now() - unreachable_since < nanoseconds(cfg.stable_after)) return;
+    if (unreachable.empty()) return;
+    const bool waited = now() - unreachable_since >= nanoseconds(cfg.stable_after);
+    // The leader may down members whose processes are gone without waiting stable_after, when it
+    // has seen their ports refuse itself and nothing else is unreachable: a crash, not a split
+    // (a partitioned member is silent, and then the usual wait protects it).
+    bool gone = false;
+    if (cfg.down_on_refusal && leader_uid == self_uid) {
+      gone = true;
+      unsigned asked = 0;
+      for (auto uid : unreachable) {
+        auto& n = nodes.at(uid);
+        if (!refuses(n)) gone = false;
+        // Ping it now and then: this node's own evidence, kept fresh (at most 32 per round).
+        if (asked < 32 && now() - n.verified_at >= scaled(cfg.probe_interval)) {
+          n.verified_at = now();
+          ++asked;
+          ++n.pings;
+          send(n.info.gossip, gossip::Body::Ping,
+               [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.info.uid).Union(); });
+        }
+      }
+    }
+    if (!waited && !gone) return;
     std::size_t reach = 0, lost = 0;
     const Node* lowest = nullptr;
     for (const auto& [uid, n] : nodes) {
@@ -934,13 +1041,20 @@ struct SwimProtocol::State {
     const auto sides = fmt::format("{} reachable vs {} unreachable up/leaving members, {}", reach, lost, rule);
     if (majority) {
       if (leader_uid != self_uid) return;  // the leader of this side acts for it
+      const auto for_ms = std::to_string((now() - unreachable_since).count() / 1'000'000);
       for (auto uid : unreachable) {
         auto& n = nodes.at(uid);
-        decide(n.info.name, "downed: unreachable for " +
-                                std::to_string((now() - unreachable_since).count() / 1'000'000) + " ms; " + sides);
+        if (!waited) {
+          decide(n.info.name, "downed: its gossip port refuses: the process is gone (unreachable for " + for_ms +
+                                  " ms, not waiting stable_after); " + sides);
+          set_status(n, MemberStatus::down, "its gossip port refuses: the process is gone; " + sides);
+          continue;
+        }
+        decide(n.info.name, "downed: unreachable for " + for_ms + " ms; " + sides);
         set_status(n, MemberStatus::down, "split-brain resolver: " + sides);
       }
     } else {
+      if (!waited) return;  // refusals hasten downing the others, never this node's own
       decide(me().info.name, "downing itself: this side is the minority; " + sides);
       set_status(me(), MemberStatus::down, "split-brain resolver, minority side: " + sides);
     }
@@ -1057,6 +1171,8 @@ struct SwimProtocol::State {
   nanoseconds join_started{0}, next_join{0}, exiting_since{0};
   nanoseconds next_probe{0}, next_gossip{0}, next_push_pull{0}, next_maintenance{0};
   std::optional<std::uint64_t> leader_uid;
+  std::multimap<UdpEndpoint, std::uint64_t> by_endpoint;  // gossip endpoint -> members (not this node)
+  std::set<std::uint64_t> refused;   // members with refusals counted (cleared by any packet from them)
   std::vector<std::uint64_t> unreachable_set;
   nanoseconds unreachable_since{0};
   bool view_changed = true;          // statuses or reachability changed since the last maintenance
@@ -1227,6 +1343,7 @@ bool SwimProtocol::down(const std::string& name) {
 
 void SwimProtocol::on_packet(const UdpEndpoint& from, std::span<const std::uint8_t> packet) { s_->on_packet(from, packet); }
 void SwimProtocol::on_refused(const UdpEndpoint& from, const std::string& reason) { s_->on_refused(from, reason); }
+void SwimProtocol::on_port_unreachable(const UdpEndpoint& to) { s_->on_port_unreachable(to); }
 void SwimProtocol::poll() { s_->poll(); }
 
 std::vector<std::uint8_t> SwimProtocol::refusal(const std::string& reason) const {

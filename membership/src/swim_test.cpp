@@ -5,8 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <optional>
 #include <random>
+#include <set>
+#include <string_view>
 
 #include <flatbuffers/flatbuffers.h>
 #include <spdlog/sinks/null_sink.h>
@@ -365,10 +368,214 @@ TEST(MemberAge, OldestUpSkipsMembersNotUpOrUnreachable) {
   EXPECT_FALSE(oldest_up({aged("a", 1, 0, MemberStatus::joining), aged("b", 2, 1, MemberStatus::removed)}));
 }
 
+// ---- ICMP port unreachable: a process that is gone ----------------------------------------------
+
+/// An Ack from member `uid` for ping `seq`.
+std::vector<std::uint8_t> ack_from(std::uint64_t uid, std::uint64_t seq) {
+  fb::FlatBufferBuilder b;
+  auto ack = gossip::CreateAck(b, seq);
+  auto from = b.CreateString("sender");
+  gossip::PacketBuilder pb(b);
+  pb.add_protocol_version(1);
+  pb.add_from_uid(uid);
+  pb.add_from_name(from);
+  pb.add_body_type(gossip::Body::Ack);
+  pb.add_body(ack.Union());
+  b.Finish(pb.Finish());
+  return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
+}
+
+bool mentions(const std::vector<Decision>& history, std::string_view text) {
+  return std::any_of(history.begin(), history.end(),
+                     [&](const Decision& d) { return d.what.find(text) != std::string::npos; });
+}
+
+/// "me" (the leader: the lowest name) with up members n2.. at ports 7002..; the members listed in
+/// `answering` ack every probe, the others are silent.
+struct Refusals : ::testing::Test {
+  explicit Refusals(MembershipConfig c = MembershipConfig::lan()) : cfg(std::move(c)) {
+    proto = std::make_unique<SwimProtocol>(cfg, SwimProtocol::Identity{"me", 1, UdpEndpoint{"127.0.0.1", 7000}, "", ""},
+                                           clock, out, 1, quiet());
+    proto->join({});
+    proto->poll();
+  }
+  void add(int n) {
+    for (int i = 2; i < 2 + n; ++i) {
+      proto->on_packet(at(i), gossip_about("n" + std::to_string(i), i, "127.0.0.1", static_cast<std::uint16_t>(7000 + i), 0));
+      answering.insert(i);
+    }
+    run_for(300ms);
+    ASSERT_EQ(proto->leader()->name, "me");
+  }
+  static UdpEndpoint at(int i) { return UdpEndpoint{"127.0.0.1", static_cast<std::uint16_t>(7000 + i)}; }
+  /// The kernel's report for a datagram to member i: its port refuses.
+  void refuse(int i) { proto->on_port_unreachable(at(i)); }
+  /// Lets time pass in small steps, the answering members acking the probes sent to them.
+  void run_for(std::chrono::nanoseconds d) {
+    for (const auto end = clock.t + d; clock.t < end;) {
+      clock.t += 50ms;
+      proto->poll();
+      for (; acked < out.sent.size(); ++acked) {
+        const auto* p = gossip::GetPacket(out.sent[acked].bytes.data());
+        const int i = out.sent[acked].to.port - 7000;
+        if (p->body_type() != gossip::Body::Ping || !answering.count(i) || p->body_as_Ping()->seq() == 0) continue;
+        proto->on_packet(at(i), ack_from(static_cast<std::uint64_t>(i), p->body_as_Ping()->seq()));
+      }
+    }
+  }
+  bool pinged(int i, std::size_t since) const {
+    for (auto k = since; k < out.sent.size(); ++k) {
+      if (out.sent[k].to == at(i) && gossip::GetPacket(out.sent[k].bytes.data())->body_type() == gossip::Body::Ping) {
+        return true;
+      }
+    }
+    return false;
+  }
+  MemberInfo member(int i) const { return *proto->member("n" + std::to_string(i)); }
+
+  MembershipConfig cfg;
+  ManualClock clock;
+  Recorder out;
+  std::unique_ptr<SwimProtocol> proto;
+  std::set<int> answering;
+  std::size_t acked = 0;
+};
+
+TEST_F(Refusals, TwoRefusalsMakeAMemberUnreachableAtOnceAndTheLeaderDownsItWithoutWaiting) {
+  add(4);
+  answering.erase(2);  // its process is gone
+  const auto start = clock.t;
+  const auto before = out.sent.size();
+  refuse(2);
+  EXPECT_EQ(member(2).liveness, Liveness::alive) << "one refusal is not evidence enough";
+  EXPECT_TRUE(pinged(2, before)) << "the first refusal is confirmed with a ping at once";
+  refuse(2);  // the answer to that ping
+  EXPECT_EQ(member(2).liveness, Liveness::unreachable);
+  EXPECT_TRUE(mentions(proto->history("n2"), "its gossip port refuses: the process is gone"));
+  EXPECT_EQ(proto->stats().suspicions, 0u) << "no suspicion timeout";
+  run_for(300ms);
+  EXPECT_EQ(member(2).status, MemberStatus::down);
+  EXPECT_LT(clock.t - start, std::chrono::nanoseconds(cfg.stable_after) / 10);
+  EXPECT_TRUE(mentions(proto->history("n2"), "downed: its gossip port refuses"));
+  EXPECT_TRUE(mentions(proto->history("n2"), "4 reachable vs 1 unreachable"));  // keep-majority counted
+  for (int i : {3, 4, 5}) EXPECT_EQ(member(i).status, MemberStatus::up);
+}
+
+TEST_F(Refusals, TheLeaderDownsAMemberOthersFoundRefusingOnlyOnceItsPortRefusesItsOwnPings) {
+  add(4);
+  answering.erase(2);
+  // Another node found n2 unreachable; this node has no evidence of its own yet.
+  proto->on_packet(at(3), gossip_about("n2", 2, "127.0.0.1", 7002, 0, gossip::MemberStatus::Up,
+                                       gossip::Liveness::Unreachable, 1, 3));
+  ASSERT_EQ(member(2).liveness, Liveness::unreachable);
+  const auto before = out.sent.size();
+  run_for(300ms);
+  EXPECT_EQ(member(2).status, MemberStatus::up) << "gossip alone is not this node's evidence";
+  ASSERT_TRUE(pinged(2, before)) << "the leader checks for itself";
+  refuse(2);
+  refuse(2);
+  run_for(300ms);
+  EXPECT_EQ(member(2).status, MemberStatus::down);
+}
+
+TEST_F(Refusals, OneRefusalOrTwoTooFarApartChangeNothing) {
+  add(4);
+  answering.erase(2);
+  refuse(2);
+  run_for(300ms);
+  EXPECT_EQ(member(2).liveness, Liveness::alive);
+  EXPECT_EQ(member(2).status, MemberStatus::up);
+  // The next one comes after the window: it counts as the first again.
+  clock.t += 3s;
+  refuse(2);
+  EXPECT_NE(member(2).liveness, Liveness::unreachable);
+  EXPECT_EQ(member(2).status, MemberStatus::up);
+  EXPECT_FALSE(mentions(proto->history("n2"), "refuses"));
+}
+
+TEST_F(Refusals, APacketFromTheMemberClearsItsRefusals) {
+  add(4);
+  refuse(2);
+  proto->on_packet(at(2), digest_from(2, 0));  // it answers after all (the ICMP was stray)
+  refuse(2);
+  EXPECT_EQ(member(2).liveness, Liveness::alive) << "the count started again";
+  // Unreachable by refusals, then it talks: the leader no longer has evidence and waits as usual.
+  refuse(2);
+  ASSERT_EQ(member(2).liveness, Liveness::unreachable);
+  proto->on_packet(at(2), digest_from(2, 0));
+  answering.erase(2);  // silent again: a pause, not a crash
+  run_for(1s);
+  EXPECT_EQ(member(2).status, MemberStatus::up);
+  run_for(std::chrono::nanoseconds(cfg.stable_after));
+  EXPECT_EQ(member(2).status, MemberStatus::down);
+  EXPECT_FALSE(mentions(proto->history("n2"), "downed: its gossip port refuses"));
+}
+
+TEST_F(Refusals, ANewProcessAtTheSameEndpointClearsTheOldUidsRefusals) {
+  add(4);
+  answering.erase(2);
+  refuse(2);
+  // A restarted process (another uid) at n2's address talks: the port is no longer closed.
+  proto->on_packet(at(2), digest_from(20, 0));
+  refuse(2);
+  EXPECT_EQ(member(2).liveness, Liveness::alive);
+}
+
+TEST_F(Refusals, ARefusedAndASilentUnreachableMemberWaitForStableAfter) {
+  add(4);
+  answering.erase(2);
+  answering.erase(3);
+  // n3 is silent (a partition): unreachable by suspicion elsewhere.
+  proto->on_packet(at(4), gossip_about("n3", 3, "127.0.0.1", 7003, 0, gossip::MemberStatus::Up,
+                                       gossip::Liveness::Unreachable, 1, 4));
+  refuse(2);
+  refuse(2);
+  ASSERT_EQ(member(2).liveness, Liveness::unreachable);
+  const auto start = clock.t;
+  // Keep n2's port refusing the leader's pings meanwhile.
+  while (clock.t - start < std::chrono::nanoseconds(cfg.stable_after) - 500ms) {
+    const auto before = out.sent.size();
+    run_for(100ms);
+    if (pinged(2, before)) refuse(2);
+    ASSERT_EQ(member(2).status, MemberStatus::up) << "a silent member is unreachable too: the usual wait";
+  }
+  run_for(1s);
+  EXPECT_EQ(member(2).status, MemberStatus::down);
+  EXPECT_EQ(member(3).status, MemberStatus::down);
+  EXPECT_TRUE(mentions(proto->history("n3"), "3 reachable vs 2 unreachable"));
+}
+
+struct RefusalsOff : Refusals {
+  static MembershipConfig off() {
+    auto c = MembershipConfig::lan();
+    c.down_on_refusal = false;
+    return c;
+  }
+  RefusalsOff() : Refusals(off()) {}
+};
+
+TEST_F(RefusalsOff, TheSwitchOffIgnoresRefusals) {
+  add(4);
+  answering.erase(2);
+  refuse(2);
+  refuse(2);
+  refuse(2);
+  EXPECT_EQ(member(2).liveness, Liveness::alive);
+  EXPECT_EQ(proto->stats().port_refusals, 0u);
+  // Detection by probing and suspicion, downing after stable_after: as before.
+  run_for(2s);
+  EXPECT_EQ(member(2).status, MemberStatus::up);
+  for (int k = 0; k < 400 && member(2).status == MemberStatus::up; ++k) run_for(100ms);
+  EXPECT_EQ(member(2).status, MemberStatus::down);
+  EXPECT_FALSE(mentions(proto->history("n2"), "refuses"));
+  EXPECT_TRUE(mentions(proto->history("n2"), "suspicion timed out"));
+}
+
 TEST(MembershipConfigTest, PresetsAreValidAndBadValuesNameTheField) {
   EXPECT_EQ(MembershipConfig::local().validate(), "");
   EXPECT_EQ(MembershipConfig::lan().validate(), "");
   EXPECT_EQ(MembershipConfig::wan().validate(), "");
+  EXPECT_TRUE(MembershipConfig::lan().down_on_refusal);
   auto c = MembershipConfig::lan();
   c.probe_timeout = c.probe_interval;
   EXPECT_TRUE(c.validate().starts_with("probe_timeout")) << c.validate();

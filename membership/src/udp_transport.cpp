@@ -1,6 +1,15 @@
 #include <troupe/membership/udp_transport.hpp>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#ifdef __linux__
+#include <linux/errqueue.h>
+#endif
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -86,9 +95,11 @@ struct UdpTransport::Impl {
   std::mutex handler_mu;
   std::shared_ptr<const Handler> handler;
   std::shared_ptr<const MismatchHandler> mismatch_handler;
+  std::shared_ptr<const UnreachableHandler> unreachable_handler;
 
   Counter sent{0}, delivered{0}, truncated{0}, unhandled{0}, receive_errors{0};
   Counter oversized_outbound{0}, seal_failures{0}, resolve_errors{0}, send_errors{0};
+  Counter port_unreachable{0}, icmp_other{0};
   std::array<Counter, kSealErrcCount> dropped{};
 
   std::size_t max_payload_for(std::size_t cluster_size) const {
@@ -117,14 +128,109 @@ struct UdpTransport::Impl {
         bump(truncated);
         drop_log.warn(*log, "membership transport: dropped a datagram from {} larger than {} bytes",
                       to_endpoint(rx_from).to_string(), config.max_inbound);
+      } else if (ec == asio::error::connection_refused) {
+        // With IP_RECVERR a queued ICMP error is also reported by the next receive: not a
+        // receive failure, the error queue says what happened.
+        drain_errors();
       } else if (ec) {
         bump(receive_errors);
         drop_log.warn(*log, "membership transport: receive failed: {}", ec.message());
       } else {
         deliver(n);
       }
-      receive();
+      receive();  // whatever happened, keep receiving
     });
+  }
+
+  // Asks the kernel to queue the ICMP errors of the datagrams sent (Linux): a port unreachable
+  // tells that a member's process is gone, which silence alone cannot tell from a partition.
+  void enable_error_queue() {
+#ifdef __linux__
+    const int fd = socket.native_handle();
+    const int on = 1;
+    int rc = 0;
+    if (local.address().is_v6()) {
+      rc = ::setsockopt(fd, SOL_IPV6, IPV6_RECVERR, &on, sizeof on);
+      // v4-mapped peers of a dual-stack socket report through the IPv4 option.
+      (void)::setsockopt(fd, SOL_IP, IP_RECVERR, &on, sizeof on);
+    } else {
+      rc = ::setsockopt(fd, SOL_IP, IP_RECVERR, &on, sizeof on);
+    }
+    if (rc != 0) {
+      log->warn("membership transport: cannot enable the socket error queue ({}): crashed peers are found by "
+                "probing only", std::strerror(errno));
+      return;
+    }
+    watch_errors();
+#endif
+  }
+
+  // An error queued on the socket makes it report EPOLLERR: wait for that, then drain.
+  void watch_errors() {
+    socket.async_wait(udp::socket::wait_error, [this](const error_code& ec) {
+      if (ec == asio::error::operation_aborted || !socket.is_open()) return;
+      drain_errors();
+      watch_errors();
+    });
+  }
+
+  // I/O thread. Reads every queued error; reports the port unreachables by their destination.
+  void drain_errors() {
+#ifdef __linux__
+    const int fd = socket.native_handle();
+    for (int i = 0; i < 256; ++i) {  // bounded: the handler is not starved by an ICMP flood
+      sockaddr_storage to{};
+      std::array<char, 64> payload;  // the start of the datagram that failed; unused
+      alignas(cmsghdr) std::array<char, 512> control;
+      iovec iov{payload.data(), payload.size()};
+      msghdr msg{};
+      msg.msg_name = &to;
+      msg.msg_namelen = sizeof to;
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control.data();
+      msg.msg_controllen = control.size();
+      if (::recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
+        if (errno == EINTR) continue;
+        return;  // EAGAIN: the queue is empty
+      }
+      bool refused = false;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        const bool v4 = c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR;
+        const bool v6 = c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR;
+        if (!v4 && !v6) continue;
+        sock_extended_err ee;
+        std::memcpy(&ee, CMSG_DATA(c), sizeof ee);
+        // ICMP destination unreachable / port unreachable (3/3), ICMPv6 1/4. Host and network
+        // unreachable are ignored: a partition can look like that.
+        refused |= (ee.ee_origin == SO_EE_ORIGIN_ICMP && ee.ee_type == 3 && ee.ee_code == 3) ||
+                   (ee.ee_origin == SO_EE_ORIGIN_ICMP6 && ee.ee_type == 1 && ee.ee_code == 4);
+      }
+      udp::endpoint dest;
+      if (to.ss_family == AF_INET && msg.msg_namelen >= sizeof(sockaddr_in)) {
+        const auto* a = reinterpret_cast<const sockaddr_in*>(&to);
+        dest = udp::endpoint(asio::ip::address_v4(ntohl(a->sin_addr.s_addr)), ntohs(a->sin_port));
+      } else if (to.ss_family == AF_INET6 && msg.msg_namelen >= sizeof(sockaddr_in6)) {
+        const auto* a = reinterpret_cast<const sockaddr_in6*>(&to);
+        asio::ip::address_v6::bytes_type b;
+        std::memcpy(b.data(), &a->sin6_addr, b.size());
+        dest = udp::endpoint(asio::ip::address_v6(b, a->sin6_scope_id), ntohs(a->sin6_port));
+      } else {
+        refused = false;  // no destination to report
+      }
+      if (!refused) {
+        bump(icmp_other);
+        continue;
+      }
+      bump(port_unreachable);
+      std::shared_ptr<const UnreachableHandler> h;
+      {
+        std::lock_guard lk(handler_mu);
+        h = unreachable_handler;
+      }
+      if (h && *h) (*h)(to_endpoint(dest));
+    }
+#endif
   }
 
   void deliver(std::size_t n) {
@@ -206,8 +312,8 @@ struct UdpTransport::Impl {
     });
   }
 
-  // I/O thread.
-  void send_to(udp::endpoint to, const std::shared_ptr<std::vector<std::uint8_t>>& buf) {
+  // I/O thread. `retry`: a refused send is tried once more (see below).
+  void send_to(udp::endpoint to, const std::shared_ptr<std::vector<std::uint8_t>>& buf, bool retry = true) {
     if (!socket.is_open()) return;
     const auto a = to.address();
     if (local.address().is_v6() && a.is_v4()) {
@@ -220,8 +326,15 @@ struct UdpTransport::Impl {
       }
       to = udp::endpoint(asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()), to.port());
     }
-    socket.async_send_to(asio::buffer(*buf), to, [this, buf, to](const error_code& ec, std::size_t) {
+    socket.async_send_to(asio::buffer(*buf), to, [this, buf, to, retry](const error_code& ec, std::size_t) {
       if (ec == asio::error::operation_aborted) return;
+      if (ec == asio::error::connection_refused && retry) {
+        // The pending ICMP error of an earlier datagram (IP_RECVERR) failed this send: it was
+        // not sent. Read the error queue, then send it again.
+        drain_errors();
+        send_to(to, buf, false);
+        return;
+      }
       if (ec) {
         bump(send_errors);
         drop_log.warn(*log, "membership transport: send to {} failed: {}", to_endpoint(to).to_string(), ec.message());
@@ -304,6 +417,7 @@ Result<std::unique_ptr<UdpTransport>> UdpTransport::start(const UdpTransportConf
     log->error("membership transport: cannot bind {}: {}", to_endpoint(bind_ep).to_string(), ec.message());
     return std::error_code(ec);
   }
+  impl->enable_error_queue();
   log->info("membership transport: listening on {} (cluster {}, max payload {})",
             to_endpoint(impl->local).to_string(), impl->sealer->cluster(),
             impl->max_payload_for(impl->sealer->cluster().size()));
@@ -329,6 +443,12 @@ void UdpTransport::set_mismatch_handler(MismatchHandler handler) {
   auto h = std::make_shared<const MismatchHandler>(std::move(handler));
   std::lock_guard lk(impl_->handler_mu);
   impl_->mismatch_handler = std::move(h);
+}
+
+void UdpTransport::set_unreachable_handler(UnreachableHandler handler) {
+  auto h = std::make_shared<const UnreachableHandler>(std::move(handler));
+  std::lock_guard lk(impl_->handler_mu);
+  impl_->unreachable_handler = std::move(h);
 }
 
 void UdpTransport::send(const UdpEndpoint& to, std::span<const std::uint8_t> plaintext) {
@@ -395,6 +515,8 @@ UdpTransportStats UdpTransport::stats() const {
   s.seal_failures = i.seal_failures.load(std::memory_order_relaxed);
   s.resolve_errors = i.resolve_errors.load(std::memory_order_relaxed);
   s.send_errors = i.send_errors.load(std::memory_order_relaxed);
+  s.port_unreachable = i.port_unreachable.load(std::memory_order_relaxed);
+  s.icmp_other = i.icmp_other.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -245,6 +245,46 @@ TEST_F(Udp, AnotherClusterIsRefusedClearlyThroughTheMismatchHandler) {
   EXPECT_TRUE(inbox_b.items().empty());
 }
 
+TEST_F(Udp, APortNobodyListensOnIsReportedWithItsEndpointAndNothingBreaks) {
+  // A port that was bound and closed again: the kernel answers with ICMP port unreachable.
+  std::uint16_t closed = 0;
+  {
+    RawSocket gone;
+    closed = gone.port();
+  }
+  const UdpEndpoint dead{"127.0.0.1", closed};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<UdpEndpoint> refused;
+  a->set_unreachable_handler([&](const UdpEndpoint& to) {
+    std::lock_guard lk(mu);
+    refused.push_back(to);
+    cv.notify_all();
+  });
+  auto wait_refusals = [&](std::size_t n) {
+    std::unique_lock lk(mu);
+    return cv.wait_for(lk, kWait, [&] { return refused.size() >= n; });
+  };
+  a->send(dead, bytes("anyone?"));
+  ASSERT_TRUE(wait_refusals(1));
+  EXPECT_EQ(refused[0], dead);
+  // Several at once, with a datagram to a live peer among them: every refusal is reported and
+  // the pending error fails neither the receive nor that send.
+  a->send(dead, bytes("anyone? 2"));
+  a->send(dead, bytes("anyone? 3"));
+  a->send(b->local_endpoint(), bytes("to b"));
+  ASSERT_TRUE(wait_refusals(3));
+  ASSERT_TRUE(inbox_b.wait_for_text("to b"));
+  b->send(a->local_endpoint(), bytes("to a"));
+  ASSERT_TRUE(inbox_a.wait_for_text("to a"));
+  for (const auto& r : refused) EXPECT_EQ(r, dead);
+  const auto s = a->stats();
+  EXPECT_EQ(s.port_unreachable, 3u);
+  EXPECT_EQ(s.receive_errors, 0u);
+  EXPECT_EQ(s.send_errors, 0u);
+  EXPECT_EQ(s.sent, 4u);
+}
+
 TEST_F(Udp, KeyRotationOverTheWire) {
   const auto k2 = *generate_key();
   ASSERT_FALSE(sealer_a->keyring()->install(k2));

@@ -26,6 +26,7 @@ struct Simulation::Node final : membership::Clock, membership::PacketTransport {
   int index;
   double rate;
   bool dead = false;
+  bool refuses = false;  // crashed: its host answers with ICMP port unreachable
   bool paused = false;
   nanoseconds wake{nanoseconds::max()};
   std::vector<Event> inbox;  // held while paused
@@ -71,6 +72,10 @@ UdpEndpoint Simulation::endpoint(int i) const { return nodes_[i]->proto->self().
 const std::vector<membership::MembershipEvent>& Simulation::events(int i) const { return nodes_[i]->events; }
 
 void Simulation::kill(int i) { nodes_[i]->dead = true; }
+void Simulation::crash(int i) {
+  nodes_[i]->dead = true;
+  nodes_[i]->refuses = true;
+}
 void Simulation::pause(int i) { nodes_[i]->paused = true; }
 bool Simulation::alive(int i) const { return !nodes_[i]->dead; }
 
@@ -137,7 +142,15 @@ void Simulation::schedule_wake(int i) {
 
 void Simulation::step(Event e) {
   auto& n = *nodes_[e.node];
-  if (n.dead) return;
+  if (n.dead) {
+    if (n.refuses && e.from >= 0 && !e.icmp) {
+      // The host answers for the process that is gone (back over the reverse link's delay).
+      auto it = links_.find(key(e.node, e.from));
+      const LinkSpec& link = it != links_.end() ? it->second : link_;
+      queue_.push(Event{now_ + link.delay, seq_++, e.from, e.node, {}, true});
+    }
+    return;
+  }
   if (n.paused) {
     if (e.from >= 0 && n.inbox.size() < 4096) n.inbox.push_back(std::move(e));
     return;
@@ -145,6 +158,9 @@ void Simulation::step(Event e) {
   if (e.from < 0) {
     if (e.at != n.wake) return;  // superseded
     n.wake = nanoseconds::max();
+    n.proto->poll();
+  } else if (e.icmp) {
+    n.proto->on_port_unreachable(nodes_[e.from]->proto->self().gossip);
     n.proto->poll();
   } else {
     ++delivered_;

@@ -1,7 +1,8 @@
 #pragma once
 // A deterministic network simulator for the membership protocol: the real SwimProtocol code,
 // many virtual nodes on one thread, virtual time, per-link loss, delay, jitter (reordering) and
-// duplication, partitions, kills, pauses and clock-rate skew. Everything random comes from the
+// duplication, partitions, kills (host gone: silent), crashes (process gone, its host answers with
+// ICMP port unreachable), pauses and clock-rate skew. Everything random comes from the
 // seed, so a failing run is reproduced by its seed.
 
 #include <chrono>
@@ -48,7 +49,11 @@ class Simulation {
   void set_link(LinkSpec spec) { link_ = spec; }
   /// The link from `from` to `to` only (one direction).
   void set_link(int from, int to, LinkSpec spec) { links_[key(from, to)] = spec; }
+  /// The node's host is gone: datagrams to it vanish.
   void kill(int i);
+  /// The node's process is gone but its host lives: datagrams to it are answered with ICMP port
+  /// unreachable (SwimProtocol::on_port_unreachable at the sender, after the link's delay).
+  void crash(int i);
   void pause(int i);
   void resume(int i);
   bool alive(int i) const;
@@ -82,6 +87,7 @@ class Simulation {
     int node;       // destination
     int from;       // -1: a wake-up
     std::vector<std::uint8_t> bytes;
+    bool icmp = false;  // port unreachable for a datagram `node` sent to `from`
     bool operator>(const Event& o) const { return at != o.at ? at > o.at : seq > o.seq; }
   };
   void send(int from, const UdpEndpoint& to, std::span<const std::uint8_t> bytes);

@@ -141,6 +141,30 @@ TEST_F(Sim, AKilledNodeIsDownedByEveryLiveNode) {
   EXPECT_FALSE(sim->node(live.front()).history(name_of(7)).empty());
 }
 
+TEST_F(Sim, ACrashedProcessWhosePortRefusesIsDownedWellUnderStableAfter) {
+  form(*sim, 20, cfg);
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 20), range(0, 20)); }, 60s));
+  const auto crashed_at = sim->now();
+  sim->crash(7);
+  std::vector<int> live = range(0, 20);
+  live.erase(live.begin() + 7);
+  ASSERT_TRUE(sim->run_until(
+      [&] {
+        for (int i : live) {
+          if (!downed_by(*sim, i, 7)) return false;
+        }
+        return true;
+      },
+      60s));
+  const auto took = sim->now() - crashed_at;
+  RecordProperty("took_ms", std::to_string(took.count() / 1'000'000));
+  EXPECT_LT(took, nanoseconds(cfg.stable_after) / 2) << "detection + downing took " << took.count() / 1e9 << " s";
+  for (int i : live) EXPECT_FALSE(sim->node(i).stopped()) << name_of(i);
+  bool why = false;
+  for (const auto& d : sim->node(0).history(name_of(7))) why |= d.what.starts_with("downed: its gossip port refuses");
+  EXPECT_TRUE(why) << "the leader says why it did not wait";
+}
+
 TEST_F(Sim, APauseShorterThanToleranceDownsNobody) {
   form(*sim, 20, cfg);
   ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 20), range(0, 20)); }, 60s));

@@ -42,6 +42,11 @@ struct MembershipConfig {
   milliseconds stable_after{7000};      ///< the unreachable set must be unchanged this long
   milliseconds removal_margin{3000};    ///< down -> removed (and shards reallocated) after this
   bool auto_down = true;                ///< false: only an operator downs members
+  /// A member whose gossip port answers two pings with ICMP port unreachable has lost its
+  /// process (a partition never refuses): it is unreachable at once, without suspicion, and the
+  /// leader, having seen the refusals itself, downs it without waiting stable_after when every
+  /// unreachable member refuses (keep-majority still applies). false: refusals are ignored.
+  bool down_on_refusal = true;
 
   // -- flap damping --
   unsigned flap_threshold = 4;          ///< reachability flips within flap_window...

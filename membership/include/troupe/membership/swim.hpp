@@ -11,7 +11,8 @@
 /// refutation by incarnation, piggybacked dissemination (fewest-sent first, up to the packet
 /// budget), push-pull full-state sync in datagram-sized chunks, join through seeds, graceful
 /// leave, a leader (lowest reachable up member) that moves joining -> up and leaving -> exiting
-/// -> removed once the reachable members have converged, keep-majority downing, flap damping,
+/// -> removed once the reachable members have converged, keep-majority downing (sooner for members
+/// whose gossip port refuses: their process is gone, see on_port_unreachable), flap damping,
 /// and a bounded history of the decisions taken. Not thread-safe: one thread drives it.
 
 #include <chrono>
@@ -42,6 +43,7 @@ struct SwimStats {
   std::uint64_t packets_in = 0, packets_out = 0;
   std::uint64_t probes = 0, probe_failures = 0, indirect_probes = 0, nacks_received = 0;
   std::uint64_t suspicions = 0, refutations = 0, unreachable_declared = 0;
+  std::uint64_t port_refusals = 0;        ///< ICMP port unreachable from a member's gossip endpoint
   std::uint64_t updates_sent = 0, updates_received = 0;
   std::uint64_t push_pulls = 0;
   std::uint64_t repairs = 0;              ///< push-pulls started because two stable views differed
@@ -98,6 +100,9 @@ class SwimProtocol {
   void on_packet(const UdpEndpoint& from, std::span<const std::uint8_t> packet);
   /// A peer refused us (sealed for another cluster name, seen by the transport).
   void on_refused(const UdpEndpoint& from, const std::string& reason);
+  /// The transport saw ICMP port unreachable for a datagram sent to `to`: no process listens
+  /// there (see MembershipConfig::down_on_refusal).
+  void on_port_unreachable(const UdpEndpoint& to);
   /// A Refused packet from this node, to answer a packet this node cannot accept (e.g. one of
   /// another cluster: the transport seals it under that cluster's name).
   std::vector<std::uint8_t> refusal(const std::string& reason) const;

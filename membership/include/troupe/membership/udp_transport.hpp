@@ -6,6 +6,11 @@
 /// Every datagram that is not delivered is counted (UdpTransportStats) and logged at most once a
 /// second: datagrams that fail to open (by SealErrc), truncated ones (larger than max_inbound),
 /// outbound payloads over max_payload(), seal failures, resolve and send errors.
+///
+/// The socket also reads its error queue (IP_RECVERR/IPV6_RECVERR, Linux): an ICMP port
+/// unreachable for a datagram it sent means nothing listens at that endpoint any more (a process
+/// that died on a host that lives) and goes to the unreachable handler. Other ICMP errors (host or
+/// network unreachable: what a partition can look like too) are only counted.
 
 #include <array>
 #include <chrono>
@@ -57,6 +62,8 @@ struct UdpTransportStats {
   std::uint64_t seal_failures = 0;        ///< send() whose sealing failed (nonce_exhausted)
   std::uint64_t resolve_errors = 0;       ///< destination host name that did not resolve
   std::uint64_t send_errors = 0;          ///< socket errors while sending (or address family mismatch)
+  std::uint64_t port_unreachable = 0;     ///< ICMP port unreachable for a datagram sent (reported)
+  std::uint64_t icmp_other = 0;           ///< other errors queued for datagrams sent (ignored)
   std::uint64_t dropped_by(SealErrc e) const { return dropped[static_cast<std::size_t>(e)]; }
   /// Inbound datagrams not delivered, every reason together.
   std::uint64_t dropped_inbound() const;
@@ -69,6 +76,9 @@ class UdpTransport final : public PacketTransport {
   /// Called on the I/O thread when an authentic datagram sealed for another cluster arrives;
   /// the protocol may answer with send_as(from, refusal, their_cluster).
   using MismatchHandler = std::function<void(const UdpEndpoint& from, const std::string& their_cluster)>;
+  /// Called on the I/O thread when a datagram sent to `to` (the address literal it was sent to)
+  /// was answered with ICMP port unreachable.
+  using UnreachableHandler = std::function<void(const UdpEndpoint& to)>;
   /// Timer handle returned by schedule_once()/schedule_every().
   using TimerId = std::uint64_t;
 
@@ -95,6 +105,8 @@ class UdpTransport final : public PacketTransport {
   void set_handler(Handler handler);
   /// Sets the receiver of cluster mismatches (see MismatchHandler). Optional.
   void set_mismatch_handler(MismatchHandler handler);
+  /// Sets the receiver of port-unreachable reports (see UnreachableHandler). Optional.
+  void set_unreachable_handler(UnreachableHandler handler);
 
   /// Seals `plaintext` (on the calling thread) and sends it to `to` from the I/O thread, best
   /// effort; a failure is counted, never reported. Literal IPv4/IPv6 addresses are used directly,
