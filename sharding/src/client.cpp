@@ -162,6 +162,11 @@ std::future<Result<Message>> ShardingClient::ask(std::string_view type, std::str
   return sharding_.ask(type, id, msg, timeout);
 }
 
+std::future<Result<Message>> ShardingClient::ask(std::string_view type, std::string_view id, const Message& msg,
+                                                 AskOptions options) {
+  return sharding_.ask(type, id, msg, std::move(options));
+}
+
 std::uint64_t ShardingClient::coordinator() const { return sharding_.coordinator(); }
 std::vector<ShardInfo> ShardingClient::shards(std::string_view type) const { return sharding_.shards(type); }
 ShardingStats ShardingClient::stats() const { return sharding_.stats(); }

@@ -1,6 +1,7 @@
 #include <troupe/sharding/region.hpp>
 
 #include <deque>
+#include <random>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -31,6 +32,30 @@ Message entity_error(std::string_view type, std::string_view id, const std::stri
 
 std::string_view sv(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
 
+/// Catches the reply to a keyed message for its region's reply cache (then stops; at the
+/// latest when the cache entry expires).
+class ReplyCapture final : public Actor {
+ public:
+  ReplyCapture(ActorRef region, std::string key, std::chrono::milliseconds ttl)
+      : region_(std::move(region)), key_(std::move(key)), ttl_(ttl) {}
+  void pre_start() override {
+    context().schedule_once(ttl_, Message::build<CaptureExpired>([](auto& b) { return CreateCaptureExpired(b); }));
+  }
+  void receive(const Message& m) override {
+    if (!m.is<CaptureExpired>()) {
+      region_.tell(Message::build<CapturedReply>([&](flatbuffers::FlatBufferBuilder& b) {
+        return CreateCapturedReply(b, b.CreateString(key_), m.type(), b.CreateVector(m.bytes().data(), m.size()));
+      }));
+    }
+    context().stop(self());
+  }
+
+ private:
+  ActorRef region_;
+  std::string key_;
+  std::chrono::milliseconds ttl_;
+};
+
 /// One entity type's region on this node: hosts the entities of the shards allocated here (as
 /// its children) and forwards the rest to their owner's region; a proxy region only forwards.
 class Region final : public Actor {
@@ -57,6 +82,7 @@ class Region final : public Actor {
     if (const auto* st = m.as<ShardState>()) return on_state(*st);
     if (const auto* es = m.as<EntityState>()) return on_entity_state(*es);
     if (m.is<FenceAll>()) return fence_all();
+    if (const auto* c = m.as<CapturedReply>()) return on_captured(*c);
     if (m.is<Suspend>()) return suspend();
     if (m.is<Resume>()) return resume();
   }
@@ -143,8 +169,10 @@ class Region final : public Actor {
                     auto i = b.CreateString(id.data(), id.size());
                     auto p = b.CreateVector(payload.data(), payload.size());
                     auto t = b.CreateString(settings_.type);
+                    auto k = env.idempotency_key() ? b.CreateString(env.idempotency_key()->string_view())
+                                                   : flatbuffers::Offset<flatbuffers::String>();
                     return CreateEntityEnvelope(b, i, env.type_id(), p, t, shard, epoch_[shard],
-                                                static_cast<std::uint8_t>(env.hops() + 1));
+                                                static_cast<std::uint8_t>(env.hops() + 1), k);
                   }),
                   from);
       return;
@@ -224,17 +252,63 @@ class Region final : public Actor {
     }
     (void)m;
     if (proxy_ || !factory_) return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from, "a proxy hosts no entities");
+    ActorRef to = from;
+    if (const auto key = sv(env.idempotency_key()); !key.empty() && !first_delivery(id, key, from, to)) return;
     auto it = entities_.find(id);
     if (it == entities_.end()) it = activate(id);
     auto& e = it->second;
     if (e.passivating) {
       shared_->buffered.fetch_add(1, std::memory_order_relaxed);
-      waiting_[id].emplace_back(std::move(msg), from);
+      waiting_[id].emplace_back(std::move(msg), to);
       return;
     }
     e.last_active = activity_tick();
     shared_->routed.fetch_add(1, std::memory_order_relaxed);
-    e.ref.tell(std::move(msg), from);
+    e.ref.tell(std::move(msg), to);
+  }
+
+  /// A message with an idempotency key: false when it is a repeat (answered from the reply
+  /// cache, or waiting for the first one's reply); otherwise `to` becomes the actor that catches
+  /// the entity's reply for the cache and passes it on.
+  bool first_delivery(std::string_view id, std::string_view key, const ActorRef& from, ActorRef& to) {
+    const auto now = context().system().timers().now();
+    const auto& cfg = shared_->config;
+    while (!reply_order_.empty()) {
+      auto it = replies_.find(reply_order_.front());
+      if (it != replies_.end() && it->second.expires > now && replies_.size() < cfg.reply_cache_entries) break;
+      if (it != replies_.end()) replies_.erase(it);
+      reply_order_.pop_front();
+    }
+    std::string k;
+    k.reserve(id.size() + key.size() + 1);
+    k.append(id).push_back('\0');
+    k.append(key);
+    if (auto it = replies_.find(k); it != replies_.end()) {
+      shared_->deduplicated.fetch_add(1, std::memory_order_relaxed);
+      if (it->second.reply) {
+        if (from) from.tell(it->second.reply);
+      } else if (from) {
+        it->second.waiters.push_back(from);
+      }
+      return false;
+    }
+    replies_.emplace(k, CachedReply{Message{}, {from}, now + cfg.reply_cache_ttl});
+    reply_order_.push_back(k);
+    to = context().spawn<ReplyCapture>(SpawnOptions{}, self(), k, cfg.reply_cache_ttl);
+    return true;
+  }
+
+  void on_captured(const CapturedReply& c) {
+    if (!c.key()) return;
+    auto it = replies_.find(std::string(sv(c.key())));
+    if (it == replies_.end() || it->second.reply) return;
+    const auto payload = c.payload() ? std::span<const std::uint8_t>(c.payload()->data(), c.payload()->size())
+                                     : std::span<const std::uint8_t>{};
+    it->second.reply = Message::copy_of(c.type_id(), payload);
+    for (const auto& w : it->second.waiters) {
+      if (w) w.tell(it->second.reply);
+    }
+    it->second.waiters.clear();
   }
 
   std::unordered_map<std::string, Entity>::iterator activate(const std::string& id) {
@@ -684,6 +758,14 @@ class Region final : public Actor {
   std::unordered_map<ShardId, std::pair<std::uint64_t, std::vector<std::pair<std::string, Message>>>> pending_states_;
   std::unordered_map<ShardId, Buffer> buffers_;
   std::size_t buffered_count_ = 0, buffered_bytes_ = 0;
+  // Replies to keyed messages ("<id>\0<key>"), oldest first in reply_order_.
+  struct CachedReply {
+    Message reply;                  // empty while the first delivery has not been answered
+    std::vector<ActorRef> waiters;  // who asked meanwhile
+    TimerService::Clock::time_point expires;
+  };
+  std::unordered_map<std::string, CachedReply> replies_;
+  std::deque<std::string> reply_order_;
 };
 
 }  // namespace
@@ -832,7 +914,7 @@ namespace {
 /// Routes `msg` to entity (type, id) through this node's region of the type, or answers
 /// `sender` with EntityError.
 void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type, std::string_view id,
-           const Message& msg, const ActorRef& sender) {
+           const Message& msg, const ActorRef& sender, std::string_view key = {}) {
   ActorRef region;
   std::size_t max_id = 0;
   {
@@ -859,7 +941,8 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
   region.tell(Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
                 auto i = b.CreateString(id.data(), id.size());
                 auto p = b.CreateVector(msg.bytes().data(), msg.size());
-                return CreateEntityEnvelope(b, i, msg.type(), p);
+                auto k = key.empty() ? flatbuffers::Offset<flatbuffers::String>() : b.CreateString(key.data(), key.size());
+                return CreateEntityEnvelope(b, i, msg.type(), p, 0, 0, 0, 0, k);
               }),
               sender);
 }
@@ -867,16 +950,62 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
 /// One ask: forwards the question with the ask's reply address as the sender, then stops.
 class AskForwarder final : public Actor {
  public:
-  AskForwarder(std::shared_ptr<Sharding::Shared> shared, std::string type, std::string id)
-      : shared_(std::move(shared)), type_(std::move(type)), id_(std::move(id)) {}
+  AskForwarder(std::shared_ptr<Sharding::Shared> shared, std::string type, std::string id, std::string key = {})
+      : shared_(std::move(shared)), type_(std::move(type)), id_(std::move(id)), key_(std::move(key)) {}
   void receive(const Message& m) override {
-    route(context().system(), *shared_, type_, id_, m, sender());
+    route(context().system(), *shared_, type_, id_, m, sender(), key_);
     context().stop(self());
   }
 
  private:
   std::shared_ptr<Sharding::Shared> shared_;
+  std::string type_, id_, key_;
+};
+
+/// An ask with retries: each attempt is an ask of its own (the same idempotency key), the next
+/// one after a timeout or ShardUnavailable, with a growing pause; the first other answer, or
+/// the last ShardUnavailable, goes to the asker.
+class RetryingAsk final : public Actor {
+ public:
+  RetryingAsk(std::shared_ptr<Sharding::Shared> shared, std::string type, std::string id, AskOptions o)
+      : shared_(std::move(shared)), type_(std::move(type)), id_(std::move(id)), o_(std::move(o)), pause_(o_.backoff) {}
+
+  void receive(const Message& m) override {
+    if (m.is<RetryTick>()) return attempt();
+    if (!question_) {
+      question_ = m;
+      reply_to_ = sender();
+      attempt();
+    }
+  }
+
+ private:
+  void attempt() {
+    if (++made_ > 1) shared_->retries.fetch_add(1, std::memory_order_relaxed);
+    // Each attempt's reply address is an ask of this actor's own: it routes like any message.
+    auto relay = context().system().spawn_system<AskForwarder>(SpawnOptions{}, shared_, type_, id_, o_.idempotency_key);
+    context().ask(relay, question_, o_.timeout, [this](Result<Message> r) { on_result(std::move(r)); });
+  }
+  void on_result(Result<Message> r) {
+    const auto* u = r ? r->as<ShardUnavailable>() : nullptr;
+    if ((r && !u) || made_ >= o_.attempts) {
+      if (r) reply_to_.tell(*r);  // after the last timeout the asker's own ask times out
+      context().stop(self());
+      return;
+    }
+    auto wait = pause_;
+    if (u) wait = std::max(wait, std::chrono::milliseconds(u->retry_after_ms()));
+    pause_ *= 2;
+    context().schedule_once(wait, Message::build<RetryTick>([](auto& b) { return CreateRetryTick(b); }));
+  }
+
+  std::shared_ptr<Sharding::Shared> shared_;
   std::string type_, id_;
+  AskOptions o_;
+  std::chrono::milliseconds pause_;
+  Message question_;
+  ActorRef reply_to_;
+  unsigned made_ = 0;
 };
 
 }  // namespace
@@ -889,6 +1018,24 @@ std::future<Result<Message>> Sharding::ask(std::string_view type, std::string_vi
                                            std::chrono::milliseconds timeout) {
   auto fwd = system_.spawn_system<AskForwarder>(SpawnOptions{}, shared_, std::string(type), std::string(id));
   return fwd.ask(msg, timeout);
+}
+
+std::future<Result<Message>> Sharding::ask(std::string_view type, std::string_view id, const Message& msg,
+                                           AskOptions options) {
+  options.attempts = std::max(1u, options.attempts);
+  if (options.idempotency_key.empty() && options.attempts > 1) {
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    options.idempotency_key = fmt::format("{:016x}{:016x}", rng(), rng());
+  }
+  // The asker waits for every attempt and the pauses between them (doubling, or a longer
+  // retry_after), plus a little.
+  auto total = options.timeout * options.attempts + std::chrono::milliseconds(500);
+  auto pause = options.backoff;
+  for (unsigned i = 1; i < options.attempts; ++i, pause *= 2) {
+    total += std::max(pause, shared_->config.retry_after);
+  }
+  auto r = system_.spawn_system<RetryingAsk>(SpawnOptions{}, shared_, std::string(type), std::string(id), std::move(options));
+  return r.ask(msg, total);
 }
 
 bool Sharding::hand_off_all(std::chrono::milliseconds timeout) {
@@ -944,6 +1091,8 @@ ShardingStats Sharding::stats() const {
   out.malformed = s.malformed.load();
   out.rebalances = s.rebalances.load();
   out.allocations = s.allocations.load();
+  out.deduplicated = s.deduplicated.load();
+  out.retries = s.retries.load();
   {
     std::lock_guard lk(s.mu);
     for (const auto& [name, t] : s.types) out.shards_hosted += t.hosted.size();

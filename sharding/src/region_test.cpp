@@ -107,6 +107,24 @@ TEST_F(Entities, AnEntityStartsOnItsFirstMessageKnowsItsIdAndKeepsItsState) {
   EXPECT_EQ(log.activations("user/42$x"), 1);
 }
 
+TEST_F(Entities, AKeyedMessageIsDeliveredOnceAndARepeatGetsTheFirstReply) {
+  AskOptions o;
+  o.idempotency_key = "order-7";
+  auto first = sharding->ask("counter", "k", cmd("count"), o).get();
+  ASSERT_TRUE(first.ok()) << first.error().message();
+  EXPECT_EQ(first->as<test::Cmd>()->n(), 1u);
+  auto again = sharding->ask("counter", "k", cmd("count"), o).get();
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_EQ(again->as<test::Cmd>()->n(), 1u) << "the cached reply, not a second delivery";
+  EXPECT_EQ(sharding->stats().deduplicated, 1u);
+  EXPECT_EQ(count_of("k"), 2u) << "the entity saw the keyed message once";
+  // Another key, or the same key for another entity, is delivered.
+  o.idempotency_key = "order-8";
+  EXPECT_EQ(sharding->ask("counter", "k", cmd("count"), o).get()->as<test::Cmd>()->n(), 3u);
+  o.idempotency_key = "order-7";
+  EXPECT_EQ(sharding->ask("counter", "other", cmd("count"), o).get()->as<test::Cmd>()->n(), 1u);
+}
+
 TEST_F(Entities, MessagesToOneEntityArriveInOrder) {
   for (std::uint64_t i = 1; i <= 2000; ++i) sharding->tell("counter", "e", ping(i), probe->ref());
   for (std::uint64_t i = 1; i <= 2000; ++i) {

@@ -330,6 +330,25 @@ TEST(ClusterSharding, ClientBeforeHostsBuffersInOrderAndRefusesPastTheBound) {
   c.log.check();
 }
 
+TEST(ClusterSharding, ARetryingAskGetsThroughOnceTheShardHasAHome) {
+  ShardCluster c;
+  c.buffer_per_shard = 0;  // nothing waits: every message for a shard without a home is refused
+  c.add(0, /*host=*/false);
+  ASSERT_TRUE(eventually([&] { return c.sh[0]->shards(kType).size() == kShards; }, 30s));
+  sharding::AskOptions o;
+  o.timeout = 2s;
+  o.attempts = 30;
+  o.backoff = 100ms;
+  auto reply = c.sh[0]->ask(kType, "patient", cmd("get"), o);
+  ASSERT_TRUE(eventually([&] { return c.sh[0]->stats().unavailable >= 2; }, 10s)) << "refused while no host exists";
+  c.add(1);
+  auto r = reply.get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  ASSERT_TRUE(r->is<test::Cmd>());
+  EXPECT_EQ(op_of(*r), "n1");
+  EXPECT_GE(c.sh[0]->stats().retries, 2u);
+}
+
 TEST(ClusterSharding, RefusesForgedTablesMisroutedEnvelopesUnknownTypesAndBadIds) {
   ShardCluster c;
   c.add(0);

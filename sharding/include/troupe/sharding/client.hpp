@@ -47,6 +47,8 @@ class ShardingClient {
   void tell(std::string_view type, std::string_view id, const Message& msg, const ActorRef& sender = {});
   std::future<Result<Message>> ask(std::string_view type, std::string_view id, const Message& msg,
                                    std::chrono::milliseconds timeout);
+  /// With retries and an idempotency key (see AskOptions).
+  std::future<Result<Message>> ask(std::string_view type, std::string_view id, const Message& msg, AskOptions options);
 
   /// The coordinator's node this client is registered with (0: none yet).
   std::uint64_t coordinator() const;

@@ -103,6 +103,9 @@ struct ClusterShardingConfig {
   std::size_t buffer_bytes_per_region = 64u << 20;
   /// Told to senders in ShardUnavailable.
   std::chrono::milliseconds retry_after{500};
+  /// Replies to messages with an idempotency key kept by the owning region, and how long.
+  std::size_t reply_cache_entries = 10'000;
+  std::chrono::milliseconds reply_cache_ttl{120'000};
   /// Every activation and stop of an entity on this node (on the region's thread).
   std::function<void(const ActivationEvent&)> on_activation;
 };
@@ -130,6 +133,22 @@ struct ShardingStats {
   std::uint64_t malformed = 0;            ///< protocol messages that do not add up (counted, dropped)
   std::uint64_t rebalances = 0;           ///< handoffs started by this node's coordinator
   std::uint64_t allocations = 0;          ///< shards allocated by this node's coordinator
+  std::uint64_t deduplicated = 0;         ///< repeats of a keyed message answered from the reply cache
+  std::uint64_t retries = 0;              ///< ask attempts after the first
+};
+
+/// An ask that may be retried (Sharding::ask with options).
+struct AskOptions {
+  /// Per attempt.
+  std::chrono::milliseconds timeout{5'000};
+  /// Attempts in all; another is made after a timeout or a ShardUnavailable reply.
+  unsigned attempts = 1;
+  /// Wait before the next attempt (doubled each time; at least a ShardUnavailable's
+  /// retry_after).
+  std::chrono::milliseconds backoff{100};
+  /// Sent with every attempt: the owning region delivers the message once and answers a repeat
+  /// with the first reply (kept reply_cache_ttl). Empty with attempts > 1: a random key.
+  std::string idempotency_key;
 };
 
 /// One shard as this node's region sees it.
@@ -175,6 +194,9 @@ class Sharding {
   /// for a refused message, or ActorErrc::timeout.
   std::future<Result<Message>> ask(std::string_view type, std::string_view id, const Message& msg,
                                    std::chrono::milliseconds timeout);
+  /// Asks with retries and an idempotency key (see AskOptions): the reply, EntityError, the last
+  /// ShardUnavailable, or ActorErrc::timeout once every attempt timed out.
+  std::future<Result<Message>> ask(std::string_view type, std::string_view id, const Message& msg, AskOptions options);
 
   /// Graceful leave, first half: asks the coordinator to move every shard this node hosts to
   /// other members (state travels by snapshot) and waits until none is left here. True when
