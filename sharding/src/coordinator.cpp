@@ -127,6 +127,7 @@ struct Coordinator::State {
   std::unordered_map<std::uint64_t, TP> downed;  // node -> when its shards become free
   std::uint64_t epoch_counter = 0;
   std::unordered_map<std::uint64_t, TP> heard;  // member -> when its last heartbeat came
+  unsigned minority_checks = 0;                  // checks in a row that saw a minority
 
   TP now() const { return ctx->system().timers().now(); }
   spdlog::logger& log() const { return ctx->system().log(); }
@@ -411,9 +412,9 @@ struct Coordinator::State {
       auto m = ms.find(uid);
       const bool gone = m == ms.end() || m->second.status == MemberStatus::down || m->second.status == MemberStatus::removed;
       if (gone && !downed.count(uid)) {
-        downed[uid] = t + sh->config.down_margin;
-        log().info("sharding: member {} is gone; its shards wait for new homes after {} ms", remoting::format_uid(uid),
-                   sh->config.down_margin.count());
+        downed[uid] = free_at(uid, t);
+        log().info("sharding: member {} is gone; its shards wait for new homes for {} ms", remoting::format_uid(uid),
+                   std::chrono::duration_cast<std::chrono::milliseconds>(downed[uid] - t).count());
         for (auto& [name, ts] : types) {
           for (ShardId s = 0; s < ts.num_shards; ++s) {
             if (ts.owner[s] == uid && !ts.moving[s]) {
@@ -430,6 +431,19 @@ struct Coordinator::State {
     if (!ready) return check_rebuild();
     plan();
     publish_all();
+  }
+
+  /// When the shards of `uid`, downed at `t`, may go elsewhere: once it must have stopped serving
+  /// were it alive on the other side of a partition (it suspends minority_after after it last
+  /// heard from a majority, which is about when we last heard from it, checked twice in a row),
+  /// and never sooner than 500 ms after the downing (a member that still hears the cluster
+  /// learns of its downing and stops within that).
+  TP free_at(std::uint64_t uid, TP t) const {
+    const auto floor = t + std::chrono::milliseconds(500);
+    auto h = heard.find(uid);
+    if (h == heard.end()) return t + sh->config.down_margin;
+    return std::max(floor, h->second + sh->config.minority_after + 3 * sh->config.minority_check_interval +
+                               std::chrono::milliseconds(250));
   }
 
   void allocate(TypeState& ts, ShardId s, std::uint64_t node) {
@@ -679,6 +693,10 @@ struct Coordinator::State {
       auto h = heard.find(m.uid);
       return h != heard.end() && t - h->second > sh->config.minority_after;
     });
+    // Suspend only when the last two checks agree: after a stall of this process, heartbeats
+    // already queued are read before the next check.
+    if (!majority && minority_checks++ == 0) return;
+    if (majority) minority_checks = 0;
     if (sh->in_majority.exchange(majority) == majority) return;
     static const Message suspend = Message::build<Suspend>([](auto& b) { return CreateSuspend(b); });
     static const Message resume = Message::build<Resume>([](auto& b) { return CreateResume(b); });

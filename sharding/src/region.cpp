@@ -833,7 +833,9 @@ Sharding::Sharding(ActorSystem& system, remoting::Transport& transport, membersh
   s.self_uid = transport.address().uid;
   s.self_address = transport.address().to_string();
   if (s.config.down_margin.count() < 0) s.config.down_margin = membership.config().stable_after / 2;
-  if (s.config.minority_after.count() < 0) s.config.minority_after = membership.config().stable_after / 2;
+  if (s.config.minority_after.count() < 0) {
+    s.config.minority_after = std::max(std::chrono::milliseconds(1'000), membership.config().stable_after * 3 / 10);
+  }
   register_messages(system_.registry());
   s.coordinator_actor = system_.spawn_system<Coordinator>(SpawnOptions{.name = kCoordinatorName}, shared_);
   std::weak_ptr<Shared> weak = shared_;

@@ -82,18 +82,19 @@ struct ClusterShardingConfig {
   /// A new coordinator waits this long for reports from reachable members that do not answer
   /// (members running no sharding) before it allocates.
   std::chrono::milliseconds rebuild_timeout{3'000};
-  /// After a member is downed, its shards wait this long before they are allocated elsewhere:
-  /// a member cut off in a minority stops serving minority_after after it lost touch, the
-  /// majority downs it stable_after after it became unreachable; this adds a margin for clocks
-  /// and scheduling. Negative: half the membership's stable_after.
-  std::chrono::milliseconds down_margin{-1};
-  /// Members tell each other they are alive at this period; a member not heard from for
-  /// `minority_after` (negative: half the membership's stable_after) counts as lost, and a node
-  /// that has lost touch with a majority stops serving at once (its regions suspend, keeping
-  /// their entities' state) until the majority is back or the node is downed. The majority
-  /// downs it no sooner than stable_after, and gives its shards away down_margin later.
+  /// Members tell each other they are alive every minority_check_interval; a member not heard
+  /// from for `minority_after` (negative: 30% of the membership's stable_after, at least 1 s)
+  /// counts as lost, and a node that has lost touch with a majority (two checks in a row) stops
+  /// serving at once: its regions suspend, keeping their entities' state, until the majority is
+  /// back or the node is downed.
   std::chrono::milliseconds minority_check_interval{250};
   std::chrono::milliseconds minority_after{-1};
+  /// The shards of a downed member are allocated elsewhere once it must have suspended, were it
+  /// alive in a minority: minority_after and three checks after the coordinator last heard from
+  /// it, and at least 500 ms after the downing (the time a member that can still hear the
+  /// cluster needs to learn it was downed and stop). A member never heard from waits
+  /// `down_margin` after its downing (negative: half the membership's stable_after).
+  std::chrono::milliseconds down_margin{-1};
   /// Tables, reports and handoffs not acknowledged are sent again at this period.
   std::chrono::milliseconds resend_interval{1'000};
   /// Messages buffered while a shard has no usable home: per shard and per region.
