@@ -60,9 +60,10 @@ class ReplyCapture final : public Actor {
 /// its children) and forwards the rest to their owner's region; a proxy region only forwards.
 class Region final : public Actor {
  public:
-  Region(EntitySettings s, EntityFactory f, std::shared_ptr<Sharding::Shared> shared, bool proxy)
-      : settings_(std::move(s)), factory_(std::move(f)), shared_(std::move(shared)), proxy_(proxy),
-        local_(!shared_->cluster()) {}
+  Region(EntitySettings s, EntityFactory f, std::shared_ptr<Sharding::Shared> shared, bool proxy,
+         std::shared_ptr<std::atomic<std::int64_t>> in_region)
+      : settings_(std::move(s)), factory_(std::move(f)), shared_(std::move(shared)), in_region_(std::move(in_region)),
+        proxy_(proxy), local_(!shared_->cluster()) {}
 
   void pre_start() override {
     if (!proxy_ && settings_.passivate_after.count() > 0) {
@@ -123,6 +124,13 @@ class Region final : public Actor {
   // ---- messages for entities ----
 
   void on_envelope(const Message& m, const EntityEnvelope& env) {
+    // A caller's message (unstamped) is through the region once this returns.
+    struct Done {
+      std::atomic<std::int64_t>* c;
+      ~Done() {
+        if (c) c->fetch_sub(1, std::memory_order_release);
+      }
+    } done{env.epoch() == 0 && env.hops() == 0 ? in_region_.get() : nullptr};
     const auto id = sv(env.entity_id());
     if (id.empty() || id.size() > settings_.max_id_bytes) {
       shared_->bad_id.fetch_add(1, std::memory_order_relaxed);
@@ -583,8 +591,9 @@ class Region final : public Actor {
         if (owner_[s] == static_cast<unsigned>(self_index_ + 1) && !moving_[s] && !hosted_.count(s)) host(s, epoch_[s]);
       }
     }
-    publish();
+    // Buffered messages leave before callers may send past the region (publish).
     flush_buffers();
+    publish();
     ack();
   }
 
@@ -680,8 +689,9 @@ class Region final : public Actor {
     context().system().log().info("sharding {}: shard {} handed off ({} entity states)", settings_.type, shard,
                                   hs.states.size());
     if (hs.reply_to) hs.reply_to.tell(stopped_message(shard, hs.epoch, hs.states), self());
-    publish();
+    // Buffered messages leave before callers may send past the region (publish).
     flush_buffers();
+    publish();
   }
 
   /// Stops a shard's entities at once, without handing anything over.
@@ -726,18 +736,27 @@ class Region final : public Actor {
       i.hosted_here = hosted_.count(s) > 0;
       table.push_back(std::move(i));
     }
+    auto route = std::make_shared<Sharding::Shared::Route>();
+    route->regions = regions_;
+    route->owner = owner_;
+    route->epoch = epoch_;
+    route->moving = moving_;
+    route->self_index = self_index_;
+    route->usable = !local_ && !down_ && !owner_.empty();
     std::lock_guard lk(shared_->mu);
     auto it = shared_->types.find(settings_.type);
     if (it == shared_->types.end()) return;
     it->second.hosted.clear();
     for (const auto& [shard, h] : hosted_) it->second.hosted.emplace(shard, h.epoch);
     it->second.table = std::move(table);
+    it->second.route = std::move(route);
     shared_->hosted_changed.notify_all();
   }
 
   EntitySettings settings_;
   EntityFactory factory_;
   std::shared_ptr<Sharding::Shared> shared_;
+  std::shared_ptr<std::atomic<std::int64_t>> in_region_;
   const bool proxy_;
   const bool local_;
   bool down_ = false;
@@ -881,9 +900,12 @@ ActorRef Sharding::start(EntitySettings settings, EntityFactory factory) {
   {
     std::lock_guard lk(shared_->mu);
     if (shared_->types.count(settings.type)) throw std::invalid_argument("entity type '" + settings.type + "' started twice");
+    Shared::TypeEntry entry;
+    entry.settings = settings;
     region = system_.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, std::move(factory),
-                                          shared_, false);
-    shared_->types.emplace(settings.type, Shared::TypeEntry{settings, false, region, {}, {}});
+                                          shared_, false, entry.in_region);
+    entry.region = region;
+    shared_->types.emplace(settings.type, std::move(entry));
   }
   if (shared_->coordinator_actor) shared_->coordinator_actor.tell(report_again());
   return region;
@@ -903,9 +925,13 @@ ActorRef Sharding::start_proxy(std::string type, std::uint32_t num_shards, std::
   {
     std::lock_guard lk(shared_->mu);
     if (shared_->types.count(settings.type)) throw std::invalid_argument("entity type '" + settings.type + "' started twice");
+    Shared::TypeEntry entry;
+    entry.settings = settings;
+    entry.proxy = true;
     region = system_.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, EntityFactory{},
-                                          shared_, true);
-    shared_->types.emplace(settings.type, Shared::TypeEntry{settings, true, region, {}, {}});
+                                          shared_, true, entry.in_region);
+    entry.region = region;
+    shared_->types.emplace(settings.type, std::move(entry));
   }
   if (shared_->coordinator_actor) shared_->coordinator_actor.tell(report_again());
   return region;
@@ -919,11 +945,17 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
            const Message& msg, const ActorRef& sender, std::string_view key = {}) {
   ActorRef region;
   std::size_t max_id = 0;
+  std::uint32_t num_shards = 0;
+  std::shared_ptr<const Sharding::Shared::Route> table;
+  std::shared_ptr<std::atomic<std::int64_t>> in_region;
   {
     std::lock_guard lk(shared.mu);
     if (auto it = shared.types.find(std::string(type)); it != shared.types.end()) {
       region = it->second.region;
       max_id = it->second.settings.max_id_bytes;
+      num_shards = it->second.settings.num_shards;
+      table = it->second.route;
+      in_region = it->second.in_region;
     }
   }
   std::string why;
@@ -940,13 +972,28 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
     if (sender) sender.tell(entity_error(type, id.substr(0, std::min<std::size_t>(id.size(), 256)), why));
     return;
   }
-  region.tell(Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
-                auto i = b.CreateString(id.data(), id.size());
-                auto p = b.CreateVector(msg.bytes().data(), msg.size());
-                auto k = key.empty() ? flatbuffers::Offset<flatbuffers::String>() : b.CreateString(key.data(), key.size());
-                return CreateEntityEnvelope(b, i, msg.type(), p, 0, 0, 0, 0, k);
-              }),
-              sender);
+  auto envelope = [&](ShardId shard, std::uint64_t epoch, std::uint8_t hops, bool typed) {
+    return Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
+      auto i = b.CreateString(id.data(), id.size());
+      auto p = b.CreateVector(msg.bytes().data(), msg.size());
+      auto t = typed ? b.CreateString(type.data(), type.size()) : flatbuffers::Offset<flatbuffers::String>();
+      auto k = key.empty() ? flatbuffers::Offset<flatbuffers::String>() : b.CreateString(key.data(), key.size());
+      return CreateEntityEnvelope(b, i, msg.type(), p, t, shard, epoch, hops, k);
+    });
+  };
+  // Straight to a remote owner from the region's table, when nothing of ours waits in the
+  // region (see Shared::TypeEntry::route).
+  if (table && table->usable && in_region->load(std::memory_order_acquire) == 0) {
+    const auto shard = shard_of(type, id, num_shards);
+    const auto o = shard < table->owner.size() ? table->owner[shard] : 0;
+    if (o != 0 && !table->moving[shard] && static_cast<int>(o) - 1 != table->self_index) {
+      shared.forwarded.fetch_add(1, std::memory_order_relaxed);
+      table->regions[o - 1].tell(envelope(shard, table->epoch[shard], 1, true), sender);
+      return;
+    }
+  }
+  in_region->fetch_add(1, std::memory_order_acq_rel);
+  region.tell(envelope(0, 0, 0, false), sender);
 }
 
 /// One ask: forwards the question with the ask's reply address as the sender, then stops.

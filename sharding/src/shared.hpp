@@ -31,6 +31,16 @@ struct Sharding::Shared {
   std::uint64_t self_uid = 0;
   std::string self_address;                       // "troupe://<uid>@host:port"
 
+  /// A region's table as callers route from it (immutable; replaced whole).
+  struct Route {
+    std::vector<ActorRef> regions;
+    std::vector<std::uint16_t> owner;  // index + 1 into regions; 0: no home
+    std::vector<std::uint64_t> epoch;
+    std::vector<std::uint8_t> moving;
+    int self_index = -1;
+    bool usable = false;               // false: everything goes through the region
+  };
+
   mutable std::mutex mu;
   struct TypeEntry {
     EntitySettings settings;
@@ -39,6 +49,11 @@ struct Sharding::Shared {
     // What the region hosts now (shard -> epoch) and its table, for reports and inspection.
     std::unordered_map<ShardId, std::uint64_t> hosted;
     std::vector<ShardInfo> table;
+    // Callers send straight to a remote owner from this copy, but only while no message of
+    // theirs waits in the region's mailbox (in_region == 0): what went through the region
+    // earlier has then been passed on already, so per-sender order holds.
+    std::shared_ptr<const Route> route;
+    std::shared_ptr<std::atomic<std::int64_t>> in_region = std::make_shared<std::atomic<std::int64_t>>(0);
   };
   std::unordered_map<std::string, TypeEntry> types;
   // Members as membership last told (uid -> info), and the coordinator they give.
