@@ -376,6 +376,41 @@ TEST(ClusterSharding, RefusesForgedTablesMisroutedEnvelopesUnknownTypesAndBadIds
   EXPECT_EQ(c.sh[0]->stats().tables_applied, tables);
   EXPECT_FALSE(c.hosted(0).empty()) << "n0 still serves its shards";
 
+  // The coordinator's own table, but older than the one applied: acknowledged, not applied.
+  auto coord0 = c.nodes[0]->system().lookup("/system/sharding-coordinator");
+  ASSERT_TRUE(coord0);
+  auto local_region0 = c.nodes[0]->system().lookup("/system/sharding-account");
+  ASSERT_TRUE(local_region0);
+  auto stale = Message::build<sharding::ShardTableUpdate>([&](flatbuffers::FlatBufferBuilder& b) {
+    return sharding::CreateShardTableUpdate(b, b.CreateString(kType), c.uid(0), 1, kShards, b.CreateVectorOfStrings(regions),
+                                            b.CreateVector(owner), b.CreateVector(epoch), b.CreateVector(moving));
+  });
+  local_region0.tell(stale, coord0);
+  // A message sent after it through the same region is answered by its owner: n0 kept its table.
+  EXPECT_FALSE(c.get(0, "after-stale").first.empty());
+  EXPECT_EQ(c.sh[0]->stats().tables_applied, tables);
+  EXPECT_FALSE(c.hosted(0).empty());
+
+  // A correctly stamped envelope sent to a region that does not own the shard is passed on to
+  // the owner, never delivered here.
+  std::string elsewhere;
+  for (int k = 0; elsewhere.empty() && k < 1000; ++k) {
+    const auto id = "w" + std::to_string(k);
+    if (!c.hosted(0).count(sharding::shard_of(kType, id, kShards))) elsewhere = id;
+  }
+  ASSERT_FALSE(elsewhere.empty());
+  const auto rerouted = c.sh[0]->stats().rerouted;
+  testkit::Probe asker(c.nodes[1]->system());
+  region0->tell(Message::build<sharding::EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
+    auto m = cmd("get");
+    return sharding::CreateEntityEnvelope(b, b.CreateString(elsewhere), m.type(), b.CreateVector(m.bytes().data(), m.size()),
+                                          b.CreateString(kType), sharding::shard_of(kType, elsewhere, kShards), 1, 1);
+  }), asker.ref());
+  auto answer = asker.next(10s);
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(op_of(answer->msg), "n1") << "answered by the owner";
+  EXPECT_EQ(c.sh[0]->stats().rerouted, rerouted + 1);
+
   // An envelope stamped with a shard its id does not hash to is dropped.
   region0->tell(Message::build<sharding::EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
     auto m = cmd("add", 1);
