@@ -1,6 +1,7 @@
 // troupe-node: runs one Troupe node: remoting (CURVE key pair and allow-list from files), gossip
 // membership (--keyring), cluster sharding with the built-in test entity (--entity) and the test
-// actors; configuration files, environment variables and the admin HTTP server come later.
+// actors; the admin HTTP server comes later. Every setting is a flag, a TROUPE_<NAME> environment
+// variable and a key of the --config TOML file, in that order of precedence.
 //
 // On start it prints one line to stdout, "troupe-node ready <address>[ gossip <host:port>]",
 // then one line per membership event ("troupe-node event <kind> <name> <uid> <status>
@@ -9,7 +10,12 @@
 // exit 3. SIGHUP re-reads the allow-list file. A bad flag or file exits 2 with a message naming
 // it.
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cstdlib>
+#include <set>
+#include <string_view>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -59,9 +65,45 @@ AllowListFile read_allow_list(const std::string& file) {
 
 }  // namespace
 
+/// The command line as CLI11 parses it (reversed), with every option not given as a flag but set
+/// as TROUPE_<NAME> in the environment put in front: flags > environment > config file (CLI11
+/// reads the file only for options still unset) > defaults. A list option's variable holds
+/// comma-separated values.
+std::vector<std::string> with_environment(const CLI::App& app, int argc, char** argv) {
+  std::set<std::string> given;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a.starts_with("--")) given.emplace(a.substr(2, a.find('=') == std::string_view::npos ? a.npos : a.find('=') - 2));
+  }
+  std::vector<std::string> args;
+  for (const auto* o : app.get_options()) {
+    if (o->get_lnames().empty()) continue;
+    const auto& name = o->get_lnames().front();
+    std::string env = "TROUPE_";
+    for (char c : name) env.push_back(c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
+    const char* v = std::getenv(env.c_str());
+    if (!v || !*v || given.count(name)) continue;
+    if (o->get_expected_max() > 1) {
+      std::stringstream list(v);
+      for (std::string item; std::getline(list, item, ',');) {
+        if (!item.empty()) args.push_back("--" + name + "=" + item);
+      }
+    } else {
+      args.push_back("--" + name + "=" + v);
+    }
+  }
+  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+  std::reverse(args.begin(), args.end());
+  return args;
+}
+
 int main(int argc, char** argv) {
   using namespace troupe;
   CLI::App app{"troupe-node: one node of a Troupe cluster"};
+  // A value given twice (environment, then flag) keeps the last.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.allow_config_extras(false);  // an unknown key in the file is an error (a typo would go unnoticed)
+  app.set_config("--config", "", "TOML file of settings: each key is a flag's long name (e.g. port = 7947, seed = [\"a:7946\"])");
   node::NodeOptions opt;
   std::string key_file, allow_file;
   std::vector<std::string> peer_keys;
@@ -101,7 +143,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{86'400'000}))->capture_default_str();
   app.add_option("--activation-log", activation_log,
                  "append one line per entity start and stop to FILE (tests check that activations never overlap)");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(with_environment(app, argc, argv));
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
   opt.transport.max_queue_per_peer = max_queue;
 
   if (!opt.transport.insecure) {

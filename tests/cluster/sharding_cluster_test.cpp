@@ -17,6 +17,7 @@
 #include <troupe/sharding/client.hpp>
 #include <troupe/sharding/region.hpp>
 
+#include "activation_check.hpp"
 #include "cluster_nodes.hpp"
 #include "testkit.hpp"
 
@@ -49,14 +50,9 @@ struct ActivationLog {
   /// Fails on any moment with two live activations of one entity; returns activations per id.
   std::map<std::string, int> check() {
     std::lock_guard lk(mu);
-    std::map<std::string, int> live, total;
-    for (const auto& e : entries) {
-      int& l = live[e.id];
-      l += e.started ? 1 : -1;
-      if (e.started) ++total[e.id];
-      EXPECT_LE(l, 1) << "two live activations of " << e.id << " (node n" << e.node << " started one)";
-    }
-    return total;
+    std::vector<testkit::ActivationRecord> records;
+    for (const auto& e : entries) records.push_back({"n" + std::to_string(e.node), e.id, e.started});
+    return testkit::check_single_activation(records);
   }
 };
 
@@ -112,6 +108,11 @@ struct ShardCluster {
     } else {
       sh[i]->start_proxy(kType, kShards);
     }
+  }
+  /// Starts hosting nodes `ids` and waits until they settled.
+  bool start(const std::vector<int>& ids) {
+    for (int i : ids) add(i);
+    return eventually([&] { return settled(ids, ids); }, 30s);
   }
   std::uint64_t uid(int i) const { return nodes[i]->transport().address().uid; }
 
@@ -179,10 +180,7 @@ std::string id_of(int k) { return "acct-" + std::to_string(k); }
 
 TEST(ClusterSharding, RoutesEveryEntityToOneActivationOnItsOwner) {
   ShardCluster c;
-  c.add(0);
-  c.add(1);
-  c.add(2);
-  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2}, {0, 1, 2}); }, 30s));
+  ASSERT_TRUE(c.start({0, 1, 2}));
   for (int i : {0, 1, 2}) EXPECT_EQ(c.sh[i]->coordinator(), c.uid(0)) << "the oldest member coordinates";
   std::set<std::string> answered_by;
   for (int k = 0; k < 60; ++k) {
@@ -201,10 +199,7 @@ TEST(ClusterSharding, RoutesEveryEntityToOneActivationOnItsOwner) {
 
 TEST(ClusterSharding, JoinMovesExactlyTheNewcomersShareWithEntityState) {
   ShardCluster c;
-  c.add(0);
-  c.add(1);
-  c.add(2);
-  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2}, {0, 1, 2}); }, 30s));
+  ASSERT_TRUE(c.start({0, 1, 2}));
   for (int k = 0; k < 80; ++k) c.sh[0]->tell(kType, id_of(k), cmd("add", 5));
   for (int k = 0; k < 80; ++k) ASSERT_EQ(c.get(0, id_of(k)).second, 5u) << id_of(k);
   const auto before = c.sh[0]->shards(kType);
@@ -228,10 +223,7 @@ TEST(ClusterSharding, JoinMovesExactlyTheNewcomersShareWithEntityState) {
 
 TEST(ClusterSharding, GracefulLeaveHandsEveryShardOffWithState) {
   ShardCluster c;
-  c.add(0);
-  c.add(1);
-  c.add(2);
-  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2}, {0, 1, 2}); }, 30s));
+  ASSERT_TRUE(c.start({0, 1, 2}));
   for (int k = 0; k < 60; ++k) c.sh[1]->tell(kType, id_of(k), cmd("add", 3));
   for (int k = 0; k < 60; ++k) ASSERT_EQ(c.get(1, id_of(k)).second, 3u);
   // Keep traffic flowing through the move: nothing may be lost.
@@ -247,10 +239,7 @@ TEST(ClusterSharding, GracefulLeaveHandsEveryShardOffWithState) {
 
 TEST(ClusterSharding, LostMembersShardsComeBackOnSurvivorsAfterItIsDowned) {
   ShardCluster c;
-  c.add(0);
-  c.add(1);
-  c.add(2);
-  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2}, {0, 1, 2}); }, 30s));
+  ASSERT_TRUE(c.start({0, 1, 2}));
   for (int k = 0; k < 60; ++k) c.sh[0]->tell(kType, id_of(k), cmd("add", 1));
   std::set<std::string> on_n2;
   for (int k = 0; k < 60; ++k) {
@@ -272,10 +261,7 @@ TEST(ClusterSharding, LostMembersShardsComeBackOnSurvivorsAfterItIsDowned) {
 
 TEST(ClusterSharding, CoordinatorLossStallsNoShardThatDoesNotMove) {
   ShardCluster c;
-  c.add(0);
-  c.add(1);
-  c.add(2);
-  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2}, {0, 1, 2}); }, 30s));
+  ASSERT_TRUE(c.start({0, 1, 2}));
   // Entities on n1 and n2: their shards never move when n0 goes.
   std::vector<std::string> steady;
   for (int k = 0; steady.size() < 20 && k < 400; ++k) {
@@ -351,9 +337,7 @@ TEST(ClusterSharding, ARetryingAskGetsThroughOnceTheShardHasAHome) {
 
 TEST(ClusterSharding, RefusesForgedTablesMisroutedEnvelopesUnknownTypesAndBadIds) {
   ShardCluster c;
-  c.add(0);
-  c.add(1);
-  ASSERT_TRUE(eventually([&] { return c.settled({0, 1}, {0, 1}); }, 30s));
+  ASSERT_TRUE(c.start({0, 1}));
   const auto tables = c.sh[0]->stats().tables_applied;
   // n1 is a member but not the coordinator: its table is ignored.
   auto region0 = c.nodes[1]->transport().resolve(c.nodes[0]->transport().address().to_string() + "/system/sharding-account");
@@ -433,10 +417,7 @@ TEST(ClusterSharding, RefusesForgedTablesMisroutedEnvelopesUnknownTypesAndBadIds
 
 TEST(ClusterSharding, AClientThatIsNotAMemberRoutesThroughTheTablesAndFollowsACoordinatorMove) {
   ShardCluster c;
-  c.add(0);
-  c.add(1);
-  c.add(2);
-  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2}, {0, 1, 2}); }, 30s));
+  ASSERT_TRUE(c.start({0, 1, 2}));
   // A remoting-only process: no membership; it knows one member's endpoint and key.
   node::NodeOptions o;
   o.name = "client";

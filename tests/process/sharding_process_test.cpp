@@ -22,6 +22,7 @@
 #include <troupe/node/node.hpp>
 #include <troupe/remoting/security.hpp>
 
+#include "activation_check.hpp"
 #include "node_generated.h"
 #include "node_process.hpp"
 #include "testkit.hpp"
@@ -188,14 +189,9 @@ struct ShardProcs : ::testing::Test {
       if (k != killed_at.end()) evs.push_back({k->second, false, key.first, v.first, key.second});
     }
     std::stable_sort(evs.begin(), evs.end(), [](const Ev& a, const Ev& b) { return a.t < b.t; });
-    std::map<std::string, int> live, total;
-    for (const auto& e : evs) {
-      int& l = live[e.id];
-      l += e.start ? 1 : -1;
-      if (e.start) ++total[e.id];
-      EXPECT_LE(l, 1) << "two live activations of " << e.id << " (" << e.node << " started one)";
-    }
-    return total;
+    std::vector<testkit::ActivationRecord> records;
+    for (const auto& e : evs) records.push_back({e.node, e.id, e.start});
+    return testkit::check_single_activation(records);
   }
 
   TempDir dir;

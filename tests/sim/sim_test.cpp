@@ -59,6 +59,13 @@ bool downed_by(Simulation& sim, int i, int of) {
   return !m || m->status == MemberStatus::down || m->status == MemberStatus::removed;
 }
 
+bool downed_by_all(Simulation& sim, const std::vector<int>& who, int of) {
+  for (int i : who) {
+    if (!downed_by(sim, i, of)) return false;
+  }
+  return true;
+}
+
 int downs_seen(Simulation& sim, const std::vector<int>& who) {
   int n = 0;
   for (int i : who) {
@@ -126,14 +133,7 @@ TEST_F(Sim, AKilledNodeIsDownedByEveryLiveNode) {
   sim->kill(7);
   std::vector<int> live = range(0, 20);
   live.erase(live.begin() + 7);
-  ASSERT_TRUE(sim->run_until(
-      [&] {
-        for (int i : live) {
-          if (!downed_by(*sim, i, 7)) return false;
-        }
-        return true;
-      },
-      60s));
+  ASSERT_TRUE(sim->run_until([&] { return downed_by_all(*sim, live, 7); }, 60s));
   const auto took = sim->now() - killed_at;
   EXPECT_LT(took, nanoseconds(cfg.stable_after) + 10s) << "detection + downing took " << took.count() / 1e9 << " s";
   for (int i : live) EXPECT_FALSE(sim->node(i).stopped()) << name_of(i);
@@ -148,14 +148,7 @@ TEST_F(Sim, ACrashedProcessWhosePortRefusesIsDownedWellUnderStableAfter) {
   sim->crash(7);
   std::vector<int> live = range(0, 20);
   live.erase(live.begin() + 7);
-  ASSERT_TRUE(sim->run_until(
-      [&] {
-        for (int i : live) {
-          if (!downed_by(*sim, i, 7)) return false;
-        }
-        return true;
-      },
-      60s));
+  ASSERT_TRUE(sim->run_until([&] { return downed_by_all(*sim, live, 7); }, 60s));
   const auto took = sim->now() - crashed_at;
   RecordProperty("took_ms", std::to_string(took.count() / 1'000'000));
   EXPECT_LT(took, nanoseconds(cfg.stable_after) / 2) << "detection + downing took " << took.count() / 1e9 << " s";

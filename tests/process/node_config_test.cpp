@@ -1,0 +1,110 @@
+// troupe-node's settings: a TOML file (--config), TROUPE_<NAME> environment variables and flags,
+// in that order of precedence; a bad value or an unknown key stops the start naming it.
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "node_process.hpp"
+
+namespace troupe {
+namespace {
+
+using testkit::NodeProcess;
+using testkit::TempDir;
+
+/// A TCP port free right now on 127.0.0.1.
+std::uint16_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+/// Sets an environment variable for the lifetime of the object (children inherit it).
+struct Env {
+  std::string name;
+  Env(std::string n, const std::string& v) : name(std::move(n)) { ::setenv(name.c_str(), v.c_str(), 1); }
+  ~Env() { ::unsetenv(name.c_str()); }
+};
+
+/// Runs troupe-node to its exit: (exit code, stdout and stderr).
+std::pair<int, std::string> run(const std::vector<std::string>& args) {
+  std::string cmd = std::string("timeout 20 ") + TROUPE_NODE_BIN;  // a start that should fail must not hang the test
+  for (const auto& a : args) cmd += " '" + a + "'";
+  cmd += " 2>&1";
+  std::string out;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  char buf[512];
+  while (f && std::fgets(buf, sizeof buf, f)) out += buf;
+  const int status = f ? ::pclose(f) : -1;
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string write(const TempDir& dir, const std::string& name, const std::string& text) {
+  const auto path = (dir.path / name).string();
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(NodeConfig, FlagsBeatTheEnvironmentWhichBeatsTheFile) {
+  TempDir dir;
+  const auto p1 = free_port(), p2 = free_port(), p3 = free_port();
+  const auto file = write(dir, "node.toml", "insecure = true\nname = \"from-file\"\nport = " + std::to_string(p1) + "\n");
+  {
+    NodeProcess n({"--config", file});
+    EXPECT_EQ(n.address.port, p1) << "the file";
+    n.stop();
+  }
+  Env port("TROUPE_PORT", std::to_string(p2));
+  {
+    NodeProcess n({"--config", file});
+    EXPECT_EQ(n.address.port, p2) << "the environment over the file";
+    n.stop();
+  }
+  {
+    NodeProcess n({"--config", file, "--port", std::to_string(p3)});
+    EXPECT_EQ(n.address.port, p3) << "a flag over both";
+    n.stop();
+  }
+  // The file itself can come from the environment too.
+  Env config("TROUPE_CONFIG", file);
+  NodeProcess n({});
+  EXPECT_EQ(n.address.port, p2);
+}
+
+TEST(NodeConfig, ABadValueOrAnUnknownKeyStopsTheStartNamingIt) {
+  TempDir dir;
+  auto [c1, o1] = run({"--config", write(dir, "a.toml", "insecure = true\nport = 0\nworkers = 5000\n")});
+  EXPECT_EQ(c1, 2);
+  EXPECT_NE(o1.find("workers"), std::string::npos) << o1;
+  auto [c2, o2] = run({"--config", write(dir, "b.toml", "insecure = true\nport = 0\ncolour = \"red\"\n")});
+  EXPECT_EQ(c2, 2);
+  EXPECT_NE(o2.find("colour"), std::string::npos) << o2;
+  auto [c3, o3] = run({"--config", (dir.path / "missing.toml").string()});
+  EXPECT_EQ(c3, 2);
+  EXPECT_NE(o3.find("missing.toml"), std::string::npos) << o3;
+  {
+    Env workers("TROUPE_WORKERS", "many");
+    auto [c4, o4] = run({"--insecure", "--port", "0"});
+    EXPECT_EQ(c4, 2);
+    EXPECT_NE(o4.find("workers"), std::string::npos) << o4;
+  }
+  auto [c5, o5] = run({"--config", write(dir, "c.toml", "insecure = true\nport = 0\npreset = \"fast\"\nkeyring = \"/x\"\n")});
+  EXPECT_EQ(c5, 2);
+  EXPECT_NE(o5.find("preset"), std::string::npos) << o5;
+}
+
+}  // namespace
+}  // namespace troupe
