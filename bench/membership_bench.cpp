@@ -280,7 +280,7 @@ class TroupeCluster final : public Cluster {
                                  "--key-file", (dir.path / (name(i) + ".key")).string(),
                                  "--allow-list", (dir.path / "allow").string(),
                                  "--keyring", (dir.path / "keyring").string(),
-                                 "--preset", "lan", "--gossip-port", "0"};
+                                 "--preset", "lan", "--gossip-port", "0", "--admin-port", "0"};
       if (i > 0) {
         a.push_back("--seed");
         a.push_back(seed);
@@ -292,6 +292,7 @@ class TroupeCluster final : public Cluster {
         const auto g = ready->text.find(" gossip ");
         if (g == std::string::npos) throw std::runtime_error("no gossip endpoint on the ready line");
         seed = ready->text.substr(g + 8);
+        seed = seed.substr(0, seed.find(' '));  // " admin host:port" may follow
       }
     }
     for (int i = 0; i < n; ++i) {

@@ -21,7 +21,7 @@ for n in n1 n2 n3 client; do "$build/remoting/troupe-keygen" "$dir" "$n" | grep 
 start() {  # start NAME [extra flags]: runs a node, waits for its ready line, sets $ready
   local name=$1
   shift
-  "$build/node/troupe-node" --name "$name" --port 0 --gossip-port 0 --workers 1 --preset local \
+  "$build/node/troupe-node" --name "$name" --port 0 --gossip-port 0 --admin-port 0 --workers 1 --preset local \
     --key-file "$dir/$name.key" --allow-list "$dir/allow" --keyring "$dir/keyring" --test-actors "$@" \
     >"$dir/$name.out" 2>"$dir/$name.log" &
   pids+=($!)
@@ -35,7 +35,8 @@ start() {  # start NAME [extra flags]: runs a node, waits for its ready line, se
 }
 
 start n1
-seed=${ready##* gossip }
+seed=${ready#* gossip }
+seed=${seed%% *}  # the admin endpoint follows
 start n2 --seed "$seed"
 start n3 --seed "$seed"
 

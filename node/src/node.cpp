@@ -170,6 +170,21 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
     n->system_->spawn<SinkActor>(SpawnOptions{.name = "sink"});
     n->system_->spawn<RelayActor>(SpawnOptions{.name = "relay"}, n->transport_.get());
   }
+  // Last, so that it never reports on parts still starting.
+  if (options.admin) {
+    AdminSources src{n->system_.get(), n->transport_.get(), n->membership_.get(), n->sharding_.get(),
+                     std::move(options.admin->entity_types)};
+    if (options.sharding) {
+      for (const auto& s : options.sharding->test_entities) src.entity_types.emplace_back(s.type, s.num_shards);
+      for (const auto& p : options.sharding->proxies) src.entity_types.push_back(p);
+    }
+    auto a = AdminServer::start(std::move(*options.admin), std::move(src));
+    if (!a) {
+      n->stop();
+      return a.error();
+    }
+    n->admin_ = std::move(a).value();
+  }
   return n;
 }
 
@@ -178,6 +193,7 @@ Node::~Node() { stop(); }
 void Node::stop() {
   if (stopped_) return;
   stopped_ = true;
+  if (admin_) admin_->stop();  // first: it reads every other part
   if (membership_) membership_->stop();
   if (transport_) transport_->stop();
   if (system_) system_->shutdown();

@@ -1,10 +1,11 @@
 // troupe-node: runs one Troupe node: remoting (CURVE key pair and allow-list from files), gossip
 // membership (--keyring), cluster sharding with the built-in test entity (--entity) and the test
-// actors; the admin HTTP server comes later. Every setting is a flag, a TROUPE_<NAME> environment
-// variable and a key of the --config TOML file, in that order of precedence.
+// actors, and the admin HTTP server (--admin-port, default 7948; --no-admin turns it off). Every
+// setting is a flag, a TROUPE_<NAME> environment variable and a key of the --config TOML file, in
+// that order of precedence.
 //
-// On start it prints one line to stdout, "troupe-node ready <address>[ gossip <host:port>]",
-// then one line per membership event ("troupe-node event <kind> <name> <uid> <status>
+// On start it prints one line to stdout, "troupe-node ready <address>[ gossip <host:port>][ admin
+// <host:port>]", then one line per membership event ("troupe-node event <kind> <name> <uid> <status>
 // [detail]"). SIGTERM or SIGINT: hand every local shard off, leave the cluster gracefully and
 // exit 0. Downed by the cluster:
 // exit 3. SIGHUP re-reads the allow-list file. A bad flag or file exits 2 with a message naming
@@ -31,6 +32,11 @@
 #include <unistd.h>
 
 namespace {
+
+/// Loopback only: the admin port may run without a token there (no other host can reach it).
+bool loopback_host(const std::string& h) {
+  return h == "localhost" || h == "::1" || h == "[::1]" || h.starts_with("127.");
+}
 
 int fail(const std::string& what) {
   std::cerr << "troupe-node: " << what << "\n";
@@ -143,6 +149,15 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{86'400'000}))->capture_default_str();
   app.add_option("--activation-log", activation_log,
                  "append one line per entity start and stop to FILE (tests check that activations never overlap)");
+  // Admin HTTP: on by default (loopback); writes need --admin-token, and so does any other bind.
+  node::AdminOptions admin;
+  bool no_admin = false;
+  app.add_option("--admin-bind", admin.bind_host, "interface of the admin HTTP port (other than loopback: needs "
+                                                  "--admin-token)")->capture_default_str();
+  app.add_option("--admin-port", admin.port, "admin HTTP port (0: any free port)")->capture_default_str();
+  app.add_option("--admin-token", admin.token, "bearer token for admin writes (leave, down); without it they are "
+                                               "refused (prefer TROUPE_ADMIN_TOKEN: flags show in ps)");
+  app.add_flag("--no-admin", no_admin, "no admin HTTP server");
   try {
     app.parse(with_environment(app, argc, argv));
   } catch (const CLI::ParseError& e) {
@@ -150,6 +165,16 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 2;
   }
   opt.transport.max_queue_per_peer = max_queue;
+  if (!no_admin) {
+    if (admin.bind_host.size() > 2 && admin.bind_host.front() == '[' && admin.bind_host.back() == ']') {
+      admin.bind_host = admin.bind_host.substr(1, admin.bind_host.size() - 2);  // "[::1]": the resolver wants ::1
+    }
+    if (admin.bind_host.empty()) return fail("--admin-bind must not be empty");
+    if (!loopback_host(admin.bind_host) && admin.token.empty()) {
+      return fail("--admin-bind " + admin.bind_host + " is not loopback: set --admin-token (or TROUPE_ADMIN_TOKEN) too");
+    }
+    opt.admin = admin;
+  }
 
   if (!opt.transport.insecure) {
     if (key_file.empty()) return fail("--key-file is required (or --insecure for local development)");
@@ -271,6 +296,10 @@ int main(int argc, char** argv) {
   {
     std::string line = "troupe-node ready " + (*n)->transport().address().to_string();
     if (auto* m = (*n)->membership()) line += " gossip " + m->endpoint().to_string();
+    if ((*n)->admin()) {
+      const bool v6 = admin.bind_host.find(':') != std::string::npos && !admin.bind_host.starts_with("[");
+      line += " admin " + (v6 ? "[" + admin.bind_host + "]" : admin.bind_host) + ":" + std::to_string((*n)->admin_port());
+    }
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
   }

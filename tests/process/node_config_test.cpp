@@ -106,5 +106,45 @@ TEST(NodeConfig, ABadValueOrAnUnknownKeyStopsTheStartNamingIt) {
   EXPECT_NE(o5.find("preset"), std::string::npos) << o5;
 }
 
+/// One HTTP/1.0 GET over a plain socket: the whole response ("" when it cannot connect).
+std::string http_get(std::uint16_t port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[4096];
+      for (ssize_t k; (k = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(k));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+TEST(NodeConfig, TheAdminPortIsInTheReadyLineAndGuardedBeyondLoopback) {
+  {
+    NodeProcess n({"--insecure", "--port", "0"});
+    ASSERT_NE(n.admin_port(), 0) << "no admin endpoint in the ready line";
+    EXPECT_TRUE(n.admin.starts_with("127.0.0.1:")) << n.admin;
+    EXPECT_EQ(http_get(n.admin_port(), "/healthz").rfind("HTTP/1.0 200", 0), 0u);
+    EXPECT_NE(http_get(n.admin_port(), "/metrics").find("troupe_remoting_frames_in_total{node="), std::string::npos);
+    n.stop();
+  }
+  {
+    NodeProcess n({"--insecure", "--port", "0", "--no-admin"});
+    EXPECT_EQ(n.admin, "");
+    EXPECT_EQ(n.admin_port(), 0);
+    n.stop();
+  }
+  auto [c1, o1] = run({"--insecure", "--port", "0", "--admin-bind", "0.0.0.0", "--admin-port", "0"});
+  EXPECT_EQ(c1, 2);
+  EXPECT_NE(o1.find("--admin-bind"), std::string::npos) << o1;
+  EXPECT_NE(o1.find("--admin-token"), std::string::npos) << o1;
+}
+
 }  // namespace
 }  // namespace troupe

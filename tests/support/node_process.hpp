@@ -35,8 +35,13 @@ struct TempDir {
 
 class NodeProcess {
  public:
-  /// Starts troupe-node with `args` and waits (up to 20 s) for its ready line.
+  /// Starts troupe-node with `args` and waits (up to 20 s) for its ready line. Unless `args` or
+  /// the environment choose otherwise, the admin port is any free one (several nodes run at once).
   explicit NodeProcess(std::vector<std::string> args) {
+    const bool admin_chosen = std::any_of(args.begin(), args.end(), [](const std::string& a) {
+      return a.starts_with("--admin-port") || a.starts_with("--no-admin");
+    }) || ::getenv("TROUPE_ADMIN_PORT") || ::getenv("TROUPE_NO_ADMIN");
+    if (!admin_chosen) args.emplace_back("--admin-port=0");
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
     pid_ = ::fork();
@@ -60,7 +65,12 @@ class NodeProcess {
     std::lock_guard lk(mu_);
     for (const auto& l : lines_) {
       if (!l.starts_with(kReady)) continue;
+      // "<address>[ gossip <host:port>][ admin <host:port>]"
       auto rest = l.substr(kReady.size());
+      if (auto a = rest.find(" admin "); a != std::string::npos) {
+        admin = rest.substr(a + 7);
+        rest.erase(a);
+      }
       auto g = rest.find(" gossip ");
       address_str = rest.substr(0, g);
       if (g != std::string::npos) gossip = rest.substr(g + 8);
@@ -109,6 +119,12 @@ class NodeProcess {
   std::string address_str;  ///< "troupe://<node>@<host>:<port>"
   remoting::NodeAddress address;
   std::string gossip;       ///< "host:port" when membership is on
+  std::string admin;        ///< "host:port" of the admin HTTP server ("" with --no-admin)
+  /// The admin port (0: none).
+  std::uint16_t admin_port() const {
+    const auto colon = admin.rfind(':');
+    return colon == std::string::npos ? 0 : static_cast<std::uint16_t>(std::stoi(admin.substr(colon + 1)));
+  }
 
  private:
   std::size_t count_locked(const std::string& kind, const std::string& name) const {

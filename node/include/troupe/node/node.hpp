@@ -1,8 +1,8 @@
 #pragma once
 /// \file
 /// Node: the composition root of a Troupe node process (troupe-node). It owns the actor system,
-/// the remoting transport, membership and cluster sharding; the admin HTTP server joins it
-/// later. Embedding programs may use it too.
+/// the remoting transport, membership, cluster sharding and the admin HTTP server. Embedding
+/// programs may use it too.
 
 #include <memory>
 #include <string>
@@ -13,6 +13,7 @@
 #include <optional>
 
 #include <troupe/actor/actor_system.hpp>
+#include <troupe/node/admin.hpp>
 #include <troupe/membership/service.hpp>
 #include <troupe/remoting/transport.hpp>
 #include <troupe/serialization/result.hpp>
@@ -47,6 +48,9 @@ struct NodeOptions {
     std::vector<std::pair<std::string, std::uint32_t>> proxies;
   };
   std::optional<ShardingOptions> sharding;
+  /// The admin HTTP server (admin.hpp; absent: none). It reports on the entity types of
+  /// `sharding` and those listed in AdminOptions::entity_types.
+  std::optional<AdminOptions> admin;
 };
 
 class Node {
@@ -58,7 +62,8 @@ class Node {
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
-  /// Stops membership (without leaving), the transport, then the actor system. Idempotent.
+  /// Stops the admin server, membership (without leaving), the transport, then the actor system.
+  /// Idempotent.
   void stop();
   /// Leaves the cluster gracefully, then stops: hands every local shard off first (up to half
   /// of `timeout`), then leaves membership (waiting for the removal).
@@ -70,6 +75,10 @@ class Node {
   membership::MembershipService* membership() noexcept { return membership_.get(); }
   /// Null without sharding.
   sharding::Sharding* sharding() noexcept { return sharding_.get(); }
+  /// Null without the admin server.
+  AdminServer* admin() noexcept { return admin_.get(); }
+  /// The admin server's bound port (0: no admin server).
+  std::uint16_t admin_port() const noexcept { return admin_ ? admin_->port() : 0; }
 
  private:
   Node() = default;
@@ -77,6 +86,7 @@ class Node {
   std::unique_ptr<remoting::Transport> transport_;
   std::unique_ptr<membership::MembershipService> membership_;
   std::unique_ptr<sharding::Sharding> sharding_;
+  std::unique_ptr<AdminServer> admin_;
   bool stopped_ = false;
 };
 

@@ -1,0 +1,96 @@
+#pragma once
+/// \file
+/// The admin HTTP server of a node (Boost.Beast, one I/O thread): health and readiness probes,
+/// Prometheus metrics, JSON views of members, shards and entities, and the operator actions
+/// leave and down (bearer token). See DESIGN.md "Node and operations".
+///
+///   GET  /healthz                          200 "ok" while the server runs
+///   GET  /readyz                           200 when this member is up and every known entity
+///                                          type has a complete shard table; else 503 + reason
+///   GET  /metrics                          Prometheus text format 0.0.4
+///   GET  /api/v1/members                   JSON array of members
+///   GET  /api/v1/shards[?type=T]           JSON object per entity type
+///   GET  /api/v1/entities/{type}/{id}      JSON: the entity's shard and owning region
+///   POST /api/v1/members/{name}/leave|down Authorization: Bearer <token>; 403 without a token
+///                                          configured, 401 for a missing or wrong one
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <troupe/actor/actor_system.hpp>
+#include <troupe/membership/service.hpp>
+#include <troupe/remoting/transport.hpp>
+#include <troupe/serialization/result.hpp>
+#include <troupe/sharding/region.hpp>
+
+namespace troupe::node {
+
+struct AdminOptions {
+  std::string bind_host = "127.0.0.1";
+  std::uint16_t port = 7948;  ///< 0: any free port (see Node::admin_port())
+  /// Bearer token for the write endpoints; empty: writes are refused (403).
+  std::string token;
+  /// A connection that sends no complete request within this time is closed.
+  std::chrono::milliseconds read_timeout{5'000};
+  /// Limits per request (larger: 400 or 413, and the connection is closed).
+  std::size_t max_header_bytes = 8 * 1024;
+  std::size_t max_body_bytes = 8 * 1024;
+  /// Connections open at once; more are closed on accept (counted).
+  std::size_t max_connections = 64;
+  /// Entity types the embedding program starts on Node::sharding() itself (type, number of
+  /// shards); the types of NodeOptions::sharding are added by Node.
+  std::vector<std::pair<std::string, std::uint32_t>> entity_types;
+};
+
+/// Counters of the admin server itself (also in /metrics).
+struct AdminStats {
+  std::uint64_t connections = 0;           ///< accepted
+  std::uint64_t connections_refused = 0;   ///< over max_connections
+  std::uint64_t requests = 0;              ///< answered, any status
+  std::uint64_t bad_requests = 0;          ///< unparsable or over a size limit
+  std::uint64_t timeouts = 0;              ///< connections closed by the read timeout
+  std::uint64_t unauthorized = 0;          ///< writes with a missing or wrong token (401)
+  std::uint64_t forbidden = 0;             ///< writes while no token is configured (403)
+  std::uint64_t not_found = 0;
+  std::uint64_t method_not_allowed = 0;
+  std::uint64_t internal_errors = 0;       ///< a handler threw (500)
+};
+
+/// What the server reports on. Every pointer but `system` may be null; all must outlive the
+/// server.
+struct AdminSources {
+  ActorSystem* system = nullptr;
+  remoting::Transport* transport = nullptr;
+  membership::MembershipService* membership = nullptr;
+  sharding::Sharding* sharding = nullptr;
+  /// Entity types this node runs (hosts or proxies): type, number of shards.
+  std::vector<std::pair<std::string, std::uint32_t>> entity_types;
+};
+
+class AdminServer {
+ public:
+  /// Binds and starts serving on its own thread. Fails when the address cannot be bound.
+  static Result<std::unique_ptr<AdminServer>> start(AdminOptions options, AdminSources sources);
+  ~AdminServer();
+  AdminServer(const AdminServer&) = delete;
+  AdminServer& operator=(const AdminServer&) = delete;
+
+  /// Closes the port and every connection, joins the thread. Idempotent.
+  void stop();
+  /// The bound port (the real one when options.port was 0).
+  std::uint16_t port() const noexcept;
+  AdminStats stats() const;
+
+  struct Impl;
+
+ private:
+  explicit AdminServer(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace troupe::node

@@ -1,0 +1,727 @@
+#include <troupe/node/admin.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <thread>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <spdlog/logger.h>
+
+#include <troupe/sharding/placement.hpp>
+
+namespace troupe::node {
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using Request = http::request<http::string_body>;
+using Response = http::response<http::string_body>;
+
+/// `s` as a JSON string. Bytes >= 0x80 pass through (names and ids are expected in UTF-8).
+std::string json_str(std::string_view s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out.push_back(ch);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string hex16(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped (text format 0.0.4).
+std::string label_value(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out.push_back(c);
+  }
+  return out;
+}
+
+/// %XX decoding ('+' is a space only in a query); nothing for a broken escape.
+std::optional<std::string> percent_decode(std::string_view s, bool query) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%') {
+      if (i + 2 >= s.size()) return std::nullopt;
+      auto hex = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+      };
+      const int hi = hex(s[i + 1]), lo = hex(s[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      out.push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else if (query && s[i] == '+') {
+      out.push_back(' ');
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+/// The value of `key` in a query string ("a=1&b=2"), decoded.
+std::optional<std::string> query_param(std::string_view query, std::string_view key) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    auto pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    const auto eq = pair.find('=');
+    if (pair.substr(0, eq) != key) continue;
+    return percent_decode(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1), true);
+  }
+  return std::nullopt;
+}
+
+/// Comparison whose time does not depend on where the strings differ (token checks).
+bool same_secret(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
+/// Prometheus text exposition: one family per call, the node label on every sample.
+class MetricsText {
+ public:
+  explicit MetricsText(std::string_view node) : node_(label_value(node)) {}
+  void counter(std::string_view name, std::string_view help, std::uint64_t v) {
+    family(std::string(name) + "_total", "counter", help);
+    sample(std::string(name) + "_total", "", v);
+  }
+  void gauge(std::string_view name, std::string_view help, std::uint64_t v) {
+    family(name, "gauge", help);
+    sample(name, "", v);
+  }
+  void family(std::string_view name, std::string_view type, std::string_view help) {
+    out_ += "# HELP ";
+    out_ += name;
+    out_ += ' ';
+    out_ += help;
+    out_ += "\n# TYPE ";
+    out_ += name;
+    out_ += ' ';
+    out_ += type;
+    out_ += '\n';
+  }
+  /// `labels`: extra labels, already formatted (`status="up"`).
+  void sample(std::string_view name, std::string_view labels, std::uint64_t v) {
+    out_ += name;
+    out_ += "{node=\"" + node_ + "\"";
+    if (!labels.empty()) {
+      out_ += ',';
+      out_ += labels;
+    }
+    out_ += "} " + std::to_string(v) + '\n';
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string node_;
+  std::string out_;
+};
+
+}  // namespace
+
+struct AdminServer::Impl {
+  AdminOptions opt;
+  AdminSources src;
+  std::atomic<std::uint64_t> connections{0}, connections_refused{0}, requests{0}, bad_requests{0}, timeouts{0},
+      unauthorized{0}, forbidden{0}, not_found{0}, method_not_allowed{0}, internal_errors{0};
+  std::atomic<std::size_t> open{0};
+  std::uint16_t port = 0;
+  std::mutex stop_mu;
+  bool stopped = false;
+  // Declared last: destroyed first, taking pending sessions with them while the counters live.
+  std::unique_ptr<asio::io_context> ioc = std::make_unique<asio::io_context>(1);
+  std::unique_ptr<tcp::acceptor> acceptor;
+  std::unique_ptr<asio::steady_timer> retry;
+  std::thread thread;
+
+  spdlog::logger& log() const { return src.system->log(); }
+  void accept();
+  Response respond(const Request& req);
+  Response reply(const Request& req, http::status status, std::string body,
+                 std::string_view type = "application/json") const;
+  Response error(const Request& req, http::status status, std::string_view why) const {
+    return reply(req, status, "{\"error\":" + json_str(why) + "}\n");
+  }
+  Response readyz(const Request& req) const;
+  std::string metrics() const;
+  std::string members_json() const;
+  std::string type_json(const std::string& type, std::uint32_t num_shards) const;
+  Response shards(const Request& req, std::string_view query) const;
+  Response entity(const Request& req, const std::string& type, const std::string& id) const;
+  Response member_action(const Request& req, const std::string& name, bool down);
+  const std::pair<std::string, std::uint32_t>* find_type(std::string_view type) const {
+    for (const auto& t : src.entity_types) {
+      if (t.first == type) return &t;
+    }
+    return nullptr;
+  }
+};
+
+namespace {
+
+/// One connection: requests in turn (keep-alive), each within the size limits and read timeout.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket s, AdminServer::Impl* server)
+      : stream_(std::move(s)), buffer_(server->opt.max_header_bytes + server->opt.max_body_bytes + 1024), server_(server) {}
+  ~Session() { --server_->open; }
+  void start() { read(); }
+
+ private:
+  void read() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(server_->opt.max_header_bytes));
+    parser_->body_limit(server_->opt.max_body_bytes);
+    stream_.expires_after(server_->opt.read_timeout);
+    http::async_read(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_read, shared_from_this()));
+  }
+  void on_read(beast::error_code ec, std::size_t) {
+    if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted || ec == asio::error::connection_reset) {
+      return close();
+    }
+    if (ec == beast::error::timeout) {
+      ++server_->timeouts;  // tcp_stream closed the socket
+      return;
+    }
+    if (ec) {
+      // Unparsable or too large: answer once, then close (the rest of the stream is not trusted).
+      ++server_->bad_requests;
+      ++server_->requests;
+      const bool too_large = ec == http::error::body_limit;
+      res_ = {};
+      res_.result(too_large ? http::status::payload_too_large : http::status::bad_request);
+      res_.set(http::field::content_type, "application/json");
+      res_.body() = "{\"error\":" + json_str(too_large ? "request too large" : "bad request: " + ec.message()) + "}\n";
+      res_.keep_alive(false);
+      return write();
+    }
+    res_ = server_->respond(parser_->get());
+    write();
+  }
+  void write() {
+    res_.prepare_payload();
+    stream_.expires_after(server_->opt.read_timeout);
+    http::async_write(stream_, res_, beast::bind_front_handler(&Session::on_write, shared_from_this()));
+  }
+  void on_write(beast::error_code ec, std::size_t) {
+    if (ec) return;
+    if (!res_.keep_alive()) return close();
+    read();
+  }
+  void close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  Response res_;
+  AdminServer::Impl* server_;
+};
+
+}  // namespace
+
+void AdminServer::Impl::accept() {
+  acceptor->async_accept([this](beast::error_code ec, tcp::socket s) {
+    if (ec == asio::error::operation_aborted) return;
+    if (ec) {
+      // Out of descriptors and the like: try again shortly instead of spinning.
+      log().warn("admin: accept failed: {}", ec.message());
+      retry->expires_after(std::chrono::milliseconds(100));
+      retry->async_wait([this](beast::error_code e) {
+        if (!e) accept();
+      });
+      return;
+    }
+    if (open.load() >= opt.max_connections) {
+      ++connections_refused;
+      beast::error_code ignored;
+      s.close(ignored);
+    } else {
+      ++open;
+      ++connections;
+      std::make_shared<Session>(std::move(s), this)->start();
+    }
+    accept();
+  });
+}
+
+Response AdminServer::Impl::reply(const Request& req, http::status status, std::string body, std::string_view type) const {
+  Response res{status, req.version()};
+  res.set(http::field::server, "troupe-node");
+  res.set(http::field::content_type, beast::string_view(type.data(), type.size()));
+  res.set(http::field::cache_control, "no-store");
+  res.keep_alive(req.keep_alive());
+  res.body() = std::move(body);
+  return res;
+}
+
+Response AdminServer::Impl::respond(const Request& req) {
+  ++requests;
+  const std::string_view target(req.target().data(), req.target().size());
+  const auto q = target.find('?');
+  const auto path = target.substr(0, q);
+  const auto query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+  const bool get = req.method() == http::verb::get;
+  auto wrong_method = [&](std::string_view allow) {
+    ++method_not_allowed;
+    auto res = error(req, http::status::method_not_allowed, "method not allowed");
+    res.set(http::field::allow, beast::string_view(allow.data(), allow.size()));
+    return res;
+  };
+  try {
+    if (path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/api/v1/members" ||
+        path == "/api/v1/shards") {
+      if (!get) return wrong_method("GET");
+      if (path == "/healthz") return reply(req, http::status::ok, "ok\n", "text/plain");
+      if (path == "/readyz") return readyz(req);
+      if (path == "/metrics") return reply(req, http::status::ok, metrics(), "text/plain; version=0.0.4; charset=utf-8");
+      if (path == "/api/v1/members") {
+        if (!src.membership) return error(req, http::status::not_found, "membership is not running");
+        return reply(req, http::status::ok, members_json());
+      }
+      return shards(req, query);
+    }
+    constexpr std::string_view kEntities = "/api/v1/entities/", kMembers = "/api/v1/members/";
+    if (path.starts_with(kEntities)) {
+      // {type}/{id}: the id is everything after the type's slash (it may hold encoded slashes).
+      const auto rest = path.substr(kEntities.size());
+      const auto slash = rest.find('/');
+      if (slash != std::string_view::npos && slash > 0 && slash + 1 < rest.size()) {
+        if (!get) return wrong_method("GET");
+        auto type = percent_decode(rest.substr(0, slash), false);
+        auto id = percent_decode(rest.substr(slash + 1), false);
+        if (!type || !id) {
+          ++bad_requests;
+          return error(req, http::status::bad_request, "bad percent-encoding in the path");
+        }
+        return entity(req, *type, *id);
+      }
+    } else if (path.starts_with(kMembers)) {
+      const auto rest = path.substr(kMembers.size());
+      const auto slash = rest.find('/');
+      const auto action = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+      if (slash > 0 && (action == "leave" || action == "down")) {
+        if (req.method() != http::verb::post) return wrong_method("POST");
+        auto name = percent_decode(rest.substr(0, slash), false);
+        if (!name) {
+          ++bad_requests;
+          return error(req, http::status::bad_request, "bad percent-encoding in the path");
+        }
+        return member_action(req, *name, action == "down");
+      }
+    }
+    ++not_found;
+    return error(req, http::status::not_found, "no such resource: " + std::string(path));
+  } catch (const std::exception& e) {
+    ++internal_errors;
+    log().error("admin: {} {}: {}", std::string(req.method_string()), std::string(target), e.what());
+    return error(req, http::status::internal_server_error, "internal error");
+  }
+}
+
+Response AdminServer::Impl::readyz(const Request& req) const {
+  auto not_ready = [&](const std::string& why) {
+    return reply(req, http::status::service_unavailable, "{\"ready\":false,\"reason\":" + json_str(why) + "}\n");
+  };
+  if (src.membership) {
+    const auto self = src.membership->self();
+    if (self.status != membership::MemberStatus::up) {
+      return not_ready(std::string("this member is ") + membership::to_string(self.status) + ", not up");
+    }
+  }
+  if (src.sharding) {
+    for (const auto& [type, n] : src.entity_types) {
+      const auto table = src.sharding->shards(type);
+      std::size_t homed = 0;
+      for (const auto& s : table) homed += s.region.empty() ? 0 : 1;
+      if (table.size() != n || homed != n) {
+        return not_ready("shard table of " + type + " is incomplete: " + std::to_string(homed) + " of " + std::to_string(n) +
+                         " shards have a region");
+      }
+    }
+  }
+  return reply(req, http::status::ok, "{\"ready\":true}\n");
+}
+
+std::string AdminServer::Impl::metrics() const {
+  MetricsText m(src.system->node_id());
+  {
+    const auto s = src.system->stats();
+    m.counter("troupe_actor_spawned", "Actors spawned.", s.actors_spawned);
+    m.counter("troupe_actor_stopped", "Actors stopped.", s.actors_stopped);
+    m.gauge("troupe_actor_live", "Live actors, guardians included.", s.actors_live);
+    m.counter("troupe_actor_dead_letters", "Messages that could not be delivered.", s.dead_letters);
+    m.counter("troupe_actor_failures", "Exceptions thrown by actors.", s.failures);
+    m.counter("troupe_actor_restarts", "Actor restarts.", s.restarts);
+    m.counter("troupe_actor_failed_messages_dropped", "Messages being processed at a failure.", s.failed_messages_dropped);
+    m.counter("troupe_actor_escalations_past_user", "Failures that reached the /user guardian's parent.",
+              s.escalations_past_user);
+  }
+  if (src.transport) {
+    const auto s = src.transport->stats();
+#define TROUPE_C(f, help) m.counter("troupe_remoting_" #f, help, s.f)
+#define TROUPE_G(f, help) m.gauge("troupe_remoting_" #f, help, s.f)
+    TROUPE_C(frames_out, "Frames sent.");
+    TROUPE_C(frames_in, "Frames received.");
+    TROUPE_C(bytes_out, "Bytes sent.");
+    TROUPE_C(bytes_in, "Bytes received.");
+    TROUPE_C(messages_out, "Messages sent.");
+    TROUPE_C(messages_in, "Messages received.");
+    TROUPE_C(dropped_queue_full, "Outbound messages dropped: the peer's queue was full.");
+    TROUPE_C(dropped_node_lost, "Outbound messages dropped: the incarnation is gone.");
+    TROUPE_C(dropped_no_peer_key, "Outbound messages dropped: no CURVE key for the peer.");
+    TROUPE_C(dropped_stopped, "Outbound messages dropped: the transport stopped.");
+    TROUPE_C(dropped_send_failed, "Outbound messages dropped: ZeroMQ refused the frame.");
+    TROUPE_C(frames_malformed, "Inbound frames dropped as malformed.");
+    TROUPE_C(frames_oversized, "Inbound frames dropped as oversized.");
+    TROUPE_C(frames_wrong_node, "Inbound frames meant for another incarnation.");
+    TROUPE_C(frames_from_lost_node, "Inbound frames from an incarnation declared lost.");
+    TROUPE_C(frames_origin_mismatch, "Inbound frames whose origin does not match the peer's key.");
+    TROUPE_C(envelopes_unknown_type, "Inbound envelopes of an unknown message type.");
+    TROUPE_C(envelopes_bad_payload, "Inbound envelopes with a bad payload.");
+    TROUPE_C(envelopes_bad_path, "Inbound envelopes with a bad actor path.");
+    TROUPE_C(envelopes_no_recipient, "Inbound envelopes for no actor (dead letters).");
+    TROUPE_C(terminated_unsolicited, "Terminated notices no local watch asked for.");
+    TROUPE_C(frames_key_revoked, "Inbound frames from a key removed from the allow-list.");
+    TROUPE_C(handshakes_failed, "CURVE/ZAP handshake failures.");
+    TROUPE_C(zap_refused, "ZAP denials.");
+    TROUPE_C(disconnects, "Connections broken.");
+    TROUPE_C(nodes_lost, "Remote incarnations declared lost.");
+    TROUPE_G(peers, "Remote incarnations known.");
+    TROUPE_G(queued, "Messages waiting to be sent, all peers.");
+    TROUPE_G(remote_watches, "Local watchers of remote actors.");
+#undef TROUPE_C
+#undef TROUPE_G
+  }
+  if (src.membership) {
+    const auto s = src.membership->stats();
+#define TROUPE_C(f, help) m.counter("troupe_membership_" #f, help, s.f)
+    TROUPE_C(packets_in, "Gossip packets received.");
+    TROUPE_C(packets_out, "Gossip packets sent.");
+    TROUPE_C(probes, "SWIM probes.");
+    TROUPE_C(probe_failures, "SWIM probes without an ack.");
+    TROUPE_C(indirect_probes, "Indirect probes.");
+    TROUPE_C(nacks_received, "Nacks received.");
+    TROUPE_C(suspicions, "Members suspected.");
+    TROUPE_C(refutations, "Suspicions of this node refuted.");
+    TROUPE_C(unreachable_declared, "Members declared unreachable.");
+    TROUPE_C(port_refusals, "ICMP port unreachable from a member's gossip endpoint.");
+    TROUPE_C(updates_sent, "Membership updates sent.");
+    TROUPE_C(updates_received, "Membership updates received.");
+    TROUPE_C(push_pulls, "Push-pull state exchanges.");
+    TROUPE_C(repairs, "Push-pulls started because two stable views differed.");
+    TROUPE_C(malformed, "Packets that are not verifiable gossip.");
+    TROUPE_C(wrong_version, "Packets of another protocol version.");
+    TROUPE_C(rejected_records, "Member records rejected.");
+    TROUPE_C(misdirected, "Pings meant for another incarnation.");
+    TROUPE_C(stale, "Answers nobody waited for.");
+#undef TROUPE_C
+    m.gauge("troupe_membership_local_health", "Lifeguard local health multiplier (0: healthy).", s.local_health);
+    const auto u = src.membership->transport_stats();
+#define TROUPE_C(f, help) m.counter("troupe_gossip_udp_" #f, help, u.f)
+    TROUPE_C(sent, "Datagrams handed to the kernel.");
+    TROUPE_C(delivered, "Opened datagrams given to the protocol.");
+    m.counter("troupe_gossip_udp_dropped_inbound", "Inbound datagrams not delivered (every reason).", u.dropped_inbound());
+    TROUPE_C(truncated, "Inbound datagrams larger than the limit.");
+    TROUPE_C(unhandled, "Opened datagrams without a handler.");
+    TROUPE_C(receive_errors, "Socket errors while receiving.");
+    TROUPE_C(oversized_outbound, "Outbound payloads over the limit.");
+    TROUPE_C(seal_failures, "Outbound datagrams whose sealing failed.");
+    TROUPE_C(resolve_errors, "Destination host names that did not resolve.");
+    TROUPE_C(send_errors, "Socket errors while sending.");
+    TROUPE_C(port_unreachable, "ICMP port unreachable for datagrams sent.");
+    TROUPE_C(icmp_other, "Other ICMP errors for datagrams sent.");
+#undef TROUPE_C
+    std::map<std::string, std::uint64_t> by_status;
+    for (auto st : {membership::MemberStatus::joining, membership::MemberStatus::up, membership::MemberStatus::leaving,
+                    membership::MemberStatus::exiting, membership::MemberStatus::down, membership::MemberStatus::removed}) {
+      by_status[membership::to_string(st)] = 0;
+    }
+    std::uint64_t unreachable = 0;
+    for (const auto& mi : src.membership->members()) {
+      ++by_status[membership::to_string(mi.status)];
+      unreachable += mi.liveness == membership::Liveness::unreachable ? 1 : 0;
+    }
+    m.family("troupe_membership_members", "gauge", "Members this node knows, by status.");
+    for (const auto& [st, n] : by_status) m.sample("troupe_membership_members", "status=\"" + st + "\"", n);
+    m.gauge("troupe_membership_unreachable_members", "Members this node sees as unreachable.", unreachable);
+  }
+  if (src.sharding) {
+    const auto s = src.sharding->stats();
+#define TROUPE_C(f, help) m.counter("troupe_sharding_" #f, help, s.f)
+    TROUPE_C(routed, "Messages handed to an entity.");
+    TROUPE_C(activations, "Entities started.");
+    TROUPE_C(passivations, "Entities stopped when idle or on request.");
+    TROUPE_C(buffered, "Messages that waited (passivating entity, moving shard).");
+    TROUPE_C(unknown_type, "Messages refused: no region for the entity type.");
+    TROUPE_C(bad_id, "Messages refused: empty or over-long entity id.");
+    TROUPE_C(forwarded, "Messages sent to another node's region.");
+    TROUPE_C(rerouted, "Messages for a shard this node does not own, passed on.");
+    TROUPE_C(stale_epoch, "Messages stamped with an older epoch than the owner's.");
+    TROUPE_C(unavailable, "Messages refused with ShardUnavailable.");
+    TROUPE_C(dropped_no_sender, "Messages refused with no sender to tell.");
+    TROUPE_C(handoffs, "Shards stopped here for a handoff.");
+    TROUPE_C(fenced, "Shards stopped at once (allocated elsewhere, or self downed).");
+    TROUPE_C(suspended, "Shards suspended while this node was in a minority.");
+    TROUPE_C(states_restored, "Entity states restored after a handoff.");
+    TROUPE_C(tables_applied, "Shard tables applied.");
+    TROUPE_C(stale_coordinator, "Coordinator messages from a node that is not the coordinator.");
+    TROUPE_C(malformed, "Sharding protocol messages that do not add up.");
+    TROUPE_C(rebalances, "Handoffs started by this node's coordinator.");
+    TROUPE_C(allocations, "Shards allocated by this node's coordinator.");
+    TROUPE_C(deduplicated, "Keyed messages answered from the reply cache.");
+    TROUPE_C(retries, "Ask attempts after the first.");
+#undef TROUPE_C
+    m.gauge("troupe_sharding_live_entities", "Entities running on this node.", s.live_entities);
+    m.gauge("troupe_sharding_shards_hosted", "Shards hosted on this node.", s.shards_hosted);
+    if (!src.entity_types.empty()) {
+      m.family("troupe_sharding_shards_without_region", "gauge", "Shards of an entity type with no home in this node's table.");
+      for (const auto& [type, n] : src.entity_types) {
+        const auto table = src.sharding->shards(type);
+        std::uint64_t homed = 0;
+        for (const auto& si : table) homed += si.region.empty() ? 0 : 1;
+        m.sample("troupe_sharding_shards_without_region", "type=\"" + label_value(type) + "\"", n - std::min<std::uint64_t>(n, homed));
+      }
+    }
+  }
+#define TROUPE_C(f, help) m.counter("troupe_admin_" #f, help, f.load())
+  TROUPE_C(connections, "Admin connections accepted.");
+  TROUPE_C(connections_refused, "Admin connections closed on accept (too many open).");
+  TROUPE_C(requests, "Admin requests answered.");
+  TROUPE_C(bad_requests, "Admin requests unparsable or over a size limit.");
+  TROUPE_C(timeouts, "Admin connections closed by the read timeout.");
+  TROUPE_C(unauthorized, "Admin writes with a missing or wrong token.");
+  TROUPE_C(forbidden, "Admin writes refused: no token configured.");
+  TROUPE_C(not_found, "Admin requests for an unknown resource.");
+  TROUPE_C(method_not_allowed, "Admin requests with a wrong method.");
+  TROUPE_C(internal_errors, "Admin requests whose handler failed.");
+#undef TROUPE_C
+  return m.take();
+}
+
+std::string AdminServer::Impl::members_json() const {
+  const auto self_uid = src.membership->self().uid;
+  const auto leader = src.membership->leader();
+  std::string out = "[";
+  bool first = true;
+  for (const auto& mi : src.membership->members()) {
+    if (!first) out += ',';
+    first = false;
+    out += "{\"name\":" + json_str(mi.name) + ",\"uid\":\"" + hex16(mi.uid) + "\",\"gossip\":" + json_str(mi.gossip.to_string()) +
+           ",\"remoting\":" + json_str(mi.remoting) + ",\"status\":\"" + membership::to_string(mi.status) +
+           "\",\"liveness\":\"" + membership::to_string(mi.liveness) + "\",\"up_order\":" + std::to_string(mi.up_order) +
+           ",\"incarnation\":" + std::to_string(mi.incarnation) + ",\"degraded\":" + (mi.degraded ? "true" : "false") +
+           ",\"self\":" + (mi.uid == self_uid ? "true" : "false") +
+           ",\"leader\":" + (leader && leader->uid == mi.uid ? "true" : "false") + "}";
+  }
+  return out + "]\n";
+}
+
+std::string AdminServer::Impl::type_json(const std::string& type, std::uint32_t num_shards) const {
+  const auto table = src.sharding->shards(type);
+  std::map<std::string, std::uint64_t> per_region;
+  std::uint64_t unallocated = num_shards > table.size() ? num_shards - table.size() : 0;
+  std::string shards = "[";
+  bool first = true;
+  for (const auto& s : table) {
+    if (!first) shards += ',';
+    first = false;
+    if (s.region.empty()) ++unallocated;
+    else ++per_region[s.region];
+    shards += "{\"shard\":" + std::to_string(s.shard) + ",\"region\":" + (s.region.empty() ? "null" : json_str(s.region)) +
+              ",\"epoch\":" + std::to_string(s.epoch) + ",\"moving\":" + (s.moving ? "true" : "false") +
+              ",\"hosted_here\":" + (s.hosted_here ? "true" : "false") + "}";
+  }
+  shards += "]";
+  std::string regions = "{";
+  first = true;
+  for (const auto& [r, n] : per_region) {
+    if (!first) regions += ',';
+    first = false;
+    regions += json_str(r) + ":" + std::to_string(n);
+  }
+  regions += "}";
+  return "{\"num_shards\":" + std::to_string(num_shards) + ",\"unallocated\":" + std::to_string(unallocated) +
+         ",\"regions\":" + regions + ",\"shards\":" + shards + "}";
+}
+
+Response AdminServer::Impl::shards(const Request& req, std::string_view query) const {
+  if (!src.sharding) return error(req, http::status::not_found, "sharding is not running");
+  std::string body = "{";
+  bool first = true;
+  auto add = [&](const std::string& type, std::uint32_t n) {
+    if (!first) body += ',';
+    first = false;
+    body += json_str(type) + ":" + type_json(type, n);
+  };
+  if (auto t = query_param(query, "type")) {
+    const auto* known = find_type(*t);
+    if (!known) return error(req, http::status::not_found, "unknown entity type: " + *t);
+    add(known->first, known->second);
+  } else {
+    for (const auto& [type, n] : src.entity_types) add(type, n);
+  }
+  return reply(req, http::status::ok, body + "}\n");
+}
+
+Response AdminServer::Impl::entity(const Request& req, const std::string& type, const std::string& id) const {
+  const auto* known = src.sharding ? find_type(type) : nullptr;
+  if (!known) return error(req, http::status::not_found, "unknown entity type: " + type);
+  const auto shard = sharding::shard_of(type, id, known->second);
+  std::string region = "null", epoch = "0", moving = "false", here = "false";
+  for (const auto& s : src.sharding->shards(type)) {
+    if (s.shard != shard) continue;
+    if (!s.region.empty()) region = json_str(s.region);
+    epoch = std::to_string(s.epoch);
+    moving = s.moving ? "true" : "false";
+    here = s.hosted_here ? "true" : "false";
+  }
+  return reply(req, http::status::ok,
+               "{\"type\":" + json_str(type) + ",\"id\":" + json_str(id) + ",\"shard\":" + std::to_string(shard) +
+                   ",\"num_shards\":" + std::to_string(known->second) + ",\"region\":" + region + ",\"epoch\":" + epoch +
+                   ",\"moving\":" + moving + ",\"hosted_here\":" + here + "}\n");
+}
+
+Response AdminServer::Impl::member_action(const Request& req, const std::string& name, bool down) {
+  if (opt.token.empty()) {
+    ++forbidden;
+    return error(req, http::status::forbidden, "writes are disabled: no admin token is configured");
+  }
+  const auto auth = req[http::field::authorization];
+  constexpr std::string_view kBearer = "Bearer ";
+  const std::string_view given(auth.data(), auth.size());
+  if (!given.starts_with(kBearer) || !same_secret(given.substr(kBearer.size()), opt.token)) {
+    ++unauthorized;
+    auto res = error(req, http::status::unauthorized, "a valid bearer token is required");
+    res.set(http::field::www_authenticate, "Bearer");
+    return res;
+  }
+  if (!src.membership) return error(req, http::status::not_found, "membership is not running");
+  const auto members = src.membership->members();
+  const bool known = std::any_of(members.begin(), members.end(), [&](const auto& m) { return m.name == name; });
+  if (!known || !(down ? src.membership->down(name) : src.membership->leave(name))) {
+    ++not_found;
+    return error(req, http::status::not_found, "unknown member: " + name);
+  }
+  log().warn("admin: {} {} requested over HTTP", down ? "down" : "leave", name);
+  return reply(req, http::status::accepted,
+               "{\"member\":" + json_str(name) + ",\"action\":\"" + (down ? "down" : "leave") + "\"}\n");
+}
+
+AdminServer::AdminServer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+AdminServer::~AdminServer() { stop(); }
+
+Result<std::unique_ptr<AdminServer>> AdminServer::start(AdminOptions options, AdminSources sources) {
+  auto impl = std::make_shared<Impl>();
+  impl->opt = std::move(options);
+  impl->src = std::move(sources);
+  auto& log = impl->log();
+  boost::system::error_code ec;
+  tcp::resolver resolver(*impl->ioc);
+  const auto found = resolver.resolve(impl->opt.bind_host, std::to_string(impl->opt.port),
+                                      tcp::resolver::passive | tcp::resolver::numeric_service, ec);
+  if (ec || found.empty()) {
+    log.error("admin: cannot resolve {}: {}", impl->opt.bind_host, ec.message());
+    return make_error_code(std::errc::invalid_argument);
+  }
+  const auto endpoint = found.begin()->endpoint();
+  impl->acceptor = std::make_unique<tcp::acceptor>(*impl->ioc);
+  impl->acceptor->open(endpoint.protocol(), ec);
+  if (!ec) impl->acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) impl->acceptor->bind(endpoint, ec);
+  if (!ec) impl->acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    log.error("admin: cannot listen on {}:{}: {}", impl->opt.bind_host, impl->opt.port, ec.message());
+    return std::error_code(ec.value(), std::system_category());
+  }
+  impl->port = impl->acceptor->local_endpoint().port();
+  impl->retry = std::make_unique<asio::steady_timer>(*impl->ioc);
+  impl->accept();
+  impl->thread = std::thread([i = impl.get()] {
+    for (;;) {
+      try {
+        i->ioc->run();
+        return;
+      } catch (const std::exception& e) {
+        // One bad request must never take the server down.
+        ++i->internal_errors;
+        i->log().error("admin: {}", e.what());
+      }
+    }
+  });
+  log.info("admin: listening on {}:{}", impl->opt.bind_host, impl->port);
+  return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl)));
+}
+
+void AdminServer::stop() {
+  if (!impl_) return;
+  std::lock_guard lk(impl_->stop_mu);
+  if (impl_->stopped) return;
+  impl_->stopped = true;
+  impl_->ioc->stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+  // Closes the port, then every connection (their sessions go with the pending handlers).
+  impl_->retry.reset();
+  impl_->acceptor.reset();
+  impl_->ioc.reset();
+}
+
+std::uint16_t AdminServer::port() const noexcept { return impl_->port; }
+
+AdminStats AdminServer::stats() const {
+  const auto& i = *impl_;
+  AdminStats s;
+  s.connections = i.connections.load();
+  s.connections_refused = i.connections_refused.load();
+  s.requests = i.requests.load();
+  s.bad_requests = i.bad_requests.load();
+  s.timeouts = i.timeouts.load();
+  s.unauthorized = i.unauthorized.load();
+  s.forbidden = i.forbidden.load();
+  s.not_found = i.not_found.load();
+  s.method_not_allowed = i.method_not_allowed.load();
+  s.internal_errors = i.internal_errors.load();
+  return s;
+}
+
+}  // namespace troupe::node
