@@ -17,6 +17,7 @@ namespace troupe {
 namespace {
 
 using testkit::NodeProcess;
+using testkit::run_node;
 using testkit::TempDir;
 
 /// A TCP port free right now on 127.0.0.1.
@@ -38,19 +39,6 @@ struct Env {
   Env(std::string n, const std::string& v) : name(std::move(n)) { ::setenv(name.c_str(), v.c_str(), 1); }
   ~Env() { ::unsetenv(name.c_str()); }
 };
-
-/// Runs troupe-node to its exit: (exit code, stdout and stderr).
-std::pair<int, std::string> run(const std::vector<std::string>& args) {
-  std::string cmd = std::string("timeout 20 ") + TROUPE_NODE_BIN;  // a start that should fail must not hang the test
-  for (const auto& a : args) cmd += " '" + a + "'";
-  cmd += " 2>&1";
-  std::string out;
-  FILE* f = ::popen(cmd.c_str(), "r");
-  char buf[512];
-  while (f && std::fgets(buf, sizeof buf, f)) out += buf;
-  const int status = f ? ::pclose(f) : -1;
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 std::string write(const TempDir& dir, const std::string& name, const std::string& text) {
   const auto path = (dir.path / name).string();
@@ -86,22 +74,22 @@ TEST(NodeConfig, FlagsBeatTheEnvironmentWhichBeatsTheFile) {
 
 TEST(NodeConfig, ABadValueOrAnUnknownKeyStopsTheStartNamingIt) {
   TempDir dir;
-  auto [c1, o1] = run({"--config", write(dir, "a.toml", "insecure = true\nport = 0\nworkers = 5000\n")});
+  auto [c1, o1] = run_node({"--config", write(dir, "a.toml", "insecure = true\nport = 0\nworkers = 5000\n")});
   EXPECT_EQ(c1, 2);
   EXPECT_NE(o1.find("workers"), std::string::npos) << o1;
-  auto [c2, o2] = run({"--config", write(dir, "b.toml", "insecure = true\nport = 0\ncolour = \"red\"\n")});
+  auto [c2, o2] = run_node({"--config", write(dir, "b.toml", "insecure = true\nport = 0\ncolour = \"red\"\n")});
   EXPECT_EQ(c2, 2);
   EXPECT_NE(o2.find("colour"), std::string::npos) << o2;
-  auto [c3, o3] = run({"--config", (dir.path / "missing.toml").string()});
+  auto [c3, o3] = run_node({"--config", (dir.path / "missing.toml").string()});
   EXPECT_EQ(c3, 2);
   EXPECT_NE(o3.find("missing.toml"), std::string::npos) << o3;
   {
     Env workers("TROUPE_WORKERS", "many");
-    auto [c4, o4] = run({"--insecure", "--port", "0"});
+    auto [c4, o4] = run_node({"--insecure", "--port", "0"});
     EXPECT_EQ(c4, 2);
     EXPECT_NE(o4.find("workers"), std::string::npos) << o4;
   }
-  auto [c5, o5] = run({"--config", write(dir, "c.toml", "insecure = true\nport = 0\npreset = \"fast\"\nkeyring = \"/x\"\n")});
+  auto [c5, o5] = run_node({"--config", write(dir, "c.toml", "insecure = true\nport = 0\npreset = \"fast\"\nkeyring = \"/x\"\n")});
   EXPECT_EQ(c5, 2);
   EXPECT_NE(o5.find("preset"), std::string::npos) << o5;
 }
@@ -140,7 +128,7 @@ TEST(NodeConfig, TheAdminPortIsInTheReadyLineAndGuardedBeyondLoopback) {
     EXPECT_EQ(n.admin_port(), 0);
     n.stop();
   }
-  auto [c1, o1] = run({"--insecure", "--port", "0", "--admin-bind", "0.0.0.0", "--admin-port", "0"});
+  auto [c1, o1] = run_node({"--insecure", "--port", "0", "--admin-bind", "0.0.0.0", "--admin-port", "0"});
   EXPECT_EQ(c1, 2);
   EXPECT_NE(o1.find("--admin-bind"), std::string::npos) << o1;
   EXPECT_NE(o1.find("--admin-token"), std::string::npos) << o1;

@@ -262,17 +262,7 @@ TEST_F(Processes, SighupReloadsTheAllowList) {
 }
 
 TEST_F(Processes, BadFlagsAndFilesStopTheStartNamingTheProblem) {
-  auto run = [&](std::vector<std::string> extra) {
-    std::string cmd = std::string(TROUPE_NODE_BIN);
-    for (auto& e : extra) cmd += " '" + e + "'";
-    cmd += " 2>&1";
-    std::string out;
-    FILE* f = ::popen(cmd.c_str(), "r");
-    char buf[512];
-    while (f && std::fgets(buf, sizeof buf, f)) out += buf;
-    const int status = f ? ::pclose(f) : -1;
-    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, out);
-  };
+  auto run = [](const std::vector<std::string>& extra) { return testkit::run_node(extra); };
   auto [c1, o1] = run({"--port", "0"});
   EXPECT_EQ(c1, 2);
   EXPECT_NE(o1.find("--key-file"), std::string::npos) << o1;

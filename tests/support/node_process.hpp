@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <troupe/remoting/address.hpp>
@@ -32,6 +34,20 @@ struct TempDir {
   ~TempDir() { std::filesystem::remove_all(path); }
   std::filesystem::path path;
 };
+
+/// Runs troupe-node with `args` to its exit (at most 20 s: a start that should fail must not
+/// hang a test): its exit code (-1 when killed) and everything it printed.
+inline std::pair<int, std::string> run_node(const std::vector<std::string>& args) {
+  std::string cmd = std::string("timeout 20 ") + TROUPE_NODE_BIN;
+  for (const auto& a : args) cmd += " '" + a + "'";
+  cmd += " 2>&1";
+  std::string out;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  char buf[512];
+  while (f && std::fgets(buf, sizeof buf, f)) out += buf;
+  const int status = f ? ::pclose(f) : -1;
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
 
 class NodeProcess {
  public:
