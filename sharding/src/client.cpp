@@ -71,14 +71,12 @@ class ClientAgent final : public Actor {
     auto& sh = *st_->sh;
     if (coordinator_address_.empty()) {
       st_->needs_contact = true;
-      st_->cv.notify_all();
       return;
     }
     send_report(coordinator_path(), sh.coordinator.load());
     if (now() - last_ack_ > 3 * sh.config.resend_interval) {
       // The coordinator went quiet (it moved, or its node is gone): find it again.
       st_->needs_contact = true;
-      st_->cv.notify_all();
     }
   }
 
@@ -135,6 +133,8 @@ ShardingClient::ShardingClient(ActorSystem& system, remoting::Transport& transpo
         }
         lk.lock();
       }
+      // Looks again each resend_interval, the period at which the agent decides it needs a
+      // contact: a failing contact point is tried at most that often.
       s->cv.wait_for(lk, s->sh->config.resend_interval, [&] { return s->stopping; });
     }
   });

@@ -230,10 +230,10 @@ struct Coordinator::State {
     downed.clear();
   }
 
-  void on_report(const Message& msg, const NodeReport& r, const ActorRef& from) {
+  void on_report(const NodeReport& r, const ActorRef& from) {
     const auto ms = members();
     auto m = ms.find(r.node());
-    if (m == ms.end() && node_of(from) == r.node()) return on_client_report(msg, r, from);
+    if (m == ms.end() && node_of(from) == r.node()) return on_client_report(r, from);
     if (!active) {
       sh->stale_coordinator.fetch_add(1, std::memory_order_relaxed);
       return;
@@ -292,7 +292,7 @@ struct Coordinator::State {
 
   /// A report from a program that is not a member: a sharding client. A node that does not
   /// coordinate passes the client's first report on to the coordinator it follows.
-  void on_client_report(const Message& msg, const NodeReport& r, const ActorRef& from) {
+  void on_client_report(const NodeReport& r, const ActorRef& from) {
     if (!active) {
       if (r.coordinator() != 0 || !following || following == self_uid()) return;
       std::string to;
@@ -311,7 +311,6 @@ struct Coordinator::State {
         return CreateNodeReport(b, following, r.node(), b.CreateVector(reports), r.max_epoch(), false,
                                 b.CreateString(sv(r.curve_key())));
       });
-      (void)msg;
       if (!to.empty()) tell(to + "/system/" + kCoordinatorName, copy, from);
       return;
     }
@@ -760,7 +759,7 @@ void Coordinator::receive(const Message& m) {
   if (m.is<CoordinatorTick>()) return s.on_tick();
   if (m.is<MajorityTick>()) return s.check_side();
   if (m.is<SideHeartbeat>()) return s.on_heartbeat(sender());
-  if (const auto* r = m.as<NodeReport>()) return s.on_report(m, *r, sender());
+  if (const auto* r = m.as<NodeReport>()) return s.on_report(*r, sender());
   if (const auto* a = m.as<TableAck>()) return s.on_table_ack(*a, sender());
   if (const auto* st = m.as<ShardStopped>()) return s.on_stopped(*st, sender());
   if (const auto* q = m.as<ReportRequest>()) {

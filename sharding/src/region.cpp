@@ -258,7 +258,6 @@ class Region final : public Actor {
     } else {
       msg = Message::copy_of(env.type_id(), payload);
     }
-    (void)m;
     if (proxy_ || !factory_) return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from, "a proxy hosts no entities");
     ActorRef to = from;
     if (const auto key = sv(env.idempotency_key()); !key.empty() && !first_delivery(id, key, from, to)) return;
