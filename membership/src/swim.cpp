@@ -161,6 +161,7 @@ struct SwimProtocol::State {
         if (is_me) exiting_since = now();
         break;
       case MemberStatus::down:
+        if (!is_me && n.info.liveness != Liveness::alive) stats.downing.observe(now() - n.last_flip);
         emit(EventKind::downed, n, why);
         if (is_me) emit(EventKind::self_downed, n, why);
         break;
@@ -180,6 +181,7 @@ struct SwimProtocol::State {
   void set_liveness(Node& n, Liveness l, const std::string& why) {
     const Liveness old = n.info.liveness;
     if (old == l) return;
+    if (old == Liveness::suspect && l == Liveness::unreachable) stats.detection.observe(now() - n.last_flip);
     view_changed = true;
     n.info.liveness = l;
     if ((old == Liveness::alive) != (l == Liveness::alive)) {

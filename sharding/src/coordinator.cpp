@@ -36,6 +36,31 @@ bool Sharding::Shared::recompute_coordinator_locked() {
   return coordinator.exchange(c, std::memory_order_acq_rel) != c;
 }
 
+const char* to_string(MoveReason r) noexcept {
+  switch (r) {
+    case MoveReason::allocated: return "allocated";
+    case MoveReason::rebalance: return "rebalance";
+    case MoveReason::handoff: return "handoff";
+    case MoveReason::downed: return "downed";
+    case MoveReason::rebuilt: return "rebuilt";
+    case MoveReason::no_home: return "no_home";
+  }
+  return "?";
+}
+
+void Sharding::Shared::record_move(const std::string& type, ShardId shard, std::uint64_t from, std::uint64_t to,
+                                   std::uint64_t epoch, MoveReason reason) {
+  std::lock_guard lk(mu);
+  auto name = [&](std::uint64_t uid) {
+    if (!uid) return std::string();
+    auto it = members.find(uid);
+    return it == members.end() ? remoting::format_uid(uid) : it->second.name;
+  };
+  auto& log = move_log[{type, shard}];
+  if (log.size() >= kShardHistory) log.erase(log.begin());
+  log.push_back(ShardMove{std::chrono::steady_clock::now(), name(from), name(to), epoch, reason});
+}
+
 bool in_majority(const std::vector<MemberInfo>& members, std::uint64_t self_uid,
                  const std::function<bool(const MemberInfo&)>& lost_fn) {
   std::size_t reach = 0, lost = 0;
@@ -122,9 +147,14 @@ struct Coordinator::State {
     std::uint64_t from = 0, to = 0, version = 0;
     bool stopping = false;
     TP deadline{};
+    bool leaving = false;  // the owner is leaving (a handoff), not a rebalance
+    TP started{};          // for the handoff histogram
   };
   std::map<std::pair<std::string, ShardId>, Move> moves;
   std::unordered_map<std::uint64_t, TP> downed;  // node -> when its shards become free
+  // Shards of a downed node -> it and when it was downed (for the history and the histogram).
+  std::map<std::pair<std::string, ShardId>, std::pair<std::uint64_t, TP>> freed;
+  std::unordered_map<std::uint64_t, TP> downed_since;  // node in `downed` -> when this coordinator saw it gone
   std::uint64_t epoch_counter = 0;
   std::unordered_map<std::uint64_t, TP> heard;  // member -> when its last heartbeat came
   unsigned minority_checks = 0;                  // checks in a row that saw a minority
@@ -228,6 +258,8 @@ struct Coordinator::State {
     types.clear();
     moves.clear();
     downed.clear();
+    downed_since.clear();
+    freed.clear();
   }
 
   void on_report(const NodeReport& r, const ActorRef& from) {
@@ -370,10 +402,13 @@ struct Coordinator::State {
           log().warn("sharding {}: shard {} claimed by {} (epoch {}) and {} (epoch {}); the later epoch wins", c.type, s,
                      remoting::format_uid(ts.owner[s]), ts.epoch[s], remoting::format_uid(node), e);
         }
+        const auto before = ts.owner[s];
         ts.owner[s] = node;
         ts.epoch[s] = e;
         ts.moving[s] = 0;
         ts.changed = true;
+        sh->record_move(c.type, s, before, node, e, MoveReason::rebuilt);
+        freed.erase({c.type, s});
       } else {
         log().warn("sharding {}: {} claims shard {} at epoch {}, which is allocated to {} at epoch {}; it will be fenced",
                    c.type, remoting::format_uid(node), s, e, remoting::format_uid(ts.owner[s]), ts.epoch[s]);
@@ -412,6 +447,7 @@ struct Coordinator::State {
       const bool gone = m == ms.end() || m->second.status == MemberStatus::down || m->second.status == MemberStatus::removed;
       if (gone && !downed.count(uid)) {
         downed[uid] = free_at(uid, t);
+        downed_since[uid] = t;
         log().info("sharding: member {} is gone; its shards wait for new homes for {} ms", remoting::format_uid(uid),
                    std::chrono::duration_cast<std::chrono::milliseconds>(downed[uid] - t).count());
         for (auto& [name, ts] : types) {
@@ -470,11 +506,13 @@ struct Coordinator::State {
             ts.owner[s] = 0;
             ts.moving[s] = 0;
             ts.changed = true;
+            freed[{name, s}] = {uid, downed_since.count(uid) ? downed_since[uid] : t};
           }
         }
       }
       for (auto mv = moves.begin(); mv != moves.end();) mv = mv->second.from == uid ? moves.erase(mv) : std::next(mv);
       nodes.erase(uid);
+      downed_since.erase(uid);
       it = downed.erase(it);
     }
     const auto ms = members();
@@ -510,6 +548,13 @@ struct Coordinator::State {
         if (!dest) continue;
         allocate(ts, s, dest);
         ++load[dest];
+        auto f = freed.find({name, s});
+        sh->record_move(name, s, f == freed.end() ? 0 : f->second.first, dest, ts.epoch[s],
+                        f == freed.end() ? MoveReason::allocated : MoveReason::downed);
+        if (f != freed.end()) {
+          sh->observe_reallocation(t - f->second.second);
+          freed.erase(f);
+        }
       }
       if (!all_live) continue;
       // Rebalance: hand off what the balanced table puts elsewhere, a bounded number at a time.
@@ -519,7 +564,7 @@ struct Coordinator::State {
         if (!o || ts.moving[s] || to == o || !to || downed.count(o) || !nodes.count(o) || !reachable(ms, o)) continue;
         ts.moving[s] = 1;
         ts.changed = true;
-        moves[{name, s}] = Move{o, to, 0, false, t + sh->config.handoff_ack_timeout};
+        moves[{name, s}] = Move{o, to, 0, false, t + sh->config.handoff_ack_timeout, nodes.at(o).leaving, t};
         sh->rebalances.fetch_add(1, std::memory_order_relaxed);
         log().info("sharding {}: moving shard {} from {} to {}", name, s, remoting::format_uid(o), remoting::format_uid(to));
       }
@@ -624,6 +669,8 @@ struct Coordinator::State {
     }
     const auto s = st.shard();
     auto to = mv->second.to;
+    const auto reason = mv->second.leaving ? MoveReason::handoff : MoveReason::rebalance;
+    const auto started = mv->second.started;
     moves.erase(mv);
     const auto ms = members();
     auto eligible = [&](std::uint64_t n) {
@@ -648,8 +695,11 @@ struct Coordinator::State {
       t.changed = true;
       log().warn("sharding {}: shard {} stopped but no member can take it; {} entity states dropped", name, s,
                  st.states() ? st.states()->size() : 0);
+      sh->record_move(name, s, st.node(), 0, 0, MoveReason::no_home);
     } else {
       allocate(t, s, to);
+      sh->record_move(name, s, st.node(), to, t.epoch[s], reason);
+      sh->observe_handoff(now() - started);
       if (st.states() && st.states()->size() > 0) {
         tell(region_address(to, name), Message::build<ShardState>([&](flatbuffers::FlatBufferBuilder& b) {
                std::vector<flatbuffers::Offset<EntityState>> v;

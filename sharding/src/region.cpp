@@ -1121,6 +1121,12 @@ std::vector<ShardInfo> Sharding::shards(std::string_view type) const {
 
 std::uint64_t Sharding::coordinator() const { return shared_->coordinator.load(std::memory_order_acquire); }
 
+std::vector<ShardMove> Sharding::shard_history(std::string_view type, ShardId shard) const {
+  std::lock_guard lk(shared_->mu);
+  auto it = shared_->move_log.find({std::string(type), shard});
+  return it == shared_->move_log.end() ? std::vector<ShardMove>() : it->second;
+}
+
 ShardingStats Sharding::stats() const {
   const auto& s = *shared_;
   ShardingStats out{s.routed.load(), s.activations.load(), s.passivations.load(), s.buffered.load(),
@@ -1141,6 +1147,11 @@ ShardingStats Sharding::stats() const {
   out.allocations = s.allocations.load();
   out.deduplicated = s.deduplicated.load();
   out.retries = s.retries.load();
+  {
+    std::lock_guard lk(s.hist_mu);
+    out.handoff_time = s.handoff_time;
+    out.reallocation_time = s.reallocation_time;
+  }
   {
     std::lock_guard lk(s.mu);
     for (const auto& [name, t] : s.types) out.shards_hosted += t.hosted.size();

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -64,6 +65,8 @@ struct Sharding::Shared {
   std::atomic<bool> leaving{false};
   std::atomic<std::uint64_t> max_epoch{0};
   ActorRef coordinator_actor;
+  /// Moves this node's coordinator decided (type, shard) -> last kShardHistory, oldest first.
+  std::map<std::pair<std::string, ShardId>, std::vector<ShardMove>> move_log;
   std::condition_variable hosted_changed;  // with mu: hand_off_all waits on it
 
   std::atomic<std::uint64_t> routed{0}, activations{0}, passivations{0}, buffered{0}, unknown_type{0}, bad_id{0},
@@ -85,6 +88,21 @@ struct Sharding::Shared {
   }
   /// Recomputes the coordinator (the oldest up member). Caller holds mu. True when it changed.
   bool recompute_coordinator_locked();
+  /// Histograms of this node's coordinator: a handoff from its start (shard marked moving) to
+  /// the new owner's allocation, and a downed member's shard from the downing to its new home.
+  Histogram handoff_time, reallocation_time;  // under hist_mu
+  mutable std::mutex hist_mu;
+  void observe_handoff(std::chrono::steady_clock::duration d) {
+    std::lock_guard lk(hist_mu);
+    handoff_time.observe(d);
+  }
+  void observe_reallocation(std::chrono::steady_clock::duration d) {
+    std::lock_guard lk(hist_mu);
+    reallocation_time.observe(d);
+  }
+  /// Appends to move_log (names from `members`; a uid when the member is gone).
+  void record_move(const std::string& type, ShardId shard, std::uint64_t from, std::uint64_t to, std::uint64_t epoch,
+                   MoveReason reason);
 
 };
 

@@ -203,6 +203,7 @@ TEST(ClusterSharding, JoinMovesExactlyTheNewcomersShareWithEntityState) {
   for (int k = 0; k < 80; ++k) c.sh[0]->tell(kType, id_of(k), cmd("add", 5));
   for (int k = 0; k < 80; ++k) ASSERT_EQ(c.get(0, id_of(k)).second, 5u) << id_of(k);
   const auto before = c.sh[0]->shards(kType);
+  const auto handoffs_before = c.sh[0]->stats().handoff_time.count;  // the start rebalanced too
 
   c.add(3);
   ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2, 3}, {0, 1, 2, 3}); }, 60s));
@@ -218,6 +219,10 @@ TEST(ClusterSharding, JoinMovesExactlyTheNewcomersShareWithEntityState) {
   // State travelled with the shards: every count is intact, wherever the entity lives now.
   for (int k = 0; k < 80; ++k) EXPECT_EQ(c.get(2, id_of(k)).second, 5u) << id_of(k);
   EXPECT_GT(c.sh[3]->stats().states_restored, 0u);
+  // The coordinator (n0, the oldest) timed each handoff.
+  const auto h = c.sh[0]->stats().handoff_time;
+  EXPECT_EQ(h.count - handoffs_before, kShards / 4);
+  EXPECT_GT(h.sum, 0.0);
   c.log.check();
 }
 
@@ -256,6 +261,11 @@ TEST(ClusterSharding, LostMembersShardsComeBackOnSurvivorsAfterItIsDowned) {
     // State is lost with a crash (no state store yet); the others keep theirs.
     EXPECT_EQ(count, on_n2.count(id_of(k)) ? 0u : 1u) << id_of(k);
   }
+  // The coordinator timed each of n2's shards from the downing to a new home: never under the
+  // 500 ms a downed member gets to learn of it and stop.
+  const auto r = c.sh[0]->stats().reallocation_time;
+  EXPECT_GT(r.count, 0u);
+  EXPECT_EQ(r.counts[0] + r.counts[1] + r.counts[2] + r.counts[3] + r.counts[4] + r.counts[5], 0u) << "none under 250 ms";
   c.log.check();
 }
 

@@ -139,6 +139,18 @@ TEST_F(Sim, AKilledNodeIsDownedByEveryLiveNode) {
   for (int i : live) EXPECT_FALSE(sim->node(i).stopped()) << name_of(i);
   // Every survivor can explain it.
   EXPECT_FALSE(sim->node(live.front()).history(name_of(7)).empty());
+  // The detection and downing histograms of the metrics saw it: every survivor that suspected
+  // it itself timed the suspicion (bounded by the kill), and every survivor timed the downing.
+  std::uint64_t detections = 0;
+  for (int i : live) {
+    const auto s = sim->node(i).stats();
+    detections += s.detection.count;
+    EXPECT_LE(s.detection.sum, std::chrono::duration<double>(took).count() * double(s.detection.count)) << name_of(i);
+    EXPECT_LE(s.downing.count, 1u) << name_of(i);
+    EXPECT_LE(s.downing.sum, std::chrono::duration<double>(took).count()) << name_of(i);
+  }
+  EXPECT_GE(detections, 1u);
+  EXPECT_EQ(sim->node(0).stats().downing.count, 1u) << "the leader downed it after suspecting it";
 }
 
 TEST_F(Sim, ACrashedProcessWhosePortRefusesIsDownedWellUnderStableAfter) {

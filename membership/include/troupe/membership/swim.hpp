@@ -31,6 +31,7 @@
 #include <troupe/membership/config.hpp>
 #include <troupe/membership/member.hpp>
 #include <troupe/membership/packet_transport.hpp>
+#include <troupe/serialization/histogram.hpp>
 
 namespace spdlog { class logger; }
 
@@ -54,6 +55,12 @@ struct SwimStats {
   std::uint64_t misdirected = 0;          ///< a ping meant for another incarnation
   std::uint64_t stale = 0;                ///< answers nobody waits for
   std::uint64_t local_health = 0;         ///< gauge: Lifeguard multiplier (0 = healthy)
+  /// Failure detection: from this node's first suspicion of a member to declaring it
+  /// unreachable (a refused port skips the suspicion: not counted here).
+  Histogram detection;
+  /// Downing: from a member ceasing to be alive here (suspected, or its port refused) to its
+  /// downing, as this node saw it.
+  Histogram downing;
 };
 
 /// A keyring change the cluster applies member by member (see SwimProtocol::key_operation).

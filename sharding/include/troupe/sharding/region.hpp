@@ -30,6 +30,7 @@
 #include <vector>
 
 #include <troupe/actor/actor_system.hpp>
+#include <troupe/serialization/histogram.hpp>
 #include <troupe/sharding/placement.hpp>
 
 namespace troupe::remoting {
@@ -136,6 +137,9 @@ struct ShardingStats {
   std::uint64_t allocations = 0;          ///< shards allocated by this node's coordinator
   std::uint64_t deduplicated = 0;         ///< repeats of a keyed message answered from the reply cache
   std::uint64_t retries = 0;              ///< ask attempts after the first
+  /// This node's coordinator: handoffs from the shard marked moving to its new owner's
+  /// allocation (rebalance, leave), and a downed member's shards from the downing to a new home.
+  Histogram handoff_time, reallocation_time;
 };
 
 /// An ask that may be retried (Sharding::ask with options).
@@ -159,6 +163,25 @@ struct ShardInfo {
   std::string region;   ///< owning region's address ("" : no home yet)
   bool moving = false;
   bool hosted_here = false;
+};
+
+/// Why a shard's home changed (ShardMove::reason).
+enum class MoveReason : std::uint8_t {
+  allocated,  ///< first home (no owner before)
+  rebalance,  ///< handed off to even out the load (a member joined)
+  handoff,    ///< handed off because its owner is leaving
+  downed,     ///< its owner was downed (or removed); allocated again once it must have stopped
+  rebuilt,    ///< taken from a member's report by a newly active coordinator
+  no_home,    ///< stopped for a handoff, but no member could take it
+};
+const char* to_string(MoveReason r) noexcept;
+
+/// One change of a shard's home, as recorded by the coordinator that decided it.
+struct ShardMove {
+  std::chrono::steady_clock::time_point at;
+  std::string from, to;        ///< member names ("": none)
+  std::uint64_t epoch = 0;     ///< the epoch of the new allocation (0: none)
+  MoveReason reason = MoveReason::allocated;
 };
 
 /// Sharding on one node. Thread-safe.
@@ -208,6 +231,12 @@ class Sharding {
   std::vector<ShardInfo> shards(std::string_view type) const;
   /// Node uid of the coordinator this node follows (0: none, or a cluster of one).
   std::uint64_t coordinator() const;
+  /// The moves of one shard that this node's coordinator decided while it was the active one,
+  /// oldest first (at most kShardHistory; only shards that moved have any). A node that never
+  /// coordinated has none: ask the active coordinator's node (coordinator()) for the full story.
+  std::vector<ShardMove> shard_history(std::string_view type, ShardId shard) const;
+  /// Moves kept per shard.
+  static constexpr std::size_t kShardHistory = 32;
 
   ShardingStats stats() const;
 
