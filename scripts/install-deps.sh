@@ -14,6 +14,7 @@ packages=(
   libcaf-dev
   libcli11-dev
   serf
+  chromium libpng-dev fonts-dejavu-core
 )
 [ "${TROUPE_EXTRA_PACKAGES:-}" ] && read -r -a extra <<<"$TROUPE_EXTRA_PACKAGES" && packages+=("${extra[@]}")
 

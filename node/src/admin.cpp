@@ -1,7 +1,11 @@
 #include <troupe/node/admin.hpp>
 
 #include <algorithm>
+#include <array>
+#include <charconv>
 #include <cstdio>
+#include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -9,12 +13,18 @@
 #include <thread>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <fmt/format.h>
 #include <spdlog/logger.h>
 
+#include <troupe/membership/keyring.hpp>
 #include <troupe/sharding/placement.hpp>
+
+#include "dashboard.hpp"
 
 namespace troupe::node {
 
@@ -107,6 +117,80 @@ std::optional<std::string> query_param(std::string_view query, std::string_view 
   return std::nullopt;
 }
 
+/// The string member `field` of a flat JSON object made of string members only ({"key":"..."}),
+/// unescaped; nothing when the body is not such an object or lacks the field.
+std::optional<std::string> json_string_field(std::string_view body, std::string_view field) {
+  std::size_t i = 0;
+  auto ws = [&] {
+    while (i < body.size() && (body[i] == ' ' || body[i] == '\t' || body[i] == '\n' || body[i] == '\r')) ++i;
+  };
+  auto str = [&]() -> std::optional<std::string> {
+    if (i >= body.size() || body[i] != '"') return std::nullopt;
+    std::string out;
+    for (++i; i < body.size(); ++i) {
+      const char c = body[i];
+      if (c == '"') {
+        ++i;
+        return out;
+      }
+      if (static_cast<unsigned char>(c) < 0x20) return std::nullopt;
+      if (c != '\\') {
+        out.push_back(c);
+        continue;
+      }
+      if (++i >= body.size()) return std::nullopt;
+      switch (body[i]) {
+        case '"': case '\\': case '/': out.push_back(body[i]); break;
+        case 'n': out.push_back('\n'); break;
+        case 't': out.push_back('\t'); break;
+        case 'r': out.push_back('\r'); break;
+        default: return std::nullopt;  // \b \f \uXXXX: never in a key
+      }
+    }
+    return std::nullopt;
+  };
+  std::optional<std::string> found;
+  ws();
+  if (i >= body.size() || body[i++] != '{') return std::nullopt;
+  ws();
+  if (i < body.size() && body[i] == '}') return std::nullopt;
+  for (;;) {
+    ws();
+    auto name = str();
+    ws();
+    if (!name || i >= body.size() || body[i++] != ':') return std::nullopt;
+    ws();
+    auto value = str();
+    if (!value) return std::nullopt;
+    if (*name == field) found = std::move(value);
+    ws();
+    if (i < body.size() && body[i] == ',') {
+      ++i;
+      continue;
+    }
+    if (i >= body.size() || body[i++] != '}') return std::nullopt;
+    ws();
+    return i == body.size() ? found : std::nullopt;
+  }
+}
+
+std::string key_id_hex(membership::KeyId id) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(id));
+  return buf;
+}
+
+std::int64_t mono_ms(std::chrono::nanoseconds t) { return std::chrono::duration_cast<std::chrono::milliseconds>(t).count(); }
+std::int64_t mono_now_ms() { return mono_ms(std::chrono::steady_clock::now().time_since_epoch()); }
+
+/// A membership event as one JSON object (one SSE data line: no newline inside).
+std::string event_json(const membership::MembershipEvent& e) {
+  return "{\"event\":\"member\",\"kind\":\"" + std::string(membership::to_string(e.kind)) + "\",\"name\":" +
+         json_str(e.member.name) + ",\"uid\":\"" + hex16(e.member.uid) + "\",\"status\":\"" +
+         membership::to_string(e.member.status) + "\",\"liveness\":\"" + membership::to_string(e.member.liveness) +
+         "\",\"at_ms\":" + std::to_string(mono_ms(e.at)) + ",\"detail\":" + json_str(e.detail) + "}";
+}
+
 /// Comparison whose time does not depend on where the strings differ (token checks).
 bool same_secret(std::string_view a, std::string_view b) {
   unsigned char diff = a.size() == b.size() ? 0 : 1;
@@ -147,6 +231,18 @@ class MetricsText {
     }
     out_ += "} " + std::to_string(v) + '\n';
   }
+  /// A histogram in seconds: cumulative _bucket{le=...} samples, then _sum and _count.
+  void histogram(std::string_view name, std::string_view help, const Histogram& h) {
+    family(name, "histogram", help);
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < h.counts.size(); ++i) {
+      cumulative += h.counts[i];
+      const auto le = i < Histogram::kBounds.size() ? fmt::format("{}", Histogram::kBounds[i]) : std::string("+Inf");
+      sample(std::string(name) + "_bucket", "le=\"" + le + "\"", cumulative);
+    }
+    out_ += std::string(name) + "_sum{node=\"" + node_ + "\"} " + fmt::format("{}", h.sum) + '\n';
+    sample(std::string(name) + "_count", "", h.count);
+  }
   std::string take() { return std::move(out_); }
 
  private:
@@ -156,24 +252,66 @@ class MetricsText {
 
 }  // namespace
 
+namespace {
+class Session;
+}
+
 struct AdminServer::Impl {
   AdminOptions opt;
   AdminSources src;
   std::atomic<std::uint64_t> connections{0}, connections_refused{0}, requests{0}, bad_requests{0}, timeouts{0},
-      unauthorized{0}, forbidden{0}, not_found{0}, method_not_allowed{0}, internal_errors{0};
+      unauthorized{0}, forbidden{0}, not_found{0}, method_not_allowed{0}, internal_errors{0}, conflicts{0},
+      event_streams{0}, events_sent{0}, slow_clients_dropped{0};
   std::atomic<std::size_t> open{0};
   std::uint16_t port = 0;
   std::mutex stop_mu;
   bool stopped = false;
+  // Work handed to the admin thread from others (membership events, key operation results):
+  // posted only while `accepting`, which stop() clears first.
+  std::mutex post_mu;
+  bool accepting = true;
+  // One key operation at a time, on its own thread (it blocks until every member answered).
+  std::atomic<bool> key_busy{false};
+  std::thread key_worker;
+  // Event streams (admin thread only); their count is read by the membership thread to skip
+  // formatting events nobody waits for.
+  std::vector<std::shared_ptr<Session>> streams;
+  std::atomic<std::size_t> stream_count{0};
+  std::map<std::string, std::uint64_t> table_digest;  // type -> digest of its last streamed table
+  std::chrono::steady_clock::time_point next_heartbeat{};
   // Declared last: destroyed first, taking pending sessions with them while the counters live.
   std::unique_ptr<asio::io_context> ioc = std::make_unique<asio::io_context>(1);
   std::unique_ptr<tcp::acceptor> acceptor;
-  std::unique_ptr<asio::steady_timer> retry;
+  std::unique_ptr<asio::steady_timer> retry, stream_timer;
   std::thread thread;
+
+  /// What respond() could not answer at once.
+  struct Deferred {
+    enum Kind { none, stream, key_op } kind = none;
+    membership::KeyOp op = membership::KeyOp::install;
+    membership::Key key{};
+  };
 
   spdlog::logger& log() const { return src.system->log(); }
   void accept();
-  Response respond(const Request& req);
+  Response respond(const Request& req, Deferred& later);
+  /// Runs `op` on the key worker thread; `done` gets the response on the admin thread.
+  void run_key_op(const Request& req, const Deferred& d, std::function<void(Response)> done);
+  /// Runs `fn` on the admin thread unless the server is stopping.
+  void post(std::function<void()> fn) {
+    std::lock_guard lk(post_mu);
+    if (accepting) asio::post(*ioc, std::move(fn));
+  }
+  void add_stream(std::shared_ptr<Session> s);
+  void remove_stream(const Session* s);
+  /// Queues one SSE frame to every stream (admin thread).
+  void broadcast(const std::string& frame);
+  void stream_tick();
+  /// nullopt when `req` carries the token; else the refusal (counted).
+  std::optional<Response> check_token(const Request& req);
+  Response keys(const Request& req) const;
+  Response member_history(const Request& req, const std::string& name);
+  Response shard_history(const Request& req, const std::string& type, std::string_view shard);
   Response reply(const Request& req, http::status status, std::string body,
                  std::string_view type = "application/json") const;
   Response error(const Request& req, http::status status, std::string_view why) const {
@@ -201,8 +339,33 @@ class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket s, AdminServer::Impl* server)
       : stream_(std::move(s)), buffer_(server->opt.max_header_bytes + server->opt.max_body_bytes + 1024), server_(server) {}
-  ~Session() { --server_->open; }
+  ~Session() {
+    --server_->open;
+    if (streaming_) --server_->stream_count;
+  }
   void start() { read(); }
+
+  /// Queues an SSE frame; a client already max_event_queue frames behind is dropped.
+  void push(const std::string& frame) {
+    if (dropped_) return;
+    if (queue_.size() >= server_->opt.max_event_queue) {
+      ++server_->slow_clients_dropped;
+      server_->log().warn("admin: dropped an event stream client {} frames behind", queue_.size());
+      return drop();
+    }
+    queue_.push_back(frame);
+    if (!writing_) write_next();
+  }
+  /// Ends the stream: the socket closes, pending operations finish with errors.
+  void drop() {
+    if (dropped_) return;
+    dropped_ = true;
+    queue_.clear();
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.socket().close(ignored);
+    server_->remove_stream(this);  // may release the last reference: nothing after this
+  }
 
  private:
   void read() {
@@ -232,8 +395,50 @@ class Session : public std::enable_shared_from_this<Session> {
       res_.keep_alive(false);
       return write();
     }
-    res_ = server_->respond(parser_->get());
+    AdminServer::Impl::Deferred later;
+    res_ = server_->respond(parser_->get(), later);
+    if (later.kind == AdminServer::Impl::Deferred::stream) return start_stream();
+    if (later.kind == AdminServer::Impl::Deferred::key_op) {
+      stream_.expires_never();  // the answer comes after key_timeout at most
+      return server_->run_key_op(parser_->get(), later, [self = shared_from_this()](Response r) {
+        self->res_ = std::move(r);
+        self->write();
+      });
+    }
     write();
+  }
+  /// The connection becomes an event stream: a header without a length (the body ends when the
+  /// connection does), then frames as events come. Reads only to notice the client leaving.
+  void start_stream() {
+    streaming_ = true;
+    ++server_->stream_count;
+    ++server_->event_streams;
+    stream_.expires_never();
+    server_->add_stream(shared_from_this());
+    push("HTTP/1.1 200 OK\r\nServer: troupe-node\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
+         "Connection: close\r\n\r\n: connected\n\n");
+    watch_close();
+  }
+  void watch_close() {
+    stream_.socket().async_read_some(asio::buffer(sink_), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) return self->drop();  // the client went away (or we closed)
+      self->watch_close();          // whatever it sends is ignored
+    });
+  }
+  void write_next() {
+    writing_ = true;
+    stream_.expires_after(server_->opt.read_timeout);  // a client that reads nothing is dropped
+    asio::async_write(stream_, asio::buffer(queue_.front()), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->writing_ = false;
+      if (ec) {
+        if (ec == beast::error::timeout && !self->dropped_) ++self->server_->slow_clients_dropped;
+        return self->drop();
+      }
+      if (self->dropped_) return;
+      self->queue_.pop_front();
+      if (!self->queue_.empty()) return self->write_next();
+      self->stream_.expires_never();
+    });
   }
   void write() {
     res_.prepare_payload();
@@ -255,6 +460,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   Response res_;
   AdminServer::Impl* server_;
+  // Event stream state (admin thread).
+  bool streaming_ = false, writing_ = false, dropped_ = false;
+  std::deque<std::string> queue_;
+  std::array<char, 256> sink_{};
 };
 
 }  // namespace
@@ -294,7 +503,7 @@ Response AdminServer::Impl::reply(const Request& req, http::status status, std::
   return res;
 }
 
-Response AdminServer::Impl::respond(const Request& req) {
+Response AdminServer::Impl::respond(const Request& req, Deferred& later) {
   ++requests;
   const std::string_view target(req.target().data(), req.target().size());
   const auto q = target.find('?');
@@ -320,6 +529,59 @@ Response AdminServer::Impl::respond(const Request& req) {
       }
       return shards(req, query);
     }
+    if (path == "/") {
+      if (!get) return wrong_method("GET");
+      return reply(req, http::status::ok, dashboard_page(), "text/html; charset=utf-8");
+    }
+    if (path == "/api/v1/events") {
+      if (!get) return wrong_method("GET");
+      later.kind = Deferred::stream;
+      return {};
+    }
+    constexpr std::string_view kKeys = "/api/v1/keys";
+    if (path == kKeys || path.starts_with("/api/v1/keys/")) {
+      const auto action = path.substr(std::min(path.size(), kKeys.size() + 1));
+      if (path == kKeys) {
+        if (!get) return wrong_method("GET");
+        return keys(req);
+      }
+      if (action == "install" || action == "use" || action == "remove") {
+        if (req.method() != http::verb::post) return wrong_method("POST");
+        if (auto refused = check_token(req)) return *refused;
+        if (!src.membership) return error(req, http::status::not_found, "membership is not running");
+        auto text = json_string_field(req.body(), "key");
+        auto key = text ? membership::decode_key(*text) : Result<membership::Key>(membership::KeyringErrc::bad_key);
+        if (!key) {
+          ++bad_requests;
+          return error(req, http::status::bad_request, "the body must be {\"key\":\"<base64 of 32 bytes>\"}");
+        }
+        if (key_busy.exchange(true)) {
+          ++conflicts;
+          return error(req, http::status::conflict, "another key operation is running; try again");
+        }
+        later.kind = Deferred::key_op;
+        later.op = action == "install" ? membership::KeyOp::install
+                   : action == "use"   ? membership::KeyOp::use
+                                       : membership::KeyOp::remove;
+        later.key = *key;
+        return {};
+      }
+    }
+    constexpr std::string_view kShards = "/api/v1/shards/";
+    if (path.starts_with(kShards) && path.ends_with("/history")) {
+      // {type}/{shard}/history
+      const auto rest = path.substr(kShards.size(), path.size() - kShards.size() - std::string_view("/history").size());
+      const auto slash = rest.rfind('/');
+      if (slash != std::string_view::npos && slash > 0) {
+        if (!get) return wrong_method("GET");
+        auto type = percent_decode(rest.substr(0, slash), false);
+        if (!type) {
+          ++bad_requests;
+          return error(req, http::status::bad_request, "bad percent-encoding in the path");
+        }
+        return shard_history(req, *type, rest.substr(slash + 1));
+      }
+    }
     constexpr std::string_view kEntities = "/api/v1/entities/", kMembers = "/api/v1/members/";
     if (path.starts_with(kEntities)) {
       // {type}/{id}: the id is everything after the type's slash (it may hold encoded slashes).
@@ -339,13 +601,15 @@ Response AdminServer::Impl::respond(const Request& req) {
       const auto rest = path.substr(kMembers.size());
       const auto slash = rest.find('/');
       const auto action = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
-      if (slash > 0 && (action == "leave" || action == "down")) {
-        if (req.method() != http::verb::post) return wrong_method("POST");
+      if (slash > 0 && (action == "leave" || action == "down" || action == "history")) {
+        const bool history = action == "history";
+        if (req.method() != (history ? http::verb::get : http::verb::post)) return wrong_method(history ? "GET" : "POST");
         auto name = percent_decode(rest.substr(0, slash), false);
         if (!name) {
           ++bad_requests;
           return error(req, http::status::bad_request, "bad percent-encoding in the path");
         }
+        if (history) return member_history(req, *name);
         return member_action(req, *name, action == "down");
       }
     }
@@ -456,6 +720,10 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(stale, "Answers nobody waited for.");
 #undef TROUPE_C
     m.gauge("troupe_membership_local_health", "Lifeguard local health multiplier (0: healthy).", s.local_health);
+    m.histogram("troupe_membership_detection_seconds",
+                "From this node's first suspicion of a member to declaring it unreachable.", s.detection);
+    m.histogram("troupe_membership_downing_seconds",
+                "From a member ceasing to be alive here (suspected or refused) to its downing.", s.downing);
     const auto u = src.membership->transport_stats();
 #define TROUPE_C(f, help) m.counter("troupe_gossip_udp_" #f, help, u.f)
     TROUPE_C(sent, "Datagrams handed to the kernel.");
@@ -513,6 +781,10 @@ std::string AdminServer::Impl::metrics() const {
 #undef TROUPE_C
     m.gauge("troupe_sharding_live_entities", "Entities running on this node.", s.live_entities);
     m.gauge("troupe_sharding_shards_hosted", "Shards hosted on this node.", s.shards_hosted);
+    m.histogram("troupe_sharding_handoff_seconds",
+                "Handoffs decided by this node's coordinator: from the shard marked moving to its new owner.", s.handoff_time);
+    m.histogram("troupe_sharding_reallocation_seconds",
+                "Shards of downed members: from the downing to a new home (this node's coordinator).", s.reallocation_time);
     if (!src.entity_types.empty()) {
       m.family("troupe_sharding_shards_without_region", "gauge", "Shards of an entity type with no home in this node's table.");
       for (const auto& [type, n] : src.entity_types) {
@@ -534,7 +806,12 @@ std::string AdminServer::Impl::metrics() const {
   TROUPE_C(not_found, "Admin requests for an unknown resource.");
   TROUPE_C(method_not_allowed, "Admin requests with a wrong method.");
   TROUPE_C(internal_errors, "Admin requests whose handler failed.");
+  TROUPE_C(conflicts, "Admin key operations refused: another one was running.");
+  TROUPE_C(event_streams, "Admin event streams opened.");
+  TROUPE_C(events_sent, "Events queued to admin event stream clients.");
+  TROUPE_C(slow_clients_dropped, "Admin event stream clients dropped: too far behind or stuck.");
 #undef TROUPE_C
+  m.gauge("troupe_admin_event_streams_open", "Admin event streams open.", stream_count.load());
   return m.take();
 }
 
@@ -621,7 +898,7 @@ Response AdminServer::Impl::entity(const Request& req, const std::string& type, 
                    ",\"moving\":" + moving + ",\"hosted_here\":" + here + "}\n");
 }
 
-Response AdminServer::Impl::member_action(const Request& req, const std::string& name, bool down) {
+std::optional<Response> AdminServer::Impl::check_token(const Request& req) {
   if (opt.token.empty()) {
     ++forbidden;
     return error(req, http::status::forbidden, "writes are disabled: no admin token is configured");
@@ -635,6 +912,11 @@ Response AdminServer::Impl::member_action(const Request& req, const std::string&
     res.set(http::field::www_authenticate, "Bearer");
     return res;
   }
+  return std::nullopt;
+}
+
+Response AdminServer::Impl::member_action(const Request& req, const std::string& name, bool down) {
+  if (auto refused = check_token(req)) return *refused;
   if (!src.membership) return error(req, http::status::not_found, "membership is not running");
   const auto members = src.membership->members();
   const bool known = std::any_of(members.begin(), members.end(), [&](const auto& m) { return m.name == name; });
@@ -645,6 +927,181 @@ Response AdminServer::Impl::member_action(const Request& req, const std::string&
   log().warn("admin: {} {} requested over HTTP", down ? "down" : "leave", name);
   return reply(req, http::status::accepted,
                "{\"member\":" + json_str(name) + ",\"action\":\"" + (down ? "down" : "leave") + "\"}\n");
+}
+
+Response AdminServer::Impl::member_history(const Request& req, const std::string& name) {
+  if (!src.membership) return error(req, http::status::not_found, "membership is not running");
+  const auto decisions = src.membership->history(name);
+  const auto members = src.membership->members();
+  if (decisions.empty() && std::none_of(members.begin(), members.end(), [&](const auto& m) { return m.name == name; })) {
+    ++not_found;
+    return error(req, http::status::not_found, "unknown member: " + name);
+  }
+  const auto now = mono_now_ms();
+  std::string out = "{\"member\":" + json_str(name) + ",\"node\":" + json_str(src.membership->self().name) +
+                    ",\"now_ms\":" + std::to_string(now) + ",\"decisions\":[";
+  bool first = true;
+  for (const auto& d : decisions) {
+    if (!first) out += ',';
+    first = false;
+    out += "{\"at_ms\":" + std::to_string(mono_ms(d.at)) + ",\"age_ms\":" + std::to_string(now - mono_ms(d.at)) +
+           ",\"what\":" + json_str(d.what) + "}";
+  }
+  return reply(req, http::status::ok, out + "]}\n");
+}
+
+Response AdminServer::Impl::shard_history(const Request& req, const std::string& type, std::string_view shard_text) {
+  const auto* known = src.sharding ? find_type(type) : nullptr;
+  if (!known) {
+    ++not_found;
+    return error(req, http::status::not_found, "unknown entity type: " + type);
+  }
+  sharding::ShardId shard = 0;
+  const auto [end, ec] = std::from_chars(shard_text.data(), shard_text.data() + shard_text.size(), shard);
+  if (ec != std::errc() || end != shard_text.data() + shard_text.size() || shard >= known->second) {
+    ++bad_requests;
+    return error(req, http::status::bad_request,
+                 "bad shard number '" + std::string(shard_text) + "': " + type + " has shards 0.." + std::to_string(known->second - 1));
+  }
+  std::string owner = "null", epoch = "0", moving = "false";
+  for (const auto& s : src.sharding->shards(type)) {
+    if (s.shard != shard) continue;
+    if (!s.region.empty()) owner = json_str(s.region);
+    epoch = std::to_string(s.epoch);
+    moving = s.moving ? "true" : "false";
+  }
+  // The active coordinator by name (this node records only what its own coordinator decided).
+  std::string coordinator = "null";
+  bool here = false;
+  if (const auto c = src.sharding->coordinator(); c && src.membership) {
+    here = src.membership->self().uid == c;
+    for (const auto& m : src.membership->members()) {
+      if (m.uid == c) coordinator = json_str(m.name);
+    }
+  }
+  const auto now = std::chrono::steady_clock::now();
+  std::string out = "{\"type\":" + json_str(type) + ",\"shard\":" + std::to_string(shard) + ",\"region\":" + owner +
+                    ",\"epoch\":" + epoch + ",\"moving\":" + moving + ",\"coordinator\":" + coordinator +
+                    ",\"active_here\":" + (here ? "true" : "false") + ",\"moves\":[";
+  bool first = true;
+  for (const auto& mv : src.sharding->shard_history(type, shard)) {
+    if (!first) out += ',';
+    first = false;
+    out += "{\"at_ms\":" + std::to_string(mono_ms(mv.at.time_since_epoch())) + ",\"age_ms\":" +
+           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - mv.at).count()) +
+           ",\"from\":" + (mv.from.empty() ? "null" : json_str(mv.from)) + ",\"to\":" + (mv.to.empty() ? "null" : json_str(mv.to)) +
+           ",\"epoch\":" + std::to_string(mv.epoch) + ",\"reason\":\"" + sharding::to_string(mv.reason) + "\"}";
+  }
+  return reply(req, http::status::ok, out + "]}\n");
+}
+
+Response AdminServer::Impl::keys(const Request& req) const {
+  if (!src.membership) return error(req, http::status::not_found, "membership is not running");
+  const auto& ring = src.membership->keyring();
+  const auto primary = membership::key_id(ring->primary());
+  std::string out = "{\"primary\":\"" + key_id_hex(primary) + "\",\"keys\":[";
+  bool first = true;
+  for (const auto& k : ring->keys()) {  // ids only: key bytes never leave the node
+    const auto id = membership::key_id(k);
+    if (!first) out += ',';
+    first = false;
+    out += "{\"id\":\"" + key_id_hex(id) + "\",\"primary\":" + (id == primary ? "true" : "false") + "}";
+  }
+  return reply(req, http::status::ok, out + "]}\n");
+}
+
+void AdminServer::Impl::run_key_op(const Request& req, const Deferred& d, std::function<void(Response)> done) {
+  if (key_worker.joinable()) key_worker.join();  // the previous one has finished (key_busy was false)
+  const auto id = key_id_hex(membership::key_id(d.key));
+  log().warn("admin: keyring {} of key {} requested over HTTP", membership::to_string(d.op), id);
+  key_worker = std::thread([this, req, d, id, done = std::move(done)]() mutable {
+    Response res;
+    try {
+      const auto r = src.membership->key_operation(d.op, d.key, opt.key_timeout);
+      auto names = [](const std::vector<std::string>& v) {
+        std::string o = "[";
+        for (const auto& n : v) o += (o.size() > 1 ? "," : "") + json_str(n);
+        return o + "]";
+      };
+      std::string failed = "[";
+      for (const auto& [member, why] : r.failed) {
+        failed += (failed.size() > 1 ? "," : "") + std::string("{\"member\":") + json_str(member) + ",\"error\":" + json_str(why) + "}";
+      }
+      failed += "]";
+      if (!r.ok()) {
+        log().warn("admin: keyring {} of key {}: {} failed, {} did not answer", membership::to_string(d.op), id,
+                   r.failed.size(), r.missing.size());
+      }
+      res = reply(req, r.ok() ? http::status::ok : http::status::bad_gateway,
+                  "{\"op\":\"" + std::string(membership::to_string(d.op)) + "\",\"key_id\":\"" + id + "\",\"ok\":" +
+                      (r.ok() ? "true" : "false") + ",\"confirmed\":" + names(r.confirmed) + ",\"failed\":" + failed +
+                      ",\"missing\":" + names(r.missing) + "}\n");
+    } catch (const std::exception& e) {
+      ++internal_errors;
+      log().error("admin: keyring {}: {}", membership::to_string(d.op), e.what());
+      res = error(req, http::status::internal_server_error, "internal error");
+    }
+    key_busy = false;
+    post([done = std::move(done), res = std::move(res)]() mutable { done(std::move(res)); });
+  });
+}
+
+void AdminServer::Impl::add_stream(std::shared_ptr<Session> s) {
+  streams.push_back(std::move(s));
+  if (streams.size() == 1) {
+    next_heartbeat = std::chrono::steady_clock::now() + opt.event_heartbeat;
+    // Tables as they are now: only later changes are streamed.
+    table_digest.clear();
+    stream_tick();
+  }
+}
+
+void AdminServer::Impl::remove_stream(const Session* s) {
+  auto it = std::find_if(streams.begin(), streams.end(), [&](const auto& p) { return p.get() == s; });
+  if (it != streams.end()) streams.erase(it);
+}
+
+void AdminServer::Impl::broadcast(const std::string& frame) {
+  const auto copy = streams;  // push() may drop a client, and so change `streams`
+  for (const auto& s : copy) s->push(frame);
+  events_sent += copy.size();
+}
+
+/// Every second while anyone streams: a summary of each entity type whose table changed (the
+/// first tick only records them), and the heartbeat comment when due.
+void AdminServer::Impl::stream_tick() {
+  if (streams.empty()) return;
+  if (src.sharding) {
+    for (const auto& [type, n] : src.entity_types) {
+      const auto table = src.sharding->shards(type);
+      std::uint64_t digest = 1469598103934665603ull, moving = 0;
+      std::map<std::string, std::uint64_t> per_region;
+      for (const auto& si : table) {
+        for (auto v : {std::hash<std::string>{}(si.region), std::size_t(si.epoch), std::size_t(si.moving)}) {
+          digest = (digest ^ v) * 1099511628211ull;
+        }
+        moving += si.moving ? 1 : 0;
+        if (!si.region.empty()) ++per_region[si.region];
+      }
+      auto [it, fresh] = table_digest.try_emplace(type, digest);
+      if (fresh || it->second == digest) continue;
+      it->second = digest;
+      std::string regions = "{";
+      for (const auto& [r, k] : per_region) regions += (regions.size() > 1 ? "," : "") + json_str(r) + ":" + std::to_string(k);
+      broadcast("data: {\"event\":\"shards\",\"type\":" + json_str(type) + ",\"num_shards\":" + std::to_string(n) +
+                ",\"moving\":" + std::to_string(moving) + ",\"regions\":" + regions + "},\"at_ms\":" +
+                std::to_string(mono_now_ms()) + "}\n\n");
+    }
+  }
+  if (std::chrono::steady_clock::now() >= next_heartbeat) {
+    next_heartbeat = std::chrono::steady_clock::now() + opt.event_heartbeat;
+    broadcast(": keep-alive\n\n");
+  }
+  if (streams.empty()) return;
+  stream_timer->expires_after(std::chrono::seconds(1));
+  stream_timer->async_wait([this](beast::error_code ec) {
+    if (!ec) stream_tick();
+  });
 }
 
 AdminServer::AdminServer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -676,7 +1133,17 @@ Result<std::unique_ptr<AdminServer>> AdminServer::start(AdminOptions options, Ad
   }
   impl->port = impl->acceptor->local_endpoint().port();
   impl->retry = std::make_unique<asio::steady_timer>(*impl->ioc);
+  impl->stream_timer = std::make_unique<asio::steady_timer>(*impl->ioc);
   impl->accept();
+  if (impl->src.membership) {
+    // Events arrive on the gossip I/O thread: formatted there (only while someone streams),
+    // handed to the admin thread. The service outlives no subscription, so the server is weak.
+    impl->src.membership->subscribe([w = std::weak_ptr<Impl>(impl)](const membership::MembershipEvent& e) {
+      auto i = w.lock();
+      if (!i || i->stream_count.load() == 0) return;
+      i->post([i = i.get(), frame = "data: " + event_json(e) + "\n\n"] { i->broadcast(frame); });
+    });
+  }
   impl->thread = std::thread([i = impl.get()] {
     for (;;) {
       try {
@@ -698,9 +1165,16 @@ void AdminServer::stop() {
   std::lock_guard lk(impl_->stop_mu);
   if (impl_->stopped) return;
   impl_->stopped = true;
+  {
+    std::lock_guard plk(impl_->post_mu);
+    impl_->accepting = false;
+  }
   impl_->ioc->stop();
   if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->key_worker.joinable()) impl_->key_worker.join();  // at most key_timeout
   // Closes the port, then every connection (their sessions go with the pending handlers).
+  impl_->streams.clear();
+  impl_->stream_timer.reset();
   impl_->retry.reset();
   impl_->acceptor.reset();
   impl_->ioc.reset();
@@ -721,6 +1195,10 @@ AdminStats AdminServer::stats() const {
   s.not_found = i.not_found.load();
   s.method_not_allowed = i.method_not_allowed.load();
   s.internal_errors = i.internal_errors.load();
+  s.conflicts = i.conflicts.load();
+  s.event_streams = i.event_streams.load();
+  s.events_sent = i.events_sent.load();
+  s.slow_clients_dropped = i.slow_clients_dropped.load();
   return s;
 }
 

@@ -4,6 +4,7 @@
 #include <troupe/node/admin.hpp>
 #include <troupe/node/node.hpp>
 
+#include <cstring>
 #include <map>
 #include <regex>
 #include <set>
@@ -36,13 +37,15 @@ struct Reply {
 
 tcp::endpoint local(std::uint16_t port) { return {asio::ip::make_address("127.0.0.1"), port}; }
 
-Reply request(std::uint16_t port, http::verb verb, const std::string& target, const std::string& auth = {}) {
+Reply request(std::uint16_t port, http::verb verb, const std::string& target, const std::string& auth = {},
+              const std::string& body = {}) {
   asio::io_context ioc;
   beast::tcp_stream s(ioc);
   s.connect(local(port));
   http::request<http::string_body> req{verb, target, 11};
   req.set(http::field::host, "127.0.0.1");
   if (!auth.empty()) req.set(http::field::authorization, auth);
+  req.body() = body;
   req.prepare_payload();
   http::write(s, req);
   beast::flat_buffer buf;
@@ -115,9 +118,9 @@ TEST_F(AdminTest, MetricsAreValidPrometheusText) {
   auto r = get(port_, "/metrics");
   ASSERT_EQ(r.status, 200);
   EXPECT_EQ(r.content_type.rfind("text/plain; version=0.0.4", 0), 0u) << r.content_type;
-  const std::regex sample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)\{node="a1"(,[a-z_]+="[^"]*")*\} [0-9]+$)");
-  const std::regex type_line(R"(^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge)$)");
-  std::set<std::string> typed, seen;
+  const std::regex sample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)\{node="a1"(,[a-z_]+="[^"]*")*\} [0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?$)");
+  const std::regex type_line(R"(^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram)$)");
+  std::set<std::string> typed, seen, histograms;
   std::map<std::string, std::string> values;
   std::istringstream in(r.body);
   for (std::string line; std::getline(in, line);) {
@@ -126,10 +129,17 @@ TEST_F(AdminTest, MetricsAreValidPrometheusText) {
     if (line.starts_with("#")) {
       ASSERT_TRUE(std::regex_match(line, m, type_line)) << line;
       typed.insert(m[1]);
+      if (m[2] == "histogram") histograms.insert(m[1]);
       continue;
     }
     ASSERT_TRUE(std::regex_match(line, m, sample)) << line;
-    EXPECT_TRUE(typed.count(m[1])) << "no TYPE before " << line;
+    std::string family = m[1];
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      if (family.ends_with(suffix) && histograms.count(family.substr(0, family.size() - std::strlen(suffix)))) {
+        family.resize(family.size() - std::strlen(suffix));
+      }
+    }
+    EXPECT_TRUE(typed.count(family)) << "no TYPE before " << line;
     seen.insert(m[1]);
     values[line.substr(0, line.rfind(' '))] = line.substr(line.rfind(' ') + 1);
   }
@@ -139,6 +149,26 @@ TEST_F(AdminTest, MetricsAreValidPrometheusText) {
     EXPECT_TRUE(seen.count(name)) << name;
   }
   EXPECT_EQ(values["troupe_membership_members{node=\"a1\",status=\"up\"}"], "1");
+  // Histograms: cumulative buckets ending in +Inf, which equals _count.
+  for (const char* h : {"troupe_membership_detection_seconds", "troupe_membership_downing_seconds",
+                        "troupe_sharding_handoff_seconds", "troupe_sharding_reallocation_seconds"}) {
+    ASSERT_TRUE(histograms.count(h)) << h;
+    std::uint64_t last = 0;
+    std::size_t buckets = 0;
+    std::istringstream again(r.body);
+    for (std::string line; std::getline(again, line);) {
+      if (!line.starts_with(std::string(h) + "_bucket{")) continue;
+      const auto v = std::stoull(line.substr(line.rfind(' ') + 1));
+      EXPECT_GE(v, last) << line;
+      last = v;
+      ++buckets;
+      if (line.find("le=\"+Inf\"") != std::string::npos) {
+        EXPECT_EQ(line.substr(line.rfind(' ') + 1), values[std::string(h) + "_count{node=\"a1\"}"]) << line;
+      }
+    }
+    EXPECT_EQ(buckets, Histogram::kBounds.size() + 1) << h;
+    EXPECT_TRUE(values.count(std::string(h) + "_sum{node=\"a1\"}")) << h;
+  }
   EXPECT_EQ(values["troupe_sharding_shards_hosted{node=\"a1\"}"], "16");
 }
 
@@ -210,6 +240,116 @@ TEST_F(AdminTest, BadRequestsAreAnsweredAndCounted) {
   EXPECT_GE(st.not_found, 2u);
   EXPECT_EQ(st.method_not_allowed, 3u);
   EXPECT_NE(get(port_, "/metrics").body.find("troupe_admin_bad_requests_total{node=\"a1\"} 4\n"), std::string::npos);
+}
+
+TEST_F(AdminTest, HistoriesOfMembersAndShards) {
+  ASSERT_TRUE(testkit::eventually([&] { return get(port_, "/readyz").status == 200; }));
+  auto h = get(port_, "/api/v1/members/a1/history");
+  ASSERT_EQ(h.status, 200) << h.body;
+  EXPECT_NE(h.body.find("\"member\":\"a1\""), std::string::npos) << h.body;
+  EXPECT_TRUE(std::regex_search(h.body, std::regex(R"("decisions":\[\{"at_ms":[0-9]+,"age_ms":[0-9]+,"what":")"))) << h.body;
+  EXPECT_NE(h.body.find("status -> up"), std::string::npos) << h.body;
+  EXPECT_EQ(get(port_, "/api/v1/members/ghost/history").status, 404);
+
+  // The only node coordinates: it allocated every shard once.
+  auto s = get(port_, "/api/v1/shards/counter/3/history");
+  ASSERT_EQ(s.status, 200) << s.body;
+  EXPECT_NE(s.body.find("\"coordinator\":\"a1\",\"active_here\":true"), std::string::npos) << s.body;
+  EXPECT_TRUE(std::regex_search(s.body, std::regex(R"("moves":\[\{"at_ms":[0-9]+,"age_ms":[0-9]+,"from":null,"to":"a1","epoch":[1-9][0-9]*,"reason":"allocated"\}\]\})")))
+      << s.body;
+  const auto before = node_->admin()->stats();
+  EXPECT_EQ(get(port_, "/api/v1/shards/counter/16/history").status, 400);  // 16 shards: 0..15
+  EXPECT_EQ(get(port_, "/api/v1/shards/counter/-1/history").status, 400);
+  EXPECT_EQ(get(port_, "/api/v1/shards/counter/x/history").status, 400);
+  EXPECT_EQ(get(port_, "/api/v1/shards/nope/1/history").status, 404);
+  EXPECT_EQ(request(port_, http::verb::post, "/api/v1/shards/counter/1/history").status, 405);
+  const auto after = node_->admin()->stats();
+  EXPECT_EQ(after.bad_requests - before.bad_requests, 3u);
+  EXPECT_EQ(after.not_found - before.not_found, 1u);
+  EXPECT_EQ(after.method_not_allowed - before.method_not_allowed, 1u);
+}
+
+std::string key_id_of(const membership::Key& k) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", membership::key_id(k));
+  return buf;
+}
+
+TEST_F(AdminTest, KeyringListAndChanges) {
+  const auto old_key = node_->membership()->keyring()->primary();
+  auto list = get(port_, "/api/v1/keys");
+  ASSERT_EQ(list.status, 200);
+  EXPECT_EQ(list.body, "{\"primary\":\"" + key_id_of(old_key) + "\",\"keys\":[{\"id\":\"" + key_id_of(old_key) +
+                           "\",\"primary\":true}]}\n");
+  EXPECT_EQ(list.body.find(membership::encode_key(old_key)), std::string::npos);  // never the key itself
+
+  const auto fresh = membership::generate_key().value();
+  const auto body = "{\"key\":\"" + membership::encode_key(fresh) + "\"}";
+  EXPECT_EQ(request(port_, http::verb::post, "/api/v1/keys/install", {}, body).status, 401);
+  EXPECT_EQ(request(port_, http::verb::post, "/api/v1/keys/install", "Bearer nope", body).status, 401);
+  EXPECT_EQ(request(port_, http::verb::get, "/api/v1/keys/install").status, 405);
+  for (const std::string& bad : std::vector<std::string>{"", "nonsense", "{\"key\":\"c2hvcnQ=\"}", "{\"key\":42}", "{\"other\":\"x\"}", body + "x"}) {
+    EXPECT_EQ(request(port_, http::verb::post, "/api/v1/keys/install", "Bearer s3cret", bad).status, 400) << bad;
+  }
+  EXPECT_EQ(node_->membership()->keyring()->size(), 1u);  // nothing refused did anything
+
+  auto ok = request(port_, http::verb::post, "/api/v1/keys/install", "Bearer s3cret", body);
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  EXPECT_NE(ok.body.find("\"ok\":true,\"confirmed\":[\"a1\"],\"failed\":[],\"missing\":[]"), std::string::npos) << ok.body;
+  EXPECT_EQ(node_->membership()->keyring()->size(), 2u);
+  ASSERT_EQ(request(port_, http::verb::post, "/api/v1/keys/use", "Bearer s3cret", body).status, 200);
+  EXPECT_NE(get(port_, "/api/v1/keys").body.find("\"primary\":\"" + key_id_of(fresh) + "\""), std::string::npos);
+  // The primary cannot go: this node refuses, and the answer says so.
+  auto refused = request(port_, http::verb::post, "/api/v1/keys/remove", "Bearer s3cret", body);
+  EXPECT_EQ(refused.status, 502) << refused.body;
+  EXPECT_NE(refused.body.find("\"failed\":[{\"member\":\"a1\""), std::string::npos) << refused.body;
+  const auto old_body = "{\"key\":\"" + membership::encode_key(old_key) + "\"}";
+  ASSERT_EQ(request(port_, http::verb::post, "/api/v1/keys/remove", "Bearer s3cret", old_body).status, 200);
+  EXPECT_EQ(node_->membership()->keyring()->keys(), std::vector<membership::Key>{fresh});
+  EXPECT_GE(node_->admin()->stats().bad_requests, 6u);
+  EXPECT_EQ(node_->admin()->stats().unauthorized, 2u);
+}
+
+TEST_F(AdminTest, EventStreamDeliversMembershipEvents) {
+  ASSERT_TRUE(testkit::eventually([&] { return get(port_, "/readyz").status == 200; }));
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(local(port_));
+  asio::write(s, asio::buffer(std::string("GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")));
+  s.non_blocking(true);
+  std::string got;
+  auto saw = [&](const std::string& what) {
+    return testkit::eventually([&] {
+      char buf[4096];
+      boost::system::error_code ec;
+      const auto n = s.read_some(asio::buffer(buf), ec);
+      if (!ec) got.append(buf, n);
+      return got.find(what) != std::string::npos;
+    }, 20s);
+  };
+  ASSERT_TRUE(saw(": connected\n\n")) << got;
+  EXPECT_EQ(got.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << got;
+  EXPECT_NE(got.find("Content-Type: text/event-stream\r\n"), std::string::npos) << got;
+  EXPECT_EQ(node_->admin()->stats().event_streams, 1u);
+  // Other requests are served while the stream is open.
+  EXPECT_EQ(get(port_, "/healthz").status, 200);
+  ASSERT_EQ(request(port_, http::verb::post, "/api/v1/members/a1/leave", "Bearer s3cret").status, 202);
+  EXPECT_TRUE(saw("data: {\"event\":\"member\",\"kind\":\"leaving\",\"name\":\"a1\",")) << got;
+  // One JSON object per data line.
+  EXPECT_TRUE(std::regex_search(got, std::regex("\ndata: \\{[^\n]*\"status\":\"leaving\"[^\n]*\\}\n\n"))) << got;
+  // A client that leaves frees its connection.
+  s.close();
+  EXPECT_TRUE(testkit::eventually([&] {
+    return get(port_, "/metrics").body.find("troupe_admin_event_streams_open{node=\"a1\"} 0\n") != std::string::npos;
+  }, 10s));
+}
+
+TEST_F(AdminTest, DashboardPage) {
+  auto r = get(port_, "/");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.content_type, "text/html; charset=utf-8");
+  EXPECT_NE(r.body.find("<html"), std::string::npos);
+  EXPECT_EQ(request(port_, http::verb::post, "/").status, 405);
 }
 
 TEST(AdminServer, WithoutTokenWritesAreForbiddenAndIdleConnectionsTimeOut) {

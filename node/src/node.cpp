@@ -1,5 +1,7 @@
 #include <troupe/node/node.hpp>
 
+#include <random>
+
 #include <fmt/format.h>
 #include <spdlog/logger.h>
 
@@ -106,6 +108,13 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
   ActorSystemConfig sc;
   sc.node_id = options.name;
   sc.workers = options.workers;
+  if (options.log_format != LogFormat::text) {
+    if (sc.node_id.empty()) {  // the logger needs the id the actor system would make up
+      std::random_device rd;
+      sc.node_id = fmt::format("{:016x}", (static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+    }
+    sc.logger = make_logger(sc.node_id, options.log_format);
+  }
   n->system_ = std::make_unique<ActorSystem>(std::move(sc));
   register_test_messages(n->system_->registry());
   const std::string curve_key = options.transport.insecure ? std::string() : options.transport.keys.public_key;

@@ -6,10 +6,11 @@
 //
 // On start it prints one line to stdout, "troupe-node ready <address>[ gossip <host:port>][ admin
 // <host:port>]", then one line per membership event ("troupe-node event <kind> <name> <uid> <status>
-// [detail]"). SIGTERM or SIGINT: hand every local shard off, leave the cluster gracefully and
-// exit 0. Downed by the cluster:
-// exit 3. SIGHUP re-reads the allow-list file. A bad flag or file exits 2 with a message naming
-// it.
+// [detail]"), and "troupe-node leaving" when a graceful stop begins. SIGTERM or SIGINT: hand
+// every local shard off, leave the cluster gracefully and exit 0; a second SIGINT meanwhile stops
+// at once (exit 130, nothing handed off). Downed by the cluster: exit 3. SIGHUP re-reads the
+// allow-list file. A bad flag or file exits 2 with a message naming it. Logs go to stderr, as
+// text or JSON lines (--log-format), every line with the node name.
 
 #include <algorithm>
 #include <atomic>
@@ -22,8 +23,11 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include <CLI/CLI.hpp>
+
+#include <spdlog/spdlog.h>
 
 #include <troupe/node/node.hpp>
 #include <troupe/membership/keyring.hpp>
@@ -125,6 +129,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-queue", max_queue, "messages queued per peer before drops")->check(CLI::Range(1, 100'000'000))
       ->capture_default_str();
   app.add_flag("--insecure", opt.transport.insecure, "no CURVE: no encryption or authentication (development only)");
+  std::string log_format = "text", log_level = "info";
+  app.add_option("--log-format", log_format, "log lines as text or json (one object per line)")
+      ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+  app.add_option("--log-level", log_level, "lowest level logged: trace, debug, info, warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))->capture_default_str();
   app.add_flag("--test-actors", opt.test_actors, "host /user/echo, /user/relay and /user/sink (tests, benchmarks)");
   // Membership (gossip): on when a keyring is given.
   std::string keyring_file, preset = "lan", cluster = "troupe", gossip_bind, gossip_advertise;
@@ -165,6 +174,8 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 2;
   }
   opt.transport.max_queue_per_peer = max_queue;
+  opt.log_format = *node::parse_log_format(log_format);  // checked by the option
+  spdlog::set_level(spdlog::level::from_str(log_level));  // before any logger is made
   if (!no_admin) {
     if (admin.bind_host.size() > 2 && admin.bind_host.front() == '[' && admin.bind_host.back() == ']') {
       admin.bind_host = admin.bind_host.substr(1, admin.bind_host.size() - 2);  // "[::1]": the resolver wants ::1
@@ -272,6 +283,7 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGHUP);
   sigaddset(&stop_signals, SIGUSR1);  // raised by this process: it was downed or removed
+  sigaddset(&stop_signals, SIGUSR2);  // raised by this process: the graceful leave is over
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   // Membership events, one per line on stdout (for operators' scripts and the tests).
@@ -303,18 +315,43 @@ int main(int argc, char** argv) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
   }
-  bool graceful = false;
+  // Waits for signals until the node stops. A graceful leave runs on its own thread so that a
+  // second SIGINT can still cut it short.
+  std::thread leaving;
   for (;;) {
     int sig = 0;
     sigwait(&stop_signals, &sig);
+    if (leaving.joinable()) {
+      if (sig == SIGUSR2) break;  // the leave is over
+      if (sig == SIGINT) {
+        log.warn("second interrupt: stopping at once, without handing shards off");
+        log.flush();
+        std::fflush(stdout);
+        std::_Exit(130);
+      }
+      continue;  // SIGTERM, SIGHUP, or the removal the leave itself caused
+    }
     if (sig == SIGUSR1) {
       log.warn(exit_code == 3 ? "this node was downed by the cluster: stopping" : "left the cluster: stopping");
+      (*n)->stop();
       break;
     }
+    if (sig == SIGUSR2) continue;
     if (sig != SIGHUP) {
-      log.info("signal {}: leaving the cluster and stopping", sig);
-      graceful = true;
-      break;
+      if (!(*n)->membership()) {
+        log.info("signal {}: stopping", sig);
+        (*n)->stop();
+        break;
+      }
+      log.info("signal {}: handing shards off, leaving the cluster and stopping{}", sig,
+               sig == SIGINT ? " (interrupt again to stop at once)" : "");
+      std::printf("troupe-node leaving\n");  // for scripts: the graceful stop has begun
+      std::fflush(stdout);
+      leaving = std::thread([&node = *n] {
+        node->leave_and_stop(std::chrono::seconds(15));
+        ::kill(::getpid(), SIGUSR2);
+      });
+      continue;
     }
     // SIGHUP: re-read the allow-list; a bad file keeps the current list.
     if (!allow) continue;
@@ -326,11 +363,7 @@ int main(int argc, char** argv) {
     allow->replace(keys.keys);
     log.info("allow-list reloaded: {} keys", allow->size());
   }
-  if (graceful && (*n)->membership()) {
-    (*n)->leave_and_stop(std::chrono::seconds(15));
-  } else {
-    (*n)->stop();
-  }
+  if (leaving.joinable()) leaving.join();
   if (activation_file) std::fclose(activation_file);  // the node has stopped: no more entity events
   return exit_code;
 }

@@ -13,6 +13,34 @@
 ///   GET  /api/v1/entities/{type}/{id}      JSON: the entity's shard and owning region
 ///   POST /api/v1/members/{name}/leave|down Authorization: Bearer <token>; 403 without a token
 ///                                          configured, 401 for a missing or wrong one
+///   GET  /api/v1/members/{name}/history    JSON: this node's membership decisions about that
+///                                          member (probes, suspicions, confirmations,
+///                                          refutations, downing with the sides counted), oldest
+///                                          first, monotonic times; 404 for a name never seen
+///   GET  /api/v1/shards/{type}/{shard}/history
+///                                          JSON: the shard's current owner and epoch and the
+///                                          moves (owner, epoch, reason) that THIS node's
+///                                          coordinator decided while active; "coordinator" names
+///                                          the active one and "active_here" says whether it is
+///                                          this node (if not, ask that node's admin port for
+///                                          the full history). 400 for a bad shard number, 404
+///                                          for an unknown type
+///   GET  /api/v1/keys                      JSON: the gossip keyring's key ids (never the keys),
+///                                          which one is primary
+///   POST /api/v1/keys/install|use|remove   body {"key":"<base64>"}, bearer token as above: the
+///                                          keyring change on every live member (it waits until
+///                                          each confirmed or key_timeout). 200 when all did, 502
+///                                          naming who failed or did not answer, 409 while
+///                                          another key operation runs
+///   GET  /api/v1/events                    Server-Sent Events (text/event-stream): one JSON
+///                                          object per "data:" line, a membership event each
+///                                          ({"event":"member",...}) and a summary when a shard
+///                                          table changed ({"event":"shards",...}); a comment
+///                                          line every event_heartbeat. A client that falls
+///                                          max_event_queue events behind is dropped (counted)
+///   GET  /                                 the dashboard page (HTML)
+///
+/// Every refusal is counted in AdminStats and /metrics.
 
 #include <atomic>
 #include <chrono>
@@ -40,8 +68,14 @@ struct AdminOptions {
   /// Limits per request (larger: 400 or 413, and the connection is closed).
   std::size_t max_header_bytes = 8 * 1024;
   std::size_t max_body_bytes = 8 * 1024;
-  /// Connections open at once; more are closed on accept (counted).
+  /// Connections open at once (event streams included); more are closed on accept (counted).
   std::size_t max_connections = 64;
+  /// How long POST /api/v1/keys/... waits for every member to confirm.
+  std::chrono::milliseconds key_timeout{8'000};
+  /// Events queued for one /api/v1/events client; one more and the client is dropped.
+  std::size_t max_event_queue = 256;
+  /// A comment line on every event stream this often (finds clients that went away).
+  std::chrono::milliseconds event_heartbeat{15'000};
   /// Entity types the embedding program starts on Node::sharding() itself (type, number of
   /// shards); the types of NodeOptions::sharding are added by Node.
   std::vector<std::pair<std::string, std::uint32_t>> entity_types;
@@ -59,6 +93,10 @@ struct AdminStats {
   std::uint64_t not_found = 0;
   std::uint64_t method_not_allowed = 0;
   std::uint64_t internal_errors = 0;       ///< a handler threw (500)
+  std::uint64_t conflicts = 0;             ///< key operations refused: another one was running (409)
+  std::uint64_t event_streams = 0;         ///< /api/v1/events streams opened
+  std::uint64_t events_sent = 0;           ///< events queued to stream clients
+  std::uint64_t slow_clients_dropped = 0;  ///< stream clients dropped: too far behind or stuck
 };
 
 /// What the server reports on. Every pointer but `system` may be null; all must outlive the

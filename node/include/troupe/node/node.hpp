@@ -14,6 +14,7 @@
 
 #include <troupe/actor/actor_system.hpp>
 #include <troupe/node/admin.hpp>
+#include <troupe/node/logging.hpp>
 #include <troupe/membership/service.hpp>
 #include <troupe/remoting/transport.hpp>
 #include <troupe/serialization/result.hpp>
@@ -26,6 +27,8 @@ struct NodeOptions {
   std::string name;
   /// Worker threads (0: one per hardware thread).
   unsigned workers = 0;
+  /// Log lines as text or as JSON objects (logging.hpp); the level is spdlog's global level.
+  LogFormat log_format = LogFormat::text;
   remoting::TransportConfig transport;
   /// CURVE public keys of peers by endpoint ("host:port"), for nodes this one sends to first.
   std::vector<std::pair<std::string, std::string>> peer_keys;
