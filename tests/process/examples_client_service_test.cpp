@@ -1,0 +1,196 @@
+// The client service example (examples/client_service) run for real against two troupe-node
+// processes hosting the built-in test entity (--entity kv) on loopback with CURVE: it adds to and
+// reads back counters through its ShardingClient at a steady rate, and reports once a second.
+//
+// TROUPE_NODE_BIN names troupe-node, EXAMPLE_BIN troupe-client-service (built in the tree from the
+// same source as the out-of-tree build of tests/install).
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include <troupe/membership/keyring.hpp>
+#include <troupe/remoting/security.hpp>
+
+#include "node_process.hpp"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+
+/// A child process whose stdout lines a reader thread collects (stderr is left to the test's).
+class Child {
+ public:
+  explicit Child(std::vector<std::string> args) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(fds[1], 1);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    out_ = fds[0];
+    reader_ = std::thread([this] {
+      std::string buf;
+      char chunk[4096];
+      for (ssize_t k; (k = ::read(out_, chunk, sizeof chunk)) > 0;) {
+        buf.append(chunk, static_cast<std::size_t>(k));
+        for (std::size_t nl; (nl = buf.find('\n')) != std::string::npos; buf.erase(0, nl + 1)) {
+          std::lock_guard lk(mu_);
+          lines_.push_back(buf.substr(0, nl));
+          cv_.notify_all();
+        }
+      }
+    });
+  }
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    reader_.join();
+    ::close(out_);
+  }
+  /// Waits for a line containing `text`; returns it ("" when none came within `limit`).
+  std::string wait_line(const std::string& text, std::chrono::milliseconds limit) {
+    std::unique_lock lk(mu_);
+    std::string found;
+    cv_.wait_for(lk, limit, [&] {
+      for (const auto& l : lines_) {
+        if (l.find(text) != std::string::npos) return found = l, true;
+      }
+      return false;
+    });
+    return found;
+  }
+  /// Waits for the exit (killing the child after `limit`): its exit code, -1 when killed.
+  int wait_exit(std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > end) ::kill(pid_, SIGKILL);
+      std::this_thread::sleep_for(20ms);
+    }
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  void signal(int sig) const { ::kill(pid_, sig); }
+  /// The latest line containing `text` ("" : none yet).
+  std::string last_line(const std::string& text) {
+    std::lock_guard lk(mu_);
+    for (auto it = lines_.rbegin(); it != lines_.rend(); ++it) {
+      if (it->find(text) != std::string::npos) return *it;
+    }
+    return "";
+  }
+  std::string output() {
+    std::lock_guard lk(mu_);
+    std::string all;
+    for (const auto& l : lines_) all += l + "\n";
+    return all;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int out_ = -1;
+  std::thread reader_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> lines_;
+};
+
+/// The number after "<key>=" in `line` (-1 when absent).
+long long field(const std::string& line, const std::string& key) {
+  std::smatch m;
+  if (!std::regex_search(line, m, std::regex("(^| )" + key + "=([0-9]+)"))) return -1;
+  return std::stoll(m[2]);
+}
+
+struct ClientServiceExample : ::testing::Test {
+  ClientServiceExample() {
+    std::ofstream allow(dir.path / "allow");
+    for (const std::string name : {"n0", "n1", "client"}) {
+      auto kp = remoting::generate_keypair().value();
+      EXPECT_FALSE(remoting::save_keypair(kp, dir.path, name));
+      allow << kp.public_key << "\n";
+    }
+    allow.close();
+    EXPECT_FALSE(membership::save_keyring(membership::Keyring(membership::generate_key().value()), dir.path / "keyring"));
+  }
+  std::unique_ptr<testkit::NodeProcess> node(const std::string& name, const std::string& seed) {
+    std::vector<std::string> a{"--name", name, "--port", "0", "--gossip-port", "0", "--preset", "local", "--workers", "2",
+                               "--key-file", (dir.path / (name + ".key")).string(), "--allow-list", (dir.path / "allow").string(),
+                               "--keyring", (dir.path / ("keyring")).string(), "--entity", "kv"};
+    if (!seed.empty()) a.insert(a.end(), {"--seed", seed});
+    return std::make_unique<testkit::NodeProcess>(a);
+  }
+  /// The client service's command line as the Compose cluster gives it; contacts: n0 by
+  /// address, n1 by the name "localhost" (which may resolve to 127.0.0.1 and ::1: every address
+  /// is tried).
+  std::vector<std::string> client_args(const std::string& duration) {
+    return {EXAMPLE_BIN, "--contact", nodes[0]->address.endpoint(), "--contact", "localhost:" + std::to_string(nodes[1]->address.port),
+            "--key-file", (dir.path / "client.key").string(), "--allow-list", (dir.path / "allow").string(),
+            "--type", "kv", "--rate", "200", "--duration", duration, "--ids", "20"};
+  }
+  void start_cluster() {
+    nodes[0] = node("n0", "");
+    nodes[1] = node("n1", nodes[0]->gossip);
+    ASSERT_TRUE(nodes[0]->saw_event("up", "n1", 20s));
+    ASSERT_TRUE(nodes[1]->saw_event("up", "n0", 20s));
+  }
+  testkit::TempDir dir;
+  std::unique_ptr<testkit::NodeProcess> nodes[2];
+};
+
+TEST_F(ClientServiceExample, AddsAndReadsBackCountersWithoutFailuresOrValuesGoingBackwards) {
+  start_cluster();
+  Child client(client_args("4"));
+  const int code = client.wait_exit(30s);
+  const auto out = client.output();
+  EXPECT_EQ(code, 0) << out;
+  std::vector<std::string> lines;
+  std::istringstream in(out);
+  for (std::string l; std::getline(in, l);) {
+    if (l.starts_with("client t=")) lines.push_back(l);
+  }
+  ASSERT_GE(lines.size(), 4u) << "a line per second and a last one: " << out;
+  const std::regex format(R"(^client t=\d+ ok=\d+ failed=\d+ unavailable=\d+ p99_ms=\d+\.\d+ wrong=\d+$)");
+  for (const auto& l : lines) EXPECT_TRUE(std::regex_match(l, format)) << l;
+  const auto& last = lines.back();
+  EXPECT_GT(field(last, "ok"), 100) << last;
+  EXPECT_EQ(field(last, "failed"), 0) << last;
+  EXPECT_EQ(field(last, "unavailable"), 0) << last;
+  EXPECT_EQ(field(last, "wrong"), 0) << last;
+}
+
+TEST_F(ClientServiceExample, RunsUntilSigtermThenExitsZero) {
+  start_cluster();
+  Child client(client_args("0"));
+  auto busy = [&] {
+    for (const auto end = std::chrono::steady_clock::now() + 20s; std::chrono::steady_clock::now() < end;) {
+      if (field(client.last_line("client t="), "ok") > 0) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  };
+  ASSERT_TRUE(busy()) << client.output();
+  client.signal(SIGTERM);
+  EXPECT_EQ(client.wait_exit(10s), 0) << client.output();
+  EXPECT_EQ(field(client.last_line("client t="), "wrong"), 0);
+}
+
+}  // namespace
+}  // namespace troupe
