@@ -7,6 +7,7 @@ WERROR     ?= $(if $(CI),ON,OFF)
 CMAKE_ARGS ?=
 
 .PHONY: all deps configure build test test-unit test-sanitize bench bench-membership-long demo fuzz clean
+.PHONY: docker-base docker-image test-cluster
 FUZZ_SECONDS ?= 600
 
 all: build
@@ -64,6 +65,21 @@ fuzz: deps
 	  $$(find build-fuzz -name $$t -type f -perm -u+x | head -1) -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
 	    -artifact_prefix=build-fuzz/artifacts/$$t- -print_final_stats=1 build-fuzz/corpus/$$t || exit 1; \
 	done
+
+# Docker (docker/, no registry needed): the base image troupe/bookworm:local (debootstrap, then
+# docker import), the node image compiled from source inside Docker (DOCKER_IMAGE, default
+# troupe/node:local), and a cluster test: docker-compose with images of the binaries built here,
+# kill, pause and network partition scenarios (tests/docker/cluster_test.sh).
+DOCKER_BASE  ?= troupe/bookworm:local
+DOCKER_IMAGE ?= troupe/node:local
+docker-base:
+	@BUILD=$(BUILD) scripts/docker-base.sh
+
+docker-image: docker-base
+	@BUILD=$(BUILD) BASE=$(DOCKER_BASE) JOBS=$(JOBS) docker/build-image.sh source $(DOCKER_IMAGE)
+
+test-cluster: build
+	@BUILD=$(BUILD) tests/docker/cluster_test.sh
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz
