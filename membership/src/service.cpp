@@ -1,6 +1,9 @@
 #include <troupe/membership/service.hpp>
 
+#include <algorithm>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -42,7 +45,9 @@ std::optional<UdpEndpoint> split(const std::string& s) {
   return UdpEndpoint{host, static_cast<std::uint16_t>(p)};
 }
 
-/// Every address of `ep.host` (itself when it is a literal); empty when it does not resolve.
+/// Every address of `ep.host` (itself when it is a literal), in address order: the resolver
+/// lists a container's own address first, and every node behind one name must agree on which
+/// of them is the first seed. Empty when it does not resolve.
 std::vector<UdpEndpoint> resolve_all(const UdpEndpoint& ep) {
   boost::asio::io_context io;
   boost::asio::ip::udp::resolver r(io);
@@ -50,11 +55,37 @@ std::vector<UdpEndpoint> resolve_all(const UdpEndpoint& ep) {
   auto results = r.resolve(ep.host, std::to_string(ep.port), ec);
   std::vector<UdpEndpoint> out;
   if (ec) return out;
-  for (const auto& e : results) {
-    UdpEndpoint u{e.endpoint().address().to_string(), e.endpoint().port()};
-    if (std::find(out.begin(), out.end(), u) == out.end()) out.push_back(u);
-  }
+  std::vector<boost::asio::ip::address> addresses;
+  for (const auto& e : results) addresses.push_back(e.endpoint().address());
+  std::sort(addresses.begin(), addresses.end());
+  addresses.erase(std::unique(addresses.begin(), addresses.end()), addresses.end());
+  for (const auto& a : addresses) out.push_back(UdpEndpoint{a.to_string(), ep.port});
   return out;
+}
+
+bool is_name(const std::string& host) {
+  boost::system::error_code ec;
+  boost::asio::ip::make_address(host, ec);
+  return static_cast<bool>(ec);
+}
+
+/// Every address of every seed; this node itself, under the address other nodes use, keeps its
+/// place in the list. A name that does not resolve (yet) stays as given (logged once).
+std::vector<UdpEndpoint> resolve_seeds(const std::vector<UdpEndpoint>& seeds, const UdpEndpoint& self,
+                                       const std::string& bind_host, spdlog::logger* log) {
+  std::vector<UdpEndpoint> resolved;
+  for (const auto& s : seeds) {
+    auto all = resolve_all(s);
+    if (all.empty()) {
+      if (log) log->warn("membership: seed {} does not resolve (yet); using the name as given", s.to_string());
+      all.push_back(s);
+    }
+    for (auto& a : all) {
+      if (a.port == self.port && (a.host == self.host || a.host == bind_host)) a = self;
+      resolved.push_back(a);
+    }
+  }
+  return resolved;
 }
 
 }  // namespace
@@ -69,6 +100,10 @@ struct MembershipService::Impl {
   std::vector<std::function<void(const MembershipEvent&)>> subscribers;  // io thread after start
   std::mutex sub_mu;
   std::atomic<bool> stopped{false};
+  // Seeds given by name are resolved again while joining (more nodes appear behind the name).
+  std::thread reresolver;
+  std::mutex rr_mu;
+  std::condition_variable rr_cv;
 
   /// Runs fn on the I/O thread and returns its result (inline when already there).
   template <class F>
@@ -142,23 +177,12 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
   id.curve_key = m.cfg.curve_key;
 
   // Seeds: every address of every name. The first configured seed decides who may form.
-  std::vector<UdpEndpoint> resolved;
-  for (const auto& s : seeds) {
-    auto all = resolve_all(s);
-    if (all.empty()) {
-      log->warn("membership: seed {} does not resolve (yet); using the name as given", s.to_string());
-      all.push_back(s);
-    }
-    for (auto& a : all) {
-      // This node itself, under the address other nodes use, keeps its place in the list.
-      if (a.port == id.gossip.port && (a.host == id.gossip.host || a.host == m.cfg.bind_host)) a = id.gossip;
-      resolved.push_back(a);
-    }
-  }
+  const std::vector<UdpEndpoint> resolved = resolve_seeds(seeds, id.gossip, m.cfg.bind_host, log.get());
+  const bool by_name = std::any_of(seeds.begin(), seeds.end(), [](const UdpEndpoint& s) { return is_name(s.host); });
 
   Impl* raw = &m;
   std::promise<void> ready;
-  m.udp->post([raw, id, resolved, &ready] {
+  m.udp->post([raw, id, resolved, by_name, &ready] {
     raw->io_thread = std::this_thread::get_id();
     raw->proto = std::make_unique<SwimProtocol>(raw->cfg.membership, id, raw->clock, *raw->udp, random_u64(), raw->log);
     raw->proto->subscribe([raw](const MembershipEvent& e) {
@@ -210,13 +234,30 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
       raw->log->info("membership: keyring {}: key {:08x} ({} keys)", to_string(op), key_id(k), ring.size());
       return {};
     });
-    raw->proto->join(resolved);
+    raw->proto->join(resolved, by_name);
     raw->udp->schedule_every(std::chrono::milliseconds(10), [raw] { raw->proto->poll(); });
     ready.set_value();
   });
   ready.get_future().get();
   log->info("membership: {} ({:016x}) gossiping at {} in cluster '{}', {} seeds", id.name, id.uid,
             id.gossip.to_string(), m.cfg.membership.cluster_name, resolved.size());
+  if (by_name) {
+    // Off the I/O thread: a slow resolver must not delay probes.
+    m.reresolver = std::thread([raw, seeds, self = id.gossip] {
+      std::unique_lock lk(raw->rr_mu);
+      while (!raw->rr_cv.wait_for(lk, raw->cfg.membership.join_retry_interval, [raw] { return raw->stopped.load(); })) {
+        lk.unlock();
+        auto again = resolve_seeds(seeds, self, raw->cfg.bind_host, nullptr);
+        const bool joining = raw->call([&] {
+          if (!raw->proto->joining()) return false;
+          raw->proto->update_seeds(std::move(again));
+          return true;
+        });
+        lk.lock();
+        if (!joining) break;
+      }
+    });
+  }
   return std::unique_ptr<MembershipService>(new MembershipService(std::move(impl)));
 }
 
@@ -225,7 +266,12 @@ MembershipService::~MembershipService() { stop(); }
 void MembershipService::stop() {
   if (impl_->stopped) return;
   impl_->udp->stop();
-  impl_->stopped = true;
+  {
+    std::lock_guard lk(impl_->rr_mu);
+    impl_->stopped = true;
+  }
+  impl_->rr_cv.notify_all();
+  if (impl_->reresolver.joinable()) impl_->reresolver.join();
 }
 
 bool MembershipService::leave_and_wait(std::chrono::milliseconds timeout) {

@@ -1075,7 +1075,8 @@ struct SwimProtocol::State {
         joined = true;
       } else if (t >= next_join) {
         const bool first_seed = seeds.empty() || seeds.front() == me().info.gossip;
-        if (first_seed && t - join_started >= nanoseconds(seeds.size() > 1 ? cfg.form_after : milliseconds(0))) {
+        const bool wait = seeds.size() > 1 || wait_to_form;
+        if (first_seed && t - join_started >= nanoseconds(wait ? cfg.form_after : milliseconds(0))) {
           joined = true;
           decide(me().info.name, "formed a new cluster (first seed, no other seed answered)");
           me().info.up_order = 1;  // the oldest member of the new cluster
@@ -1171,6 +1172,7 @@ struct SwimProtocol::State {
   bool joined = false;
   bool self_exited = false;
   nanoseconds join_started{0}, next_join{0}, exiting_since{0};
+  bool wait_to_form = false;  // the seeds came from a DNS name: a lone self still waits form_after
   nanoseconds next_probe{0}, next_gossip{0}, next_push_pull{0}, next_maintenance{0};
   std::optional<std::uint64_t> leader_uid;
   std::multimap<UdpEndpoint, std::uint64_t> by_endpoint;  // gossip endpoint -> members (not this node)
@@ -1314,7 +1316,16 @@ SwimProtocol::SwimProtocol(MembershipConfig config, Identity self, const Clock& 
 
 SwimProtocol::~SwimProtocol() = default;
 
-void SwimProtocol::join(std::vector<UdpEndpoint> seeds) {
+void SwimProtocol::update_seeds(std::vector<UdpEndpoint> seeds) {
+  if (s_->joined || seeds == s_->seeds) return;
+  s_->decide(s_->me().info.name, fmt::format("seeds resolved again: {} (was {})", seeds.size(), s_->seeds.size()));
+  s_->seeds = std::move(seeds);
+}
+
+bool SwimProtocol::joining() const { return !s_->joined; }
+
+void SwimProtocol::join(std::vector<UdpEndpoint> seeds, bool wait_to_form) {
+  s_->wait_to_form = wait_to_form;
   s_->seeds = std::move(seeds);
   s_->join_started = s_->now();
   s_->next_join = s_->now();

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -102,6 +103,24 @@ class ClientAgent final : public Actor {
   TimerService::Clock::time_point last_ack_{};
 };
 
+/// Where to look for the cluster: the configured contact points first, then every node that
+/// owns a shard in the client's tables (so that losing every contact point, say the one seed it
+/// was given, does not cut the client off while other members are alive).
+std::vector<std::string> contact_candidates(const ShardingClient::State& s) {
+  std::vector<std::string> out = s.config.contact_points;
+  std::set<std::string> seen(out.begin(), out.end());
+  std::lock_guard lk(s.sh->mu);
+  for (const auto& [name, t] : s.sh->types) {
+    for (const auto& si : t.table) {
+      if (si.region.empty()) continue;
+      if (auto a = remoting::parse_actor_address(si.region)) {
+        if (auto e = a->node.endpoint(); seen.insert(e).second) out.push_back(std::move(e));
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 ShardingClient::ShardingClient(ActorSystem& system, remoting::Transport& transport, ShardingClientConfig config)
@@ -120,8 +139,9 @@ ShardingClient::ShardingClient(ActorSystem& system, remoting::Transport& transpo
     std::unique_lock lk(s->mu);
     while (!s->stopping) {
       if (s->needs_contact) {
-        const auto endpoint = s->config.contact_points[next++ % s->config.contact_points.size()];
         lk.unlock();
+        const auto candidates = contact_candidates(*s);
+        const auto endpoint = candidates[next++ % candidates.size()];
         auto a = transport.discover(endpoint, s->config.contact_timeout);
         if (a) {
           s->sh->coordinator_actor.tell(Message::build<ContactFound>([&](flatbuffers::FlatBufferBuilder& b) {

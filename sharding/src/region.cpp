@@ -1129,8 +1129,14 @@ std::vector<ShardMove> Sharding::shard_history(std::string_view type, ShardId sh
 
 ShardingStats Sharding::stats() const {
   const auto& s = *shared_;
-  ShardingStats out{s.routed.load(), s.activations.load(), s.passivations.load(), s.buffered.load(),
-                    s.unknown_type.load(), s.bad_id.load(), s.live.load()};
+  ShardingStats out;
+  out.routed = s.routed.load();
+  out.activations = s.activations.load();
+  out.passivations = s.passivations.load();
+  out.buffered = s.buffered.load();
+  out.unknown_type = s.unknown_type.load();
+  out.bad_id = s.bad_id.load();
+  out.live_entities = s.live.load();
   out.forwarded = s.forwarded.load();
   out.rerouted = s.rerouted.load();
   out.stale_epoch = s.stale_epoch.load();

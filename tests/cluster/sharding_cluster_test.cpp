@@ -477,6 +477,44 @@ TEST(ClusterSharding, AClientThatIsNotAMemberRoutesThroughTheTablesAndFollowsACo
   c.log.check();
 }
 
+TEST(ClusterSharding, AClientWhoseOnlyContactPointIsLostFindsTheClusterThroughItsTables) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1, 2}));
+  node::NodeOptions o;
+  o.name = "client";
+  o.transport.port = 0;
+  o.transport.keys = c.keys.pairs[5];
+  o.transport.allow_list = c.keys.allow;
+  auto client_node = node::Node::start(std::move(o)).value();
+  client_node->system().registry().add<test::Cmd>();
+  // Its one contact point is the coordinator's node (as a lone seed in a Compose file would be).
+  const auto contact = c.nodes[0]->transport().address().endpoint();
+  client_node->transport().add_peer_key(contact, c.keys.pairs[0].public_key);
+  sharding::ShardingClientConfig cc;
+  cc.contact_points = {contact};
+  cc.sharding.resend_interval = 300ms;
+  auto client = std::make_unique<sharding::ShardingClient>(client_node->system(), client_node->transport(), cc);
+  client->start_proxy(kType, kShards);
+  ASSERT_TRUE(eventually([&] {
+    auto t = client->shards(kType);
+    return t.size() == kShards && std::all_of(t.begin(), t.end(), [](const auto& s) { return !s.region.empty() && !s.moving; });
+  }, 30s));
+  c.nodes[0]->stop();
+  // No contact point answers now: the client asks the other nodes of its tables, registers with
+  // the new coordinator and gets the tables that give n0's shards their new homes.
+  ASSERT_TRUE(eventually([&] { return c.settled({1, 2}, {1, 2}) && client->coordinator() == c.uid(1); }, 60s));
+  ASSERT_TRUE(eventually([&] {
+    for (int k = 0; k < 45; ++k) {
+      auto r = client->ask(kType, id_of(k), cmd("get"), 3s).get();
+      if (!r || !r->is<test::Cmd>()) return false;
+    }
+    return true;
+  }, 30s)) << "every entity answers the client again";
+  client.reset();
+  client_node->stop();
+  c.log.check();
+}
+
 /// A chain of iptables rules of this test's own, removed on destruction (root only).
 struct Partition {
   std::string chain = "TROUPE_PART_" + std::to_string(::getpid());

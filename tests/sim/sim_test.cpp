@@ -170,6 +170,31 @@ TEST_F(Sim, ACrashedProcessWhosePortRefusesIsDownedWellUnderStableAfter) {
   EXPECT_TRUE(why) << "the leader says why it did not wait";
 }
 
+TEST_F(Sim, NodesBehindOneDnsNameThatStartTogetherFormOneCluster) {
+  // Replicas started at once behind one name: at first each resolves the name to itself only;
+  // resolved again a second later, the name lists all of them (in address order, the same for
+  // everyone). Seeds from a name wait form_after even when they list only this node, so the
+  // replicas meet before anyone forms, and only the first address forms.
+  for (int i = 0; i < 3; ++i) sim->add_node(name_of(i), cfg);
+  for (int i = 0; i < 3; ++i) {
+    sim->node(i).join({sim->endpoint(i)}, /*wait_to_form=*/true);
+    sim->wake(i);
+  }
+  sim->run_for(1s);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(sim->node(i).joining()) << name_of(i) << " formed alone";
+    sim->node(i).update_seeds({sim->endpoint(0), sim->endpoint(1), sim->endpoint(2)});
+    sim->wake(i);
+  }
+  ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 3), range(0, 3)); }, 30s));
+  for (int i = 0; i < 3; ++i) {
+    int formed = 0;
+    for (const auto& e : sim->events(i)) formed += e.kind == membership::EventKind::up && e.detail == "formed the cluster";
+    EXPECT_EQ(formed, i == 0 ? 1 : 0) << name_of(i);
+    EXPECT_FALSE(sim->node(i).joining()) << name_of(i);
+  }
+}
+
 TEST_F(Sim, APauseShorterThanToleranceDownsNobody) {
   form(*sim, 20, cfg);
   ASSERT_TRUE(sim->run_until([&] { return everyone_sees_all_up(*sim, range(0, 20), range(0, 20)); }, 60s));

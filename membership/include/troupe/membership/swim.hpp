@@ -95,8 +95,14 @@ class SwimProtocol {
 
   /// Starts joining through `seeds` (the node's own endpoint may be among them). With no seed,
   /// or when this node is the first seed and nobody answers within form_after, it forms a new
-  /// cluster on its own.
-  void join(std::vector<UdpEndpoint> seeds);
+  /// cluster on its own. A lone seed that is this node forms at once, unless `wait_to_form`
+  /// (seeds that came from a DNS name: the other nodes behind it may not be listed yet).
+  void join(std::vector<UdpEndpoint> seeds, bool wait_to_form = false);
+  /// While joining: the seeds as resolved again (a DNS name lists more nodes as they start).
+  /// The form_after wait keeps running from join().
+  void update_seeds(std::vector<UdpEndpoint> seeds);
+  /// True until this node is in a cluster (joined one, or formed one).
+  bool joining() const;
   /// Leaves gracefully: leaving -> exiting -> removed, then self_removed.
   void leave();
   /// Operator actions on any member by name; false when unknown.

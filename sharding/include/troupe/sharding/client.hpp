@@ -6,7 +6,8 @@
 /// keeps the coordinator's shard tables and sends every message straight to the owning node's
 /// region. Messages wait (bounded) while a shard has no home; a full buffer answers
 /// ShardUnavailable. When the coordinator stops answering it registers again through the
-/// contact points, routing with its last tables meanwhile.
+/// contact points, or failing those any node of its tables, routing with its last tables
+/// meanwhile.
 ///
 /// The client needs a transport whose allow-list admits the members' keys, the contact points'
 /// CURVE keys (Transport::add_peer_key), and its own key on the members' allow-lists; it learns
