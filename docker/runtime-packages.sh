@@ -17,6 +17,10 @@ package_of() {
   return 1
 }
 libs=$(for b in "$@"; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u)
+# Not a pipeline into sort: an exit inside it would only end a subshell (sh has no pipefail).
+packages=""
 for l in $libs; do
-  package_of "$l" || { echo "runtime-packages: no Debian package holds $l" >&2; exit 1; }
-done | sort -u
+  p=$(package_of "$l") || { echo "runtime-packages: no Debian package holds $l" >&2; exit 1; }
+  packages="$packages $p"
+done
+printf '%s\n' $packages | sort -u

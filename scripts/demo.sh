@@ -13,7 +13,8 @@ ctl="$build/node/troupectl"
 client_bin="$build/examples/client_service/troupe-client-service"
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap 'rm -rf "$dir"; exit 130' INT TERM  # Ctrl-C again: stop waiting, still clean up
   echo "== stopping (SIGTERM: each node hands its shards off and leaves)"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -55,11 +56,13 @@ start n2 --seed "$seed"
 start n3 --seed "$seed"
 echo "== dashboard: http://${admin_of[n1]}/   (or: $ctl --admin ${admin_of[n1]} members)"
 
+formed=""
 for _ in $(seq 300); do  # every node up and the shard table complete
-  curl_ok=$("$ctl" --admin "${admin_of[n1]}" members 2>/dev/null | grep -c ' up ' || true)
-  [ "$curl_ok" -ge 3 ] && "$ctl" --admin "${admin_of[n1]}" shards 2>/dev/null | grep -q n3 && break
+  up=$("$ctl" --admin "${admin_of[n1]}" members 2>/dev/null | grep -c ' up ' || true)
+  if [ "$up" -ge 3 ] && "$ctl" --admin "${admin_of[n1]}" shards 2>/dev/null | grep -q n3; then formed=1; break; fi
   sleep 0.1
 done
+[ -n "$formed" ] || { echo "the cluster did not form in 30 s; n1's log:"; tail -20 "$dir/n1.log"; exit 1; }
 
 echo "== the client service adds to and reads 500 counters, 2000 messages per second"
 "$client_bin" --contact "${remoting_of[n1]}" --contact "${remoting_of[n2]}" --contact "${remoting_of[n3]}" \

@@ -104,6 +104,7 @@ struct MembershipService::Impl {
   std::thread reresolver;
   std::mutex rr_mu;
   std::condition_variable rr_cv;
+  bool rr_stop = false;  // under rr_mu
 
   /// Runs fn on the I/O thread and returns its result (inline when already there).
   template <class F>
@@ -245,7 +246,7 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
     // Off the I/O thread: a slow resolver must not delay probes.
     m.reresolver = std::thread([raw, seeds, self = id.gossip] {
       std::unique_lock lk(raw->rr_mu);
-      while (!raw->rr_cv.wait_for(lk, raw->cfg.membership.join_retry_interval, [raw] { return raw->stopped.load(); })) {
+      while (!raw->rr_cv.wait_for(lk, raw->cfg.membership.join_retry_interval, [raw] { return raw->rr_stop; })) {
         lk.unlock();
         auto again = resolve_seeds(seeds, self, raw->cfg.bind_host, nullptr);
         const bool joining = raw->call([&] {
@@ -265,13 +266,16 @@ MembershipService::~MembershipService() { stop(); }
 
 void MembershipService::stop() {
   if (impl_->stopped) return;
-  impl_->udp->stop();
+  // The re-resolver first, while the I/O thread still runs the calls it posts (once stopped, a
+  // call runs inline: only one thread may then touch the protocol).
   {
     std::lock_guard lk(impl_->rr_mu);
-    impl_->stopped = true;
+    impl_->rr_stop = true;
   }
   impl_->rr_cv.notify_all();
   if (impl_->reresolver.joinable()) impl_->reresolver.join();
+  impl_->udp->stop();
+  impl_->stopped = true;
 }
 
 bool MembershipService::leave_and_wait(std::chrono::milliseconds timeout) {

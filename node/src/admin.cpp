@@ -360,7 +360,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void drop() {
     if (dropped_) return;
     dropped_ = true;
-    queue_.clear();
+    // A write in flight still reads the front frame: keep it until its handler has run.
+    if (writing_ && !queue_.empty()) queue_.erase(std::next(queue_.begin()), queue_.end());
+    else queue_.clear();
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.socket().close(ignored);

@@ -46,7 +46,7 @@ constexpr const char* kPage = R"PAGE(<!doctype html>
 <div id="error"></div>
 <main>
   <section><h2>Members</h2>
-    <table><thead><tr><th>Name</th><th>Status</th><th>Reachability</th><th>Age</th><th>Remoting</th></tr></thead>
+    <table><thead><tr><th>Name</th><th>Status</th><th>Reachability</th><th>Age (#1 oldest)</th><th>Remoting</th></tr></thead>
     <tbody id="members"><tr><td colspan="5" class="empty">loading…</td></tr></tbody></table>
   </section>
   <section><h2>Shards</h2><div id="shards"><span class="empty">loading…</span></div></section>

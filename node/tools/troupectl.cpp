@@ -328,7 +328,8 @@ class Client {
   template <class F>
   void stream(const std::string& target, F on_data) {
     connect();
-    std::string req = "GET " + target + " HTTP/1.1\r\nHost: " + ep_.host + "\r\nAccept: text/event-stream\r\nUser-Agent: troupectl\r\n\r\n";
+    std::string req = "GET " + target + " HTTP/1.1\r\nHost: " + ep_.host + "\r\nAccept: text/event-stream\r\nUser-Agent: troupectl\r\n"
+                      "Connection: close\r\n\r\n";  // an error answer then ends with the connection
     beast::error_code ec;
     stream_.expires_after(timeout());
     asio::async_write(stream_, asio::buffer(req), [&](beast::error_code e, std::size_t) { ec = e; });
@@ -338,9 +339,10 @@ class Client {
     bool header = true;
     char chunk[4096];
     for (;;) {
-      // The header must come in time; then events come when they happen.
+      // The header must come in time; then events come when they happen, and the server's
+      // keep-alive comment at least every 15 s: three missed mean a dead connection.
       if (header) stream_.expires_after(timeout());
-      else stream_.expires_never();
+      else stream_.expires_after(std::chrono::seconds(45));
       std::size_t n = 0;
       stream_.async_read_some(asio::buffer(chunk), [&](beast::error_code e, std::size_t k) {
         ec = e;

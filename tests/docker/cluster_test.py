@@ -54,7 +54,10 @@ def log(msg):
 
 def run(cmd, check=True, timeout=600, env=None):
     """Runs cmd (a list); returns its stdout; raises Failed with stderr when check and it fails."""
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise Failed("%s did not finish within %d s" % (" ".join(cmd), timeout))
     if check and p.returncode != 0:
         raise Failed("%s exited %d:\n%s%s" % (" ".join(cmd), p.returncode, p.stdout[-3000:], p.stderr[-3000:]))
     return p.stdout if p.returncode == 0 else None
@@ -360,6 +363,7 @@ def main():
         print("cluster_test: no Docker engine answers", file=sys.stderr)
         return 2
     image = build_images()
+    os.makedirs(os.path.join(BUILD, "docker"), exist_ok=True)
     keys = tempfile.mkdtemp(prefix="keys-%s-" % PROJECT, dir=os.path.join(BUILD, "docker"))
     subprocess.run([os.path.join(ROOT, "docker", "gen-keys.sh"), keys], check=True,
                    env=dict(os.environ, TROUPE_IMAGE=image, BUILD=os.path.relpath(BUILD, ROOT)))

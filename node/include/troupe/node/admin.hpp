@@ -95,7 +95,7 @@ struct AdminStats {
   std::uint64_t internal_errors = 0;       ///< a handler threw (500)
   std::uint64_t conflicts = 0;             ///< key operations refused: another one was running (409)
   std::uint64_t event_streams = 0;         ///< /api/v1/events streams opened
-  std::uint64_t events_sent = 0;           ///< events queued to stream clients
+  std::uint64_t events_sent = 0;           ///< frames (events and keep-alives) handed to stream clients
   std::uint64_t slow_clients_dropped = 0;  ///< stream clients dropped: too far behind or stuck
 };
 

@@ -232,8 +232,10 @@ class Sharding {
   /// Node uid of the coordinator this node follows (0: none, or a cluster of one).
   std::uint64_t coordinator() const;
   /// The moves of one shard that this node's coordinator decided while it was the active one,
-  /// oldest first (at most kShardHistory; only shards that moved have any). A node that never
-  /// coordinated has none: ask the active coordinator's node (coordinator()) for the full story.
+  /// oldest first (at most kShardHistory). Every shard gets an entry when this coordinator first
+  /// allocates it or adopts it from the members' reports (allocated, rebuilt), then one per move:
+  /// about 100 bytes per shard and move. A node that never coordinated has none: ask the active
+  /// coordinator's node (coordinator()) for the full story.
   std::vector<ShardMove> shard_history(std::string_view type, ShardId shard) const;
   /// Moves kept per shard.
   static constexpr std::size_t kShardHistory = 32;
