@@ -23,6 +23,7 @@
 #include <troupe/membership/keyring.hpp>
 #include <troupe/remoting/security.hpp>
 
+#include "child_process.hpp"
 #include "node_process.hpp"
 
 namespace troupe {
@@ -30,89 +31,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-/// A child process whose stdout lines a reader thread collects (stderr is left to the test's).
-class Child {
- public:
-  explicit Child(std::vector<std::string> args) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(fds[1], 1);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    out_ = fds[0];
-    reader_ = std::thread([this] {
-      std::string buf;
-      char chunk[4096];
-      for (ssize_t k; (k = ::read(out_, chunk, sizeof chunk)) > 0;) {
-        buf.append(chunk, static_cast<std::size_t>(k));
-        for (std::size_t nl; (nl = buf.find('\n')) != std::string::npos; buf.erase(0, nl + 1)) {
-          std::lock_guard lk(mu_);
-          lines_.push_back(buf.substr(0, nl));
-          cv_.notify_all();
-        }
-      }
-    });
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    reader_.join();
-    ::close(out_);
-  }
-  /// Waits for a line containing `text`; returns it ("" when none came within `limit`).
-  std::string wait_line(const std::string& text, std::chrono::milliseconds limit) {
-    std::unique_lock lk(mu_);
-    std::string found;
-    cv_.wait_for(lk, limit, [&] {
-      for (const auto& l : lines_) {
-        if (l.find(text) != std::string::npos) return found = l, true;
-      }
-      return false;
-    });
-    return found;
-  }
-  /// Waits for the exit (killing the child after `limit`): its exit code, -1 when killed.
-  int wait_exit(std::chrono::milliseconds limit) {
-    const auto end = std::chrono::steady_clock::now() + limit;
-    int status = 0;
-    while (::waitpid(pid_, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > end) ::kill(pid_, SIGKILL);
-      std::this_thread::sleep_for(20ms);
-    }
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  std::string output() {
-    std::lock_guard lk(mu_);
-    std::string all;
-    for (const auto& l : lines_) all += l + "\n";
-    return all;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  std::thread reader_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::string> lines_;
-};
-
-/// The number after "<key>=" in `line` (-1 when absent).
-long long field(const std::string& line, const std::string& key) {
-  std::smatch m;
-  if (!std::regex_search(line, m, std::regex("(^| )" + key + "=([0-9]+)"))) return -1;
-  return std::stoll(m[2]);
-}
+using testkit::Child;
+using testkit::field;
 
 /// A counter of the admin server's /metrics (Prometheus text), summed over its samples; -1 when
 /// the server does not answer or has no such counter.
