@@ -1,10 +1,9 @@
 // membership_sim_bench: gossip dissemination in the deterministic simulator (tests/sim), the
 // real SwimProtocol with the lan() preset on virtual nodes, virtual time, per-datagram loss
 // (delay 0.5 ms + up to 0.2 ms jitter). For each cluster size n:
-//   1. form the cluster with real joins (the public API has no bulk insert): node 0 forms it,
-//      the others start in 20 waves 500 ms apart and join through node 0; formed = every node
-//      knows every member and sees none unreachable. Up to --up-max-n, also how long until every
-//      node sees every member up (the leader moves joining -> up once it sees convergence);
+//   1. form the cluster at once: every node starts with the same converged view, every member
+//      up (SwimProtocol::assume_formed; joins would take hours of wall time at 10,000 nodes), and
+//      runs 2 simulated seconds; formed = nobody unreachable anywhere by then;
 //   2. for each loss rate (0 %, then 5 %), --reps times (--large-reps from 1000 nodes on) with a
 //      different member and joiner each time, median reported, in simulated seconds measured
 //      from the nodes' own event times:
@@ -12,18 +11,18 @@
 //                                  "leaving") until every other live node has it;
 //      sim_join_<n>_<loss>pct_s    a new node joins through node 0, until every live node of the
 //                                  cluster knows it (its "joined" event);
-//      sim_join_up_<n>_<loss>pct_s (up to --up-max-n) the same joiner until every live node sees
-//                                  it up, within --up-limit;
+//      sim_join_up_<n>_<loss>pct_s (up to --up-max-n, in a fresh cluster) a joiner until every
+//                                  live node sees it up, within --up-limit;
 //   3. sim_speed_<n>: simulated seconds per wall second over everything after formation (the
 //      measurements, the settling between them and the periodic push-pulls in that time).
 //
 // Usage: membership_sim_bench [--sizes 100,1000,10000] [--reps 3] [--large-reps R] [--seed N]
-//                             [--max-gib G] [--form-limit S] [--up-limit S] [--up-max-n N]
+//                             [--max-gib G] [--up-limit S] [--up-max-n N]
 // Prints one JSON line per figure on stdout ({"name","value","unit"}); progress, wall times,
 // heap use, protocol counters and the spread of each measurement on stderr. A size whose member
 // tables would not fit in --max-gib (every node keeps all members: n^2 entries, at the bytes per
-// entry measured on the smaller sizes) or that does not form within --form-limit simulated
-// seconds yields no figures, and says why.
+// entry measured on the smaller sizes) or that has members unreachable after forming yields no
+// figures, and says why.
 
 #include <malloc.h>
 
@@ -57,8 +56,7 @@ struct Options {
   int reps = 3;
   int large_reps = 3;  ///< repetitions for sizes of 1000 and more
   std::uint64_t seed = 20261125;
-  double max_gib = 12;
-  double form_limit_s = 600;
+  double max_gib = 20;
   double up_limit_s = 120;
   int up_max_n = 200;  ///< "up everywhere" is waited for only up to this size
 };
@@ -98,14 +96,9 @@ class Watcher {
   }
 
   void add_node() {
-    known_.push_back(0);
-    up_.push_back(0);
     stopped_.push_back(false);
   }
-  int formed_nodes() const { return formed_; }
-  bool up_everywhere() const { return up_complete_ == static_cast<int>(up_.size()); }
   long unreachable_now() const { return unreachable_; }
-  int expected_members = 0;
 
   /// Starts watching `name` reaching one of `kinds` on every node in `who` (true = counts).
   void watch(const std::string& name, std::vector<EventKind> kinds, std::vector<bool> who, nanoseconds start) {
@@ -135,12 +128,6 @@ class Watcher {
   void on(int i, const MembershipEvent& e) {
     const auto ui = static_cast<std::size_t>(i);
     switch (e.kind) {
-      case EventKind::joined:
-        if (++known_[ui] == expected_members) ++formed_;
-        break;
-      case EventKind::up:
-        if (++up_[ui] == expected_members + 1) ++up_complete_;  // itself included
-        break;
       case EventKind::unreachable: ++unreachable_; break;
       case EventKind::reachable: --unreachable_; break;
       case EventKind::self_removed:
@@ -157,10 +144,7 @@ class Watcher {
   }
 
   Simulation& sim_;
-  std::vector<int> known_, up_;
-  int up_complete_ = 0;
   std::vector<bool> stopped_;
-  int formed_ = 0;
   long unreachable_ = 0;
   std::string watch_name_;
   std::vector<EventKind> watch_kinds_;
@@ -198,28 +182,20 @@ struct SizeResult {
   double bytes_per_entry = 0;
 };
 
-/// Forms an n-node cluster with real joins (a rolling start: node 0 forms it, the others start
-/// in 20 waves 500 ms apart and join through node 0, so that their periodic timers are spread as
-/// in a real cluster). True once every node knows every member and sees none unreachable.
-bool form(const Options& o, Simulation& sim, Watcher& w, int n) {
+/// Forms an n-node cluster at once (Simulation::assume_formed: every node starts with the same
+/// converged view, every member up; forming 10,000 nodes by joins would take hours of wall time),
+/// then runs it for 2 simulated seconds so that the probes' and gossip timers are under way.
+/// True when nobody is unreachable anywhere by then.
+bool form(Simulation& sim, Watcher& w, int n) {
   const auto cfg = MembershipConfig::lan();
   sim.set_link(LinkSpec{0.0, 500us, 200us, 0.0});
-  w.expected_members = n - 1;  // a node has no "joined" event for itself
-  const int wave = std::max(1, n / 20);
-  for (int i = 0; i < n;) {
-    for (int k = 0; k < wave && i < n; ++k, ++i) {
-      sim.add_node(node_name(i), cfg);
-      w.add_node();
-      if (i == 0) {
-        sim.join(0, {});
-      } else {
-        sim.join(i, {0});
-      }
-    }
-    if (i < n) sim.run_for(500ms);
+  for (int i = 0; i < n; ++i) {
+    sim.add_node(node_name(i), cfg);
+    w.add_node();
   }
-  return sim.run_until([&] { return w.formed_nodes() == n && w.unreachable_now() == 0; },
-                       nanoseconds(static_cast<std::int64_t>(o.form_limit_s * 1e9)));
+  sim.assume_formed(0, n);
+  sim.run_for(2s);
+  return w.unreachable_now() == 0;
 }
 
 /// Nodes that take part (alive, not stopped), all but `except`.
@@ -234,10 +210,7 @@ std::vector<bool> live_nodes(Simulation& sim, const Watcher& w, int except) {
 std::optional<double> join_up_once(const Options& o, int n, double loss, std::uint64_t seed) {
   Simulation sim(seed);
   Watcher w(sim);
-  if (!form(o, sim, w, n)) return std::nullopt;
-  if (!sim.run_until([&] { return w.up_everywhere(); }, nanoseconds(static_cast<std::int64_t>(o.form_limit_s * 1e9)))) {
-    return std::nullopt;
-  }
+  if (!form(sim, w, n)) return std::nullopt;
   sim.set_link(LinkSpec{loss, 500us, 200us, 0.0});
   sim.run_for(5s);
   const int j = sim.size();
@@ -273,7 +246,7 @@ SizeResult run_size(const Options& o, int n, double bytes_per_entry_estimate) {
   const auto wall0 = WallClock::now();
   Simulation sim(o.seed + static_cast<std::uint64_t>(n));
   Watcher w(sim);
-  const bool formed = form(o, sim, w, n);
+  const bool formed = form(sim, w, n);
   const double form_wall = wall_seconds(WallClock::now() - wall0);
   const double heap1 = heap_bytes();
   res.bytes_per_entry = std::max(1.0, (heap1 - heap0) / entries);
@@ -282,8 +255,7 @@ SizeResult run_size(const Options& o, int n, double bytes_per_entry_estimate) {
                n, formed ? "complete" : "NOT complete", seconds(sim.now()), form_wall, (heap1 - heap0) / double(1 << 20),
                res.bytes_per_entry);
   if (!formed) {
-    std::fprintf(stderr, "sim n=%d: %d of %d nodes knew every member, %ld unreachable views: no figures\n", n,
-                 w.formed_nodes(), n, w.unreachable_now());
+    std::fprintf(stderr, "sim n=%d: %ld unreachable views 2 s after forming: no figures\n", n, w.unreachable_now());
     return res;
   }
   res.formed = true;
@@ -400,7 +372,6 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", o.seed, "simulation seed")->capture_default_str();
   app.add_option("--max-gib", o.max_gib, "skip a size whose estimated memory exceeds this")->capture_default_str();
-  app.add_option("--form-limit", o.form_limit_s, "simulated seconds allowed to form a cluster")->capture_default_str();
   app.add_option("--up-limit", o.up_limit_s, "simulated seconds allowed for a join to be up everywhere")
       ->capture_default_str();
   app.add_option("--up-max-n", o.up_max_n, "largest size for the join-up figure")->capture_default_str();

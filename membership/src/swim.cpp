@@ -48,33 +48,89 @@ std::uint64_t mix(std::uint64_t x) {
 
 std::uint64_t member_hash(std::uint64_t uid, MemberStatus s) { return mix(uid ^ (std::uint64_t(s) << 56)); }
 
+/// A member record as it arrives: views into the packet, nothing copied until a member that is
+/// new to this node has to be stored.
 struct Rec {
-  MemberInfo info;
-  std::uint64_t from_uid = 0;
+  std::string_view name, host, remoting, curve_key;
+  std::uint16_t port = 0;
+  std::uint64_t uid = 0, incarnation = 0, from_uid = 0, up_order = 0;
+  MemberStatus status = MemberStatus::joining;
+  Liveness liveness = Liveness::alive;
 };
 
 }  // namespace
 
+/// What never changes about a member (one process incarnation): stored once per pool and shared
+/// by every view that holds the member.
+struct Ident {
+  std::string name;
+  std::uint64_t uid = 0;
+  UdpEndpoint gossip;
+  std::string remoting;
+  std::string curve_key;
+  bool same(const Rec& r) const {
+    return r.uid == uid && r.name == name && r.host == gossip.host && r.port == gossip.port &&
+           r.remoting == remoting && r.curve_key == curve_key;
+  }
+};
+
+class IdentityPool {
+ public:
+  std::shared_ptr<const Ident> intern(const Rec& r) {
+    auto& slot = by_uid_[r.uid];
+    if (auto held = slot.lock(); held && held->same(r)) return held;
+    auto made = std::make_shared<const Ident>(Ident{std::string(r.name), r.uid, UdpEndpoint{std::string(r.host), r.port},
+                                                    std::string(r.remoting), std::string(r.curve_key)});
+    slot = made;  // a different identity under a known uid (forged or a bug) replaces it here only
+    if (by_uid_.size() >= sweep_at_) sweep();
+    return made;
+  }
+
+ private:
+  // Identities no view holds any more (removed members, restarted processes) go at the sweeps.
+  void sweep() {
+    std::erase_if(by_uid_, [](const auto& kv) { return kv.second.expired(); });
+    sweep_at_ = std::max<std::size_t>(1024, 2 * by_uid_.size());
+  }
+  std::unordered_map<std::uint64_t, std::weak_ptr<const Ident>> by_uid_;
+  std::size_t sweep_at_ = 1024;
+};
+
+std::shared_ptr<IdentityPool> make_identity_pool() { return std::make_shared<IdentityPool>(); }
+
 struct SwimProtocol::State {
+  // One member in this node's view. Kept small: a simulation of n nodes holds n^2 of them, and
+  // what only a few members need at a time (a suspicion, reachability flips, refusals) lives in
+  // the side tables below.
   struct Node {
-    MemberInfo info;
-    std::uint64_t suspect_from = 0;
-    nanoseconds suspect_start{0};
-    nanoseconds suspect_deadline{0};
-    std::set<std::uint64_t> confirmers;
-    std::vector<nanoseconds> flips;  // a deque would allocate for every member
-    nanoseconds last_flip{0};
-    nanoseconds status_since{0};
+    std::shared_ptr<const Ident> id;
+    std::uint64_t incarnation = 0;
+    std::uint64_t up_order = 0;
     std::uint64_t digest_seen = 0;
+    nanoseconds status_since{0};
     nanoseconds digest_seen_since{0};
     nanoseconds hinted_at{0};  // when it was last told directly that this node suspects it
     nanoseconds asked_at{0};   // when the leader last pinged it for its view digest
-    unsigned transmits_left = 0;
-    // Evidence that its process is gone: ICMP port unreachable for pings to its gossip port.
-    unsigned refusals = 0;                // counted, each after another ping (a stray ICMP is one)
-    nanoseconds refused_at{0};            // the last one counted
-    std::uint64_t pings = 0;              // pings sent to it
-    std::uint64_t pings_at_refusal = 0;   // pings when the last refusal was counted
+    std::uint32_t pings = 0;   // pings sent to it
+    std::uint16_t transmits_left = 0;
+    MemberStatus status = MemberStatus::joining;
+    Liveness liveness = Liveness::alive;
+    bool degraded = false;
+  };
+  struct Suspicion {
+    std::uint64_t from = 0;  // who this node last heard it from (passed on with the record)
+    nanoseconds start{0}, deadline{0};
+    std::set<std::uint64_t> confirmers;
+  };
+  struct Flaps {
+    std::vector<nanoseconds> flips;  // within flap_window
+    nanoseconds last{0};             // the last change between alive and not alive
+  };
+  // Evidence that its process is gone: ICMP port unreachable for pings to its gossip port.
+  struct Refusals {
+    unsigned count = 0;                   // counted, each after another ping (a stray ICMP is one)
+    nanoseconds at{0};                    // the last one counted
+    std::uint32_t pings_at = 0;           // pings when the last refusal was counted
     nanoseconds verified_at{0};           // when the leader last pinged it to see the refusal itself
   };
   struct Probe {
@@ -91,26 +147,55 @@ struct SwimProtocol::State {
   };
 
   State(MembershipConfig c, Identity id, const Clock& clk, PacketTransport& t, std::uint64_t seed,
-        std::shared_ptr<spdlog::logger> l)
-      : cfg(std::move(c)), clock(clk), transport(t), rng(seed), log(std::move(l)) {
+        std::shared_ptr<spdlog::logger> l, std::shared_ptr<IdentityPool> p)
+      : cfg(std::move(c)), clock(clk), transport(t), rng(seed), log(std::move(l)),
+        pool(p ? std::move(p) : make_identity_pool()) {
     self_uid = id.uid;
     Node me;
-    me.info.name = std::move(id.name);
-    me.info.uid = id.uid;
-    me.info.gossip = std::move(id.gossip);
-    me.info.remoting = std::move(id.remoting);
-    me.info.curve_key = std::move(id.curve_key);
+    me.id = std::make_shared<const Ident>(Ident{std::move(id.name), id.uid, std::move(id.gossip), std::move(id.remoting),
+                                                std::move(id.curve_key)});
     me.status_since = clock.now();
-    nodes.emplace(self_uid, std::move(me));
+    self_node = &nodes.emplace(self_uid, std::move(me)).first->second;
     digest_value = member_hash(self_uid, MemberStatus::joining);
   }
 
   // ---- helpers -------------------------------------------------------------------------------
   nanoseconds now() const { return clock.now(); }
-  Node& me() { return nodes.at(self_uid); }
-  const Node& me() const { return nodes.at(self_uid); }
+  Node& me() { return *self_node; }
+  const Node& me() const { return *self_node; }
+  static MemberInfo info_of(const Node& n) {
+    MemberInfo i;
+    if (n.id) {
+      i.name = n.id->name;
+      i.uid = n.id->uid;
+      i.gossip = n.id->gossip;
+      i.remoting = n.id->remoting;
+      i.curve_key = n.id->curve_key;
+    }
+    i.incarnation = n.incarnation;
+    i.status = n.status;
+    i.up_order = n.up_order;
+    i.liveness = n.liveness;
+    i.degraded = n.degraded;
+    return i;
+  }
+  nanoseconds last_flip(const Node& n) const {
+    auto it = flaps.find(n.id->uid);
+    return it == flaps.end() ? nanoseconds{0} : it->second.last;
+  }
+  /// Forgets a member entirely (an expired tombstone).
+  void erase_node(std::uint64_t uid) {
+    auto n = nodes.find(uid);
+    if (n == nodes.end() || uid == self_uid) return;
+    if (n->second.transmits_left) pending_tx[n->second.transmits_left].erase(uid);
+    refused.erase(uid);
+    suspects.erase(uid);
+    flaps.erase(uid);
+    refusals.erase(uid);
+    nodes.erase(n);
+  }
   bool stopped() const {
-    auto s = me().info.status;
+    auto s = me().status;
     return s == MemberStatus::down || s == MemberStatus::removed || self_exited;
   }
   static bool live_status(MemberStatus s) { return s != MemberStatus::down && s != MemberStatus::removed; }
@@ -122,7 +207,7 @@ struct SwimProtocol::State {
     history.push_back(Decision{now(), subject, std::move(what)});
   }
   void emit(EventKind k, const Node& n, std::string detail = {}) {
-    MembershipEvent e{k, n.info, now(), std::move(detail)};
+    MembershipEvent e{k, info_of(n), now(), std::move(detail)};
     for (auto& fn : subscribers) fn(e);
   }
   unsigned retransmit_limit() const {
@@ -130,29 +215,29 @@ struct SwimProtocol::State {
   }
   void broadcast(Node& n) {
     auto& left = n.transmits_left;
-    if (left) pending_tx[left].erase(n.info.uid);
+    if (left) pending_tx[left].erase(n.id->uid);
     left = retransmit_limit();
-    pending_tx[left].insert(n.info.uid);
+    pending_tx[left].insert(n.id->uid);
   }
 
   // ---- statuses and liveness -------------------------------------------------------------------
   void set_status(Node& n, MemberStatus s, const std::string& why) {
-    if (s <= n.info.status) return;
+    if (s <= n.status) return;
     view_changed = true;
-    const bool was_live = live_status(n.info.status);
+    const bool was_live = live_status(n.status);
     // The digest covers members that are not removed: a removed member leaves it entirely, so
     // that a node that never knew it (a later joiner) can still converge with the others.
-    digest_value ^= member_hash(n.info.uid, n.info.status);
-    if (s != MemberStatus::removed) digest_value ^= member_hash(n.info.uid, s);
+    digest_value ^= member_hash(n.id->uid, n.status);
+    if (s != MemberStatus::removed) digest_value ^= member_hash(n.id->uid, s);
     digest_changed_at = now();
-    n.info.status = s;
+    n.status = s;
     n.status_since = now();
     if (was_live && !live_status(s) && live_count) --live_count;
-    const auto age = s == MemberStatus::up && n.info.up_order ? fmt::format(", up_order {}", n.info.up_order) : "";
-    decide(n.info.name, fmt::format("status -> {} ({}){}", to_string(s), why, age));
-    log->info("member {} ({}) is {}: {}{}", n.info.name, fmt::format("{:016x}", n.info.uid), to_string(s), why, age);
+    const auto age = s == MemberStatus::up && n.up_order ? fmt::format(", up_order {}", n.up_order) : "";
+    decide(n.id->name, fmt::format("status -> {} ({}){}", to_string(s), why, age));
+    log->info("member {} ({}) is {}: {}{}", n.id->name, fmt::format("{:016x}", n.id->uid), to_string(s), why, age);
     broadcast(n);
-    const bool is_me = n.info.uid == self_uid;
+    const bool is_me = n.id->uid == self_uid;
     switch (s) {
       case MemberStatus::up: emit(EventKind::up, n, why); break;
       case MemberStatus::leaving: emit(EventKind::leaving, n, why); break;
@@ -161,14 +246,14 @@ struct SwimProtocol::State {
         if (is_me) exiting_since = now();
         break;
       case MemberStatus::down:
-        if (!is_me && n.info.liveness != Liveness::alive) stats.downing.observe(now() - n.last_flip);
+        if (!is_me && n.liveness != Liveness::alive) stats.downing.observe(now() - last_flip(n));
         emit(EventKind::downed, n, why);
         if (is_me) emit(EventKind::self_downed, n, why);
         break;
       case MemberStatus::removed:
         emit(EventKind::removed, n, why);
         if (is_me) emit(EventKind::self_removed, n, why);
-        removed_at[n.info.uid] = now();
+        removed_at[n.id->uid] = now();
         break;
       case MemberStatus::joining: break;
     }
@@ -179,34 +264,37 @@ struct SwimProtocol::State {
   }
 
   void set_liveness(Node& n, Liveness l, const std::string& why) {
-    const Liveness old = n.info.liveness;
+    const Liveness old = n.liveness;
     if (old == l) return;
-    if (old == Liveness::suspect && l == Liveness::unreachable) stats.detection.observe(now() - n.last_flip);
+    if (old == Liveness::suspect && l == Liveness::unreachable) stats.detection.observe(now() - last_flip(n));
     view_changed = true;
-    n.info.liveness = l;
+    n.liveness = l;
     if ((old == Liveness::alive) != (l == Liveness::alive)) {
-      n.flips.push_back(now());
-      n.last_flip = now();
-      std::erase_if(n.flips, [&](nanoseconds f) { return now() - f > nanoseconds(cfg.flap_window); });
-      if (!n.info.degraded && n.flips.size() >= cfg.flap_threshold) {
-        n.info.degraded = true;
+      auto& f = flaps[n.id->uid];
+      f.flips.push_back(now());
+      f.last = now();
+      std::erase_if(f.flips, [&](nanoseconds at) { return now() - at > nanoseconds(cfg.flap_window); });
+      if (!n.degraded && f.flips.size() >= cfg.flap_threshold) {
+        n.degraded = true;
         ++degraded_count;
-        decide(n.info.name, fmt::format("degraded: {} reachability flips within {} ms", n.flips.size(),
+        decide(n.id->name, fmt::format("degraded: {} reachability flips within {} ms", f.flips.size(),
                                         cfg.flap_window.count()));
         emit(EventKind::degraded, n);
       }
     }
     if (l != Liveness::suspect) {
-      suspicions.erase({n.suspect_deadline, n.info.uid});
-      n.confirmers.clear();
+      if (auto it = suspects.find(n.id->uid); it != suspects.end()) {
+        suspicions.erase({it->second.deadline, n.id->uid});
+        suspects.erase(it);
+      }
     }
     if (l == Liveness::unreachable) {
-      decide(n.info.name, "unreachable: " + why);
-      log->warn("member {} is unreachable: {}", n.info.name, why);
+      decide(n.id->name, "unreachable: " + why);
+      log->warn("member {} is unreachable: {}", n.id->name, why);
       emit(EventKind::unreachable, n, why);
     } else if (old == Liveness::unreachable) {
-      decide(n.info.name, "reachable again: " + why);
-      log->info("member {} is reachable again: {}", n.info.name, why);
+      decide(n.id->name, "reachable again: " + why);
+      log->info("member {} is reachable again: {}", n.id->name, why);
       emit(EventKind::reachable, n, why);
     }
   }
@@ -221,42 +309,46 @@ struct SwimProtocol::State {
   }
 
   void suspect(Node& n, std::uint64_t incarnation, std::uint64_t from, const std::string& why) {
-    n.info.incarnation = incarnation;
-    if (n.info.liveness != Liveness::suspect) {
+    n.incarnation = incarnation;
+    if (n.liveness != Liveness::suspect) {
       set_liveness(n, Liveness::suspect, why);
       ++stats.suspicions;
-      n.suspect_start = now();
-      n.suspect_from = from;
-      n.confirmers = {from};
-      n.suspect_deadline = n.suspect_start + suspicion_timeout(0);
-      suspicions.insert({n.suspect_deadline, n.info.uid});
-      decide(n.info.name, fmt::format("suspected by {:016x}: {} (incarnation {}, timeout {} ms)", from, why,
-                                      incarnation, n.suspect_deadline.count() / 1'000'000 - now().count() / 1'000'000));
+      auto& sp = suspects[n.id->uid];
+      sp.start = now();
+      sp.from = from;
+      sp.confirmers = {from};
+      sp.deadline = sp.start + suspicion_timeout(0);
+      suspicions.insert({sp.deadline, n.id->uid});
+      decide(n.id->name, fmt::format("suspected by {:016x}: {} (incarnation {}, timeout {} ms)", from, why,
+                                      incarnation, sp.deadline.count() / 1'000'000 - now().count() / 1'000'000));
       broadcast(n);
-    } else if (n.confirmers.size() < 64 && n.confirmers.insert(from).second) {
+      return;
+    }
+    auto& sp = suspects[n.id->uid];
+    if (sp.confirmers.size() < 64 && sp.confirmers.insert(from).second) {
       // Lifeguard: an independent confirmation shortens the suspicion.
-      suspicions.erase({n.suspect_deadline, n.info.uid});
-      n.suspect_deadline = n.suspect_start + suspicion_timeout(n.confirmers.size() - 1);
-      suspicions.insert({n.suspect_deadline, n.info.uid});
-      decide(n.info.name, fmt::format("suspicion confirmed by {:016x} ({} confirmations)", from, n.confirmers.size() - 1));
+      suspicions.erase({sp.deadline, n.id->uid});
+      sp.deadline = sp.start + suspicion_timeout(sp.confirmers.size() - 1);
+      suspicions.insert({sp.deadline, n.id->uid});
+      decide(n.id->name, fmt::format("suspicion confirmed by {:016x} ({} confirmations)", from, sp.confirmers.size() - 1));
       // Pass the confirmation on (this node's own evidence or news of another's), so that every
       // node counts it: one originator's retransmissions alone reach only some of them.
-      n.suspect_from = from;
+      sp.from = from;
       broadcast(n);
     }
   }
 
   void refute(std::uint64_t claimed, const std::string& why) {
     Node& m = me();
-    if (claimed >= m.info.incarnation + cfg.max_incarnation_jump) {
+    if (claimed >= m.incarnation + cfg.max_incarnation_jump) {
       // Nobody can have seen such an incarnation of this node: a forged record; keep counting.
       ++stats.rejected_records;
       return;
     }
-    m.info.incarnation = std::max(m.info.incarnation, claimed) + 1;
+    m.incarnation = std::max(m.incarnation, claimed) + 1;
     ++stats.refutations;
     local_health = std::min(local_health + 1, cfg.max_local_health);
-    decide(m.info.name, fmt::format("refuted '{}' with incarnation {}", why, m.info.incarnation));
+    decide(m.id->name, fmt::format("refuted '{}' with incarnation {}", why, m.incarnation));
     broadcast(m);
   }
 
@@ -264,36 +356,34 @@ struct SwimProtocol::State {
   /// An up_order gossiped for `n`. Set once and never changed, so that the age order is the same
   /// everywhere; two different ones (given on both sides of a split) settle on the smaller.
   void learn_up_order(Node& n, std::uint64_t given) {
-    if (given == 0 || given == n.info.up_order) return;
+    if (given == 0 || given == n.up_order) return;
     max_up_order = std::max(max_up_order, given);
-    if (n.info.up_order != 0 && n.info.up_order < given) {
+    if (n.up_order != 0 && n.up_order < given) {
       broadcast(n);  // the sender holds the larger one: spread the smaller
       return;
     }
-    if (n.info.up_order != 0) {
-      decide(n.info.name, fmt::format("up_order {} -> {}: the smaller of two given on both sides of a split",
-                                      n.info.up_order, given));
+    if (n.up_order != 0) {
+      decide(n.id->name, fmt::format("up_order {} -> {}: the smaller of two given on both sides of a split",
+                                      n.up_order, given));
     }
-    n.info.up_order = given;
+    n.up_order = given;
     broadcast(n);
   }
 
-  bool valid(const Rec& r) const {
-    const auto& i = r.info;
-    return i.uid != 0 && !i.name.empty() && printable(i.name, 128) && valid_host(i.gossip.host) && i.gossip.port != 0 &&
-           printable(i.remoting, kMaxText) && (i.remoting.empty() || i.remoting.starts_with("troupe://")) &&
-           printable(i.curve_key, kMaxText);
+  static bool valid(const Rec& r) {
+    return r.uid != 0 && !r.name.empty() && printable(r.name, 128) && valid_host(r.host) && r.port != 0 &&
+           printable(r.remoting, kMaxText) && (r.remoting.empty() || r.remoting.starts_with("troupe://")) &&
+           printable(r.curve_key, kMaxText);
   }
 
   void merge(const Rec& r) {
     ++stats.updates_received;
     if (!valid(r)) {
       ++stats.rejected_records;
-      drop_log.warn(*log, "rejected a member record with a malformed name or address ({:?}, {:?})", r.info.name,
-                    r.info.gossip.host);
+      drop_log.warn(*log, "rejected a member record with a malformed name or address ({:?}, {:?})", r.name, r.host);
       return;
     }
-    const auto& in = r.info;
+    const auto& in = r;
     if (in.uid == self_uid) return merge_about_self(r);
     if (removed_at.count(in.uid) && !nodes.count(in.uid)) return;  // a tombstone: gone for good
     auto it = nodes.find(in.uid);
@@ -306,26 +396,28 @@ struct SwimProtocol::State {
       // A restarted process joins under its old name with a new uid: the old one is gone.
       if (in.status == MemberStatus::joining) {
         for (auto& [uid, other] : nodes) {
-          if (uid != self_uid && other.info.name == in.name && live_status(other.info.status)) {
+          if (uid != self_uid && other.id->name == in.name && live_status(other.status)) {
             set_status(other, MemberStatus::down, fmt::format("restarted as incarnation {:016x}", in.uid));
           }
         }
       }
       Node n;
-      n.info = in;
-      n.info.degraded = false;
-      n.info.status = MemberStatus::joining;
-      n.info.liveness = Liveness::alive;
+      n.id = pool->intern(in);
+      n.incarnation = in.incarnation;
+      n.up_order = in.up_order;
       n.status_since = now();
       view_changed = true;
       auto& added = nodes.emplace(in.uid, std::move(n)).first->second;
-      by_endpoint.emplace(in.gossip, in.uid);
       max_up_order = std::max(max_up_order, in.up_order);
       ++live_count;
       digest_value ^= member_hash(in.uid, MemberStatus::joining);
       digest_changed_at = now();
+      // At a random place in the probe order (as memberlist does): appended, every member that
+      // learned of a set of members from the same push-pull would probe them in the same order,
+      // and a crash among the last of them would go unnoticed for most of a round everywhere.
       order.push_back(in.uid);
-      decide(in.name, fmt::format("learned: {} at {}", to_string(in.status), in.gossip.to_string()));
+      std::swap(order.back(), order[std::uniform_int_distribution<std::size_t>(0, order.size() - 1)(rng)]);
+      decide(added.id->name, fmt::format("learned: {} at {}", to_string(in.status), added.id->gossip.to_string()));
       emit(EventKind::joined, added);
       broadcast(added);
       if (in.status != MemberStatus::joining) set_status(added, in.status, "gossip");
@@ -334,32 +426,32 @@ struct SwimProtocol::State {
       return;
     }
     Node& n = it->second;
-    if (in.incarnation > n.info.incarnation + cfg.max_incarnation_jump) {
+    if (in.incarnation > n.incarnation + cfg.max_incarnation_jump) {
       ++stats.rejected_records;
-      drop_log.warn(*log, "rejected a record of {} jumping from incarnation {} to {}", n.info.name,
-                    n.info.incarnation, in.incarnation);
+      drop_log.warn(*log, "rejected a record of {} jumping from incarnation {} to {}", n.id->name,
+                    n.incarnation, in.incarnation);
       return;
     }
     learn_up_order(n, in.up_order);  // first: the up event carries it
-    if (in.status > n.info.status) set_status(n, in.status, "gossip");
+    if (in.status > n.status) set_status(n, in.status, "gossip");
     switch (in.liveness) {
       case Liveness::alive:
-        if (in.incarnation > n.info.incarnation) {
-          n.info.incarnation = in.incarnation;
+        if (in.incarnation > n.incarnation) {
+          n.incarnation = in.incarnation;
           set_liveness(n, Liveness::alive, fmt::format("refuted with incarnation {}", in.incarnation));
           broadcast(n);
         }
         break;
       case Liveness::suspect:
-        if (in.incarnation > n.info.incarnation ||
-            (in.incarnation == n.info.incarnation && n.info.liveness != Liveness::unreachable)) {
+        if (in.incarnation > n.incarnation ||
+            (in.incarnation == n.incarnation && n.liveness != Liveness::unreachable)) {
           suspect(n, in.incarnation, r.from_uid, "gossip");
         }
         break;
       case Liveness::unreachable:
-        if (in.incarnation > n.info.incarnation ||
-            (in.incarnation == n.info.incarnation && n.info.liveness != Liveness::unreachable)) {
-          n.info.incarnation = in.incarnation;
+        if (in.incarnation > n.incarnation ||
+            (in.incarnation == n.incarnation && n.liveness != Liveness::unreachable)) {
+          n.incarnation = in.incarnation;
           set_liveness(n, Liveness::unreachable, "gossip");
           broadcast(n);
         }
@@ -369,10 +461,10 @@ struct SwimProtocol::State {
 
   void merge_about_self(const Rec& r) {
     Node& m = me();
-    const auto& in = r.info;
+    const auto& in = r;
     // Only the leader gives this node its age; it learns it here and passes it on like others.
     learn_up_order(m, in.up_order);
-    if (in.status > m.info.status) {
+    if (in.status > m.status) {
       switch (in.status) {
         case MemberStatus::up:
         case MemberStatus::leaving:
@@ -383,9 +475,9 @@ struct SwimProtocol::State {
       }
     }
     if (stopped()) return;
-    if (in.liveness != Liveness::alive && in.incarnation >= m.info.incarnation) {
+    if (in.liveness != Liveness::alive && in.incarnation >= m.incarnation) {
       refute(in.incarnation, fmt::format("{} at incarnation {}", to_string(in.liveness), in.incarnation));
-    } else if (in.incarnation > m.info.incarnation) {
+    } else if (in.incarnation > m.incarnation) {
       refute(in.incarnation, "a higher incarnation of this node");
     } else if (in.liveness != Liveness::alive) {
       // Someone still holds a suspicion this node already refuted: its refutation did not reach
@@ -397,16 +489,19 @@ struct SwimProtocol::State {
 
   // ---- packets ---------------------------------------------------------------------------------
   fb::Offset<gossip::Member> write(fb::FlatBufferBuilder& b, const Node& n) const {
-    const auto& i = n.info;
+    const auto& i = *n.id;
+    std::uint64_t suspect_from = 0;
+    if (n.liveness == Liveness::suspect) {
+      if (auto it = suspects.find(i.uid); it != suspects.end()) suspect_from = it->second.from;
+    }
     return gossip::CreateMemberDirect(b, i.name.c_str(), i.uid, i.gossip.host.c_str(), i.gossip.port,
-                                      i.remoting.c_str(), i.curve_key.c_str(), i.incarnation,
-                                      static_cast<gossip::MemberStatus>(i.status),
-                                      static_cast<gossip::Liveness>(i.liveness),
-                                      i.liveness == Liveness::suspect ? n.suspect_from : 0, i.up_order);
+                                      i.remoting.c_str(), i.curve_key.c_str(), n.incarnation,
+                                      static_cast<gossip::MemberStatus>(n.status),
+                                      static_cast<gossip::Liveness>(n.liveness), suspect_from, n.up_order);
   }
 
   static std::size_t estimate(const Node& n) {
-    const auto& i = n.info;
+    const auto& i = *n.id;
     return 104 + i.name.size() + i.gossip.host.size() + i.remoting.size() + i.curve_key.size();  // 8 for up_order
   }
 
@@ -418,14 +513,14 @@ struct SwimProtocol::State {
     const auto body_off = body ? body(b) : fb::Offset<void>();
     const std::size_t budget = transport.max_payload();
     std::vector<fb::Offset<gossip::Member>> ups;
-    auto room = [&](const Node& n) { return b.GetSize() + estimate(n) + 4 * (ups.size() + 1) + 160 + me().info.name.size() <= budget; };
+    auto room = [&](const Node& n) { return b.GetSize() + estimate(n) + 4 * (ups.size() + 1) + 160 + me().id->name.size() <= budget; };
     if (must && room(*must)) ups.push_back(write(b, *must));
     // Fewest-sent first: the buckets with the most transmissions left.
     std::vector<std::uint64_t> sent;
     for (auto bucket = pending_tx.rbegin(); bucket != pending_tx.rend(); ++bucket) {
       for (auto uid : bucket->second) {
         auto it = nodes.find(uid);
-        if (it == nodes.end() || (must && uid == must->info.uid)) continue;
+        if (it == nodes.end() || (must && uid == must->id->uid)) continue;
         if (!room(it->second)) goto full;
         ups.push_back(write(b, it->second));
         sent.push_back(uid);
@@ -440,7 +535,7 @@ struct SwimProtocol::State {
     std::erase_if(pending_tx, [](const auto& kv) { return kv.second.empty(); });
     stats.updates_sent += ups.size();
     if (type == gossip::Body::NONE && ups.empty()) return;
-    auto name = b.CreateString(me().info.name);
+    auto name = b.CreateString(me().id->name);
     auto upv = b.CreateVector(ups);
     gossip::PacketBuilder pb(b);
     pb.add_protocol_version(kGossipProtocolVersion);
@@ -458,10 +553,10 @@ struct SwimProtocol::State {
   }
 
   void send_ping(const Node& target, std::uint64_t seq) {
-    pinged(target.info.uid);
-    send(target.info.gossip, gossip::Body::Ping,
-         [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, target.info.uid).Union(); },
-         target.info.liveness != Liveness::alive ? &target : nullptr);
+    pinged(target.id->uid);
+    send(target.id->gossip, gossip::Body::Ping,
+         [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, target.id->uid).Union(); },
+         target.liveness != Liveness::alive ? &target : nullptr);
   }
   void send_ack(const UdpEndpoint& to, std::uint64_t seq) {
     send(to, gossip::Body::Ack, [&](fb::FlatBufferBuilder& b) { return gossip::CreateAck(b, seq).Union(); });
@@ -489,14 +584,14 @@ struct SwimProtocol::State {
     do {
       fb::FlatBufferBuilder b(2048);
       std::vector<fb::Offset<gossip::Member>> ms;
-      while (i < all.size() && b.GetSize() + estimate(*all[i]) + 4 * (ms.size() + 1) + 200 + me().info.name.size() <= budget) {
+      while (i < all.size() && b.GetSize() + estimate(*all[i]) + 4 * (ms.size() + 1) + 200 + me().id->name.size() <= budget) {
         ms.push_back(write(b, *all[i]));
         ++i;
       }
       if (ms.empty() && i < all.size()) ++i;  // a record larger than a datagram cannot be sent
       auto v = b.CreateVector(ms);
       auto body = gossip::CreatePushPull(b, join, reply, v, static_cast<std::uint16_t>(chunk++));
-      auto name = b.CreateString(me().info.name);
+      auto name = b.CreateString(me().id->name);
       gossip::PacketBuilder pb(b);
       pb.add_protocol_version(kGossipProtocolVersion);
       pb.add_from_uid(self_uid);
@@ -510,19 +605,20 @@ struct SwimProtocol::State {
     } while (i < all.size());
   }
 
+  static std::string_view view(const fb::String* s) { return s ? std::string_view(s->c_str(), s->size()) : std::string_view(); }
   static Rec read(const gossip::Member& m) {
     Rec r;
-    r.info.name = m.name() ? m.name()->str() : std::string();
-    r.info.uid = m.uid();
-    r.info.gossip.host = m.gossip_host() ? m.gossip_host()->str() : std::string();
-    r.info.gossip.port = m.gossip_port();
-    r.info.remoting = m.remoting() ? m.remoting()->str() : std::string();
-    r.info.curve_key = m.curve_key() ? m.curve_key()->str() : std::string();
-    r.info.incarnation = m.incarnation();
-    r.info.status = static_cast<MemberStatus>(std::min<unsigned>(static_cast<unsigned>(m.status()), 5));
-    r.info.liveness = static_cast<Liveness>(std::min<unsigned>(static_cast<unsigned>(m.liveness()), 2));
+    r.name = view(m.name());
+    r.uid = m.uid();
+    r.host = view(m.gossip_host());
+    r.port = m.gossip_port();
+    r.remoting = view(m.remoting());
+    r.curve_key = view(m.curve_key());
+    r.incarnation = m.incarnation();
+    r.status = static_cast<MemberStatus>(std::min<unsigned>(static_cast<unsigned>(m.status()), 5));
+    r.liveness = static_cast<Liveness>(std::min<unsigned>(static_cast<unsigned>(m.liveness()), 2));
     r.from_uid = m.from_uid();
-    r.info.up_order = m.up_order();
+    r.up_order = m.up_order();
     return r;
   }
 
@@ -541,7 +637,7 @@ struct SwimProtocol::State {
                     p->protocol_version(), from.to_string(), kGossipProtocolVersion);
       if (p->body_type() != gossip::Body::Refused) {
         send_refused(from, fmt::format("gossip protocol version {} is not supported by {} (it speaks {})",
-                                       p->protocol_version(), me().info.name, kGossipProtocolVersion));
+                                       p->protocol_version(), me().id->name, kGossipProtocolVersion));
       }
       return;
     }
@@ -573,7 +669,7 @@ struct SwimProtocol::State {
     }
     // A member this node suspects (or found unreachable) is talking to it: tell it directly, so
     // that it refutes now rather than when a probe or a gossip round happens to carry the news.
-    if (sender && sender->info.liveness != Liveness::alive && live_status(sender->info.status) &&
+    if (sender && sender->liveness != Liveness::alive && live_status(sender->status) &&
         now() - sender->hinted_at >= nanoseconds(cfg.probe_interval)) {
       sender->hinted_at = now();
       send(from, gossip::Body::NONE, nullptr, sender);
@@ -619,9 +715,9 @@ struct SwimProtocol::State {
         // (it asked at probe_timeout and gives up at probe_interval).
         const auto budget_left = std::min(scaled(cfg.probe_timeout), scaled(cfg.probe_interval) - scaled(cfg.probe_timeout));
         relays[seq] = Relay{from, req->seq(), now() + budget_left * 4 / 5};
-        pinged(t.info.uid);
-        send(t.info.gossip, gossip::Body::Ping,
-             [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, t.info.uid).Union(); });
+        pinged(t.uid);
+        send(UdpEndpoint{std::string(t.host), t.port}, gossip::Body::Ping,
+             [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, seq, t.uid).Union(); });
         break;
       }
       case gossip::Body::PushPull: {
@@ -646,7 +742,7 @@ struct SwimProtocol::State {
 
   void on_refused(const UdpEndpoint& from, const std::string& reason) {
     if (joined) return;  // only a joining node cares: it is not part of that cluster
-    decide(me().info.name, fmt::format("join refused by {}: {}", from.to_string(), reason));
+    decide(me().id->name, fmt::format("join refused by {}: {}", from.to_string(), reason));
     log->error("join refused by {}: {}", from.to_string(), reason);
     emit(EventKind::join_refused, me(), reason);
   }
@@ -656,7 +752,10 @@ struct SwimProtocol::State {
     if (auto it = nodes.find(uid); it != nodes.end()) ++it->second.pings;
   }
   nanoseconds refusal_window() const { return 2 * scaled(cfg.probe_interval); }
-  bool refuses(const Node& n) const { return n.refusals >= 2 && now() - n.refused_at <= refusal_window(); }
+  bool refuses(const Node& n) const {
+    auto it = refusals.find(n.id->uid);
+    return it != refusals.end() && it->second.count >= 2 && now() - it->second.at <= refusal_window();
+  }
 
   /// ICMP port unreachable for a datagram to `to`. Only a process that is gone (on a host that
   /// lives) gives it; a partition or a pause is silent. Two, each after another ping, within
@@ -665,33 +764,35 @@ struct SwimProtocol::State {
     if (!cfg.down_on_refusal || stopped()) return;
     // Several uids may share the endpoint (a process restarted there): a packet from it clears
     // them all (heard_from), so refusals only count while nothing answers from there.
-    auto [first, last] = by_endpoint.equal_range(to);
+    // (A scan: ICMP errors are rare, and no index by endpoint is kept for them.)
     std::vector<std::uint64_t> uids;
-    for (auto it = first; it != last; ++it) uids.push_back(it->second);
+    for (const auto& [uid, n] : nodes) {
+      if (uid != self_uid && live_status(n.status) && n.id->gossip == to) uids.push_back(uid);
+    }
+    std::sort(uids.begin(), uids.end());
     for (auto uid : uids) {
-      auto it = nodes.find(uid);
-      if (it == nodes.end() || uid == self_uid || !live_status(it->second.info.status)) continue;
-      Node& n = it->second;
+      Node& n = nodes.at(uid);
+      auto& r = refusals[uid];
       ++stats.port_refusals;
-      if (n.refusals && now() - n.refused_at > refusal_window()) n.refusals = 0;  // too old
-      if (n.refusals && n.pings == n.pings_at_refusal) continue;  // no ping since the last one counted
-      n.refusals = std::min(n.refusals + 1, 16u);
-      n.refused_at = now();
-      n.pings_at_refusal = n.pings;
+      if (r.count && now() - r.at > refusal_window()) r.count = 0;  // too old
+      if (r.count && n.pings == r.pings_at) continue;  // no ping since the last one counted
+      r.count = std::min(r.count + 1, 16u);
+      r.at = now();
+      r.pings_at = n.pings;
       refused.insert(uid);
-      if (n.refusals == 1) {
+      if (r.count == 1) {
         // Confirm at once with a ping of its own rather than at the next probe.
         ++n.pings;
-        send(n.info.gossip, gossip::Body::Ping,
-             [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.info.uid).Union(); });
+        send(n.id->gossip, gossip::Body::Ping,
+             [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.id->uid).Union(); });
         continue;
       }
-      if (n.info.liveness == Liveness::unreachable) continue;
+      if (n.liveness == Liveness::unreachable) continue;
       if (probe && probe->target == uid) probe.reset();  // answered: no helpers, no local-health penalty
       ++stats.unreachable_declared;
       set_liveness(n, Liveness::unreachable,
                    fmt::format("its gossip port refuses: the process is gone ({} ICMP port unreachable within {} ms)",
-                               n.refusals, refusal_window().count() / 1'000'000));
+                               r.count, refusal_window().count() / 1'000'000));
       broadcast(n);
     }
   }
@@ -705,14 +806,16 @@ struct SwimProtocol::State {
         it = refused.erase(it);
         continue;
       }
-      if (n->first != from_uid && n->second.info.gossip != from) {
+      if (n->first != from_uid && n->second.id->gossip != from) {
         ++it;
         continue;
       }
-      if (n->second.refusals >= 2) {
-        decide(n->second.info.name, fmt::format("its gossip port answers again ({}): refusals dropped", from.to_string()));
+      if (auto r = refusals.find(n->first); r != refusals.end()) {
+        if (r->second.count >= 2) {
+          decide(n->second.id->name, fmt::format("its gossip port answers again ({}): refusals dropped", from.to_string()));
+        }
+        r->second.count = 0;
       }
-      n->second.refusals = 0;
       it = refused.erase(it);
     }
   }
@@ -738,14 +841,14 @@ struct SwimProtocol::State {
       if (order_idx >= order.size()) {
         std::erase_if(order, [&](std::uint64_t uid) {
           auto it = nodes.find(uid);
-          return it == nodes.end() || !live_status(it->second.info.status);
+          return it == nodes.end() || !live_status(it->second.status);
         });
         std::shuffle(order.begin(), order.end(), rng);
         order_idx = 0;
         if (order.empty()) return nullptr;
       }
       auto it = nodes.find(order[order_idx++]);
-      if (it != nodes.end() && live_status(it->second.info.status) && it->first != self_uid) return &it->second;
+      if (it != nodes.end() && live_status(it->second.status) && it->first != self_uid) return &it->second;
     }
     return nullptr;
   }
@@ -756,8 +859,8 @@ struct SwimProtocol::State {
     auto eligible = [&](std::uint64_t uid) -> const Node* {
       if (uid == self_uid || uid == exclude) return nullptr;
       auto it = nodes.find(uid);
-      if (it == nodes.end() || !live_status(it->second.info.status)) return nullptr;
-      if (reachable_only && it->second.info.liveness == Liveness::unreachable) return nullptr;
+      if (it == nodes.end() || !live_status(it->second.status)) return nullptr;
+      if (reachable_only && it->second.liveness == Liveness::unreachable) return nullptr;
       return &it->second;
     };
     std::vector<const Node*> out;
@@ -781,7 +884,7 @@ struct SwimProtocol::State {
   void send_gossip_round(bool force) {
     if (!force && pending_tx.empty()) return;
     for (const auto* n : random_members(cfg.gossip_nodes, 0, true)) {
-      send(n->info.gossip, gossip::Body::NONE, nullptr);
+      send(n->id->gossip, gossip::Body::NONE, nullptr);
     }
   }
 
@@ -795,11 +898,11 @@ struct SwimProtocol::State {
       if (probe->indirect_sent && probe->nacks < probe->nacks_expected) ++penalty;  // helpers silent too
       local_health = std::min(local_health + penalty, cfg.max_local_health);
       // Alive: this node's own suspicion. Already suspect: an independent confirmation (Lifeguard).
-      if (it != nodes.end() && live_status(it->second.info.status) && it->second.info.liveness != Liveness::unreachable) {
-        decide(it->second.info.name,
+      if (it != nodes.end() && live_status(it->second.status) && it->second.liveness != Liveness::unreachable) {
+        decide(it->second.id->name,
                fmt::format("probe {} got no ack (direct, then {} helpers, {} nacks)", probe->seq,
                            probe->nacks_expected, probe->nacks));
-        suspect(it->second, it->second.info.incarnation, self_uid, "no ack to a probe");
+        suspect(it->second, it->second.incarnation, self_uid, "no ack to a probe");
       }
       probe.reset();
     }
@@ -807,7 +910,7 @@ struct SwimProtocol::State {
     if (!target) return;
     ++stats.probes;
     Probe pr;
-    pr.target = target->info.uid;
+    pr.target = target->id->uid;
     pr.seq = ++next_seq;
     pr.direct_deadline = t + scaled(cfg.probe_timeout);
     pr.final_deadline = t + scaled(cfg.probe_interval);
@@ -825,7 +928,7 @@ struct SwimProtocol::State {
     const Node& target = it->second;
     const auto seq = probe->seq;
     for (const auto* h : helpers) {
-      send(h->info.gossip, gossip::Body::PingReq, [&](fb::FlatBufferBuilder& b) {
+      send(h->id->gossip, gossip::Body::PingReq, [&](fb::FlatBufferBuilder& b) {
         auto tm = write(b, target);
         return gossip::CreatePingReq(b, seq, tm).Union();
       });
@@ -835,18 +938,18 @@ struct SwimProtocol::State {
   std::optional<std::uint64_t> compute_leader() const {
     const Node* best = nullptr;
     for (const auto& [uid, n] : nodes) {
-      if (n.info.status != MemberStatus::up || n.info.liveness == Liveness::unreachable) continue;
-      if (!best || std::tie(n.info.name, n.info.uid) < std::tie(best->info.name, best->info.uid)) best = &n;
+      if (n.status != MemberStatus::up || n.liveness == Liveness::unreachable) continue;
+      if (!best || std::tie(n.id->name, n.id->uid) < std::tie(best->id->name, best->id->uid)) best = &n;
     }
     if (!best) return std::nullopt;
-    return best->info.uid;
+    return best->id->uid;
   }
 
   bool converged() const {
     for (const auto& [uid, n] : nodes) {
-      if (uid == self_uid || !live_status(n.info.status)) continue;
-      if (n.info.liveness == Liveness::unreachable) {
-        if (n.info.status == MemberStatus::exiting) continue;
+      if (uid == self_uid || !live_status(n.status)) continue;
+      if (n.liveness == Liveness::unreachable) {
+        if (n.status == MemberStatus::exiting) continue;
         return false;
       }
       if (n.digest_seen != digest_value) return false;
@@ -866,7 +969,7 @@ struct SwimProtocol::State {
     if (l != leader_uid) {
       leader_uid = l;
       if (l) {
-        decide(nodes.at(*l).info.name, "became the leader");
+        decide(nodes.at(*l).id->name, "became the leader");
         emit(EventKind::leader_changed, nodes.at(*l));
       } else {
         emit(EventKind::leader_changed, Node{});
@@ -874,9 +977,9 @@ struct SwimProtocol::State {
     }
     if (leader_uid == self_uid && pending_moves) leader_actions();
     // Leaving with nobody up to lead (the last member, or alone): move on without a leader.
-    if (!leader_uid && me().info.status == MemberStatus::leaving) {
+    if (!leader_uid && me().status == MemberStatus::leaving) {
       set_status(me(), MemberStatus::exiting, "leaving with no leader to move it");
-    } else if (!leader_uid && me().info.status == MemberStatus::exiting && !self_exited) {
+    } else if (!leader_uid && me().status == MemberStatus::exiting && !self_exited) {
       set_status(me(), MemberStatus::removed, "exiting with no leader to remove it");
     }
     // Downing.
@@ -884,36 +987,25 @@ struct SwimProtocol::State {
     // Flap damping recovery.
     if (degraded_count) {
       for (auto& [uid, n] : nodes) {
-        if (n.info.degraded && t - n.last_flip >= nanoseconds(cfg.degraded_for)) {
-          n.info.degraded = false;
-          n.flips.clear();
+        if (n.degraded && t - last_flip(n) >= nanoseconds(cfg.degraded_for)) {
+          n.degraded = false;
+          flaps.erase(uid);
           --degraded_count;
-          decide(n.info.name, "recovered: stable again");
+          decide(n.id->name, "recovered: stable again");
           emit(EventKind::recovered, n);
         }
       }
     }
     // An exiting node stops once removed, or after exit_timeout at the latest.
-    if (me().info.status == MemberStatus::exiting && !self_exited && t - exiting_since >= nanoseconds(cfg.exit_timeout)) {
+    if (me().status == MemberStatus::exiting && !self_exited && t - exiting_since >= nanoseconds(cfg.exit_timeout)) {
       self_exited = true;
-      decide(me().info.name, "exit timeout: stopping without having seen the removal");
+      decide(me().id->name, "exit timeout: stopping without having seen the removal");
       emit(EventKind::self_removed, me(), "exit timeout");
     }
     // Tombstones expire.
     for (auto it = removed_at.begin(); it != removed_at.end();) {
       if (t - it->second > nanoseconds(cfg.push_pull_interval) * 4) {
-        if (auto n = nodes.find(it->first); n != nodes.end()) {
-          if (n->second.transmits_left) pending_tx[n->second.transmits_left].erase(it->first);
-          auto [first, last] = by_endpoint.equal_range(n->second.info.gossip);
-          for (auto e = first; e != last; ++e) {
-            if (e->second == it->first) {
-              by_endpoint.erase(e);
-              break;
-            }
-          }
-          refused.erase(it->first);
-          nodes.erase(n);
-        }
+        erase_node(it->first);
         it = removed_at.erase(it);
       } else {
         ++it;
@@ -926,12 +1018,12 @@ struct SwimProtocol::State {
     pending_moves = 0;
     unreachable_live = 0;
     for (const auto& [uid, n] : nodes) {
-      const auto st = n.info.status;
+      const auto st = n.status;
       if (st == MemberStatus::joining || st == MemberStatus::leaving || st == MemberStatus::exiting ||
           st == MemberStatus::down) {
         ++pending_moves;
       }
-      if (live_status(st) && n.info.liveness == Liveness::unreachable) ++unreachable_live;
+      if (live_status(st) && n.liveness == Liveness::unreachable) ++unreachable_live;
     }
   }
 
@@ -943,13 +1035,13 @@ struct SwimProtocol::State {
     unsigned asked = 0;
     for (auto& [uid, n] : nodes) {
       if (asked >= 32) break;
-      if (uid == self_uid || !live_status(n.info.status) || n.info.liveness == Liveness::unreachable) continue;
+      if (uid == self_uid || !live_status(n.status) || n.liveness == Liveness::unreachable) continue;
       if (n.digest_seen == digest_value || t - n.asked_at < nanoseconds(cfg.probe_interval)) continue;
       n.asked_at = t;
       ++asked;
       ++n.pings;
-      send(n.info.gossip, gossip::Body::Ping,
-           [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.info.uid).Union(); });
+      send(n.id->gossip, gossip::Body::Ping,
+           [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.id->uid).Union(); });
     }
   }
 
@@ -960,15 +1052,15 @@ struct SwimProtocol::State {
     std::vector<Node*> coming_up;
     std::vector<std::pair<Node*, MemberStatus>> moves;
     for (auto& [uid, n] : nodes) {
-      switch (n.info.status) {
+      switch (n.status) {
         case MemberStatus::joining:
-          if (conv && n.info.liveness != Liveness::unreachable) coming_up.push_back(&n);
+          if (conv && n.liveness != Liveness::unreachable) coming_up.push_back(&n);
           break;
         case MemberStatus::leaving:
           if (conv) moves.emplace_back(&n, MemberStatus::exiting);
           break;
         case MemberStatus::exiting:
-          if (conv || n.info.liveness == Liveness::unreachable) moves.emplace_back(&n, MemberStatus::removed);
+          if (conv || n.liveness == Liveness::unreachable) moves.emplace_back(&n, MemberStatus::removed);
           break;
         case MemberStatus::down:
           if (t - n.status_since >= nanoseconds(cfg.removal_margin)) moves.emplace_back(&n, MemberStatus::removed);
@@ -979,10 +1071,10 @@ struct SwimProtocol::State {
     // Ages after every one this node has seen (removed members too: a number is never given
     // twice by one leader); members moved together are numbered in name order, not uid order.
     std::sort(coming_up.begin(), coming_up.end(), [](const Node* a, const Node* b) {
-      return std::tie(a->info.name, a->info.uid) < std::tie(b->info.name, b->info.uid);
+      return std::tie(a->id->name, a->id->uid) < std::tie(b->id->name, b->id->uid);
     });
     for (auto* n : coming_up) {
-      if (!n->info.up_order) n->info.up_order = ++max_up_order;
+      if (!n->up_order) n->up_order = ++max_up_order;
       set_status(*n, MemberStatus::up, "leader, converged");
     }
     for (auto& [n, s] : moves) set_status(*n, s, conv ? "leader, converged" : "leader");
@@ -992,12 +1084,13 @@ struct SwimProtocol::State {
     std::vector<std::uint64_t> unreachable;
     for (const auto& [uid, n] : nodes) {
       if (uid == self_uid) continue;
-      const auto s = n.info.status;
+      const auto s = n.status;
       if ((s == MemberStatus::joining || s == MemberStatus::up || s == MemberStatus::leaving) &&
-          n.info.liveness == Liveness::unreachable) {
+          n.liveness == Liveness::unreachable) {
         unreachable.push_back(uid);
       }
     }
+    std::sort(unreachable.begin(), unreachable.end());  // binary searches below
     if (unreachable != unreachable_set) {
       unreachable_set = unreachable;
       unreachable_since = now();
@@ -1015,12 +1108,13 @@ struct SwimProtocol::State {
         auto& n = nodes.at(uid);
         if (!refuses(n)) gone = false;
         // Ping it now and then: this node's own evidence, kept fresh (at most 32 per round).
-        if (asked < 32 && now() - n.verified_at >= scaled(cfg.probe_interval)) {
-          n.verified_at = now();
+        auto& r = refusals[uid];
+        if (asked < 32 && now() - r.verified_at >= scaled(cfg.probe_interval)) {
+          r.verified_at = now();
           ++asked;
           ++n.pings;
-          send(n.info.gossip, gossip::Body::Ping,
-               [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.info.uid).Union(); });
+          send(n.id->gossip, gossip::Body::Ping,
+               [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.id->uid).Union(); });
         }
       }
     }
@@ -1028,17 +1122,17 @@ struct SwimProtocol::State {
     std::size_t reach = 0, lost = 0;
     const Node* lowest = nullptr;
     for (const auto& [uid, n] : nodes) {
-      const auto s = n.info.status;
+      const auto s = n.status;
       if (s != MemberStatus::up && s != MemberStatus::leaving) continue;
       const bool is_lost = std::binary_search(unreachable.begin(), unreachable.end(), uid);
       ++(is_lost ? lost : reach);
-      if (!lowest || std::tie(n.info.name, n.info.uid) < std::tie(lowest->info.name, lowest->info.uid)) lowest = &n;
+      if (!lowest || std::tie(n.id->name, n.id->uid) < std::tie(lowest->id->name, lowest->id->uid)) lowest = &n;
     }
     bool majority = reach > lost;
     std::string rule = "keep-majority";
     if (reach == lost) {
-      majority = lowest && !std::binary_search(unreachable.begin(), unreachable.end(), lowest->info.uid);
-      rule = fmt::format("tie, lowest member {} decides", lowest ? lowest->info.name : "?");
+      majority = lowest && !std::binary_search(unreachable.begin(), unreachable.end(), lowest->id->uid);
+      rule = fmt::format("tie, lowest member {} decides", lowest ? lowest->id->name : "?");
     }
     const auto sides = fmt::format("{} reachable vs {} unreachable up/leaving members, {}", reach, lost, rule);
     if (majority) {
@@ -1047,17 +1141,17 @@ struct SwimProtocol::State {
       for (auto uid : unreachable) {
         auto& n = nodes.at(uid);
         if (!waited) {
-          decide(n.info.name, "downed: its gossip port refuses: the process is gone (unreachable for " + for_ms +
+          decide(n.id->name, "downed: its gossip port refuses: the process is gone (unreachable for " + for_ms +
                                   " ms, not waiting stable_after); " + sides);
           set_status(n, MemberStatus::down, "its gossip port refuses: the process is gone; " + sides);
           continue;
         }
-        decide(n.info.name, "downed: unreachable for " + for_ms + " ms; " + sides);
+        decide(n.id->name, "downed: unreachable for " + for_ms + " ms; " + sides);
         set_status(n, MemberStatus::down, "split-brain resolver: " + sides);
       }
     } else {
       if (!waited) return;  // refusals hasten downing the others, never this node's own
-      decide(me().info.name, "downing itself: this side is the minority; " + sides);
+      decide(me().id->name, "downing itself: this side is the minority; " + sides);
       set_status(me(), MemberStatus::down, "split-brain resolver, minority side: " + sides);
     }
   }
@@ -1069,22 +1163,22 @@ struct SwimProtocol::State {
     if (!joined) {
       bool formed = false;
       for (const auto& [uid, n] : nodes) {
-        if (uid != self_uid && n.info.status == MemberStatus::up) formed = true;
+        if (uid != self_uid && n.status == MemberStatus::up) formed = true;
       }
-      if (formed || me().info.status != MemberStatus::joining) {
+      if (formed || me().status != MemberStatus::joining) {
         joined = true;
       } else if (t >= next_join) {
-        const bool first_seed = seeds.empty() || seeds.front() == me().info.gossip;
+        const bool first_seed = seeds.empty() || seeds.front() == me().id->gossip;
         const bool wait = seeds.size() > 1 || wait_to_form;
         if (first_seed && t - join_started >= nanoseconds(wait ? cfg.form_after : milliseconds(0))) {
           joined = true;
-          decide(me().info.name, "formed a new cluster (first seed, no other seed answered)");
-          me().info.up_order = 1;  // the oldest member of the new cluster
+          decide(me().id->name, "formed a new cluster (first seed, no other seed answered)");
+          me().up_order = 1;  // the oldest member of the new cluster
           max_up_order = std::max<std::uint64_t>(max_up_order, 1);
           set_status(me(), MemberStatus::up, "formed the cluster");
         } else {
           for (const auto& s : seeds) {
-            if (s != me().info.gossip) send_push_pull(s, true, false);
+            if (s != me().id->gossip) send_push_pull(s, true, false);
           }
           next_join = t + nanoseconds(cfg.join_retry_interval);
         }
@@ -1110,11 +1204,12 @@ struct SwimProtocol::State {
       const auto uid = suspicions.begin()->second;
       suspicions.erase(suspicions.begin());
       auto it = nodes.find(uid);
-      if (it == nodes.end() || it->second.info.liveness != Liveness::suspect) continue;
+      if (it == nodes.end() || it->second.liveness != Liveness::suspect) continue;
       ++stats.unreachable_declared;
-      set_liveness(it->second, Liveness::unreachable,
-                   fmt::format("suspicion timed out after {} ms with {} confirmations",
-                               (t - it->second.suspect_start).count() / 1'000'000, it->second.confirmers.size() - 1));
+      const auto& sp = suspects[uid];
+      const auto why = fmt::format("suspicion timed out after {} ms with {} confirmations",
+                                   (t - sp.start).count() / 1'000'000, sp.confirmers.size() - 1);
+      set_liveness(it->second, Liveness::unreachable, why);
       broadcast(it->second);
     }
     if (t >= next_gossip) {
@@ -1123,7 +1218,7 @@ struct SwimProtocol::State {
     }
     if (joined && t >= next_push_pull) {
       auto peers = random_members(1, 0, false);
-      if (!peers.empty()) send_push_pull(peers.front()->info.gossip, false, false);
+      if (!peers.empty()) send_push_pull(peers.front()->id->gossip, false, false);
       // Jittered (+-10 %): nodes started together do not all exchange at the same moment.
       std::uniform_int_distribution<std::int64_t> jitter(-nanoseconds(cfg.push_pull_interval).count() / 10,
                                                           nanoseconds(cfg.push_pull_interval).count() / 10);
@@ -1154,7 +1249,14 @@ struct SwimProtocol::State {
   ThrottledLog drop_log;
 
   std::uint64_t self_uid = 0;
-  std::map<std::uint64_t, Node> nodes;
+  std::shared_ptr<IdentityPool> pool;
+  // Members by uid (this node too). Unordered: O(1) look-ups for every record merged; whatever
+  // is answered in an order (members(), push-pull chunks) is made in an order of its own.
+  std::unordered_map<std::uint64_t, Node> nodes;
+  Node* self_node = nullptr;
+  std::unordered_map<std::uint64_t, Suspicion> suspects;  // members this node suspects
+  std::unordered_map<std::uint64_t, Flaps> flaps;         // members whose reachability changed
+  std::unordered_map<std::uint64_t, Refusals> refusals;   // members whose gossip port refused
   std::size_t live_count = 1;
   std::uint64_t digest_value = 0;
   nanoseconds digest_changed_at{0}, next_repair{0};
@@ -1175,7 +1277,6 @@ struct SwimProtocol::State {
   bool wait_to_form = false;  // the seeds came from a DNS name: a lone self still waits form_after
   nanoseconds next_probe{0}, next_gossip{0}, next_push_pull{0}, next_maintenance{0};
   std::optional<std::uint64_t> leader_uid;
-  std::multimap<UdpEndpoint, std::uint64_t> by_endpoint;  // gossip endpoint -> members (not this node)
   std::set<std::uint64_t> refused;   // members with refusals counted (cleared by any packet from them)
   std::vector<std::uint64_t> unreachable_set;
   nanoseconds unreachable_since{0};
@@ -1204,7 +1305,7 @@ struct SwimProtocol::State {
   std::uint64_t next_keyop = 0;
 
   void send_keyop(const Node& to, std::uint64_t id, const KeyOpState& k) {
-    send(to.info.gossip, gossip::Body::KeyOp, [&](fb::FlatBufferBuilder& b) {
+    send(to.id->gossip, gossip::Body::KeyOp, [&](fb::FlatBufferBuilder& b) {
       auto kv = b.CreateVector(k.key);
       return gossip::CreateKeyOp(b, id, static_cast<std::uint8_t>(k.op), kv).Union();
     });
@@ -1220,13 +1321,13 @@ struct SwimProtocol::State {
     k.done = std::move(done);
     const std::string mine = key_handler ? key_handler(op, k.key) : "no keyring on this node";
     if (mine.empty()) {
-      k.result.confirmed.push_back(me().info.name);
+      k.result.confirmed.push_back(me().id->name);
     } else {
-      k.result.failed.emplace_back(me().info.name, mine);
+      k.result.failed.emplace_back(me().id->name, mine);
     }
-    decide(me().info.name, fmt::format("keyring {}: started ({})", to_string(op), mine.empty() ? "applied here" : mine));
+    decide(me().id->name, fmt::format("keyring {}: started ({})", to_string(op), mine.empty() ? "applied here" : mine));
     for (const auto& [uid, n] : nodes) {
-      if (uid != self_uid && live_status(n.info.status)) k.waiting.insert(uid);
+      if (uid != self_uid && live_status(n.status)) k.waiting.insert(uid);
     }
     auto& stored = keyops.emplace(id, std::move(k)).first->second;
     finish_keyop_if_done(id, stored);
@@ -1236,9 +1337,9 @@ struct SwimProtocol::State {
     if (!k.waiting.empty() && now() < k.deadline) return;
     for (auto uid : k.waiting) {
       auto it = nodes.find(uid);
-      if (it != nodes.end() && live_status(it->second.info.status)) k.result.missing.push_back(it->second.info.name);
+      if (it != nodes.end() && live_status(it->second.status)) k.result.missing.push_back(it->second.id->name);
     }
-    decide(me().info.name, fmt::format("keyring {}: {} confirmed, {} failed, {} missing", to_string(k.op),
+    decide(me().id->name, fmt::format("keyring {}: {} confirmed, {} failed, {} missing", to_string(k.op),
                                        k.result.confirmed.size(), k.result.failed.size(), k.result.missing.size()));
     auto done = std::move(k.done);
     auto result = std::move(k.result);
@@ -1254,7 +1355,7 @@ struct SwimProtocol::State {
       // A member that went down or away since no longer counts.
       std::erase_if(k.waiting, [&](std::uint64_t uid) {
         auto n = nodes.find(uid);
-        return n == nodes.end() || !live_status(n->second.info.status);
+        return n == nodes.end() || !live_status(n->second.status);
       });
       if (now() >= k.next_send && now() < k.deadline) {
         for (auto uid : k.waiting) send_keyop(nodes.at(uid), id, k);
@@ -1275,7 +1376,7 @@ struct SwimProtocol::State {
       const auto* kb = op.key();
       error = key_handler(kind, kb ? std::span<const std::uint8_t>(kb->data(), kb->size()) : std::span<const std::uint8_t>{});
     }
-    decide(me().info.name, fmt::format("keyring {} asked by {}: {}", kind == KeyOp::install ? "install"
+    decide(me().id->name, fmt::format("keyring {} asked by {}: {}", kind == KeyOp::install ? "install"
                                        : kind == KeyOp::use ? "use" : kind == KeyOp::remove ? "remove" : "?",
                                        from.to_string(), error.empty() ? "applied" : error));
     send(from, gossip::Body::KeyOpReply,
@@ -1288,7 +1389,7 @@ struct SwimProtocol::State {
     auto& k = it->second;
     if (!k.waiting.erase(from_uid)) return;  // a duplicate answer
     auto n = nodes.find(from_uid);
-    const std::string name = n != nodes.end() ? n->second.info.name : fmt::format("{:016x}", from_uid);
+    const std::string name = n != nodes.end() ? n->second.id->name : fmt::format("{:016x}", from_uid);
     const std::string err = r.error() ? r.error()->str() : std::string();
     if (err.empty()) {
       k.result.confirmed.push_back(name);
@@ -1302,8 +1403,9 @@ struct SwimProtocol::State {
 // ---- SwimProtocol -------------------------------------------------------------------------------
 
 SwimProtocol::SwimProtocol(MembershipConfig config, Identity self, const Clock& clock, PacketTransport& transport,
-                           std::uint64_t seed, std::shared_ptr<spdlog::logger> log)
-    : s_(std::make_unique<State>(std::move(config), std::move(self), clock, transport, seed, std::move(log))) {
+                           std::uint64_t seed, std::shared_ptr<spdlog::logger> log, std::shared_ptr<IdentityPool> pool)
+    : s_(std::make_unique<State>(std::move(config), std::move(self), clock, transport, seed, std::move(log),
+                                 std::move(pool))) {
   const auto t = clock.now();
   // Spread the periodic work of many nodes started together.
   std::uniform_int_distribution<std::int64_t> jitter(0, nanoseconds(s_->cfg.probe_interval).count());
@@ -1318,7 +1420,7 @@ SwimProtocol::~SwimProtocol() = default;
 
 void SwimProtocol::update_seeds(std::vector<UdpEndpoint> seeds) {
   if (s_->joined || seeds == s_->seeds) return;
-  s_->decide(s_->me().info.name, fmt::format("seeds resolved again: {} (was {})", seeds.size(), s_->seeds.size()));
+  s_->decide(s_->me().id->name, fmt::format("seeds resolved again: {} (was {})", seeds.size(), s_->seeds.size()));
   s_->seeds = std::move(seeds);
 }
 
@@ -1329,14 +1431,14 @@ void SwimProtocol::join(std::vector<UdpEndpoint> seeds, bool wait_to_form) {
   s_->seeds = std::move(seeds);
   s_->join_started = s_->now();
   s_->next_join = s_->now();
-  s_->decide(s_->me().info.name, fmt::format("joining through {} seeds", s_->seeds.size()));
+  s_->decide(s_->me().id->name, fmt::format("joining through {} seeds", s_->seeds.size()));
 }
 
-void SwimProtocol::leave() { leave(s_->me().info.name); }
+void SwimProtocol::leave() { leave(s_->me().id->name); }
 
 bool SwimProtocol::leave(const std::string& name) {
   for (auto& [uid, n] : s_->nodes) {
-    if (n.info.name == name && State::live_status(n.info.status)) {
+    if (n.id->name == name && State::live_status(n.status)) {
       s_->set_status(n, MemberStatus::leaving, "asked to leave");
       return true;
     }
@@ -1346,7 +1448,7 @@ bool SwimProtocol::leave(const std::string& name) {
 
 bool SwimProtocol::down(const std::string& name) {
   for (auto& [uid, n] : s_->nodes) {
-    if (n.info.name == name && State::live_status(n.info.status)) {
+    if (n.id->name == name && State::live_status(n.status)) {
       s_->set_status(n, MemberStatus::down, "downed by an operator");
       return true;
     }
@@ -1362,7 +1464,7 @@ void SwimProtocol::poll() { s_->poll(); }
 std::vector<std::uint8_t> SwimProtocol::refusal(const std::string& reason) const {
   fb::FlatBufferBuilder b(256);
   auto body = gossip::CreateRefusedDirect(b, reason.c_str());
-  auto name = b.CreateString(s_->me().info.name);
+  auto name = b.CreateString(s_->me().id->name);
   gossip::PacketBuilder pb(b);
   pb.add_protocol_version(kGossipProtocolVersion);
   pb.add_from_uid(s_->self_uid);
@@ -1394,14 +1496,56 @@ void SwimProtocol::subscribe(std::function<void(const MembershipEvent&)> fn) { s
 std::vector<MemberInfo> SwimProtocol::members() const {
   std::vector<MemberInfo> out;
   for (const auto& [uid, n] : s_->nodes) {
-    if (n.info.status != MemberStatus::removed) out.push_back(n.info);
+    if (n.status != MemberStatus::removed) out.push_back(State::info_of(n));
   }
+  std::sort(out.begin(), out.end(), [](const MemberInfo& a, const MemberInfo& b) { return a.uid < b.uid; });
   return out;
+}
+
+void SwimProtocol::assume_formed(std::span<const MemberInfo> members) {
+  auto& s = *s_;
+  const auto t = s.now();
+  s.nodes.reserve(members.size());
+  s.order.reserve(members.size());
+  for (const auto& m : members) {
+    if (m.uid == 0 || s.nodes.count(m.uid)) continue;
+    State::Node n;
+    n.id = s.pool->intern(Rec{m.name, m.gossip.host, m.remoting, m.curve_key, m.gossip.port, m.uid, 0, 0, 0});
+    n.incarnation = m.incarnation;
+    n.up_order = m.up_order;
+    n.status = MemberStatus::up;
+    n.status_since = t;
+    s.nodes.emplace(m.uid, std::move(n));
+    s.order.push_back(m.uid);
+    ++s.live_count;
+    s.digest_value ^= member_hash(m.uid, MemberStatus::up);
+    s.max_up_order = std::max(s.max_up_order, m.up_order);
+  }
+  auto& me = s.me();
+  for (const auto& m : members) {
+    if (m.uid == s.self_uid) me.up_order = m.up_order;
+  }
+  s.digest_value ^= member_hash(s.self_uid, me.status) ^ member_hash(s.self_uid, MemberStatus::up);
+  me.status = MemberStatus::up;
+  me.status_since = t;
+  s.max_up_order = std::max(s.max_up_order, me.up_order);
+  // Every member holds this same view: converged, as the leader would see it.
+  for (auto& [uid, n] : s.nodes) {
+    n.digest_seen = s.digest_value;
+    n.digest_seen_since = t;
+  }
+  // Each node probes in an order of its own: in one shared order a crash would go unnoticed
+  // until the whole cluster's round came back to it.
+  std::shuffle(s.order.begin(), s.order.end(), s.rng);
+  s.digest_changed_at = t;
+  s.joined = true;
+  s.view_changed = true;
+  s.decide(me.id->name, fmt::format("assumed a formed cluster of {} members", s.nodes.size()));
 }
 
 std::optional<MemberInfo> SwimProtocol::member(const std::string& name) const {
   for (const auto& [uid, n] : s_->nodes) {
-    if (n.info.name == name && n.info.status != MemberStatus::removed) return n.info;
+    if (n.id->name == name && n.status != MemberStatus::removed) return State::info_of(n);
   }
   return std::nullopt;
 }
@@ -1410,10 +1554,11 @@ std::optional<MemberInfo> SwimProtocol::leader() const {
   if (!s_->leader_uid) return std::nullopt;
   auto it = s_->nodes.find(*s_->leader_uid);
   if (it == s_->nodes.end()) return std::nullopt;
-  return it->second.info;
+  return State::info_of(it->second);
 }
 
-const MemberInfo& SwimProtocol::self() const { return s_->me().info; }
+MemberInfo SwimProtocol::self() const { return State::info_of(s_->me()); }
+const UdpEndpoint& SwimProtocol::endpoint() const { return s_->me().id->gossip; }
 bool SwimProtocol::stopped() const noexcept { return s_->stopped(); }
 
 std::vector<Decision> SwimProtocol::history(const std::string& name) const {

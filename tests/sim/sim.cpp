@@ -48,7 +48,7 @@ int Simulation::add_node(const std::string& name, MembershipConfig cfg, double c
                               std::to_string(i % 256),
                           7946};
   by_endpoint_[id.gossip.to_string()] = i;
-  n->proto = std::make_unique<SwimProtocol>(std::move(cfg), id, *n, *n, rng_(), quiet_logger());
+  n->proto = std::make_unique<SwimProtocol>(std::move(cfg), id, *n, *n, rng_(), quiet_logger(), pool_);
   auto* raw = n.get();
   n->proto->subscribe([this, raw](const membership::MembershipEvent& e) {
     if (record_events_) raw->events.push_back(e);
@@ -66,9 +66,24 @@ void Simulation::join(int i, const std::vector<int>& seeds) {
   schedule_wake(i);
 }
 
+void Simulation::assume_formed(int first, int last) {
+  std::vector<membership::MemberInfo> members;
+  members.reserve(static_cast<std::size_t>(last - first));
+  for (int i = first; i < last; ++i) {
+    auto m = nodes_[i]->proto->self();
+    m.status = membership::MemberStatus::up;
+    m.up_order = static_cast<std::uint64_t>(i - first + 1);
+    members.push_back(std::move(m));
+  }
+  for (int i = first; i < last; ++i) {
+    nodes_[i]->proto->assume_formed(members);
+    schedule_wake(i);
+  }
+}
+
 SwimProtocol& Simulation::node(int i) { return *nodes_[i]->proto; }
 int Simulation::size() const { return static_cast<int>(nodes_.size()); }
-UdpEndpoint Simulation::endpoint(int i) const { return nodes_[i]->proto->self().gossip; }
+UdpEndpoint Simulation::endpoint(int i) const { return nodes_[i]->proto->endpoint(); }
 const std::vector<membership::MembershipEvent>& Simulation::events(int i) const { return nodes_[i]->events; }
 
 void Simulation::kill(int i) { nodes_[i]->dead = true; }
@@ -160,11 +175,11 @@ void Simulation::step(Event e) {
     n.wake = nanoseconds::max();
     n.proto->poll();
   } else if (e.icmp) {
-    n.proto->on_port_unreachable(nodes_[e.from]->proto->self().gossip);
+    n.proto->on_port_unreachable(nodes_[e.from]->proto->endpoint());
     n.proto->poll();
   } else {
     ++delivered_;
-    n.proto->on_packet(nodes_[e.from]->proto->self().gossip, e.bytes);
+    n.proto->on_packet(nodes_[e.from]->proto->endpoint(), e.bytes);
     n.proto->poll();
   }
   schedule_wake(e.node);

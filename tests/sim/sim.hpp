@@ -41,6 +41,9 @@ class Simulation {
   int add_node(const std::string& name, MembershipConfig cfg, double clock_rate = 1.0);
   /// Starts node `i` joining through the nodes `seeds`.
   void join(int i, const std::vector<int>& seeds);
+  /// Makes nodes [first, last) a formed, converged cluster at once (SwimProtocol::assume_formed;
+  /// up_order follows the index): for sizes that would take long to form by joins.
+  void assume_formed(int first, int last);
   SwimProtocol& node(int i);
   int size() const;
   UdpEndpoint endpoint(int i) const;
@@ -102,6 +105,7 @@ class Simulation {
   LinkSpec link_;
   std::priority_queue<Event, std::vector<Event>, std::greater<>> queue_;
   std::vector<std::unique_ptr<Node>> nodes_;
+  std::shared_ptr<membership::IdentityPool> pool_ = membership::make_identity_pool();  // shared: one thread
   std::unordered_map<std::string, int> by_endpoint_;
   std::vector<int> group_;  // partition group per node (-1: none)
   static std::uint64_t key(int from, int to) { return (std::uint64_t(std::uint32_t(from)) << 32) | std::uint32_t(to); }

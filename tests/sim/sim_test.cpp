@@ -38,6 +38,19 @@ std::optional<membership::MemberInfo> view(Simulation& sim, int i, int of) {
   return sim.node(i).member(name_of(of));
 }
 
+/// Every node of [0, n) sees exactly n members, all up and alive (one members() per node: cheap
+/// enough for hundreds of nodes).
+bool all_up(Simulation& sim, int n) {
+  for (int i = 0; i < n; ++i) {
+    const auto ms = sim.node(i).members();
+    if (static_cast<int>(ms.size()) != n) return false;
+    for (const auto& m : ms) {
+      if (m.status != MemberStatus::up || m.liveness != Liveness::alive) return false;
+    }
+  }
+  return true;
+}
+
 bool everyone_sees_all_up(Simulation& sim, const std::vector<int>& who, const std::vector<int>& of) {
   for (int i : who) {
     for (int j : of) {
@@ -124,6 +137,35 @@ TEST_F(Sim, FiftyNodesJoinAndEveryoneSeesEveryoneUp) {
   }
   sim->run_for(2s);
   for (int i = 1; i < 50; ++i) EXPECT_EQ(sim->node(i).digest(), sim->node(0).digest());
+}
+
+TEST_F(Sim, AClusterAssumedFormedBehavesAsOneThatFormedByJoins) {
+  // The benchmark's 10,000-node clusters start this way: every node with the same converged view.
+  const int n = 300;
+  for (int i = 0; i < n; ++i) sim->add_node(name_of(i), cfg);
+  sim->assume_formed(0, n);
+  EXPECT_TRUE(all_up(*sim, n));
+  EXPECT_TRUE(ages_agreed(*sim, range(0, n)));
+  sim->run_for(3s);
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(sim->node(i).leader()) << name_of(i);
+    EXPECT_EQ(sim->node(i).leader()->name, name_of(0));
+    EXPECT_EQ(sim->node(i).digest(), sim->node(0).digest());
+    EXPECT_EQ(sim->node(i).stats().suspicions, 0u) << name_of(i) << ": a quiet, lossless cluster";
+    EXPECT_FALSE(sim->node(i).joining());
+  }
+  // A joiner becomes up everywhere (the leader sees the convergence it asks for)...
+  const int j = sim->add_node(name_of(n), cfg);
+  sim->join(j, {0});
+  ASSERT_TRUE(sim->run_until([&] { return all_up(*sim, n + 1); }, 60s));
+  EXPECT_TRUE(ages_agreed(*sim, range(0, n + 1)));
+  EXPECT_EQ(sim->node(j).self().up_order, std::uint64_t(n + 1)) << "the next age after the assumed ones";
+  // ... and a killed member is downed by every live one.
+  sim->kill(7);
+  std::vector<int> live = range(0, n + 1);
+  live.erase(live.begin() + 7);
+  ASSERT_TRUE(sim->run_until([&] { return downed_by_all(*sim, live, 7); }, 60s));
+  for (int i : live) EXPECT_FALSE(sim->node(i).stopped()) << name_of(i);
 }
 
 TEST_F(Sim, AKilledNodeIsDownedByEveryLiveNode) {

@@ -75,6 +75,13 @@ struct KeyOpResult {
   bool ok() const { return failed.empty() && missing.empty(); }
 };
 
+/// Member identities (name, uid, endpoints, key: what never changes about a member) shared by
+/// the protocols that use one pool, so that each is stored once however many views hold it: the
+/// simulator runs thousands of protocols on one thread. Not thread-safe: the protocols sharing a
+/// pool must run on one thread. A protocol given none has a pool of its own.
+class IdentityPool;
+std::shared_ptr<IdentityPool> make_identity_pool();
+
 class SwimProtocol {
  public:
   /// Applies a keyring change on this node; returns "" or the error.
@@ -88,7 +95,7 @@ class SwimProtocol {
   };
 
   SwimProtocol(MembershipConfig config, Identity self, const Clock& clock, PacketTransport& transport,
-               std::uint64_t seed, std::shared_ptr<spdlog::logger> log);
+               std::uint64_t seed, std::shared_ptr<spdlog::logger> log, std::shared_ptr<IdentityPool> pool = nullptr);
   ~SwimProtocol();
   SwimProtocol(const SwimProtocol&) = delete;
   SwimProtocol& operator=(const SwimProtocol&) = delete;
@@ -98,6 +105,12 @@ class SwimProtocol {
   /// cluster on its own. A lone seed that is this node forms at once, unless `wait_to_form`
   /// (seeds that came from a DNS name: the other nodes behind it may not be listed yet).
   void join(std::vector<UdpEndpoint> seeds, bool wait_to_form = false);
+  /// Instead of join(): starts as a member of a cluster that has formed and converged, whose
+  /// members are `members` (this node among them, by uid; others it does not list are ignored):
+  /// every one up and alive here with the up_order and incarnation given, every view digest
+  /// equal. No events are published for them. For simulations of clusters too large to form by
+  /// joins in reasonable time (tests/sim, the membership benchmark); a node process joins.
+  void assume_formed(std::span<const MemberInfo> members);
   /// While joining: the seeds as resolved again (a DNS name lists more nodes as they start).
   /// The form_after wait keeps running from join().
   void update_seeds(std::vector<UdpEndpoint> seeds);
@@ -139,7 +152,8 @@ class SwimProtocol {
   std::vector<MemberInfo> members() const;  ///< all but removed
   std::optional<MemberInfo> member(const std::string& name) const;
   std::optional<MemberInfo> leader() const;
-  const MemberInfo& self() const;
+  MemberInfo self() const;
+  const UdpEndpoint& endpoint() const;  ///< this node's advertised gossip endpoint
   bool stopped() const noexcept;  ///< downed or removed: it no longer takes part
   /// Decisions about `name` (all when empty), oldest first.
   std::vector<Decision> history(const std::string& name = {}) const;
