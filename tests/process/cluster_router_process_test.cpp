@@ -1,0 +1,171 @@
+// The cluster-aware group router in front of troupe-node processes on loopback (real UDP gossip,
+// ZeroMQ with CURVE): this test process is a member that hosts no routee and routes to
+// /user/sink on every other up member. A SIGKILLed node's routee leaves the group and the work
+// goes on on the others; a node that starts later gets its share. Every node's sink says how
+// many messages it received, so each share is counted where it arrived.
+
+#include <signal.h>
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <troupe/membership/keyring.hpp>
+#include <troupe/node/node.hpp>
+#include <troupe/remoting/security.hpp>
+#include <troupe/sharding/cluster_router.hpp>
+
+#include "cluster_nodes.hpp"
+#include "node_generated.h"
+#include "node_process.hpp"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+using Proc = testkit::NodeProcess;
+
+struct RouterProcs : ::testing::Test {
+  RouterProcs() {
+    std::ofstream allow(dir.path / "allow");
+    for (int i = 0; i < 4; ++i) {
+      auto kp = remoting::generate_keypair().value();
+      EXPECT_FALSE(remoting::save_keypair(kp, dir.path, name(i)));
+      allow << kp.public_key << "\n";
+    }
+    client_keys = remoting::generate_keypair().value();
+    allow << client_keys.public_key << "\n";
+    allow.close();
+    ring = std::make_shared<membership::Keyring>(membership::generate_key().value());
+    EXPECT_FALSE(membership::save_keyring(*ring, dir.path / "keyring"));
+  }
+  ~RouterProcs() override {
+    group.reset();
+    if (client) client->stop();
+  }
+  static std::string name(int i) { return "n" + std::to_string(i); }
+
+  void start_node(int i) {
+    const auto ring_file = dir.path / ("keyring-" + name(i));
+    std::filesystem::copy_file(dir.path / "keyring", ring_file, std::filesystem::copy_options::overwrite_existing);
+    std::vector<std::string> a{"--name", name(i), "--port", "0", "--workers", "1",
+                               "--key-file", (dir.path / (name(i) + ".key")).string(),
+                               "--allow-list", (dir.path / "allow").string(), "--keyring", ring_file.string(),
+                               "--preset", "local", "--gossip-port", "0", "--test-actors"};
+    if (!seed.empty()) {
+      a.push_back("--seed");
+      a.push_back(seed);
+    }
+    nodes[i] = std::make_unique<Proc>(a);
+    if (seed.empty()) seed = nodes[i]->gossip;
+  }
+
+  /// This process joins as a member and puts the router in front of /user/sink everywhere else.
+  void start_client() {
+    node::NodeOptions o;
+    o.name = "client";
+    o.workers = 2;
+    o.transport.port = 0;
+    o.transport.keys = client_keys;
+    o.transport.allow_list = std::make_shared<remoting::AllowList>();
+    std::ifstream in(dir.path / "allow");
+    std::vector<std::string> keys;
+    for (std::string line; std::getline(in, line);) keys.push_back(line);
+    o.transport.allow_list->replace(keys);
+    membership::MembershipServiceConfig mc;
+    mc.membership = membership::MembershipConfig::local();
+    mc.port = 0;
+    mc.seeds = {seed};
+    mc.keyring = std::make_shared<membership::Keyring>(ring->primary());
+    o.membership = mc;
+    client = node::Node::start(std::move(o)).value();
+    sharding::ClusterGroupOptions opt;
+    opt.path = "/user/sink";
+    opt.include_self = false;  // the client hosts no sink
+    opt.router.kind = RoutingKind::round_robin;
+    group = std::make_unique<sharding::ClusterGroup>(client->system(), client->transport(), *client->membership(), opt);
+  }
+
+  /// The group's routees, as the node uids they live on.
+  std::set<std::uint64_t> routee_nodes() const {
+    std::set<std::uint64_t> out;
+    for (const auto& r : group->routees()) {
+      auto a = remoting::parse_actor_address(r.path());
+      if (a) out.insert(a->node.uid);
+    }
+    return out;
+  }
+  std::set<std::uint64_t> uids(std::initializer_list<int> is) const {
+    std::set<std::uint64_t> out;
+    for (int i : is) out.insert(nodes.at(i)->address.uid);
+    return out;
+  }
+
+  /// Messages node i's sink has received so far.
+  std::uint64_t sink_count(int i) {
+    auto sink = client->transport().resolve(nodes.at(i)->address_str + "/user/sink");
+    if (!sink) return ~0ull;
+    auto r = sink->ask(Message::build<node::CountQuery>([](auto& b) { return node::CreateCountQuery(b); }), 10s).get();
+    if (!r || !r->is<node::Count>()) return ~0ull;
+    return r->as<node::Count>()->n();
+  }
+
+  /// Sends `n` messages through the router; returns how many each of `live` received of them
+  /// (waiting until they add up: messages between two processes arrive in order, but later).
+  std::map<int, std::uint64_t> send_and_count(std::uint64_t n, const std::vector<int>& live) {
+    std::map<int, std::uint64_t> before;
+    for (int i : live) before[i] = sink_count(i);
+    for (std::uint64_t k = 0; k < n; ++k) {
+      group->ref().tell(Message::build<node::Echo>([k](auto& b) { return node::CreateEcho(b, k); }));
+    }
+    std::map<int, std::uint64_t> got;
+    testkit::eventually([&] {
+      std::uint64_t sum = 0;
+      for (int i : live) sum += (got[i] = sink_count(i) - before[i]);
+      return sum >= n;
+    });
+    return got;
+  }
+
+  testkit::TempDir dir;
+  remoting::CurveKeyPair client_keys;
+  std::shared_ptr<membership::Keyring> ring;
+  std::string seed;
+  std::map<int, std::unique_ptr<Proc>> nodes;
+  std::unique_ptr<node::Node> client;
+  std::unique_ptr<sharding::ClusterGroup> group;
+};
+
+TEST_F(RouterProcs, ASigkilledNodesRouteeLeavesAndANewNodesRouteeJoins) {
+  for (int i = 0; i < 3; ++i) start_node(i);
+  start_client();
+  ASSERT_TRUE(testkit::eventually([&] { return routee_nodes() == uids({0, 1, 2}); }, 30s))
+      << group->routees().size() << " routees";
+  // Round robin over three: exactly a third each.
+  auto got = send_and_count(30, {0, 1, 2});
+  EXPECT_EQ(got, (std::map<int, std::uint64_t>{{0, 10}, {1, 10}, {2, 10}}));
+
+  // SIGKILL: the member becomes unreachable, then is downed; its routee leaves the group.
+  nodes[2]->stop(SIGKILL);
+  ASSERT_TRUE(testkit::eventually([&] { return routee_nodes() == uids({0, 1}); }, 30s))
+      << group->routees().size() << " routees";
+  // The work goes on on the others, nothing routed to the dead one.
+  const auto dead_letters = client->system().stats().dead_letters;
+  got = send_and_count(30, {0, 1});
+  EXPECT_EQ(got, (std::map<int, std::uint64_t>{{0, 15}, {1, 15}}));
+  EXPECT_EQ(client->system().stats().dead_letters, dead_letters);
+  EXPECT_EQ(group->stats().no_routee, 0u);
+
+  // A node that starts later joins the group and gets its share.
+  start_node(3);
+  ASSERT_TRUE(testkit::eventually([&] { return routee_nodes() == uids({0, 1, 3}); }, 30s))
+      << group->routees().size() << " routees";
+  got = send_and_count(30, {0, 1, 3});
+  EXPECT_EQ(got, (std::map<int, std::uint64_t>{{0, 10}, {1, 10}, {3, 10}}));
+}
+
+}  // namespace
+}  // namespace troupe
