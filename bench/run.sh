@@ -9,7 +9,7 @@
 #   MEMBERSHIP_WORKLOADS      membership workloads, Troupe and Serf [detect_5 detect_9 false_downs]
 #   MEMBERSHIP_RUNS           fresh clusters per detection figure, median reported [3]
 #   MEMBERSHIP_FALSE_SECONDS  length of the false-positive workload [60; make bench-membership-long: 300]
-#   SIM_ARGS                  membership_sim_bench arguments [--sizes 100,1000,10000 --reps 3 --large-reps 1]
+#   SIM_ARGS                  membership_sim_bench arguments [--sizes 100,1000,10000 --reps 3]
 set -euo pipefail
 build=${1:-build}
 shift || true
@@ -71,7 +71,7 @@ serf_bin=$(command -v serf || true)
 sim_pid=""
 run_sim() {
   # shellcheck disable=SC2086  # SIM_ARGS is a list of arguments
-  run sim "$build/bench/membership_sim_bench" ${SIM_ARGS:---sizes 100,1000,10000 --reps 3 --large-reps 1}
+  run sim "$build/bench/membership_sim_bench" ${SIM_ARGS:---sizes 100,1000,10000 --reps 3}
 }
 if [[ $parts == *" membership "* ]]; then
   [ -n "$serf_bin" ] || echo "== membership: serf not installed (scripts/install-deps.sh), the peer is skipped" >&2

@@ -74,7 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   static Sink sink;
   static auto log = std::make_shared<spdlog::logger>("fuzz", std::make_shared<spdlog::sinks::null_sink_mt>());
   // A fresh node per input keeps runs independent; it has formed a cluster of one.
-  SwimProtocol p(MembershipConfig::lan(), {"me", 1, UdpEndpoint{"127.0.0.1", 7000}, "", ""}, clock, sink, 1, log);
+  SwimProtocol p(MembershipConfig::lan(), {"me", 1, UdpEndpoint{"127.0.0.1", 7000}, "", "", {}}, clock, sink, 1, log);
   p.join({});
   p.poll();
   p.on_packet(UdpEndpoint{"127.0.0.1", 7001}, {data, size});

@@ -134,6 +134,7 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
     return std::make_error_code(std::errc::invalid_argument);
   };
   if (auto bad = cfg.membership.validate(); !bad.empty()) return fail(bad);
+  if (auto bad = validate_roles(cfg.roles); !bad.empty()) return fail(bad);
   if (cfg.node_name.empty() || cfg.node_name.size() > 128 ||
       cfg.node_name.find_first_of(" \t\r\n") != std::string::npos) {
     return fail("node_name: 1 to 128 characters without spaces");
@@ -176,6 +177,7 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
   id.gossip = UdpEndpoint{advertise, m.udp->local_endpoint().port};
   id.remoting = m.cfg.remoting;
   id.curve_key = m.cfg.curve_key;
+  id.roles = m.cfg.roles;
 
   // Seeds: every address of every name. The first configured seed decides who may form.
   const std::vector<UdpEndpoint> resolved = resolve_seeds(seeds, id.gossip, m.cfg.bind_host, log.get());

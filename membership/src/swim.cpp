@@ -56,7 +56,20 @@ struct Rec {
   std::uint64_t uid = 0, incarnation = 0, from_uid = 0, up_order = 0;
   MemberStatus status = MemberStatus::joining;
   Liveness liveness = Liveness::alive;
+  // The roles: from a packet, or from a MemberInfo (assume_formed).
+  const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* packet_roles = nullptr;
+  const std::vector<std::string>* info_roles = nullptr;
+  std::size_t role_count() const {
+    return packet_roles ? packet_roles->size() : info_roles ? info_roles->size() : 0;
+  }
+  std::string_view role(std::size_t i) const {
+    if (info_roles) return (*info_roles)[i];
+    const auto* s = packet_roles->Get(static_cast<flatbuffers::uoffset_t>(i));
+    return s ? std::string_view(s->c_str(), s->size()) : std::string_view();
+  }
 };
+
+bool valid_role(std::string_view r) { return !r.empty() && printable(r, 64); }
 
 }  // namespace
 
@@ -68,19 +81,37 @@ struct Ident {
   UdpEndpoint gossip;
   std::string remoting;
   std::string curve_key;
+  std::vector<std::string> roles;
   bool same(const Rec& r) const {
-    return r.uid == uid && r.name == name && r.host == gossip.host && r.port == gossip.port &&
-           r.remoting == remoting && r.curve_key == curve_key;
+    if (r.uid != uid || r.name != name || r.host != gossip.host || r.port != gossip.port || r.remoting != remoting ||
+        r.curve_key != curve_key || r.role_count() != roles.size()) {
+      return false;
+    }
+    for (std::size_t i = 0; i < roles.size(); ++i) {
+      if (r.role(i) != roles[i]) return false;
+    }
+    return true;
   }
 };
+
+std::string validate_roles(const std::vector<std::string>& roles) {
+  if (roles.size() > kMaxRoles) return fmt::format("roles: at most {}, not {}", kMaxRoles, roles.size());
+  for (const auto& r : roles) {
+    if (!valid_role(r)) return fmt::format("roles: {:?} is not 1 to 64 printable ASCII characters without spaces", r);
+  }
+  return {};
+}
 
 class IdentityPool {
  public:
   std::shared_ptr<const Ident> intern(const Rec& r) {
     auto& slot = by_uid_[r.uid];
     if (auto held = slot.lock(); held && held->same(r)) return held;
+    std::vector<std::string> roles;
+    roles.reserve(r.role_count());
+    for (std::size_t i = 0; i < r.role_count(); ++i) roles.emplace_back(r.role(i));
     auto made = std::make_shared<const Ident>(Ident{std::string(r.name), r.uid, UdpEndpoint{std::string(r.host), r.port},
-                                                    std::string(r.remoting), std::string(r.curve_key)});
+                                                    std::string(r.remoting), std::string(r.curve_key), std::move(roles)});
     slot = made;  // a different identity under a known uid (forged or a bug) replaces it here only
     if (by_uid_.size() >= sweep_at_) sweep();
     return made;
@@ -153,7 +184,7 @@ struct SwimProtocol::State {
     self_uid = id.uid;
     Node me;
     me.id = std::make_shared<const Ident>(Ident{std::move(id.name), id.uid, std::move(id.gossip), std::move(id.remoting),
-                                                std::move(id.curve_key)});
+                                                std::move(id.curve_key), std::move(id.roles)});
     me.status_since = clock.now();
     self_node = &nodes.emplace(self_uid, std::move(me)).first->second;
     digest_value = member_hash(self_uid, MemberStatus::joining);
@@ -171,6 +202,7 @@ struct SwimProtocol::State {
       i.gossip = n.id->gossip;
       i.remoting = n.id->remoting;
       i.curve_key = n.id->curve_key;
+      i.roles = n.id->roles;
     }
     i.incarnation = n.incarnation;
     i.status = n.status;
@@ -201,6 +233,14 @@ struct SwimProtocol::State {
   static bool live_status(MemberStatus s) { return s != MemberStatus::down && s != MemberStatus::removed; }
   std::size_t cluster_size() const { return std::max<std::size_t>(1, live_count); }
   nanoseconds scaled(milliseconds d) const { return nanoseconds(d) * (local_health + 1); }
+  /// How much rarer full-state exchanges (periodic push-pulls, digest repairs) are than
+  /// configured: 1 up to 32 members, then one more per doubling (memberlist's pushPullScale), so
+  /// that the cluster-wide O(n^2) traffic they cost grows like n log n.
+  unsigned push_pull_scale() const {
+    const auto n = cluster_size();
+    if (n <= 32) return 1;
+    return static_cast<unsigned>(std::ceil(std::log2(double(n)) - 5.0)) + 1;
+  }
 
   void decide(const std::string& subject, std::string what) {
     if (history.size() >= cfg.max_history) history.pop_front();
@@ -371,6 +411,10 @@ struct SwimProtocol::State {
   }
 
   static bool valid(const Rec& r) {
+    if (r.role_count() > kMaxRoles) return false;
+    for (std::size_t i = 0; i < r.role_count(); ++i) {
+      if (!valid_role(r.role(i))) return false;
+    }
     return r.uid != 0 && !r.name.empty() && printable(r.name, 128) && valid_host(r.host) && r.port != 0 &&
            printable(r.remoting, kMaxText) && (r.remoting.empty() || r.remoting.starts_with("troupe://")) &&
            printable(r.curve_key, kMaxText);
@@ -494,15 +538,22 @@ struct SwimProtocol::State {
     if (n.liveness == Liveness::suspect) {
       if (auto it = suspects.find(i.uid); it != suspects.end()) suspect_from = it->second.from;
     }
-    return gossip::CreateMemberDirect(b, i.name.c_str(), i.uid, i.gossip.host.c_str(), i.gossip.port,
-                                      i.remoting.c_str(), i.curve_key.c_str(), n.incarnation,
-                                      static_cast<gossip::MemberStatus>(n.status),
-                                      static_cast<gossip::Liveness>(n.liveness), suspect_from, n.up_order);
+    fb::Offset<fb::Vector<fb::Offset<fb::String>>> roles;
+    if (!i.roles.empty()) roles = b.CreateVectorOfStrings(i.roles);
+    auto name = b.CreateString(i.name);
+    auto host = b.CreateString(i.gossip.host);
+    auto remoting = b.CreateString(i.remoting);
+    auto key = b.CreateString(i.curve_key);
+    return gossip::CreateMember(b, name, i.uid, host, i.gossip.port, remoting, key, n.incarnation,
+                                static_cast<gossip::MemberStatus>(n.status), static_cast<gossip::Liveness>(n.liveness),
+                                suspect_from, n.up_order, roles);
   }
 
   static std::size_t estimate(const Node& n) {
     const auto& i = *n.id;
-    return 104 + i.name.size() + i.gossip.host.size() + i.remoting.size() + i.curve_key.size();  // 8 for up_order
+    std::size_t roles = i.roles.empty() ? 0 : 8;
+    for (const auto& r : i.roles) roles += 8 + r.size();
+    return 104 + i.name.size() + i.gossip.host.size() + i.remoting.size() + i.curve_key.size() + roles;  // 8 for up_order
   }
 
   /// Sends a packet with `body` (may be none) and as many pending updates as fit; `must` is a
@@ -619,6 +670,7 @@ struct SwimProtocol::State {
     r.liveness = static_cast<Liveness>(std::min<unsigned>(static_cast<unsigned>(m.liveness()), 2));
     r.from_uid = m.from_uid();
     r.up_order = m.up_order();
+    r.packet_roles = m.roles();
     return r;
   }
 
@@ -677,7 +729,9 @@ struct SwimProtocol::State {
     // Anti-entropy on evidence: both views have been stable for a while and still differ, so an
     // update was missed on one side (piggybacking is probabilistic). Repair with a push-pull now
     // rather than at the next periodic one.
-    const auto settle = 2 * nanoseconds(cfg.probe_interval);
+    // Each costs O(n) datagrams both ways: at scale, rarer (see push_pull_scale), or a change still
+    // spreading through 10,000 members sets off a storm of full-state exchanges.
+    const auto settle = 2 * nanoseconds(cfg.probe_interval) * push_pull_scale();
     if (sender && joined && p->digest() != digest_value && now() - digest_changed_at >= settle &&
         now() - sender->digest_seen_since >= settle && now() >= next_repair) {
       next_repair = now() + settle;
@@ -1220,9 +1274,9 @@ struct SwimProtocol::State {
       auto peers = random_members(1, 0, false);
       if (!peers.empty()) send_push_pull(peers.front()->id->gossip, false, false);
       // Jittered (+-10 %): nodes started together do not all exchange at the same moment.
-      std::uniform_int_distribution<std::int64_t> jitter(-nanoseconds(cfg.push_pull_interval).count() / 10,
-                                                          nanoseconds(cfg.push_pull_interval).count() / 10);
-      next_push_pull = t + nanoseconds(cfg.push_pull_interval) + nanoseconds(jitter(rng));
+      const auto every = nanoseconds(cfg.push_pull_interval) * push_pull_scale();
+      std::uniform_int_distribution<std::int64_t> jitter(-every.count() / 10, every.count() / 10);
+      next_push_pull = t + every + nanoseconds(jitter(rng));
     }
     if (!keyops.empty()) poll_keyops();
     if (t >= next_maintenance) {
@@ -1510,7 +1564,9 @@ void SwimProtocol::assume_formed(std::span<const MemberInfo> members) {
   for (const auto& m : members) {
     if (m.uid == 0 || s.nodes.count(m.uid)) continue;
     State::Node n;
-    n.id = s.pool->intern(Rec{m.name, m.gossip.host, m.remoting, m.curve_key, m.gossip.port, m.uid, 0, 0, 0});
+    Rec r{m.name, m.gossip.host, m.remoting, m.curve_key, m.gossip.port, m.uid, 0, 0, 0};
+    r.info_roles = &m.roles;
+    n.id = s.pool->intern(r);
     n.incarnation = m.incarnation;
     n.up_order = m.up_order;
     n.status = MemberStatus::up;

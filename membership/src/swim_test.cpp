@@ -63,6 +63,28 @@ std::vector<std::uint8_t> gossip_about(const std::string& name, std::uint64_t ui
   return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
 }
 
+/// Gossip about one up member with `roles`.
+std::vector<std::uint8_t> gossip_with_roles(const std::string& name, std::uint64_t uid, std::uint16_t port,
+                                            const std::vector<std::string>& roles) {
+  fb::FlatBufferBuilder b;
+  auto rv = b.CreateVectorOfStrings(roles);
+  auto n = b.CreateString(name);
+  auto host = b.CreateString("127.0.0.1");
+  auto empty = b.CreateString("");
+  auto m = gossip::CreateMember(b, n, uid, host, port, empty, empty, 0, gossip::MemberStatus::Up,
+                                gossip::Liveness::Alive, 0, 0, rv);
+  std::vector<fb::Offset<gossip::Member>> ms{m};
+  auto v = b.CreateVector(ms);
+  auto from = b.CreateString("sender");
+  gossip::PacketBuilder pb(b);
+  pb.add_protocol_version(1);
+  pb.add_from_uid(77);
+  pb.add_from_name(from);
+  pb.add_updates(v);
+  b.Finish(pb.Finish());
+  return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
+}
+
 /// A packet from `from_uid` that says only what its view digest is (what the leader waits for).
 std::vector<std::uint8_t> digest_from(std::uint64_t from_uid, std::uint64_t digest) {
   fb::FlatBufferBuilder b;
@@ -90,7 +112,7 @@ std::optional<std::uint64_t> sent_up_order(const std::vector<std::vector<std::ui
 
 struct Swim : ::testing::Test {
   Swim() {
-    SwimProtocol::Identity id{"me", 1, UdpEndpoint{"127.0.0.1", 7000}, "", ""};
+    SwimProtocol::Identity id{"me", 1, UdpEndpoint{"127.0.0.1", 7000}, "", "", {}};
     proto = std::make_unique<SwimProtocol>(MembershipConfig::lan(), id, clock, out, 1, quiet());
     proto->subscribe([this](const MembershipEvent& e) { events.push_back(e); });
     proto->join({});
@@ -155,6 +177,40 @@ TEST_F(Swim, RecordsWithMalformedAddressesOrNamesAreRejected) {
   EXPECT_EQ(proto->members().size(), 1u);
 }
 
+TEST_F(Swim, RolesTravelWithTheRecordAndBadOnesAreRejected) {
+  proto->on_packet(peer, gossip_with_roles("n2", 2, 7002, {"worker", "eu-west"}));
+  auto m = proto->member("n2");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->roles, (std::vector<std::string>{"worker", "eu-west"}));
+  // Passed on as learned.
+  out.sent.clear();
+  for (int i = 0; i < 10 && out.sent.empty(); ++i) {
+    clock.t += 200ms;
+    proto->poll();
+  }
+  bool passed_on = false;
+  for (const auto& s : out.sent) {
+    const auto* p = gossip::GetPacket(s.bytes.data());
+    if (!p->updates()) continue;
+    for (const auto* u : *p->updates()) {
+      if (u->uid() == 2 && u->roles() && u->roles()->size() == 2 && u->roles()->Get(1)->str() == "eu-west") passed_on = true;
+    }
+  }
+  EXPECT_TRUE(passed_on);
+
+  const auto rejected = proto->stats().rejected_records;
+  proto->on_packet(peer, gossip_with_roles("n3", 3, 7003, std::vector<std::string>(kMaxRoles + 1, "r")));
+  proto->on_packet(peer, gossip_with_roles("n4", 4, 7004, {"has space"}));
+  proto->on_packet(peer, gossip_with_roles("n5", 5, 7005, {""}));
+  proto->on_packet(peer, gossip_with_roles("n6", 6, 7006, {std::string(65, 'r')}));
+  EXPECT_EQ(proto->stats().rejected_records, rejected + 4);
+  EXPECT_EQ(proto->members().size(), 2u) << "me and n2 only";
+
+  EXPECT_EQ(validate_roles({"worker", std::string(64, 'r')}), "");
+  EXPECT_NE(validate_roles({"tab\there"}).find("roles:"), std::string::npos);
+  EXPECT_NE(validate_roles(std::vector<std::string>(kMaxRoles + 1, "r")).find("at most"), std::string::npos);
+}
+
 TEST_F(Swim, AnImpossibleIncarnationJumpIsRejected) {
   proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 5));
   ASSERT_TRUE(proto->member("n2"));
@@ -200,7 +256,7 @@ TEST_F(Swim, AnotherProtocolVersionIsRefusedClearlyAndTheJoinerSaysWhy) {
   // The refusal reaches a node that is still joining: it reports join_refused with the reason.
   ManualClock c2;
   Recorder o2;
-  SwimProtocol joiner(MembershipConfig::lan(), {"j", 9, UdpEndpoint{"127.0.0.1", 7009}, "", ""}, c2, o2, 2, quiet());
+  SwimProtocol joiner(MembershipConfig::lan(), {"j", 9, UdpEndpoint{"127.0.0.1", 7009}, "", "", {}}, c2, o2, 2, quiet());
   std::vector<MembershipEvent> got;
   joiner.subscribe([&](const MembershipEvent& e) { got.push_back(e); });
   joiner.join({UdpEndpoint{"127.0.0.1", 7000}});
@@ -289,7 +345,7 @@ TEST(SwimAge, AJoinerLearnsItsOwnAgeFromTheClusterAndPassesItOn) {
   ManualClock clock;
   Recorder out;
   const UdpEndpoint seed{"127.0.0.1", 7000};
-  SwimProtocol j(MembershipConfig::lan(), {"j", 9, UdpEndpoint{"127.0.0.1", 7009}, "", ""}, clock, out, 2, quiet());
+  SwimProtocol j(MembershipConfig::lan(), {"j", 9, UdpEndpoint{"127.0.0.1", 7009}, "", "", {}}, clock, out, 2, quiet());
   j.join({seed});
   j.poll();
   EXPECT_EQ(j.self().up_order, 0u);
@@ -394,7 +450,7 @@ bool mentions(const std::vector<Decision>& history, std::string_view text) {
 /// `answering` ack every probe, the others are silent.
 struct Refusals : ::testing::Test {
   explicit Refusals(MembershipConfig c = MembershipConfig::lan()) : cfg(std::move(c)) {
-    proto = std::make_unique<SwimProtocol>(cfg, SwimProtocol::Identity{"me", 1, UdpEndpoint{"127.0.0.1", 7000}, "", ""},
+    proto = std::make_unique<SwimProtocol>(cfg, SwimProtocol::Identity{"me", 1, UdpEndpoint{"127.0.0.1", 7000}, "", "", {}},
                                            clock, out, 1, quiet());
     proto->join({});
     proto->poll();

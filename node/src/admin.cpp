@@ -830,7 +830,9 @@ std::string AdminServer::Impl::members_json() const {
            "\",\"liveness\":\"" + membership::to_string(mi.liveness) + "\",\"up_order\":" + std::to_string(mi.up_order) +
            ",\"incarnation\":" + std::to_string(mi.incarnation) + ",\"degraded\":" + (mi.degraded ? "true" : "false") +
            ",\"self\":" + (mi.uid == self_uid ? "true" : "false") +
-           ",\"leader\":" + (leader && leader->uid == mi.uid ? "true" : "false") + "}";
+           ",\"leader\":" + (leader && leader->uid == mi.uid ? "true" : "false") + ",\"roles\":[";
+    for (std::size_t i = 0; i < mi.roles.size(); ++i) out += (i ? "," : "") + json_str(mi.roles[i]);
+    out += "]}";
   }
   return out + "]\n";
 }

@@ -31,6 +31,7 @@
 
 #include <troupe/node/node.hpp>
 #include <troupe/membership/keyring.hpp>
+#include <troupe/membership/swim.hpp>
 #include <troupe/remoting/security.hpp>
 
 #include <unistd.h>
@@ -138,7 +139,7 @@ int main(int argc, char** argv) {
   // Membership (gossip): on when a keyring is given.
   std::string keyring_file, preset = "lan", cluster = "troupe", gossip_bind, gossip_advertise;
   std::uint16_t gossip_port = 7946;
-  std::vector<std::string> seeds;
+  std::vector<std::string> seeds, roles;
   app.add_option("--keyring", keyring_file, "gossip keyring file (base64 AES-256 keys, primary first; mode 0600); "
                                              "enables membership");
   app.add_option("--preset", preset, "membership timings: local, lan or wan")->check(CLI::IsMember({"local", "lan", "wan"}))
@@ -148,6 +149,8 @@ int main(int argc, char** argv) {
   app.add_option("--gossip-port", gossip_port, "gossip UDP port (0: any free port)")->capture_default_str();
   app.add_option("--gossip-advertise", gossip_advertise, "host other nodes use for gossip (default: --advertise)");
   app.add_option("--seed", seeds, "host:port of a seed node (repeatable; a name resolves to all its addresses)");
+  app.add_option("--role", roles, "a role of this member, e.g. worker (repeatable; cluster-aware routers pick "
+                                  "members by role)");
   // Cluster sharding (needs membership): the built-in test entity for each --entity type.
   std::vector<std::string> entities, proxies;
   std::string activation_log;
@@ -212,11 +215,17 @@ int main(int argc, char** argv) {
     mc.port = gossip_port;
     mc.advertise_host = !gossip_advertise.empty() ? gossip_advertise : opt.transport.advertise_host;
     mc.seeds = seeds;
+    mc.roles = roles;
     mc.keyring = keyring;
     mc.keyring_file = keyring_file;  // keyring changes made through the cluster are kept
     opt.membership = std::move(mc);
   } else if (!seeds.empty()) {
     return fail("--seed needs --keyring (gossip is always encrypted)");
+  } else if (!roles.empty()) {
+    return fail("--role needs --keyring (roles are membership's)");
+  }
+  if (auto bad = membership::validate_roles(roles); !bad.empty()) {
+    return fail("--role: " + bad.substr(bad.find(": ") + 2));
   }
   for (const auto& pk : peer_keys) {
     const auto eq = pk.find('=');

@@ -486,17 +486,20 @@ int cmd_members(const Options& o) {
   const auto r = fetch(o, http::verb::get, "/api/v1/members");
   if (o.json) return std::fputs(r.body.c_str(), stdout), 0;
   const auto j = parse_json(r.body);
-  std::vector<std::vector<std::string>> rows{{"NAME", "STATUS", "REACHABLE", "ADDRESS", "UP_ORDER", "INCARNATION", "UID", "NOTES"}};
+  std::vector<std::vector<std::string>> rows{
+      {"NAME", "STATUS", "REACHABLE", "ADDRESS", "UP_ORDER", "INCARNATION", "UID", "ROLES", "NOTES"}};
   for (const auto& m : j.items()) {
     const auto liveness = m["liveness"].str();
     std::string notes;
     for (const char* flag : {"self", "leader", "degraded"}) {
       if (m[flag].flag()) notes += (notes.empty() ? "" : ",") + std::string(flag);
     }
+    std::string roles;
+    for (const auto& role : m["roles"].items()) roles += (roles.empty() ? "" : ",") + role.str();
     const auto up = m["up_order"].num();
     rows.push_back({m["name"].str(), m["status"].str(), liveness == "alive" ? "yes" : liveness == "suspect" ? "suspect" : "no",
                     m["gossip"].str(), up > 0 ? Json::num_text(up) : "-", m["incarnation"].str(), m["uid"].str(),
-                    notes.empty() ? "-" : notes});
+                    roles.empty() ? "-" : roles, notes.empty() ? "-" : notes});
   }
   print_table(rows);
   return 0;

@@ -1,5 +1,6 @@
 #include <troupe/sharding/cluster_router.hpp>
 
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
 
@@ -28,6 +29,7 @@ struct ClusterGroup::State {
   void add(const MemberInfo& m) {
     if (m.remoting.empty() || routee_of.count(m.uid)) return;
     if (m.uid == self_uid && !options.include_self) return;
+    if (!options.role.empty() && std::find(m.roles.begin(), m.roles.end(), options.role) == m.roles.end()) return;
     auto ref = transport.resolve(m.remoting + options.path);
     if (!ref || !*ref) return;  // a local path with no actor (yet)
     routee_of.emplace(m.uid, *ref);

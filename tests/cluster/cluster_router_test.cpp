@@ -29,8 +29,9 @@ class Worker final : public Actor {
 using testkit::ClusterKeys;
 using testkit::eventually;
 
-std::unique_ptr<node::Node> start(const ClusterKeys& k, int i, const std::string& seed) {
-  auto n = testkit::start_cluster_node(k, i, seed);
+std::unique_ptr<node::Node> start(const ClusterKeys& k, int i, const std::string& seed,
+                                  std::vector<std::string> roles = {}) {
+  auto n = testkit::start_cluster_node(k, i, seed, {}, "127.0.0.1", std::move(roles));
   n->system().spawn<Worker>(SpawnOptions{.name = "worker"});
   return n;
 }
@@ -72,6 +73,32 @@ TEST(ClusterGroup, RoutesToEveryUpMemberAndFollowsJoinsLeavesAndLosses) {
   ASSERT_TRUE(eventually([&] { return group.routees().size() == 2; }));
   EXPECT_EQ(answers(group.ref(), 6), (std::set<std::string>{"n0", "n1"}));
   EXPECT_EQ(group.stats().no_routee, 0u);
+}
+
+TEST(ClusterGroup, WithARoleRoutesOnlyToMembersThatHaveIt) {
+  ClusterKeys k;
+  auto n0 = start(k, 0, "");
+  const auto seed = n0->membership()->endpoint().to_string();
+  auto n1 = start(k, 1, seed, {"worker"});
+  auto n2 = start(k, 2, seed, {"frontend"});
+  auto n3 = start(k, 3, seed, {"frontend", "worker"});
+  auto member = [&](const std::string& name) -> std::optional<membership::MemberInfo> {
+    for (auto& m : n0->membership()->members()) {
+      if (m.name == name) return m;
+    }
+    return std::nullopt;
+  };
+  ASSERT_TRUE(eventually([&] {
+    auto m = member("n3");
+    return n0->membership()->members().size() == 4 && m && m->status == membership::MemberStatus::up;
+  }));
+  EXPECT_EQ(member("n3")->roles, (std::vector<std::string>{"frontend", "worker"}));
+  sharding::ClusterGroupOptions opt;
+  opt.path = "/user/worker";
+  opt.role = "worker";
+  sharding::ClusterGroup group(n0->system(), n0->transport(), *n0->membership(), opt);
+  ASSERT_TRUE(eventually([&] { return group.routees().size() == 2; })) << group.routees().size() << " routees";
+  EXPECT_EQ(answers(group.ref(), 8), (std::set<std::string>{"n1", "n3"}));
 }
 
 TEST(ClusterGroup, WithoutSelfRoutesOnlyToOtherMembers) {

@@ -1,8 +1,9 @@
 // The cluster-aware group router in front of troupe-node processes on loopback (real UDP gossip,
 // ZeroMQ with CURVE): this test process is a member that hosts no routee and routes to
-// /user/sink on every other up member. A SIGKILLed node's routee leaves the group and the work
-// goes on on the others; a node that starts later gets its share. Every node's sink says how
-// many messages it received, so each share is counted where it arrived.
+// /user/sink on every up member with the role "worker" (troupe-node --role). A SIGKILLed node's
+// routee leaves the group and the work goes on on the others; a node that starts later gets its
+// share. Every node's sink says how many messages it received, so each share is counted where it
+// arrived.
 
 #include <signal.h>
 
@@ -54,7 +55,7 @@ struct RouterProcs : ::testing::Test {
     std::vector<std::string> a{"--name", name(i), "--port", "0", "--workers", "1",
                                "--key-file", (dir.path / (name(i) + ".key")).string(),
                                "--allow-list", (dir.path / "allow").string(), "--keyring", ring_file.string(),
-                               "--preset", "local", "--gossip-port", "0", "--test-actors"};
+                               "--preset", "local", "--gossip-port", "0", "--test-actors", "--role", "worker"};
     if (!seed.empty()) {
       a.push_back("--seed");
       a.push_back(seed);
@@ -85,6 +86,7 @@ struct RouterProcs : ::testing::Test {
     sharding::ClusterGroupOptions opt;
     opt.path = "/user/sink";
     opt.include_self = false;  // the client hosts no sink
+    opt.role = "worker";       // a flag of every troupe-node here, heard through gossip
     opt.router.kind = RoutingKind::round_robin;
     group = std::make_unique<sharding::ClusterGroup>(client->system(), client->transport(), *client->membership(), opt);
   }

@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <fstream>
 
+#include <troupe/membership/keyring.hpp>
+
 #include "node_process.hpp"
 
 namespace troupe {
@@ -92,6 +94,16 @@ TEST(NodeConfig, ABadValueOrAnUnknownKeyStopsTheStartNamingIt) {
   auto [c5, o5] = run_node({"--config", write(dir, "c.toml", "insecure = true\nport = 0\npreset = \"fast\"\nkeyring = \"/x\"\n")});
   EXPECT_EQ(c5, 2);
   EXPECT_NE(o5.find("preset"), std::string::npos) << o5;
+  // Roles are membership's: without a keyring, or not printable, the flag is named.
+  auto [c6, o6] = run_node({"--insecure", "--port", "0", "--role", "worker"});
+  EXPECT_EQ(c6, 2);
+  EXPECT_NE(o6.find("--role needs --keyring"), std::string::npos) << o6;
+  const auto ring = dir.path / "keyring";
+  ASSERT_FALSE(membership::save_keyring(membership::Keyring(membership::generate_key().value()), ring));
+  auto [c7, o7] = run_node({"--insecure", "--port", "0", "--keyring", ring.string(), "--gossip-port", "0", "--role",
+                            "has space"});
+  EXPECT_EQ(c7, 2);
+  EXPECT_NE(o7.find("--role: \"has space\""), std::string::npos) << o7;
 }
 
 /// One HTTP/1.0 GET over a plain socket: the whole response ("" when it cannot connect).

@@ -35,7 +35,8 @@ struct ClusterKeys {
 /// testkit messages.
 inline std::unique_ptr<node::Node> start_cluster_node(const ClusterKeys& k, int i, const std::string& seed,
                                                       std::function<void(const membership::MembershipEvent&)> on_event = {},
-                                                      const std::string& host = "127.0.0.1") {
+                                                      const std::string& host = "127.0.0.1",
+                                                      std::vector<std::string> roles = {}) {
   node::NodeOptions o;
   o.name = "n" + std::to_string(i);
   o.workers = 2;
@@ -48,6 +49,7 @@ inline std::unique_ptr<node::Node> start_cluster_node(const ClusterKeys& k, int 
   mc.bind_host = host;
   mc.port = 0;
   if (!seed.empty()) mc.seeds = {seed};
+  mc.roles = std::move(roles);
   mc.keyring = std::make_shared<membership::Keyring>(k.ring->primary());
   o.membership = mc;
   o.on_event = std::move(on_event);

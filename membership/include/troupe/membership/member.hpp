@@ -27,6 +27,8 @@ struct MemberInfo {
   UdpEndpoint gossip;
   std::string remoting;      ///< "troupe://<uid>@<host>:<port>" or ""
   std::string curve_key;     ///< Z85 or ""
+  /// What the member is for, fixed at its start (e.g. "worker"); routers can pick members by role.
+  std::vector<std::string> roles;
   std::uint64_t incarnation = 0;
   MemberStatus status = MemberStatus::joining;
   /// Order in which members became up, assigned by the leader (1 for the member that formed the

@@ -33,6 +33,7 @@ struct MembershipServiceConfig {
   std::vector<std::string> seeds;
   std::string remoting;                ///< this node's remoting address, advertised to others
   std::string curve_key;               ///< its CURVE public key
+  std::vector<std::string> roles;      ///< this member's roles (see MemberInfo::roles)
   std::shared_ptr<Keyring> keyring;    ///< required
   /// When set, the keyring is written back here after every change a KeyOp applied (0600).
   std::string keyring_file;

@@ -39,6 +39,11 @@ namespace troupe::membership {
 
 /// Gossip protocol versions this build speaks.
 inline constexpr std::uint16_t kGossipProtocolVersion = 1;
+/// Roles a member may carry; a record with more, or with a role that is empty, longer than 64
+/// characters or not printable ASCII, is rejected.
+inline constexpr std::size_t kMaxRoles = 16;
+/// "" when `roles` may be a member's roles, else what is wrong with them.
+std::string validate_roles(const std::vector<std::string>& roles);
 
 struct SwimStats {
   std::uint64_t packets_in = 0, packets_out = 0;
@@ -92,6 +97,7 @@ class SwimProtocol {
     UdpEndpoint gossip;     ///< the advertised gossip endpoint
     std::string remoting;
     std::string curve_key;
+    std::vector<std::string> roles;  ///< at most kMaxRoles, each 1 to 64 printable characters
   };
 
   SwimProtocol(MembershipConfig config, Identity self, const Clock& clock, PacketTransport& transport,

@@ -21,6 +21,8 @@ struct ClusterGroupOptions {
   std::string path;
   /// Route to this node's own actor at `path` too.
   bool include_self = true;
+  /// Only members with this role (MemberInfo::roles); empty: every member.
+  std::string role;
   RouterConfig router;
 };
 
