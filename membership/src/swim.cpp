@@ -1465,7 +1465,11 @@ SwimProtocol::SwimProtocol(MembershipConfig config, Identity self, const Clock& 
   std::uniform_int_distribution<std::int64_t> jitter(0, nanoseconds(s_->cfg.probe_interval).count());
   s_->next_probe = t + nanoseconds(jitter(s_->rng));
   s_->next_gossip = t + nanoseconds(jitter(s_->rng)) / 4;
-  s_->next_push_pull = t + nanoseconds(s_->cfg.push_pull_interval);
+  // The first full-state exchange anywhere in [interval/2, 3 interval/2): nodes that start
+  // together must not all exchange at once (at 10,000 nodes that is 10,000 x O(n) datagrams).
+  s_->next_push_pull = t + nanoseconds(s_->cfg.push_pull_interval) / 2 +
+                       nanoseconds(std::uniform_int_distribution<std::int64_t>(
+                           0, nanoseconds(s_->cfg.push_pull_interval).count())(s_->rng));
   s_->next_maintenance = t;
   s_->next_join = nanoseconds::max();
 }
@@ -1593,6 +1597,9 @@ void SwimProtocol::assume_formed(std::span<const MemberInfo> members) {
   // Each node probes in an order of its own: in one shared order a crash would go unnoticed
   // until the whole cluster's round came back to it.
   std::shuffle(s.order.begin(), s.order.end(), s.rng);
+  // And the periodic full-state exchanges spread over their (scaled) period.
+  s.next_push_pull = t + nanoseconds(std::uniform_int_distribution<std::int64_t>(
+                             0, (nanoseconds(s.cfg.push_pull_interval) * s.push_pull_scale()).count())(s.rng));
   s.digest_changed_at = t;
   s.joined = true;
   s.view_changed = true;
