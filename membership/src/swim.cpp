@@ -307,7 +307,10 @@ struct SwimProtocol::State {
     const Liveness old = n.liveness;
     if (old == l) return;
     if (old == Liveness::suspect && l == Liveness::unreachable) stats.detection.observe(now() - last_flip(n));
-    view_changed = true;
+    // What maintenance recounts (the leader, members to move, the unreachable) does not depend on
+    // suspicions: a large cluster with some loss suspects someone nearly all the time, and each
+    // rescan costs O(members).
+    if ((old == Liveness::unreachable) != (l == Liveness::unreachable)) view_changed = true;
     n.liveness = l;
     if ((old == Liveness::alive) != (l == Liveness::alive)) {
       auto& f = flaps[n.id->uid];
@@ -1334,7 +1337,7 @@ struct SwimProtocol::State {
   std::set<std::uint64_t> refused;   // members with refusals counted (cleared by any packet from them)
   std::vector<std::uint64_t> unreachable_set;
   nanoseconds unreachable_since{0};
-  bool view_changed = true;          // statuses or reachability changed since the last maintenance
+  bool view_changed = true;          // statuses or unreachability changed since the last maintenance
   bool stale_view_of_me = false;     // the packet being handled holds an already refuted suspicion
   std::size_t pending_moves = 0;     // members the leader may move (joining, leaving, exiting, down)
   std::size_t unreachable_live = 0;  // live members unreachable in this view
