@@ -732,12 +732,12 @@ struct SwimProtocol::State {
     // Anti-entropy on evidence: both views have been stable for a while and still differ, so an
     // update was missed on one side (piggybacking is probabilistic). Repair with a push-pull now
     // rather than at the next periodic one.
-    // Each costs O(n) datagrams both ways: at scale, rarer (see push_pull_scale), or a change still
-    // spreading through 10,000 members sets off a storm of full-state exchanges.
-    const auto settle = 2 * nanoseconds(cfg.probe_interval) * push_pull_scale();
+    // Each costs O(n) datagrams both ways: one node starts them more rarely as the cluster grows
+    // (see push_pull_scale).
+    const auto settle = 2 * nanoseconds(cfg.probe_interval);
     if (sender && joined && p->digest() != digest_value && now() - digest_changed_at >= settle &&
         now() - sender->digest_seen_since >= settle && now() >= next_repair) {
-      next_repair = now() + settle;
+      next_repair = now() + settle * push_pull_scale();
       ++stats.repairs;
       send_push_pull(from, false, false);
     }
