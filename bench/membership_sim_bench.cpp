@@ -110,6 +110,7 @@ class Watcher {
     watch_count_ = 0;
     watch_start_ = start;
     watch_times_.clear();
+    watch_last_ = -1;
   }
   bool watch_done() const { return watch_count_ >= watch_need_; }
   int watch_count() const { return watch_count_; }
@@ -123,6 +124,8 @@ class Watcher {
     return v[idx];
   }
   bool is_stopped(int i) const { return stopped_[static_cast<std::size_t>(i)]; }
+  /// The node that saw the watched member last (-1: none yet).
+  int watch_last() const { return watch_last_; }
 
  private:
   void on(int i, const MembershipEvent& e) {
@@ -140,6 +143,7 @@ class Watcher {
       watch_seen_[ui] = true;
       ++watch_count_;
       watch_times_.push_back(seconds(e.at - watch_start_));
+      watch_last_ = i;
     }
   }
 
@@ -152,7 +156,22 @@ class Watcher {
   int watch_need_ = 0, watch_count_ = 0;
   nanoseconds watch_start_{0};
   std::vector<double> watch_times_;
+  int watch_last_ = -1;
 };
+
+/// When the last node to see the watched member came much later than the 90th percentile, says
+/// who it was and what its history tells about the member (stderr).
+void explain_straggler(Simulation& sim, const Watcher& w, const std::string& subject) {
+  const int i = w.watch_last();
+  if (i < 0 || w.watch_quantile(1.0) < 2 * w.watch_quantile(0.9) + 0.1) return;
+  const auto st = sim.node(i).stats();
+  std::fprintf(stderr, "  last: %s (%zu members; packets in %llu, updates received %llu, push-pulls %llu, repairs %llu)\n",
+               node_name(i).c_str(), sim.node(i).members().size(), (unsigned long long)st.packets_in,
+               (unsigned long long)st.updates_received, (unsigned long long)st.push_pulls, (unsigned long long)st.repairs);
+  for (const auto& d : sim.node(i).history(subject)) {
+    std::fprintf(stderr, "    %.3f s: %s\n", seconds(d.at), d.what.c_str());
+  }
+}
 
 /// Protocol counters summed over the nodes (where the packets went).
 void print_stats(Simulation& sim, int n, const char* when) {
@@ -288,6 +307,7 @@ SizeResult run_size(const Options& o, int n, double bytes_per_entry_estimate) {
                    n, loss * 100, node_name(k).c_str(), w.watch_count(), w.watch_need(), w.watch_quantile(0.5),
                    w.watch_quantile(0.9), ok ? "" : "NOT within 60 s, last ", w.watch_quantile(1.0),
                    wall_seconds(WallClock::now() - wall_a));
+      explain_straggler(sim, w, node_name(k));
       if (ok) upd.push_back(w.watch_quantile(1.0));
       sim.run_for(2s);
 
@@ -307,6 +327,7 @@ SizeResult run_size(const Options& o, int n, double bytes_per_entry_estimate) {
                    n, loss * 100, node_name(j).c_str(), w.watch_count(), w.watch_need(), w.watch_quantile(0.5),
                    w.watch_quantile(0.9), ok_join ? "" : "NOT within 60 s, last ", w.watch_quantile(1.0),
                    wall_seconds(WallClock::now() - wall_b));
+      explain_straggler(sim, w, node_name(j));
       if (ok_join) join.push_back(w.watch_quantile(1.0));
       sim.run_for(2s);
     }

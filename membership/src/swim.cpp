@@ -144,6 +144,7 @@ struct SwimProtocol::State {
     nanoseconds asked_at{0};   // when the leader last pinged it for its view digest
     std::uint32_t pings = 0;   // pings sent to it
     std::uint16_t transmits_left = 0;
+    bool tx_news = false;      // its pending transmissions carry a status change (sent first)
     MemberStatus status = MemberStatus::joining;
     Liveness liveness = Liveness::alive;
     bool degraded = false;
@@ -219,7 +220,7 @@ struct SwimProtocol::State {
   void erase_node(std::uint64_t uid) {
     auto n = nodes.find(uid);
     if (n == nodes.end() || uid == self_uid) return;
-    if (n->second.transmits_left) pending_tx[n->second.transmits_left].erase(uid);
+    if (n->second.transmits_left) pending_tx[tx_key(n->second)].erase(uid);
     refused.erase(uid);
     suspects.erase(uid);
     flaps.erase(uid);
@@ -253,12 +254,17 @@ struct SwimProtocol::State {
   unsigned retransmit_limit() const {
     return cfg.retransmit_mult * static_cast<unsigned>(std::ceil(std::log10(double(cluster_size()) + 1)));
   }
-  void broadcast(Node& n) {
-    auto& left = n.transmits_left;
-    if (left) pending_tx[left].erase(n.id->uid);
-    left = retransmit_limit();
-    pending_tx[left].insert(n.id->uid);
+  /// Queues `n`'s record for piggybacking, retransmit_limit() times. `news`: a change of
+  /// membership (a member appeared, changed status or got its age), which goes before liveness
+  /// chatter (suspicions, refutations): in a large cluster with some loss there is always more
+  /// chatter than packets can carry, and fewest-sent-first alone starved older news.
+  void broadcast(Node& n, bool news = false) {
+    if (n.transmits_left) pending_tx[tx_key(n)].erase(n.id->uid);
+    n.tx_news = news || (n.tx_news && n.transmits_left);
+    n.transmits_left = static_cast<std::uint16_t>(retransmit_limit());
+    pending_tx[tx_key(n)].insert(n.id->uid);
   }
+  static unsigned tx_key(const Node& n) { return n.transmits_left + (n.tx_news ? 0x10000u : 0u); }
 
   // ---- statuses and liveness -------------------------------------------------------------------
   void set_status(Node& n, MemberStatus s, const std::string& why) {
@@ -276,7 +282,7 @@ struct SwimProtocol::State {
     const auto age = s == MemberStatus::up && n.up_order ? fmt::format(", up_order {}", n.up_order) : "";
     decide(n.id->name, fmt::format("status -> {} ({}){}", to_string(s), why, age));
     log->info("member {} ({}) is {}: {}{}", n.id->name, fmt::format("{:016x}", n.id->uid), to_string(s), why, age);
-    broadcast(n);
+    broadcast(n, true);
     const bool is_me = n.id->uid == self_uid;
     switch (s) {
       case MemberStatus::up: emit(EventKind::up, n, why); break;
@@ -402,7 +408,7 @@ struct SwimProtocol::State {
     if (given == 0 || given == n.up_order) return;
     max_up_order = std::max(max_up_order, given);
     if (n.up_order != 0 && n.up_order < given) {
-      broadcast(n);  // the sender holds the larger one: spread the smaller
+      broadcast(n, true);  // the sender holds the larger one: spread the smaller
       return;
     }
     if (n.up_order != 0) {
@@ -410,7 +416,7 @@ struct SwimProtocol::State {
                                       n.up_order, given));
     }
     n.up_order = given;
-    broadcast(n);
+    broadcast(n, true);
   }
 
   static bool valid(const Rec& r) {
@@ -466,7 +472,7 @@ struct SwimProtocol::State {
       std::swap(order.back(), order[std::uniform_int_distribution<std::size_t>(0, order.size() - 1)(rng)]);
       decide(added.id->name, fmt::format("learned: {} at {}", to_string(in.status), added.id->gossip.to_string()));
       emit(EventKind::joined, added);
-      broadcast(added);
+      broadcast(added, true);
       if (in.status != MemberStatus::joining) set_status(added, in.status, "gossip");
       if (in.liveness == Liveness::suspect) suspect(added, in.incarnation, r.from_uid, "gossip");
       if (in.liveness == Liveness::unreachable) set_liveness(added, Liveness::unreachable, "gossip");
@@ -583,8 +589,12 @@ struct SwimProtocol::State {
   full:
     for (auto uid : sent) {
       auto& n = nodes.at(uid);
-      pending_tx[n.transmits_left].erase(uid);
-      if (--n.transmits_left) pending_tx[n.transmits_left].insert(uid);
+      pending_tx[tx_key(n)].erase(uid);
+      if (--n.transmits_left) {
+        pending_tx[tx_key(n)].insert(uid);
+      } else {
+        n.tx_news = false;
+      }
     }
     std::erase_if(pending_tx, [](const auto& kv) { return kv.second.empty(); });
     stats.updates_sent += ups.size();

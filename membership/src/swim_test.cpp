@@ -233,6 +233,52 @@ TEST_F(Swim, ADuplicatedPacketChangesNothingTheSecondTime) {
   EXPECT_EQ(proto->stats().suspicions, suspicions);
 }
 
+TEST_F(Swim, MembershipNewsIsPiggybackedBeforeLivenessChatter) {
+  // A quiet cluster of 40 whose news has all been sent.
+  for (std::uint64_t i = 2; i < 42; ++i) {
+    proto->on_packet(peer, gossip_about("n" + std::to_string(i), i, "127.0.0.1", static_cast<std::uint16_t>(7000 + i), 0));
+  }
+  auto pending = [&] {
+    out.sent.clear();
+    clock.t += 200ms;
+    proto->poll();
+    return !out.sent.empty();
+  };
+  for (int i = 0; i < 2000 && pending(); ++i) {
+  }
+  ASSERT_FALSE(pending()) << "everything sent";
+  auto carrying = [&] {  // for each packet just sent: does it carry n5's leave?
+    std::vector<bool> v;
+    for (const auto& sent : out.sent) {
+      const auto* p = gossip::GetPacket(sent.bytes.data());
+      bool leave = false;
+      if (p->updates()) {
+        for (const auto* u : *p->updates()) leave |= u->uid() == 5 && u->status() == gossip::MemberStatus::Leaving;
+      }
+      v.push_back(leave);
+    }
+    return v;
+  };
+  // n5 leaves: news, sent in a few packets...
+  proto->on_packet(peer, gossip_about("n5", 5, "127.0.0.1", 7005, 0, gossip::MemberStatus::Leaving));
+  ASSERT_TRUE(pending());
+  const auto first = carrying();
+  const auto sent_before = static_cast<std::size_t>(std::count(first.begin(), first.end(), true));
+  ASSERT_GE(sent_before, 1u);
+  ASSERT_LT(sent_before, 8u) << "retransmit_limit() is 8 for 42 members";
+  // ... then fresh suspicions of 30 others, more than a packet holds, each with more
+  // transmissions left than the news.
+  for (std::uint64_t i = 10; i < 40; ++i) {
+    proto->on_packet(peer, gossip_about("n" + std::to_string(i), i, "127.0.0.1", static_cast<std::uint16_t>(7000 + i), 0,
+                                        gossip::MemberStatus::Up, gossip::Liveness::Suspect));
+  }
+  ASSERT_TRUE(pending());
+  const auto next = carrying();
+  ASSERT_GE(next.size(), 8u - sent_before);
+  // The leave's remaining transmissions go first: in the first packets, each filled up with chatter.
+  for (std::size_t k = 0; k < next.size(); ++k) EXPECT_EQ(next[k], k < 8 - sent_before) << "packet " << k;
+}
+
 TEST_F(Swim, SuspicionOfItselfIsRefutedWithAHigherIncarnation) {
   proto->on_packet(peer, gossip_about("me", 1, "127.0.0.1", 7000, 0, gossip::MemberStatus::Up,
                                       gossip::Liveness::Suspect));
