@@ -113,6 +113,14 @@ class Watcher {
     watch_last_ = -1;
   }
   bool watch_done() const { return watch_count_ >= watch_need_; }
+  /// The nodes that should have seen the watched member and have not (yet).
+  std::vector<int> watch_missing() const {
+    std::vector<int> out;
+    for (std::size_t i = 0; i < watch_who_.size(); ++i) {
+      if (watch_who_[i] && !watch_seen_[i]) out.push_back(static_cast<int>(i));
+    }
+    return out;
+  }
   int watch_count() const { return watch_count_; }
   int watch_need() const { return watch_need_; }
   /// Seconds from the start until the k-th fraction of the watched nodes had it (1.0 = all).
@@ -134,7 +142,14 @@ class Watcher {
       case EventKind::unreachable: ++unreachable_; break;
       case EventKind::reachable: --unreachable_; break;
       case EventKind::self_removed:
-      case EventKind::self_downed: stopped_[ui] = true; break;
+      case EventKind::self_downed:
+        stopped_[ui] = true;
+        // A node that stops (an earlier leaver removed at last) no longer has to see anything.
+        if (ui < watch_who_.size() && watch_who_[ui] && !watch_seen_[ui]) {
+          watch_who_[ui] = false;
+          --watch_need_;
+        }
+        break;
       default: break;
     }
     if (!watch_name_.empty() && ui < watch_who_.size() && watch_who_[ui] && !watch_seen_[ui] &&
@@ -162,11 +177,16 @@ class Watcher {
 /// When the last node to see the watched member came much later than the 90th percentile, says
 /// who it was and what its history tells about the member (stderr).
 void explain_straggler(Simulation& sim, const Watcher& w, const std::string& subject) {
-  const int i = w.watch_last();
-  if (i < 0 || w.watch_quantile(1.0) < 2 * w.watch_quantile(0.9) + 0.1) return;
+  const auto missing = w.watch_missing();
+  const int i = !missing.empty() ? missing.front() : w.watch_last();
+  if (i < 0 || (missing.empty() && w.watch_quantile(1.0) < 2 * w.watch_quantile(0.9) + 0.1)) return;
+  if (!missing.empty()) std::fprintf(stderr, "  %zu never saw it, the first: %s\n", missing.size(), node_name(i).c_str());
   const auto st = sim.node(i).stats();
-  std::fprintf(stderr, "  last: %s (%zu members; packets in %llu, updates received %llu, push-pulls %llu, repairs %llu)\n",
-               node_name(i).c_str(), sim.node(i).members().size(), (unsigned long long)st.packets_in,
+  std::fprintf(stderr,
+               "  %s: %s, %s, %s (%zu members; packets in %llu, updates received %llu, push-pulls %llu, repairs %llu)\n",
+               missing.empty() ? "last" : "missing", node_name(i).c_str(),
+               troupe::membership::to_string(sim.node(i).self().status), sim.node(i).stopped() ? "stopped" : "running",
+               sim.node(i).members().size(), (unsigned long long)st.packets_in,
                (unsigned long long)st.updates_received, (unsigned long long)st.push_pulls, (unsigned long long)st.repairs);
   for (const auto& d : sim.node(i).history(subject)) {
     std::fprintf(stderr, "    %.3f s: %s\n", seconds(d.at), d.what.c_str());

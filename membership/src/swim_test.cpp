@@ -42,15 +42,9 @@ std::shared_ptr<spdlog::logger> quiet() {
   return std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
 }
 
-/// A packet from member `name`/`uid` carrying one member record.
-std::vector<std::uint8_t> gossip_about(const std::string& name, std::uint64_t uid, const std::string& host,
-                                       std::uint16_t port, std::uint64_t incarnation,
-                                       gossip::MemberStatus status = gossip::MemberStatus::Up,
-                                       gossip::Liveness live = gossip::Liveness::Alive, std::uint16_t version = 1,
-                                       std::uint64_t from_uid = 77, std::uint64_t up_order = 0) {
-  fb::FlatBufferBuilder b;
-  auto m = gossip::CreateMemberDirect(b, name.c_str(), uid, host.c_str(), port, "", "", incarnation, status, live, 0,
-                                      up_order);
+/// Finishes `b` as a packet from `from_uid` whose updates are the one record `m`.
+std::vector<std::uint8_t> packet_of(fb::FlatBufferBuilder& b, fb::Offset<gossip::Member> m, std::uint16_t version = 1,
+                                    std::uint64_t from_uid = 77) {
   std::vector<fb::Offset<gossip::Member>> ms{m};
   auto v = b.CreateVector(ms);
   auto from = b.CreateString("sender");
@@ -63,26 +57,27 @@ std::vector<std::uint8_t> gossip_about(const std::string& name, std::uint64_t ui
   return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
 }
 
+/// A packet from member `name`/`uid` carrying one member record.
+std::vector<std::uint8_t> gossip_about(const std::string& name, std::uint64_t uid, const std::string& host,
+                                       std::uint16_t port, std::uint64_t incarnation,
+                                       gossip::MemberStatus status = gossip::MemberStatus::Up,
+                                       gossip::Liveness live = gossip::Liveness::Alive, std::uint16_t version = 1,
+                                       std::uint64_t from_uid = 77, std::uint64_t up_order = 0) {
+  fb::FlatBufferBuilder b;
+  auto m = gossip::CreateMemberDirect(b, name.c_str(), uid, host.c_str(), port, "", "", incarnation, status, live, 0,
+                                      up_order);
+  return packet_of(b, m, version, from_uid);
+}
+
 /// Gossip about one up member with `roles`.
 std::vector<std::uint8_t> gossip_with_roles(const std::string& name, std::uint64_t uid, std::uint16_t port,
                                             const std::vector<std::string>& roles) {
   fb::FlatBufferBuilder b;
-  auto rv = b.CreateVectorOfStrings(roles);
-  auto n = b.CreateString(name);
-  auto host = b.CreateString("127.0.0.1");
-  auto empty = b.CreateString("");
-  auto m = gossip::CreateMember(b, n, uid, host, port, empty, empty, 0, gossip::MemberStatus::Up,
-                                gossip::Liveness::Alive, 0, 0, rv);
-  std::vector<fb::Offset<gossip::Member>> ms{m};
-  auto v = b.CreateVector(ms);
-  auto from = b.CreateString("sender");
-  gossip::PacketBuilder pb(b);
-  pb.add_protocol_version(1);
-  pb.add_from_uid(77);
-  pb.add_from_name(from);
-  pb.add_updates(v);
-  b.Finish(pb.Finish());
-  return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
+  std::vector<fb::Offset<fb::String>> rs;
+  for (const auto& r : roles) rs.push_back(b.CreateString(r));
+  auto m = gossip::CreateMemberDirect(b, name.c_str(), uid, "127.0.0.1", port, "", "", 0, gossip::MemberStatus::Up,
+                                      gossip::Liveness::Alive, 0, 0, &rs);
+  return packet_of(b, m);
 }
 
 /// A packet from `from_uid` that says only what its view digest is (what the leader waits for).

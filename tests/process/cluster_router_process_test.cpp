@@ -9,19 +9,16 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
 
-#include <troupe/membership/keyring.hpp>
 #include <troupe/node/node.hpp>
-#include <troupe/remoting/security.hpp>
 #include <troupe/sharding/cluster_router.hpp>
 
 #include "cluster_nodes.hpp"
 #include "node_generated.h"
 #include "node_process.hpp"
+#include "process_cluster.hpp"
 
 namespace troupe {
 namespace {
@@ -30,59 +27,21 @@ using namespace std::chrono_literals;
 using Proc = testkit::NodeProcess;
 
 struct RouterProcs : ::testing::Test {
-  RouterProcs() {
-    std::ofstream allow(dir.path / "allow");
-    for (int i = 0; i < 4; ++i) {
-      auto kp = remoting::generate_keypair().value();
-      EXPECT_FALSE(remoting::save_keypair(kp, dir.path, name(i)));
-      allow << kp.public_key << "\n";
-    }
-    client_keys = remoting::generate_keypair().value();
-    allow << client_keys.public_key << "\n";
-    allow.close();
-    ring = std::make_shared<membership::Keyring>(membership::generate_key().value());
-    EXPECT_FALSE(membership::save_keyring(*ring, dir.path / "keyring"));
-  }
   ~RouterProcs() override {
     group.reset();
     if (client) client->stop();
   }
-  static std::string name(int i) { return "n" + std::to_string(i); }
 
   void start_node(int i) {
-    const auto ring_file = dir.path / ("keyring-" + name(i));
-    std::filesystem::copy_file(dir.path / "keyring", ring_file, std::filesystem::copy_options::overwrite_existing);
-    std::vector<std::string> a{"--name", name(i), "--port", "0", "--workers", "1",
-                               "--key-file", (dir.path / (name(i) + ".key")).string(),
-                               "--allow-list", (dir.path / "allow").string(), "--keyring", ring_file.string(),
-                               "--preset", "local", "--gossip-port", "0", "--test-actors", "--role", "worker"};
-    if (!seed.empty()) {
-      a.push_back("--seed");
-      a.push_back(seed);
-    }
+    auto a = files.node_args(i, 1, seed);
+    a.insert(a.end(), {"--test-actors", "--role", "worker"});
     nodes[i] = std::make_unique<Proc>(a);
     if (seed.empty()) seed = nodes[i]->gossip;
   }
 
-  /// This process joins as a member and puts the router in front of /user/sink everywhere else.
+  /// This process joins as a member and puts the router in front of /user/sink elsewhere.
   void start_client() {
-    node::NodeOptions o;
-    o.name = "client";
-    o.workers = 2;
-    o.transport.port = 0;
-    o.transport.keys = client_keys;
-    o.transport.allow_list = std::make_shared<remoting::AllowList>();
-    std::ifstream in(dir.path / "allow");
-    std::vector<std::string> keys;
-    for (std::string line; std::getline(in, line);) keys.push_back(line);
-    o.transport.allow_list->replace(keys);
-    membership::MembershipServiceConfig mc;
-    mc.membership = membership::MembershipConfig::local();
-    mc.port = 0;
-    mc.seeds = {seed};
-    mc.keyring = std::make_shared<membership::Keyring>(ring->primary());
-    o.membership = mc;
-    client = node::Node::start(std::move(o)).value();
+    client = node::Node::start(files.member_options(seed)).value();
     sharding::ClusterGroupOptions opt;
     opt.path = "/user/sink";
     opt.include_self = false;  // the client hosts no sink
@@ -132,9 +91,7 @@ struct RouterProcs : ::testing::Test {
     return got;
   }
 
-  testkit::TempDir dir;
-  remoting::CurveKeyPair client_keys;
-  std::shared_ptr<membership::Keyring> ring;
+  testkit::ProcessClusterFiles files{4};
   std::string seed;
   std::map<int, std::unique_ptr<Proc>> nodes;
   std::unique_ptr<node::Node> client;

@@ -25,6 +25,7 @@
 #include "activation_check.hpp"
 #include "node_generated.h"
 #include "node_process.hpp"
+#include "process_cluster.hpp"
 #include "testkit.hpp"
 
 namespace troupe {
@@ -50,59 +51,22 @@ bool eventually(P pred, std::chrono::milliseconds limit) {
 }
 
 struct ShardProcs : ::testing::Test {
-  ShardProcs() {
-    std::ofstream allow(dir.path / "allow");
-    for (int i = 0; i < 5; ++i) {
-      auto kp = remoting::generate_keypair().value();
-      EXPECT_FALSE(remoting::save_keypair(kp, dir.path, name(i)));
-      allow << kp.public_key << "\n";
-    }
-    client_keys = remoting::generate_keypair().value();
-    allow << client_keys.public_key << "\n";
-    allow.close();
-    ring = std::make_shared<membership::Keyring>(membership::generate_key().value());
-    EXPECT_FALSE(membership::save_keyring(*ring, dir.path / "keyring"));
-  }
   ~ShardProcs() override {
     if (client) client->stop();
   }
-  static std::string name(int i) { return "n" + std::to_string(i); }
-  std::string log_of(int i) const { return (dir.path / ("activations-" + name(i))).string(); }
+  static std::string name(int i) { return testkit::ProcessClusterFiles::name(i); }
+  std::string log_of(int i) const { return (files.dir.path / ("activations-" + name(i))).string(); }
 
   void start_node(int i) {
-    const auto ring_file = dir.path / ("keyring-" + name(i));
-    std::filesystem::copy_file(dir.path / "keyring", ring_file, std::filesystem::copy_options::overwrite_existing);
-    std::vector<std::string> a{"--name", name(i), "--port", "0", "--workers", "2",
-                               "--key-file", (dir.path / (name(i) + ".key")).string(),
-                               "--allow-list", (dir.path / "allow").string(), "--keyring", ring_file.string(),
-                               "--preset", "local", "--gossip-port", "0",
-                               "--entity", kType + ":" + std::to_string(kShards), "--activation-log", log_of(i)};
-    if (!seed.empty()) {
-      a.push_back("--seed");
-      a.push_back(seed);
-    }
+    auto a = files.node_args(i, 2, seed);
+    a.insert(a.end(), {"--entity", kType + ":" + std::to_string(kShards), "--activation-log", log_of(i)});
     nodes[i] = std::make_unique<Proc>(a);
     if (seed.empty()) seed = nodes[i]->gossip;
   }
 
   /// This test process as a member that hosts nothing and routes to the type.
   void start_client() {
-    node::NodeOptions o;
-    o.name = "client";
-    o.workers = 2;
-    o.transport.port = 0;
-    o.transport.keys = client_keys;
-    o.transport.allow_list = std::make_shared<remoting::AllowList>();
-    std::ifstream in(dir.path / "allow");
-    std::vector<std::string> keys;
-    for (std::string line; std::getline(in, line);) keys.push_back(line);
-    o.transport.allow_list->replace(keys);
-    membership::MembershipServiceConfig mc;
-    mc.membership = membership::MembershipConfig::local();
-    mc.port = 0;
-    mc.seeds = {seed};
-    mc.keyring = std::make_shared<membership::Keyring>(ring->primary());
-    o.membership = mc;
+    auto o = files.member_options(seed);
     node::NodeOptions::ShardingOptions so;
     so.proxies.emplace_back(kType, kShards);
     o.sharding = so;
@@ -194,9 +158,7 @@ struct ShardProcs : ::testing::Test {
     return testkit::check_single_activation(records);
   }
 
-  TempDir dir;
-  remoting::CurveKeyPair client_keys;
-  std::shared_ptr<membership::Keyring> ring;
+  testkit::ProcessClusterFiles files{5};
   std::unique_ptr<Proc> nodes[5];
   std::unique_ptr<node::Node> client;
   std::string seed;
