@@ -1,6 +1,7 @@
 #include <troupe/actor/router.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <mutex>
 #include <cmath>
@@ -24,6 +25,23 @@ std::uint64_t hash_bytes(const void* p, std::size_t n) { return XXH3_64bits(p, n
 std::uint64_t default_key(const Message& m) { return hash_bytes(m.bytes().data(), m.size()); }
 
 thread_local std::mt19937_64 tls_rng{std::random_device{}()};
+
+// Round robin in the sending thread without a shared counter per message: each thread keeps its
+// place in the last router it sent through, and takes a place from the router's shared counter
+// only when it comes to a router (again). One thread sending alone sees exact round robin; several
+// each go round in turn (every routee gets within one message per thread of the others).
+struct RoundRobinCursor {
+  std::uint64_t router = 0;  // the router's id (0: none yet)
+  std::uint64_t next = 0;
+};
+thread_local RoundRobinCursor tls_cursor;
+
+// The per-thread stripe of a router's send counter.
+std::atomic<unsigned> g_next_stripe{0};
+unsigned stripe_of_thread() {
+  thread_local const unsigned stripe = g_next_stripe.fetch_add(1, std::memory_order_relaxed);
+  return stripe;
+}
 
 }  // namespace
 
@@ -63,7 +81,8 @@ class RouterState final : public RefTarget {
   }
   void stop_all();
   RouterStats stats() const {
-    return {routed_.load(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load(), resizes_.load()};
+    return {routed_.load() + rr_sent(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load(),
+            resizes_.load()};
   }
   void set_head(Cell* head) {
     std::lock_guard lk(mu_);
@@ -88,13 +107,28 @@ class RouterState final : public RefTarget {
   std::uint64_t id_;
   const std::optional<Resizer> resizer_;  // fixed at construction: read by senders without a lock
   mutable std::mutex mu_;
-  std::atomic<const Snapshot*> current_{nullptr};
+  // Every send reads current_; round-robin sends from several threads write rr_: each on a cache
+  // line of its own, or the senders' writes would evict the snapshot pointer from every core.
+  alignas(64) std::atomic<const Snapshot*> current_{nullptr};
   std::vector<std::unique_ptr<const Snapshot>> history_;  // readers may still hold old ones
   std::unordered_map<RefTarget*, ActorRef> watchers_;      // routee -> its watcher
   Ref<Cell> head_;                                          // pool supervisor, if a pool
   bool stopping_ = false;
-  std::atomic<std::uint64_t> rr_{0};
-  std::atomic<std::uint64_t> routed_{0}, no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0}, resizes_{0};
+  alignas(64) std::atomic<std::uint64_t> rr_{0};  // round-robin places handed to threads arriving
+  // Round-robin sends counted per thread (striped: no line shared by two busy senders).
+  static constexpr unsigned kStripes = 8;
+  struct alignas(64) Stripe {
+    std::atomic<std::uint64_t> n{0};
+  };
+  std::array<Stripe, kStripes> rr_sent_{};
+  std::uint64_t rr_sent() const {
+    std::uint64_t n = 0;
+    for (const auto& s : rr_sent_) n += s.n.load(std::memory_order_relaxed);
+    return n;
+  }
+  alignas(64) std::atomic<std::uint64_t> routed_{0};  // the other sends
+  std::atomic<std::uint64_t> chop_{0};  // tail-chopping rounds (where each starts)
+  std::atomic<std::uint64_t> no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0}, resizes_{0};
   void maybe_resize(const Snapshot& s, std::uint64_t n);
 };
 
@@ -232,7 +266,7 @@ void RouterState::stop_all() {
 const ActorRef* RouterState::pick(const Snapshot& s, const Message& msg) {
   const auto n = s.routees.size();
   switch (cfg_.kind) {
-    case RoutingKind::round_robin:
+    case RoutingKind::round_robin:  // (send() goes round itself)
       return &s.routees[rr_.fetch_add(1, std::memory_order_relaxed) % n];
     case RoutingKind::random:
       return &s.routees[tls_rng() % n];
@@ -271,7 +305,7 @@ void RouterState::gather(const Snapshot& s, Message&& msg, ActorRef&& sender) {
     return;
   }
   // Tail-chopping: one routee now, the next after each interval until someone answers.
-  const auto start = rr_.fetch_add(1, std::memory_order_relaxed);
+  const auto start = chop_.fetch_add(1, std::memory_order_relaxed);
   auto routees = std::make_shared<std::vector<ActorRef>>(s.routees);
   routees->at(start % routees->size()).tell(msg, gref);
   for (std::size_t k = 1; k < routees->size(); ++k) {
@@ -309,6 +343,15 @@ void RouterState::send(Message&& msg, ActorRef&& sender) {
   if (s.routees.empty()) {
     no_routee_.fetch_add(1, std::memory_order_relaxed);
     sys_.dead_letter(msg, sender, path(), "router has no routees");
+    return;
+  }
+  if (cfg_.kind == RoutingKind::round_robin && !msg.is<sys::Broadcast>()) {
+    auto& c = tls_cursor;
+    if (c.router != id_) c = {id_, rr_.fetch_add(1, std::memory_order_relaxed)};
+    const auto turn = c.next++;
+    const auto n = rr_sent_[stripe_of_thread() % kStripes].n.fetch_add(1, std::memory_order_relaxed) + 1;
+    s.routees[turn % s.routees.size()].tell(std::move(msg), std::move(sender));
+    maybe_resize(s, n);
     return;
   }
   const auto n = routed_.fetch_add(1, std::memory_order_relaxed) + 1;

@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include <troupe/actor/actor_system.hpp>
 #include <troupe/actor/router.hpp>
@@ -94,6 +95,36 @@ TEST_F(RouterTest, RoundRobinIsExact) {
   for (int i = 0; i < 30; ++i) router.ref().tell(ping(i));
   for (auto& r : rs) EXPECT_EQ(count(r), 10u);
   EXPECT_EQ(router.stats().routed, 30u);
+}
+
+TEST_F(RouterTest, RoundRobinFromSeveralThreadsAndRoutersStaysEven) {
+  // Each sending thread goes round on its own (no shared counter per message); a thread that
+  // alternates between two routers still goes round in each.
+  auto rs = spawn_routees(3);
+  auto other_rs = spawn_routees(3);
+  auto router = make_group(sys, rs, rc(RoutingKind::round_robin));
+  auto other = make_group(sys, other_rs, rc(RoutingKind::round_robin));
+  std::vector<std::thread> senders;
+  for (int t = 0; t < 4; ++t) {
+    senders.emplace_back([&] {
+      for (int i = 0; i < 300; ++i) {
+        router.ref().tell(ping(i));
+        other.ref().tell(ping(i));
+      }
+    });
+  }
+  for (auto& t : senders) t.join();
+  for (auto* group : {&rs, &other_rs}) {
+    std::uint64_t total = 0;
+    for (auto& r : *group) {
+      const auto c = count(r);
+      total += c;
+      EXPECT_GE(c, 400u - 4);  // 1,200 over 3: within one message per sending thread
+      EXPECT_LE(c, 400u + 4);
+    }
+    EXPECT_EQ(total, 1200u);
+  }
+  EXPECT_EQ(router.stats().routed, 1200u);
 }
 
 TEST_F(RouterTest, RandomIsRoughlyUniform) {
