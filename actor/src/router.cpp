@@ -31,10 +31,13 @@ thread_local std::mt19937_64 tls_rng{std::random_device{}()};
 // only when it comes to a router (again). One thread sending alone sees exact round robin; several
 // each go round in turn (every routee gets within one message per thread of the others).
 struct RoundRobinCursor {
-  std::uint64_t router = 0;  // the router's id (0: none yet)
+  std::uint64_t router = 0;  // the router's cursor key (0: none yet)
   std::uint64_t next = 0;
 };
 thread_local RoundRobinCursor tls_cursor;
+// Cursor keys: unique in the process and never reused (actor ids are per system, and a freed
+// router's address can come back).
+std::atomic<std::uint64_t> g_next_cursor_key{1};
 
 // The per-thread stripe of a router's send counter.
 std::atomic<unsigned> g_next_stripe{0};
@@ -55,7 +58,8 @@ struct Snapshot {
 class RouterState final : public RefTarget {
  public:
   RouterState(ActorSystem::Impl& sys, RouterConfig cfg, std::uint64_t id, std::optional<Resizer> resizer = {})
-      : sys_(sys), cfg_(std::move(cfg)), id_(id), resizer_(std::move(resizer)) {
+      : sys_(sys), cfg_(std::move(cfg)), id_(id), resizer_(std::move(resizer)),
+        cursor_key_(g_next_cursor_key.fetch_add(1, std::memory_order_relaxed)) {
     if (!cfg_.hash_key) cfg_.hash_key = default_key;
     publish({});
   }
@@ -106,6 +110,7 @@ class RouterState final : public RefTarget {
   RouterConfig cfg_;
   std::uint64_t id_;
   const std::optional<Resizer> resizer_;  // fixed at construction: read by senders without a lock
+  const std::uint64_t cursor_key_;         // this router in the threads' round-robin cursors
   mutable std::mutex mu_;
   // Every send reads current_; round-robin sends from several threads write rr_: each on a cache
   // line of its own, or the senders' writes would evict the snapshot pointer from every core.
@@ -347,9 +352,11 @@ void RouterState::send(Message&& msg, ActorRef&& sender) {
   }
   if (cfg_.kind == RoutingKind::round_robin && !msg.is<sys::Broadcast>()) {
     auto& c = tls_cursor;
-    if (c.router != id_) c = {id_, rr_.fetch_add(1, std::memory_order_relaxed)};
+    if (c.router != cursor_key_) c = {cursor_key_, rr_.fetch_add(1, std::memory_order_relaxed)};
     const auto turn = c.next++;
-    const auto n = rr_sent_[stripe_of_thread() % kStripes].n.fetch_add(1, std::memory_order_relaxed) + 1;
+    // A resizer looks at the load every messages_per_resize messages of all senders together.
+    const auto n = resizer_ ? routed_.fetch_add(1, std::memory_order_relaxed) + 1
+                            : rr_sent_[stripe_of_thread() % kStripes].n.fetch_add(1, std::memory_order_relaxed) + 1;
     s.routees[turn % s.routees.size()].tell(std::move(msg), std::move(sender));
     maybe_resize(s, n);
     return;

@@ -127,6 +127,32 @@ TEST_F(RouterTest, RoundRobinFromSeveralThreadsAndRoutersStaysEven) {
   EXPECT_EQ(router.stats().routed, 1200u);
 }
 
+TEST(RouterRoundRobin, RoutersOfTwoSystemsWithTheSameIdsKeepTheirOwnTurns) {
+  // Actor ids are per system: two systems started alike give their routers the same ids. One
+  // thread alternating between them must still go round in each.
+  ActorSystem a{test_config("rr-a")}, b{test_config("rr-b")};
+  Recorder rec;
+  auto routees = [&](ActorSystem& sys) {
+    std::vector<ActorRef> out;
+    for (int i = 0; i < 2; ++i) out.push_back(sys.spawn<Routee>(SpawnOptions{}, i, ActorRef{}, &rec));
+    return out;
+  };
+  auto ra = routees(a), rb = routees(b);
+  auto router_a = make_group(a, ra, rc(RoutingKind::round_robin));
+  auto router_b = make_group(b, rb, rc(RoutingKind::round_robin));
+  for (int i = 0; i < 100; ++i) {
+    router_a.ref().tell(ping(i));
+    router_b.ref().tell(ping(i));
+  }
+  for (auto* group : {&ra, &rb}) {
+    for (auto& r : *group) {
+      auto x = r.ask(cmd("count"), 10s).get();
+      ASSERT_TRUE(x.ok());
+      EXPECT_EQ(x->as<test::Cmd>()->n(), 50u);
+    }
+  }
+}
+
 TEST_F(RouterTest, RandomIsRoughlyUniform) {
   auto rs = spawn_routees(4);
   auto router = make_group(sys, rs, rc(RoutingKind::random));

@@ -1056,7 +1056,7 @@ struct SwimProtocol::State {
       for (auto& [uid, n] : nodes) {
         if (n.degraded && t - last_flip(n) >= nanoseconds(cfg.degraded_for)) {
           n.degraded = false;
-          flaps.erase(uid);
+          flaps[uid].flips.clear();  // the last flip's time stays: downing and detection are timed from it
           --degraded_count;
           decide(n.id->name, "recovered: stable again");
           emit(EventKind::recovered, n);
@@ -1317,8 +1317,9 @@ struct SwimProtocol::State {
 
   std::uint64_t self_uid = 0;
   std::shared_ptr<IdentityPool> pool;
-  // Members by uid (this node too). Unordered: O(1) look-ups for every record merged; whatever
-  // is answered in an order (members(), push-pull chunks) is made in an order of its own.
+  // Members by uid (this node too). Unordered: O(1) look-ups for every record merged; members()
+  // sorts what it answers, and nothing else depends on the order (a push-pull's records may come
+  // in any).
   std::unordered_map<std::uint64_t, Node> nodes;
   Node* self_node = nullptr;
   std::unordered_map<std::uint64_t, Suspicion> suspects;  // members this node suspects
@@ -1596,7 +1597,9 @@ void SwimProtocol::assume_formed(std::span<const MemberInfo> members) {
   }
   auto& me = s.me();
   for (const auto& m : members) {
-    if (m.uid == s.self_uid) me.up_order = m.up_order;
+    if (m.uid != s.self_uid) continue;
+    me.up_order = m.up_order;
+    me.incarnation = std::max(me.incarnation, m.incarnation);
   }
   s.digest_value ^= member_hash(s.self_uid, me.status) ^ member_hash(s.self_uid, MemberStatus::up);
   me.status = MemberStatus::up;

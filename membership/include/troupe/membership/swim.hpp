@@ -114,8 +114,10 @@ class SwimProtocol {
   /// Instead of join(): starts as a member of a cluster that has formed and converged, whose
   /// members are `members` (this node among them, by uid; others it does not list are ignored):
   /// every one up and alive here with the up_order and incarnation given, every view digest
-  /// equal. No events are published for them. For simulations of clusters too large to form by
-  /// joins in reasonable time (tests/sim, the membership benchmark); a node process joins.
+  /// equal. No joined or up events are published for them (the first maintenance publishes the
+  /// leader). Call it before any packet arrives: members already known keep what they have. For
+  /// simulations of clusters too large to form by joins in reasonable time (tests/sim, the
+  /// membership benchmark); a node process joins.
   void assume_formed(std::span<const MemberInfo> members);
   /// While joining: the seeds as resolved again (a DNS name lists more nodes as they start).
   /// The form_after wait keeps running from join().
