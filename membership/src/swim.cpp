@@ -575,7 +575,8 @@ struct SwimProtocol::State {
     std::vector<fb::Offset<gossip::Member>> ups;
     auto room = [&](const Node& n) { return b.GetSize() + estimate(n) + 4 * (ups.size() + 1) + 160 + me().id->name.size() <= budget; };
     if (must && room(*must)) ups.push_back(write(b, *must));
-    // Fewest-sent first: the buckets with the most transmissions left.
+    // Highest tx_key first: membership news before liveness chatter, and within each the
+    // fewest-sent (the most transmissions left).
     std::vector<std::uint64_t> sent;
     for (auto bucket = pending_tx.rbegin(); bucket != pending_tx.rend(); ++bucket) {
       for (auto uid : bucket->second) {
@@ -1579,7 +1580,13 @@ void SwimProtocol::assume_formed(std::span<const MemberInfo> members) {
   const auto t = s.now();
   s.nodes.reserve(members.size());
   s.order.reserve(members.size());
+  auto& me = s.me();
   for (const auto& m : members) {
+    if (m.uid == s.self_uid) {
+      me.up_order = m.up_order;
+      me.incarnation = std::max(me.incarnation, m.incarnation);
+      continue;
+    }
     if (m.uid == 0 || s.nodes.count(m.uid)) continue;
     State::Node n;
     Rec r{m.name, m.gossip.host, m.remoting, m.curve_key, m.gossip.port, m.uid, 0, 0, 0};
@@ -1594,12 +1601,6 @@ void SwimProtocol::assume_formed(std::span<const MemberInfo> members) {
     ++s.live_count;
     s.digest_value ^= member_hash(m.uid, MemberStatus::up);
     s.max_up_order = std::max(s.max_up_order, m.up_order);
-  }
-  auto& me = s.me();
-  for (const auto& m : members) {
-    if (m.uid != s.self_uid) continue;
-    me.up_order = m.up_order;
-    me.incarnation = std::max(me.incarnation, m.incarnation);
   }
   s.digest_value ^= member_hash(s.self_uid, me.status) ^ member_hash(s.self_uid, MemberStatus::up);
   me.status = MemberStatus::up;
