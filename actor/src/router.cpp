@@ -39,7 +39,7 @@ thread_local RoundRobinCursor tls_cursor;
 // router's address can come back).
 std::atomic<std::uint64_t> g_next_cursor_key{1};
 
-// The per-thread stripe of a router's send counter.
+// The per-thread stripe of a router's send counters.
 std::atomic<unsigned> g_next_stripe{0};
 unsigned stripe_of_thread() {
   thread_local const unsigned stripe = g_next_stripe.fetch_add(1, std::memory_order_relaxed);
@@ -85,7 +85,7 @@ class RouterState final : public RefTarget {
   }
   void stop_all();
   RouterStats stats() const {
-    return {routed_.load() + rr_sent(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load(),
+    return {routed_.load() + striped_sent(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load(),
             resizes_.load()};
   }
   void set_head(Cell* head) {
@@ -112,27 +112,34 @@ class RouterState final : public RefTarget {
   const std::optional<Resizer> resizer_;  // fixed at construction: read by senders without a lock
   const std::uint64_t cursor_key_;         // this router in the threads' round-robin cursors
   mutable std::mutex mu_;
-  // Every send reads current_; round-robin sends from several threads write rr_: each on a cache
-  // line of its own, or the senders' writes would evict the snapshot pointer from every core.
+  // Every send reads current_ and writes a counter: each on a cache line of its own, or the
+  // senders' writes would evict the snapshot pointer from every core.
   alignas(64) std::atomic<const Snapshot*> current_{nullptr};
   std::vector<std::unique_ptr<const Snapshot>> history_;  // readers may still hold old ones
   std::unordered_map<RefTarget*, ActorRef> watchers_;      // routee -> its watcher
   Ref<Cell> head_;                                          // pool supervisor, if a pool
   bool stopping_ = false;
-  alignas(64) std::atomic<std::uint64_t> rr_{0};  // round-robin places handed to threads arriving
-  // Round-robin sends counted per thread (striped: no line shared by two busy senders).
+  // Round robin: places handed to threads arriving at this router; tail chopping: where each
+  // round starts.
+  alignas(64) std::atomic<std::uint64_t> rr_{0};
+  // Sends counted per thread (striped: no line shared by two busy senders), or on routed_ when a
+  // resizer needs the running total of all senders.
   static constexpr unsigned kStripes = 8;
   struct alignas(64) Stripe {
     std::atomic<std::uint64_t> n{0};
   };
-  std::array<Stripe, kStripes> rr_sent_{};
-  std::uint64_t rr_sent() const {
+  std::array<Stripe, kStripes> sent_{};
+  std::uint64_t striped_sent() const {
     std::uint64_t n = 0;
-    for (const auto& s : rr_sent_) n += s.n.load(std::memory_order_relaxed);
+    for (const auto& s : sent_) n += s.n.load(std::memory_order_relaxed);
     return n;
   }
-  alignas(64) std::atomic<std::uint64_t> routed_{0};  // the other sends
-  std::atomic<std::uint64_t> chop_{0};  // tail-chopping rounds (where each starts)
+  /// Counts one send; returns the count that maybe_resize() looks at.
+  std::uint64_t count_send() {
+    if (resizer_) return routed_.fetch_add(1, std::memory_order_relaxed) + 1;
+    return sent_[stripe_of_thread() % kStripes].n.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+  alignas(64) std::atomic<std::uint64_t> routed_{0};
   std::atomic<std::uint64_t> no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0}, resizes_{0};
   void maybe_resize(const Snapshot& s, std::uint64_t n);
 };
@@ -271,8 +278,11 @@ void RouterState::stop_all() {
 const ActorRef* RouterState::pick(const Snapshot& s, const Message& msg) {
   const auto n = s.routees.size();
   switch (cfg_.kind) {
-    case RoutingKind::round_robin:  // (send() goes round itself)
-      return &s.routees[rr_.fetch_add(1, std::memory_order_relaxed) % n];
+    case RoutingKind::round_robin: {
+      auto& c = tls_cursor;
+      if (c.router != cursor_key_) c = {cursor_key_, rr_.fetch_add(1, std::memory_order_relaxed)};
+      return &s.routees[c.next++ % n];
+    }
     case RoutingKind::random:
       return &s.routees[tls_rng() % n];
     case RoutingKind::consistent_hashing: {
@@ -310,7 +320,7 @@ void RouterState::gather(const Snapshot& s, Message&& msg, ActorRef&& sender) {
     return;
   }
   // Tail-chopping: one routee now, the next after each interval until someone answers.
-  const auto start = chop_.fetch_add(1, std::memory_order_relaxed);
+  const auto start = rr_.fetch_add(1, std::memory_order_relaxed);
   auto routees = std::make_shared<std::vector<ActorRef>>(s.routees);
   routees->at(start % routees->size()).tell(msg, gref);
   for (std::size_t k = 1; k < routees->size(); ++k) {
@@ -350,18 +360,7 @@ void RouterState::send(Message&& msg, ActorRef&& sender) {
     sys_.dead_letter(msg, sender, path(), "router has no routees");
     return;
   }
-  if (cfg_.kind == RoutingKind::round_robin && !msg.is<sys::Broadcast>()) {
-    auto& c = tls_cursor;
-    if (c.router != cursor_key_) c = {cursor_key_, rr_.fetch_add(1, std::memory_order_relaxed)};
-    const auto turn = c.next++;
-    // A resizer looks at the load every messages_per_resize messages of all senders together.
-    const auto n = resizer_ ? routed_.fetch_add(1, std::memory_order_relaxed) + 1
-                            : rr_sent_[stripe_of_thread() % kStripes].n.fetch_add(1, std::memory_order_relaxed) + 1;
-    s.routees[turn % s.routees.size()].tell(std::move(msg), std::move(sender));
-    maybe_resize(s, n);
-    return;
-  }
-  const auto n = routed_.fetch_add(1, std::memory_order_relaxed) + 1;
+  const auto n = count_send();
   if (const auto* b = msg.as<sys::Broadcast>()) {
     const auto* p = b->payload();
     Message inner = Message::copy_of(b->type_id(), p ? std::span<const std::uint8_t>(p->data(), p->size())
