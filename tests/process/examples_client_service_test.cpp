@@ -90,14 +90,9 @@ TEST_F(ClientServiceExample, AddsAndReadsBackCountersWithoutFailuresOrValuesGoin
 TEST_F(ClientServiceExample, RunsUntilSigtermThenExitsZero) {
   start_cluster();
   Child client(client_args("0"));
-  auto busy = [&] {
-    for (const auto end = std::chrono::steady_clock::now() + 20s; std::chrono::steady_clock::now() < end;) {
-      if (field(client.last_line("client t="), "ok") > 0) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  };
-  ASSERT_TRUE(busy()) << client.output();
+  const auto busy = client.wait_line(
+      [](const std::string& l) { return l.starts_with("client t=") && field(l, "ok") > 0; }, 20s);
+  ASSERT_FALSE(busy.empty()) << client.output();
   client.signal(SIGTERM);
   EXPECT_EQ(client.wait_exit(10s), 0) << client.output();
   EXPECT_EQ(field(client.last_line("client t="), "wrong"), 0);

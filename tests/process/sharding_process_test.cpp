@@ -23,6 +23,7 @@
 #include <troupe/remoting/security.hpp>
 
 #include "activation_check.hpp"
+#include "cluster_nodes.hpp"
 #include "node_generated.h"
 #include "node_process.hpp"
 #include "process_cluster.hpp"
@@ -40,15 +41,7 @@ const std::string kType = "account";
 
 std::int64_t mono_now() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
 
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-  return true;
-}
+using testkit::eventually;
 
 struct ShardProcs : ::testing::Test {
   ~ShardProcs() override {

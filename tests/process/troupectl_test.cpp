@@ -20,7 +20,9 @@
 #include <troupe/remoting/security.hpp>
 #include <troupe/sharding/placement.hpp>
 
+#include "cluster_nodes.hpp"
 #include "node_process.hpp"
+#include "process_cluster.hpp"
 
 namespace troupe {
 namespace {
@@ -52,14 +54,10 @@ CtlRun ctl(const std::vector<std::string>& args) {
   return r;
 }
 
+/// Polls troupectl's view until `pred` holds (each look runs the real binary: every 100 ms).
 template <class P>
 bool eventually(P pred, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(100ms);
-  }
-  return true;
+  return testkit::eventually(pred, limit, 100ms);
 }
 
 std::size_t count_of(const std::string& s, const std::string& what) {
@@ -69,31 +67,11 @@ std::size_t count_of(const std::string& s, const std::string& what) {
 }
 
 struct CtlCluster : ::testing::Test {
-  CtlCluster() {
-    std::ofstream allow(dir.path / "allow");
-    for (int i = 0; i < 4; ++i) {
-      auto kp = remoting::generate_keypair().value();
-      EXPECT_FALSE(remoting::save_keypair(kp, dir.path, name(i)));
-      allow << kp.public_key << "\n";
-    }
-    allow.close();
-    ring = std::make_shared<membership::Keyring>(membership::generate_key().value());
-    EXPECT_FALSE(membership::save_keyring(*ring, dir.path / "keyring"));
-  }
-  static std::string name(int i) { return "n" + std::to_string(i); }
+  static std::string name(int i) { return testkit::ProcessClusterFiles::name(i); }
 
   void start_node(int i) {
-    const auto ring_file = dir.path / ("keyring-" + name(i));
-    std::filesystem::copy_file(dir.path / "keyring", ring_file, std::filesystem::copy_options::overwrite_existing);
-    std::vector<std::string> a{"--name", name(i), "--port", "0", "--workers", "2",
-                               "--key-file", (dir.path / (name(i) + ".key")).string(),
-                               "--allow-list", (dir.path / "allow").string(), "--keyring", ring_file.string(),
-                               "--preset", "local", "--gossip-port", "0", "--admin-token", kToken,
-                               "--entity", kType + ":" + std::to_string(kShards)};
-    if (!seed.empty()) {
-      a.push_back("--seed");
-      a.push_back(seed);
-    }
+    auto a = files.node_args(i, 2, seed);
+    a.insert(a.end(), {"--admin-token", kToken, "--entity", kType + ":" + std::to_string(kShards)});
     if (i == 0) a.insert(a.end(), {"--role", "frontend", "--role", "worker"});
     nodes[i] = std::make_unique<Proc>(a);
     if (seed.empty()) seed = nodes[i]->gossip;
@@ -116,8 +94,9 @@ struct CtlCluster : ::testing::Test {
     }, 30s)) << at(0, {"shards"}).out;
   }
 
-  TempDir dir;
-  std::shared_ptr<membership::Keyring> ring;
+  testkit::ProcessClusterFiles files{4};
+  TempDir& dir = files.dir;
+  std::shared_ptr<membership::Keyring>& ring = files.ring;
   std::string seed;
   std::unique_ptr<Proc> nodes[4];
 };

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <regex>
 #include <stdexcept>
@@ -57,17 +58,21 @@ class Child {
     reader_.join();
     ::close(out_);
   }
-  /// Waits for a line containing `text`; returns it ("" when none came within `limit`).
-  std::string wait_line(const std::string& text, std::chrono::milliseconds limit) {
+  /// Waits for a line that satisfies `pred`; returns it ("" when none came within `limit`).
+  std::string wait_line(const std::function<bool(const std::string&)>& pred, std::chrono::milliseconds limit) {
     std::unique_lock lk(mu_);
     std::string found;
     cv_.wait_for(lk, limit, [&] {
       for (const auto& l : lines_) {
-        if (l.find(text) != std::string::npos) return found = l, true;
+        if (pred(l)) return found = l, true;
       }
       return false;
     });
     return found;
+  }
+  /// Waits for a line containing `text`.
+  std::string wait_line(const std::string& text, std::chrono::milliseconds limit) {
+    return wait_line([&](const std::string& l) { return l.find(text) != std::string::npos; }, limit);
   }
   /// Waits for the exit (killing the child after `limit`): its exit code, -1 when killed.
   int wait_exit(std::chrono::milliseconds limit) {
