@@ -274,7 +274,7 @@ int main(int argc, char** argv) {
     auto next_slot = std::make_shared<std::atomic<std::uint64_t>>(0);
     const auto load_t0 = Clock::now();
     for (std::size_t w = 0; w < threads; ++w) {
-      load.emplace_back([&, w, next_slot, load_t0] {
+      load.emplace_back([&, w, threads, next_slot, load_t0] {
         std::vector<std::string> ids;
         for (std::size_t i = w; i < a.ids; i += threads) ids.push_back("c" + std::to_string(i));
         std::vector<std::uint64_t> last(ids.size(), 0);
