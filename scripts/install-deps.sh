@@ -10,7 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-dev libboost-system-dev
   libzmq3-dev cppzmq-dev libsodium-dev
-  libssl-dev libxxhash-dev
+  libssl-dev libxxhash-dev libmimalloc-dev
   libcaf-dev
   libcli11-dev
   serf
