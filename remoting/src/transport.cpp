@@ -8,6 +8,7 @@
 
 #include <troupe/remoting/transport.hpp>
 
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -43,7 +44,8 @@ namespace {
   X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_stopped) X(dropped_send_failed) X(frames_malformed)  \
   X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node) X(frames_origin_mismatch)               \
   X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
-  X(terminated_unsolicited) X(frames_key_revoked) X(handshakes_failed) X(disconnects) X(nodes_lost)
+  X(terminated_unsolicited) X(frames_key_revoked) X(handshakes_failed) X(disconnects) X(nodes_lost)   \
+  X(wakeups)
 
 struct Counters {
 #define TROUPE_DECLARE(name) std::atomic<std::uint64_t> name{0};
@@ -253,6 +255,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   BatchBuilder ack_builder{1024};
   ThrottledLog in_log, out_log, conn_log;
   std::chrono::steady_clock::time_point next_sweep{};
+  std::chrono::steady_clock::time_point spin_until{};  // busy-poll until then (idle_spin)
   unsigned monitor_seq = 0;
 };
 
@@ -317,6 +320,7 @@ class RemoteRef final : public troupe::detail::RefTarget {
 
 void Transport::Core::wake() {
   if (idle.exchange(false, std::memory_order_seq_cst)) {
+    bump(n.wakeups);
     const std::uint64_t one = 1;
     [[maybe_unused]] auto r = ::write(efd, &one, sizeof one);
   }
@@ -1048,11 +1052,20 @@ void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<P
         owners.push_back(p.get());
       }
     }
-    idle.store(true, std::memory_order_seq_cst);
     const bool work = queued_work.load(std::memory_order_seq_cst) != 0;
+    const bool spinning = !work && now < spin_until;
+    if (spinning) {
+      // Busy-polling (idle_spin): no wake-up is needed to reach this thread; let others run.
+      sched_yield();
+    } else {
+      idle.store(true, std::memory_order_seq_cst);
+    }
     // 100 ms at most: exports are swept and peers backing off after a failed handshake retried.
-    if (zmq_poll(items.data(), static_cast<int>(items.size()), work ? 0 : 100) < 0 && zmq_errno() == ETERM) return;
+    const bool blocking = !work && !spinning && queued_work.load(std::memory_order_seq_cst) == 0;
+    const int ready = zmq_poll(items.data(), static_cast<int>(items.size()), blocking ? 100 : 0);
+    if (ready < 0 && zmq_errno() == ETERM) return;
     idle.store(false, std::memory_order_relaxed);
+    if (ready > 0 || work) spin_until = std::chrono::steady_clock::now() + cfg.idle_spin;
     if (items[0].revents & ZMQ_POLLIN) {
       std::uint64_t v;
       [[maybe_unused]] auto r = ::read(efd, &v, sizeof v);

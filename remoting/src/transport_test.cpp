@@ -327,6 +327,40 @@ TEST_F(TwoNodes, WatchingThroughAStoppedTransportTerminatesAtOnce) {
   EXPECT_EQ(a->transport->stats().dropped_stopped, 1u);
 }
 
+TEST(TransportIdleSpin, RepliesThatFollowADeliveryNeedNoWakeUpWhileTheIOThreadSpins) {
+  Keys keys;
+  // A spin far longer than the whole exchange: after the first ask nobody sleeps.
+  auto spin = [](TransportConfig& c) { c.idle_spin = std::chrono::seconds(30); };
+  Node a("a", keys.a, keys.allow, 0, spin), b("b", keys.b, keys.allow, 0, spin);
+  b.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  auto echo = a.ref_on(b, "/user/echo");
+  ASSERT_TRUE(echo.ask(ping(0), 10s).get().ok());
+  const auto a0 = a.transport->stats().wakeups, b0 = b.transport->stats().wakeups;
+  for (std::uint64_t i = 1; i <= 50; ++i) {
+    auto r = echo.ask(ping(i), 10s).get();
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    EXPECT_EQ(r->as<test::Ping>()->seq(), i);
+  }
+  EXPECT_EQ(a.transport->stats().wakeups, a0) << "the asker's I/O thread was asleep";
+  EXPECT_EQ(b.transport->stats().wakeups, b0) << "the echo's replies had to wake its node's I/O thread";
+}
+
+TEST(TransportIdleSpin, WithoutTheSpinTheIOThreadSleepsAndIsWokenForEachSend) {
+  Keys keys;
+  auto no_spin = [](TransportConfig& c) { c.idle_spin = std::chrono::microseconds(0); };
+  Node a("a", keys.a, keys.allow, 0, no_spin), b("b", keys.b, keys.allow, 0, no_spin);
+  b.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  auto echo = a.ref_on(b, "/user/echo");
+  for (std::uint64_t i = 1; i <= 20; ++i) {
+    auto r = echo.ask(ping(i), 10s).get();
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    EXPECT_EQ(r->as<test::Ping>()->seq(), i);
+  }
+  // The I/O threads block between asks: at least some sends found them asleep.
+  EXPECT_GT(a.transport->stats().wakeups, 0u);
+  EXPECT_GT(b.transport->stats().wakeups, 0u);
+}
+
 TEST(TransportInsecure, NodesWithoutCurveTalkWhenBothOptIn) {
   Keys keys;
   auto insecure = [](TransportConfig& c) {
