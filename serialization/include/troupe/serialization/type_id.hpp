@@ -28,9 +28,15 @@ concept FlatTable = requires {
 };
 
 /// The type id of FlatBuffers table `T`.
+/// T's id as a constant: a variable template forces compile-time evaluation (a constexpr
+/// function called at run time may be evaluated there, and GCC did: every `Message::is<T>()`
+/// hashed T's name again).
+template <FlatTable T>
+inline constexpr TypeId type_id_v = type_id_of_name(T::GetFullyQualifiedName());
+
 template <FlatTable T>
 constexpr TypeId type_id_of() noexcept {
-  return type_id_of_name(T::GetFullyQualifiedName());
+  return type_id_v<T>;
 }
 
 }  // namespace troupe
