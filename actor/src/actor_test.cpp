@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -422,6 +423,54 @@ TEST(Actor, StopAfterQueuedProcessesWhatWasSentBeforeAndNothingAfter) {
   EXPECT_TRUE(t->msg.is<sys::Terminated>());
   echo.tell(ping(101), probe.ref());
   EXPECT_EQ(sys.stats().dead_letters, dead_before + 1);
+  sys.shutdown();
+}
+
+// A worker keeps a drained actor scheduled for a moment (a linger) so that its next message
+// needs no hand-over. The worker may then start a long turn: the lingering actor must not wait
+// for it.
+TEST(Dispatcher, AnActorLeftLingeringBehindALongTurnIsRunByTheOtherWorker) {
+  ActorSystem sys(two_workers());
+  Probe probe(sys);
+  std::promise<void> blocked, release;
+  std::shared_future<void> gate = release.get_future().share();
+  // Says that it blocks through a promise, not a message: an actor woken from a turn that then
+  // blocks would wait in that worker's LIFO slot, which is not what this test is about.
+  class Blocker final : public Actor {
+   public:
+    Blocker(std::promise<void>* blocked, std::shared_future<void> gate) : blocked_(blocked), gate_(std::move(gate)) {}
+    void receive(const Message&) override {
+      blocked_->set_value();
+      gate_.wait();
+    }
+    std::promise<void>* blocked_;
+    std::shared_future<void> gate_;
+  };
+  class Starter final : public Actor {
+   public:
+    Starter(ActorRef blocker, ActorRef probe) : blocker_(std::move(blocker)), probe_(std::move(probe)) {}
+    void receive(const Message& m) override {
+      // Woken from this turn, the blocker runs on this worker after this actor (and the probe,
+      // woken after it) finished and linger there.
+      if (op_of(m) == "start") blocker_.tell(cmd("block"));
+      probe_.tell(cmd(op_of(m) == "start" ? "started" : "pong"));
+    }
+    ActorRef blocker_, probe_;
+  };
+  auto blocker = sys.spawn<Blocker>(SpawnOptions{}, &blocked, gate);
+  auto starter = sys.spawn<Starter>(SpawnOptions{}, blocker, probe.ref());
+  starter.tell(cmd("start"));
+  auto first = probe.next(10s);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(op_of(first->msg), "started");
+  ASSERT_EQ(blocked.get_future().wait_for(10s), std::future_status::ready);
+  for (int i = 0; i < 20; ++i) {
+    starter.tell(cmd("ping"));
+    auto r = probe.next(10s);
+    ASSERT_TRUE(r) << "message " << i << " to an actor behind a blocked worker never ran";
+    EXPECT_EQ(op_of(r->msg), "pong");
+  }
+  release.set_value();
   sys.shutdown();
 }
 

@@ -301,10 +301,19 @@ void Cell::run() {
 }
 
 void Cell::finish_turn() {
-  if (has_work(state_.load(std::memory_order_seq_cst))) {
+  const auto s = state_.load(std::memory_order_seq_cst);
+  if (has_work(s)) {
     sys_.dispatcher.resubmit(this);
     return;
   }
+  // The worker may keep the turn a moment (Dispatcher::linger): a message arriving meanwhile
+  // needs no scheduling by its sender. Not for a cell whose load is watched (smallest-mailbox
+  // and resizing routers): scheduled counts as busy there, and a lingering cell is idle.
+  if (!(s & (kDead | kCounted)) && sys_.dispatcher.linger(this)) return;
+  end_turn();
+}
+
+void Cell::end_turn() {
   state_.fetch_and(~kScheduled, std::memory_order_seq_cst);
   if (has_work(state_.load(std::memory_order_seq_cst)) &&
       !(state_.fetch_or(kScheduled, std::memory_order_acq_rel) & kScheduled)) {

@@ -237,6 +237,11 @@ class Cell final : public RefTarget, public ActorContext {
   Actor* instance() noexcept { return actor_; }
   /// One turn on a worker; the caller hands over the scheduled reference.
   void run();
+  /// Dispatcher use, for a lingering cell (it holds the scheduled reference): a turn has work.
+  bool runnable() const noexcept { return has_work(state_.load(std::memory_order_seq_cst)); }
+  /// Dispatcher use: gives up a linger as a turn that found nothing more to do would: clears the
+  /// scheduled flag (or hands the cell back to the dispatcher if work came in meanwhile).
+  void end_turn();
   bool dead() const noexcept { return state_.load(std::memory_order_acquire) & kDead; }
   bool terminated() const noexcept override { return dead(); }
   bool addressable() const noexcept override { return true; }

@@ -71,6 +71,9 @@ void Dispatcher::stop() {
   // Whatever is still queued will never run: drop the references the queues held.
   for (auto& w : workers_) {
     if (w->lifo) std::exchange(w->lifo, nullptr)->release();
+    for (auto& slot : w->linger) {
+      if (Cell* c = slot.exchange(nullptr)) c->release();
+    }
     while (Cell* c = w->queue.pop()) c->release();
   }
   std::lock_guard lk(global_mu_);
@@ -94,6 +97,61 @@ void Dispatcher::resubmit(Cell* c) {
     push_local(*w, c);
   } else {
     push_global(c);
+  }
+}
+
+bool Dispatcher::linger(Cell* c) {
+  auto* w = static_cast<Worker*>(tls_worker);
+  if (!w || w->owner != this || stopping_.load(std::memory_order_relaxed)) return false;
+  for (auto& slot : w->linger) {
+    Cell* empty = nullptr;
+    if (slot.load(std::memory_order_relaxed) == nullptr &&
+        slot.compare_exchange_strong(empty, c, std::memory_order_seq_cst)) {
+      w->linger_until = w->tick + kLingerTicks;
+      return true;
+    }
+  }
+  return false;
+}
+
+Cell* Dispatcher::take_lingering(Worker& w) {
+  for (auto& slot : w.linger) {
+    if (slot.load(std::memory_order_relaxed) == nullptr) continue;
+    Cell* c = slot.exchange(nullptr, std::memory_order_seq_cst);
+    if (!c) continue;  // a parking worker ended it
+    if (c->runnable()) return c;
+    slot.store(c, std::memory_order_seq_cst);  // only the owner fills slots: still empty
+  }
+  return nullptr;
+}
+
+bool Dispatcher::lingering(const Worker& w) const noexcept {
+  for (const auto& slot : w.linger) {
+    if (slot.load(std::memory_order_relaxed) != nullptr) return true;
+  }
+  return false;
+}
+
+// Before parking (sleepers_ already counts this worker): every worker's lingering cells end;
+// those with work come to this worker's queue.
+void Dispatcher::sweep_lingers(Worker& self) {
+  for (auto& w : workers_) {
+    for (auto& slot : w->linger) {
+      if (slot.load(std::memory_order_seq_cst) == nullptr) continue;
+      Cell* c = slot.exchange(nullptr, std::memory_order_seq_cst);
+      if (!c) continue;
+      if (c->runnable()) {
+        if (!self.queue.push(c)) push_global(c);
+      } else {
+        c->end_turn();
+      }
+    }
+  }
+}
+
+void Dispatcher::end_lingers(Worker& w) {
+  for (auto& slot : w.linger) {
+    if (Cell* c = slot.exchange(nullptr, std::memory_order_seq_cst)) c->end_turn();
   }
 }
 
@@ -155,9 +213,11 @@ Cell* Dispatcher::find_elsewhere(Worker& w) {
 
 Cell* Dispatcher::next(Worker& w) {
   ++w.tick;
+  if (w.tick == w.linger_until) end_lingers(w);
   // Every so often look at the shared queue first so that outside wake-ups are never starved.
   if (w.tick % 61 == 0) {
     if (Cell* c = pop_global()) return c;
+    if (Cell* c = take_lingering(w)) return c;
   }
   // The LIFO slot runs next, but not forever: a ping-pong pair would otherwise starve the queue.
   if (w.lifo && w.lifo_streak < 32) {
@@ -170,12 +230,17 @@ Cell* Dispatcher::next(Worker& w) {
     return c;
   }
   if (w.lifo) return std::exchange(w.lifo, nullptr);
+  if (Cell* c = take_lingering(w)) return c;
   return find_elsewhere(w);
 }
 
-void Dispatcher::park() {
-  std::unique_lock lk(park_mu_);
+void Dispatcher::park(Worker& w) {
+  // Counted first, then the lingers swept: a worker that lingers after the sweep sees this
+  // count before its next turn (both seq_cst) and ends its lingers itself.
   sleepers_.fetch_add(1, std::memory_order_seq_cst);
+  sweep_lingers(w);
+  std::unique_lock lk(park_mu_);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the one in notify_one()
   if (!stopping_.load(std::memory_order_acquire) && !any_work()) park_cv_.wait(lk);
   sleepers_.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -186,6 +251,8 @@ void Dispatcher::run(Worker& w) {
   while (!stopping_.load(std::memory_order_acquire)) {
     if (Cell* c = next(w)) {
       idle_spins = 0;
+      // This turn may be long: while a worker sleeps nobody else would see lingering cells.
+      if (sleepers_.load(std::memory_order_seq_cst) != 0 && lingering(w)) end_lingers(w);
       c->run();
       continue;
     }
@@ -194,7 +261,7 @@ void Dispatcher::run(Worker& w) {
       continue;
     }
     idle_spins = 0;
-    park();
+    park(w);
   }
   tls_worker = nullptr;
 }

@@ -35,6 +35,15 @@ class Dispatcher {
   void submit(Cell* c);
   /// A cell that ran and still has work: back of the current worker's queue (fairness).
   void resubmit(Cell* c);
+  /// A cell whose turn found nothing more to do, from its worker: true when the worker keeps it
+  /// scheduled in a linger slot for a moment (and with it the scheduled reference). Senders to a
+  /// lingering cell only queue the message: no hand-over to the dispatcher and no wake-up, which
+  /// is what a message to an actor that was just drained would otherwise cost. The owner runs
+  /// lingering cells that got work when it has nothing else; it gives its lingers up after
+  /// kLingerTicks turns without a new one, and before a turn of another actor while any worker
+  /// sleeps (that turn may be long). A worker about to park first ends every worker's lingers,
+  /// so a linger never outlives the last awake worker.
+  bool linger(Cell* c);
 
   unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
 
@@ -50,9 +59,15 @@ class Dispatcher {
       return head.load(std::memory_order_acquire) == tail.load(std::memory_order_acquire);
     }
   };
+  static constexpr unsigned kLingerSlots = 4;
+  static constexpr std::uint64_t kLingerTicks = 256;
   struct Worker {
     Dispatcher* owner = nullptr;
     LocalQueue queue;
+    // Lingering cells. Only the owner fills a slot; a slot is claimed by exchanging it for null
+    // (the owner, or a worker about to park), and only the claimer may touch the cell.
+    std::array<std::atomic<Cell*>, kLingerSlots> linger{};
+    std::uint64_t linger_until = 0;  // the tick at which the owner gives its lingers up
     Cell* lifo = nullptr;
     unsigned lifo_streak = 0;
     std::uint64_t tick = 0;
@@ -63,12 +78,16 @@ class Dispatcher {
   void run(Worker& w);
   Cell* next(Worker& w);
   Cell* find_elsewhere(Worker& w);
+  Cell* take_lingering(Worker& w);
+  void end_lingers(Worker& w);
+  bool lingering(const Worker& w) const noexcept;
+  void sweep_lingers(Worker& self);
   void push_local(Worker& w, Cell* c);
   void push_global(Cell* c);
   Cell* pop_global();
   void notify_one();
   bool any_work() const noexcept;
-  void park();
+  void park(Worker& w);
 
   std::vector<std::unique_ptr<Worker>> workers_;
   std::mutex global_mu_;
