@@ -45,7 +45,9 @@ Message Message::copy_of(TypeId type, std::span<const std::uint8_t> bytes) {
 }
 
 void Message::release() noexcept {
-  if (b_ && b_->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+  // The last handle (the common case: one sender, one receiver) frees without a locked
+  // decrement: with one reference nobody else can add one.
+  if (b_ && (b_->refs.load(std::memory_order_acquire) == 1 || b_->refs.fetch_sub(1, std::memory_order_acq_rel) == 1)) {
     b_->~Block();
     free_block(b_);
   }

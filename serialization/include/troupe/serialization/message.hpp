@@ -76,7 +76,10 @@ class Message {
   /// moves this handle's reference into it (this becomes empty) and returns it; else nullptr.
   void* claim_slot() noexcept {
     if (!b_ || b_->refs.load(std::memory_order_acquire) != 1) return nullptr;
-    if (b_->slot_busy.exchange(1, std::memory_order_acquire)) return nullptr;
+    // The only handle: nobody else can claim the slot, and a message taken out of its slot
+    // (from_slot) freed it, so no atomic read-modify-write is needed here.
+    if (b_->slot_busy.load(std::memory_order_relaxed)) return nullptr;
+    b_->slot_busy.store(1, std::memory_order_relaxed);
     return std::exchange(b_, nullptr)->slot;
   }
   /// Runtime use only: the inverse of claim_slot(): frees the slot and returns the handle.
