@@ -67,6 +67,11 @@ std::span<const std::uint8_t> BatchBuilder::finish(std::string_view origin, std:
   return {fbb_.GetBufferPointer(), fbb_.GetSize()};
 }
 
+flatbuffers::DetachedBuffer BatchBuilder::release() {
+  offsets_.clear();
+  return fbb_.Release();
+}
+
 void BatchBuilder::reset() {
   fbb_.Clear();
   offsets_.clear();

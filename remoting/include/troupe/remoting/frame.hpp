@@ -58,6 +58,9 @@ class BatchBuilder {
   /// Finishes the frame from node `origin` ("troupe://<node>@<host>:<port>") to incarnation
   /// `target_node`; the bytes stay valid until the next add() or reset().
   std::span<const std::uint8_t> finish(std::string_view origin = {}, std::uint64_t target_node = 0);
+  /// After finish(): hands the frame's memory over (to be sent without a copy); the builder
+  /// starts on a fresh buffer.
+  flatbuffers::DetachedBuffer release();
   void reset();
 
  private:
