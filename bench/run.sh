@@ -6,6 +6,8 @@
 # Environment (defaults in brackets):
 #   TROUPE_BENCH_PARTS        which parts run [actors remote membership sim sharding]
 #   TROUPE_BENCH_RESULTS      the results file under build-dir/bench [results.json]
+#   BENCH_REPS                alternations of each actor and remoting workload; each figure is
+#                             the median of its runs [3]
 #   MEMBERSHIP_WORKLOADS      membership workloads, Troupe and Serf [detect_5 detect_9 false_downs]
 #   MEMBERSHIP_RUNS           fresh clusters per detection figure, median reported [3]
 #   MEMBERSHIP_FALSE_SECONDS  length of the false-positive workload [60; make bench-membership-long: 300]
@@ -30,32 +32,68 @@ run() {  # run <label> <binary> [args]: JSON lines to $out/<label>.jsonl
   fi
 }
 
-# The two actor harnesses alternate workloads so that both see the same machine conditions.
-: >"$out/troupe.jsonl"
-: >"$out/caf.jsonl"
+reps=${BENCH_REPS:-3}
+# median <in.jsonl> <out.jsonl>: one line per figure name (first-seen order), the run with the
+# median value (the lower middle one for an even count).
+median() {
+  awk '
+    function field(line, key,   m) {
+      if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
+      if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
+      return ""
+    }
+    /"name"/ {
+      k = field($0, "name")
+      if (!(k in n)) { order[++names] = k; n[k] = 0 }
+      i = ++n[k]; v[k, i] = field($0, "value") + 0; l[k, i] = $0
+    }
+    END {
+      for (j = 1; j <= names; ++j) {
+        k = order[j]
+        for (a = 1; a <= n[k]; ++a) idx[a] = a
+        for (a = 2; a <= n[k]; ++a) for (b = a; b > 1 && v[k, idx[b - 1]] > v[k, idx[b]]; --b) { t = idx[b]; idx[b] = idx[b - 1]; idx[b - 1] = t }
+        print l[k, idx[int((n[k] + 1) / 2)]]
+      }
+    }' "$1" >"$2"
+}
+
+# The two actor harnesses alternate workloads, BENCH_REPS times each, so that both see the same
+# machine conditions (on a shared 2-core VM a single run of either moves by 2x from run to run).
+: >"$out/troupe.reps.jsonl"
+: >"$out/caf.reps.jsonl"
 [[ $parts == *" actors "* ]] && for w in pingpong_1pair pingpong_100pairs fanin_2senders idle_actor_bytes pool_roundrobin_2x4 pool_broadcast_2x4 direct_tell_2x1; do
-  run troupe.part "$build/bench/troupe_bench" --only "$w" "$@"
-  cat "$out/troupe.part.jsonl" >>"$out/troupe.jsonl"
-  run caf.part "$build/bench/caf_bench" --only "$w" "$@"
-  cat "$out/caf.part.jsonl" >>"$out/caf.jsonl"
+  for _ in $(seq "$reps"); do
+    run troupe.part "$build/bench/troupe_bench" --only "$w" "$@"
+    cat "$out/troupe.part.jsonl" >>"$out/troupe.reps.jsonl"
+    run caf.part "$build/bench/caf_bench" --only "$w" "$@"
+    cat "$out/caf.part.jsonl" >>"$out/caf.reps.jsonl"
+  done
 done
+median "$out/troupe.reps.jsonl" "$out/troupe.jsonl"
+median "$out/caf.reps.jsonl" "$out/caf.jsonl"
 
 # Remoting, node to node over loopback in two processes (each harness starts its own server
 # process): raw libzmq with CURVE, Troupe and CAF's libcaf_io alternate, workload by workload.
-: >"$out/remote.jsonl"
-: >"$out/caf_remote.jsonl"
+: >"$out/remote.reps.jsonl"
+: >"$out/caf_remote.reps.jsonl"
 [[ $parts == *" remote "* ]] && for size in 64B 1KiB; do
-  run remote.part "$build/bench/remote_bench" --only "zmq_tell_$size" "$@"
-  cat "$out/remote.part.jsonl" >>"$out/remote.jsonl"
-  run remote.part "$build/bench/remote_bench" --only "remote_tell_$size" "$@"
-  cat "$out/remote.part.jsonl" >>"$out/remote.jsonl"
-  run caf_remote.part "$build/bench/caf_remote_bench" --only "remote_tell_$size" "$@"
-  cat "$out/caf_remote.part.jsonl" >>"$out/caf_remote.jsonl"
+  for _ in $(seq "$reps"); do
+    run remote.part "$build/bench/remote_bench" --only "zmq_tell_$size" "$@"
+    cat "$out/remote.part.jsonl" >>"$out/remote.reps.jsonl"
+    run remote.part "$build/bench/remote_bench" --only "remote_tell_$size" "$@"
+    cat "$out/remote.part.jsonl" >>"$out/remote.reps.jsonl"
+    run caf_remote.part "$build/bench/caf_remote_bench" --only "remote_tell_$size" "$@"
+    cat "$out/caf_remote.part.jsonl" >>"$out/caf_remote.reps.jsonl"
+  done
 done
-[[ $parts == *" remote "* ]] && for w in zmq_pingpong remote_ask; do
-  run remote.part "$build/bench/remote_bench" --only "$w" "$@"
-  cat "$out/remote.part.jsonl" >>"$out/remote.jsonl"
+[[ $parts == *" remote "* ]] && for _ in $(seq "$reps"); do
+  for w in zmq_pingpong remote_ask; do
+    run remote.part "$build/bench/remote_bench" --only "$w" "$@"
+    cat "$out/remote.part.jsonl" >>"$out/remote.reps.jsonl"
+  done
 done
+median "$out/remote.reps.jsonl" "$out/remote.jsonl"
+median "$out/caf_remote.reps.jsonl" "$out/caf_remote.jsonl"
 
 # Membership between real processes on loopback: troupe-node (preset lan) against HashiCorp Serf
 # (memberlist's LAN profile), detection workload by workload alternately (timed: nothing else
