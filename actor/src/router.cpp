@@ -280,8 +280,13 @@ const ActorRef* RouterState::pick(const Snapshot& s, const Message& msg) {
   switch (cfg_.kind) {
     case RoutingKind::round_robin: {
       auto& c = tls_cursor;
-      if (c.router != cursor_key_) c = {cursor_key_, rr_.fetch_add(1, std::memory_order_relaxed)};
-      return &s.routees[c.next++ % n];
+      if (c.router != cursor_key_) c = {cursor_key_, rr_.fetch_add(1, std::memory_order_relaxed) % n};
+      // The place wraps by a compare, not a division per message; a place past a routee set
+      // that shrank is taken modulo its new size.
+      auto i = c.next;
+      if (i >= n) i %= n;
+      c.next = i + 1 == n ? 0 : i + 1;
+      return &s.routees[i];
     }
     case RoutingKind::random:
       return &s.routees[tls_rng() % n];
