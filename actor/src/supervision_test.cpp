@@ -190,13 +190,27 @@ TEST(Supervision, EscalationPastUserStopsAllUserActorsButKeepsTheSystem) {
     void post_stop() override { stopped_->count_down(); }
     std::latch* stopped_;
   };
-  std::latch stopped(3);
+  // Watches from /system, which the escalation leaves alone: Terminated comes once the
+  // watched actor is gone, its name free (post_stop runs a little earlier).
+  class Watcher final : public Actor {
+   public:
+    Watcher(ActorRef target, std::latch* gone) : target_(std::move(target)), gone_(gone) {}
+    void pre_start() override { context().watch(target_); }
+    void receive(const Message& m) override {
+      if (m.is<sys::Terminated>()) gone_->count_down();
+    }
+    ActorRef target_;
+    std::latch* gone_;
+  };
+  std::latch stopped(3), b_gone(1);
   auto a = sys.spawn<Marker>(SpawnOptions{.name = "a"}, &stopped);
   auto b = sys.spawn<Marker>(SpawnOptions{.name = "b"}, &stopped);
   auto c = sys.spawn<Marker>(SpawnOptions{.name = "c"}, &stopped);
+  sys.spawn_system<Watcher>(SpawnOptions{}, b, &b_gone);
   ASSERT_TRUE(b.ask(cmd("hi"), 10s).get().ok());
   a.tell(cmd("boom"));
   stopped.wait();  // all three stopped
+  b_gone.wait();
   EXPECT_EQ(sys.stats().escalations_past_user, 1u);
   EXPECT_FALSE(sys.lookup("/user/b"));
   std::latch later(1);
