@@ -474,5 +474,60 @@ TEST(Dispatcher, AnActorLeftLingeringBehindALongTurnIsRunByTheOtherWorker) {
   sys.shutdown();
 }
 
+// The same while the other worker never sleeps: an actor that keeps telling itself keeps it
+// busy, so only its periodic look at the other worker's lingers can run the actor.
+TEST(Dispatcher, AnActorLingeringBehindABlockedWorkerRunsWhileTheOtherWorkerStaysBusy) {
+  ActorSystem sys(two_workers());
+  Probe probe(sys);
+  std::promise<void> blocked, release;
+  std::shared_future<void> gate = release.get_future().share();
+  std::atomic<bool> spin{true};
+  class Spinner final : public Actor {
+   public:
+    explicit Spinner(std::atomic<bool>* spin) : spin_(spin) {}
+    void receive(const Message& m) override {
+      if (spin_->load()) self().tell(m);
+    }
+    std::atomic<bool>* spin_;
+  };
+  class Blocker final : public Actor {
+   public:
+    Blocker(std::promise<void>* blocked, std::shared_future<void> gate) : blocked_(blocked), gate_(std::move(gate)) {}
+    void receive(const Message&) override {
+      blocked_->set_value();
+      gate_.wait();
+    }
+    std::promise<void>* blocked_;
+    std::shared_future<void> gate_;
+  };
+  class Starter final : public Actor {
+   public:
+    Starter(ActorRef blocker, ActorRef probe) : blocker_(std::move(blocker)), probe_(std::move(probe)) {}
+    void receive(const Message& m) override {
+      if (op_of(m) == "start") blocker_.tell(cmd("block"));
+      probe_.tell(cmd(op_of(m) == "start" ? "started" : "pong"));
+    }
+    ActorRef blocker_, probe_;
+  };
+  auto spinner = sys.spawn<Spinner>(SpawnOptions{}, &spin);
+  spinner.tell(cmd("spin"));
+  auto blocker = sys.spawn<Blocker>(SpawnOptions{}, &blocked, gate);
+  auto starter = sys.spawn<Starter>(SpawnOptions{}, blocker, probe.ref());
+  starter.tell(cmd("start"));
+  auto first = probe.next(10s);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(op_of(first->msg), "started");
+  ASSERT_EQ(blocked.get_future().wait_for(10s), std::future_status::ready);
+  for (int i = 0; i < 20; ++i) {
+    starter.tell(cmd("ping"));
+    auto r = probe.next(10s);
+    ASSERT_TRUE(r) << "message " << i << " to an actor behind a blocked worker never ran";
+    EXPECT_EQ(op_of(r->msg), "pong");
+  }
+  spin = false;
+  release.set_value();
+  sys.shutdown();
+}
+
 }  // namespace
 }  // namespace troupe

@@ -103,11 +103,12 @@ void Dispatcher::resubmit(Cell* c) {
 bool Dispatcher::linger(Cell* c) {
   auto* w = static_cast<Worker*>(tls_worker);
   if (!w || w->owner != this || stopping_.load(std::memory_order_relaxed)) return false;
-  for (auto& slot : w->linger) {
+  for (unsigned i = 0; i < kLingerSlots; ++i) {
+    auto& slot = w->linger[i];
     Cell* empty = nullptr;
     if (slot.load(std::memory_order_relaxed) == nullptr &&
         slot.compare_exchange_strong(empty, c, std::memory_order_seq_cst)) {
-      w->linger_until = w->tick + kLingerTicks;
+      w->linger_until[i] = w->tick + kLingerTicks;
       return true;
     }
   }
@@ -115,12 +116,31 @@ bool Dispatcher::linger(Cell* c) {
 }
 
 Cell* Dispatcher::take_lingering(Worker& w) {
-  for (auto& slot : w.linger) {
+  // From a rotating slot: an actor that keeps getting work must not starve the others.
+  const auto start = static_cast<unsigned>(w.tick % kLingerSlots);
+  for (unsigned k = 0; k < kLingerSlots; ++k) {
+    auto& slot = w.linger[(start + k) % kLingerSlots];
     if (slot.load(std::memory_order_relaxed) == nullptr) continue;
     Cell* c = slot.exchange(nullptr, std::memory_order_seq_cst);
     if (!c) continue;  // a parking worker ended it
     if (c->runnable()) return c;
     slot.store(c, std::memory_order_seq_cst);  // only the owner fills slots: still empty
+  }
+  return nullptr;
+}
+
+// Another worker's lingering cells, claimed like a parking worker claims them: one with work
+// runs here, the others end.
+Cell* Dispatcher::relieve_lingers(Worker& self) {
+  for (auto& w : workers_) {
+    if (w.get() == &self) continue;
+    for (auto& slot : w->linger) {
+      if (slot.load(std::memory_order_relaxed) == nullptr) continue;
+      Cell* c = slot.exchange(nullptr, std::memory_order_seq_cst);
+      if (!c) continue;
+      if (c->runnable()) return c;
+      c->end_turn();
+    }
   }
   return nullptr;
 }
@@ -213,11 +233,16 @@ Cell* Dispatcher::find_elsewhere(Worker& w) {
 
 Cell* Dispatcher::next(Worker& w) {
   ++w.tick;
-  if (w.tick == w.linger_until) end_lingers(w);
+  for (unsigned i = 0; i < kLingerSlots; ++i) {
+    if (w.linger_until[i] == w.tick) {
+      if (Cell* c = w.linger[i].exchange(nullptr, std::memory_order_seq_cst)) c->end_turn();
+    }
+  }
   // Every so often look at the shared queue first so that outside wake-ups are never starved.
   if (w.tick % 61 == 0) {
     if (Cell* c = pop_global()) return c;
     if (Cell* c = take_lingering(w)) return c;
+    if (Cell* c = relieve_lingers(w)) return c;
   }
   // The LIFO slot runs next, but not forever: a ping-pong pair would otherwise starve the queue.
   if (w.lifo && w.lifo_streak < 32) {

@@ -39,10 +39,12 @@ class Dispatcher {
   /// scheduled in a linger slot for a moment (and with it the scheduled reference). Senders to a
   /// lingering cell only queue the message: no hand-over to the dispatcher and no wake-up, which
   /// is what a message to an actor that was just drained would otherwise cost. The owner runs
-  /// lingering cells that got work when it has nothing else; it gives its lingers up after
-  /// kLingerTicks turns without a new one, and before a turn of another actor while any worker
-  /// sleeps (that turn may be long). A worker about to park first ends every worker's lingers,
-  /// so a linger never outlives the last awake worker.
+  /// lingering cells that got work when it has nothing else (scanning from a rotating slot); a
+  /// linger ends kLingerTicks turns after it began, and before a turn of another actor while any
+  /// worker sleeps (that turn may be long). Every 61 turns a worker takes the other workers'
+  /// lingers (one blocked in a long turn must not hold them while the rest stay busy), and a
+  /// worker about to park ends every worker's lingers, so no linger outlives the last awake
+  /// worker.
   bool linger(Cell* c);
 
   unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
@@ -67,7 +69,7 @@ class Dispatcher {
     // Lingering cells. Only the owner fills a slot; a slot is claimed by exchanging it for null
     // (the owner, or a worker about to park), and only the claimer may touch the cell.
     std::array<std::atomic<Cell*>, kLingerSlots> linger{};
-    std::uint64_t linger_until = 0;  // the tick at which the owner gives its lingers up
+    std::array<std::uint64_t, kLingerSlots> linger_until{};  // per slot: the tick it ends at
     Cell* lifo = nullptr;
     unsigned lifo_streak = 0;
     std::uint64_t tick = 0;
@@ -79,6 +81,7 @@ class Dispatcher {
   Cell* next(Worker& w);
   Cell* find_elsewhere(Worker& w);
   Cell* take_lingering(Worker& w);
+  Cell* relieve_lingers(Worker& self);
   void end_lingers(Worker& w);
   bool lingering(const Worker& w) const noexcept;
   void sweep_lingers(Worker& self);
