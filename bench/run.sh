@@ -32,16 +32,20 @@ run() {  # run <label> <binary> [args]: JSON lines to $out/<label>.jsonl
   fi
 }
 
+# field(line, key): the value of "key" in one of our flat JSON lines (a string or a number), "" if
+# absent. The awk programs below start with it.
+awk_field='
+  function field(line, key,   m) {
+    if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
+    if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
+    return ""
+  }'
+
 reps=${BENCH_REPS:-3}
 # median <in.jsonl> <out.jsonl>: one line per figure name (first-seen order), the run with the
 # median value (the lower middle one for an even count).
 median() {
-  awk '
-    function field(line, key,   m) {
-      if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
-      if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
-      return ""
-    }
+  awk "$awk_field"'
     /"name"/ {
       k = field($0, "name")
       if (!(k in n)) { order[++names] = k; n[k] = 0 }
@@ -162,12 +166,7 @@ fi
 rm -f "$out"/*.part.jsonl
 
 # Join on name (awk: the lines are flat objects written by our own harnesses).
-awk -v peer="CAF 0.17.6" '
-  function field(line, key,   m) {
-    if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
-    if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
-    return ""
-  }
+awk -v peer="CAF 0.17.6" "$awk_field"'
   FNR == 1 { file++ }
   file == 1 { peerv[field($0, "name")] = field($0, "value"); next }
   { name = field($0, "name"); order[++n] = name; val[name] = field($0, "value"); unit[name] = field($0, "unit") }
@@ -184,12 +183,7 @@ awk -v peer="CAF 0.17.6" '
 
 # The remote figures: each Troupe figure against its own peer (a missing Troupe figure, i.e. an
 # invalid run or a harness that was not built, is left out with a warning).
-[[ $parts == *" remote "* ]] && awk -v rfile="$out/remote.jsonl" '
-  function field(line, key,   m) {
-    if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
-    if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
-    return ""
-  }
+[[ $parts == *" remote "* ]] && awk -v rfile="$out/remote.jsonl" "$awk_field"'
   function pair(name, key, unit, peer, pv,   v) {
     v = remote[key]
     if (v == "") { printf "run.sh: no figure for %s (invalid run or harness not built)\n", name > "/dev/stderr"; return }
@@ -213,12 +207,7 @@ awk -v peer="CAF 0.17.6" '
 
 # Membership: each Troupe figure against Serf's figure of the same name (a peer value of 0, e.g.
 # no false downs, is shown with ratio null); simulator figures have no peer.
-awk -v sfile="$out/membership_serf.jsonl" -v simfile="$out/sim.jsonl" -v peer="Serf 0.9.4 (memberlist LAN)" '
-  function field(line, key,   m) {
-    if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
-    if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
-    return ""
-  }
+awk -v sfile="$out/membership_serf.jsonl" -v simfile="$out/sim.jsonl" -v peer="Serf 0.9.4 (memberlist LAN)" "$awk_field"'
   FILENAME == sfile { serf[field($0, "name")] = field($0, "value"); next }
   {
     k = field($0, "name"); v = field($0, "value"); u = field($0, "unit")
@@ -235,12 +224,7 @@ awk -v sfile="$out/membership_serf.jsonl" -v simfile="$out/sim.jsonl" -v peer="S
   }' "$out/membership_serf.jsonl" "$out/membership.jsonl" "$out/sim.jsonl" >>"$out/results.lines"
 
 # Sharding lines carry their own peer: add the ratio.
-awk '
-  function field(line, key,   m) {
-    if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":\"", "", m); sub("\"$", "", m); return m }
-    if (match(line, "\"" key "\":[-0-9.eE+]+")) { m = substr(line, RSTART, RLENGTH); sub("^\"" key "\":", "", m); return m }
-    return ""
-  }
+awk "$awk_field"'
   /"name"/ {
     k = field($0, "name"); v = field($0, "value"); u = field($0, "unit"); p = field($0, "peer"); pv = field($0, "peer_value")
     if (p != "" && pv + 0 != 0) {
