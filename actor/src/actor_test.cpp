@@ -428,36 +428,44 @@ TEST(Actor, StopAfterQueuedProcessesWhatWasSentBeforeAndNothingAfter) {
 
 // A worker keeps a drained actor scheduled for a moment (a linger) so that its next message
 // needs no hand-over. The worker may then start a long turn: the lingering actor must not wait
-// for it.
-TEST(Dispatcher, AnActorLeftLingeringBehindALongTurnIsRunByTheOtherWorker) {
-  ActorSystem sys(two_workers());
-  Probe probe(sys);
+// for it. The scenario: a Starter wakes a GateBlocker from its turn, so the blocker runs next on
+// the same worker, after the Starter (and the probe, woken after it) finished and linger there;
+// then the Starter is pinged 20 times while that worker is blocked.
+
+// Says that it blocks through a promise, not a message: an actor woken from a turn that then
+// blocks would wait in that worker's LIFO slot, which is not what these tests are about.
+class GateBlocker final : public Actor {
+ public:
+  GateBlocker(std::promise<void>* blocked, std::shared_future<void> gate) : blocked_(blocked), gate_(std::move(gate)) {}
+  void receive(const Message&) override {
+    blocked_->set_value();
+    gate_.wait();
+  }
+
+ private:
+  std::promise<void>* blocked_;
+  std::shared_future<void> gate_;
+};
+
+class Starter final : public Actor {
+ public:
+  Starter(ActorRef blocker, ActorRef probe) : blocker_(std::move(blocker)), probe_(std::move(probe)) {}
+  void receive(const Message& m) override {
+    if (op_of(m) == "start") blocker_.tell(cmd("block"));
+    probe_.tell(cmd(op_of(m) == "start" ? "started" : "pong"));
+  }
+
+ private:
+  ActorRef blocker_, probe_;
+};
+
+void expect_pongs_behind_a_blocked_worker(ActorSystem& sys, Probe& probe) {
   std::promise<void> blocked, release;
-  std::shared_future<void> gate = release.get_future().share();
-  // Says that it blocks through a promise, not a message: an actor woken from a turn that then
-  // blocks would wait in that worker's LIFO slot, which is not what this test is about.
-  class Blocker final : public Actor {
-   public:
-    Blocker(std::promise<void>* blocked, std::shared_future<void> gate) : blocked_(blocked), gate_(std::move(gate)) {}
-    void receive(const Message&) override {
-      blocked_->set_value();
-      gate_.wait();
-    }
-    std::promise<void>* blocked_;
-    std::shared_future<void> gate_;
-  };
-  class Starter final : public Actor {
-   public:
-    Starter(ActorRef blocker, ActorRef probe) : blocker_(std::move(blocker)), probe_(std::move(probe)) {}
-    void receive(const Message& m) override {
-      // Woken from this turn, the blocker runs on this worker after this actor (and the probe,
-      // woken after it) finished and linger there.
-      if (op_of(m) == "start") blocker_.tell(cmd("block"));
-      probe_.tell(cmd(op_of(m) == "start" ? "started" : "pong"));
-    }
-    ActorRef blocker_, probe_;
-  };
-  auto blocker = sys.spawn<Blocker>(SpawnOptions{}, &blocked, gate);
+  struct Opens {  // on every way out, a failed assertion too: the blocked worker must come back
+    std::promise<void>& gate;
+    ~Opens() { gate.set_value(); }
+  } opens{release};
+  auto blocker = sys.spawn<GateBlocker>(SpawnOptions{}, &blocked, release.get_future().share());
   auto starter = sys.spawn<Starter>(SpawnOptions{}, blocker, probe.ref());
   starter.tell(cmd("start"));
   auto first = probe.next(10s);
@@ -470,7 +478,12 @@ TEST(Dispatcher, AnActorLeftLingeringBehindALongTurnIsRunByTheOtherWorker) {
     ASSERT_TRUE(r) << "message " << i << " to an actor behind a blocked worker never ran";
     EXPECT_EQ(op_of(r->msg), "pong");
   }
-  release.set_value();
+}
+
+TEST(Dispatcher, AnActorLeftLingeringBehindALongTurnIsRunByTheOtherWorker) {
+  ActorSystem sys(two_workers());
+  Probe probe(sys);
+  expect_pongs_behind_a_blocked_worker(sys, probe);
   sys.shutdown();
 }
 
@@ -479,8 +492,6 @@ TEST(Dispatcher, AnActorLeftLingeringBehindALongTurnIsRunByTheOtherWorker) {
 TEST(Dispatcher, AnActorLingeringBehindABlockedWorkerRunsWhileTheOtherWorkerStaysBusy) {
   ActorSystem sys(two_workers());
   Probe probe(sys);
-  std::promise<void> blocked, release;
-  std::shared_future<void> gate = release.get_future().share();
   std::atomic<bool> spin{true};
   class Spinner final : public Actor {
    public:
@@ -490,42 +501,9 @@ TEST(Dispatcher, AnActorLingeringBehindABlockedWorkerRunsWhileTheOtherWorkerStay
     }
     std::atomic<bool>* spin_;
   };
-  class Blocker final : public Actor {
-   public:
-    Blocker(std::promise<void>* blocked, std::shared_future<void> gate) : blocked_(blocked), gate_(std::move(gate)) {}
-    void receive(const Message&) override {
-      blocked_->set_value();
-      gate_.wait();
-    }
-    std::promise<void>* blocked_;
-    std::shared_future<void> gate_;
-  };
-  class Starter final : public Actor {
-   public:
-    Starter(ActorRef blocker, ActorRef probe) : blocker_(std::move(blocker)), probe_(std::move(probe)) {}
-    void receive(const Message& m) override {
-      if (op_of(m) == "start") blocker_.tell(cmd("block"));
-      probe_.tell(cmd(op_of(m) == "start" ? "started" : "pong"));
-    }
-    ActorRef blocker_, probe_;
-  };
-  auto spinner = sys.spawn<Spinner>(SpawnOptions{}, &spin);
-  spinner.tell(cmd("spin"));
-  auto blocker = sys.spawn<Blocker>(SpawnOptions{}, &blocked, gate);
-  auto starter = sys.spawn<Starter>(SpawnOptions{}, blocker, probe.ref());
-  starter.tell(cmd("start"));
-  auto first = probe.next(10s);
-  ASSERT_TRUE(first);
-  EXPECT_EQ(op_of(first->msg), "started");
-  ASSERT_EQ(blocked.get_future().wait_for(10s), std::future_status::ready);
-  for (int i = 0; i < 20; ++i) {
-    starter.tell(cmd("ping"));
-    auto r = probe.next(10s);
-    ASSERT_TRUE(r) << "message " << i << " to an actor behind a blocked worker never ran";
-    EXPECT_EQ(op_of(r->msg), "pong");
-  }
+  sys.spawn<Spinner>(SpawnOptions{}, &spin).tell(cmd("spin"));
+  expect_pongs_behind_a_blocked_worker(sys, probe);
   spin = false;
-  release.set_value();
   sys.shutdown();
 }
 

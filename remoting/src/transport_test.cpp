@@ -327,38 +327,43 @@ TEST_F(TwoNodes, WatchingThroughAStoppedTransportTerminatesAtOnce) {
   EXPECT_EQ(a->transport->stats().dropped_stopped, 1u);
 }
 
-TEST(TransportIdleSpin, RepliesThatFollowADeliveryNeedNoWakeUpWhileTheIOThreadSpins) {
-  Keys keys;
-  // A spin far longer than the whole exchange: after the first ask nobody sleeps.
-  auto spin = [](TransportConfig& c) { c.idle_spin = std::chrono::seconds(30); };
-  Node a("a", keys.a, keys.allow, 0, spin), b("b", keys.b, keys.allow, 0, spin);
-  b.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
-  auto echo = a.ref_on(b, "/user/echo");
-  ASSERT_TRUE(echo.ask(ping(0), 10s).get().ok());
-  const auto a0 = a.transport->stats().wakeups, b0 = b.transport->stats().wakeups;
-  for (std::uint64_t i = 1; i <= 50; ++i) {
-    auto r = echo.ask(ping(i), 10s).get();
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    EXPECT_EQ(r->as<test::Ping>()->seq(), i);
+// Two nodes with the given idle_spin and an echo actor on b.
+struct SpinPair {
+  explicit SpinPair(std::chrono::microseconds spin)
+      : a("a", keys.a, keys.allow, 0, [spin](TransportConfig& c) { c.idle_spin = spin; }),
+        b("b", keys.b, keys.allow, 0, [spin](TransportConfig& c) { c.idle_spin = spin; }) {
+    b.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+    echo = a.ref_on(b, "/user/echo");
   }
-  EXPECT_EQ(a.transport->stats().wakeups, a0) << "the asker's I/O thread was asleep";
-  EXPECT_EQ(b.transport->stats().wakeups, b0) << "the echo's replies had to wake its node's I/O thread";
+  /// Asks seq first..last one after the other; each must come back.
+  void asks(std::uint64_t first, std::uint64_t last) {
+    for (std::uint64_t i = first; i <= last; ++i) {
+      auto r = echo.ask(ping(i), 10s).get();
+      ASSERT_TRUE(r.ok()) << r.error().message();
+      EXPECT_EQ(r->as<test::Ping>()->seq(), i);
+    }
+  }
+  Keys keys;
+  Node a, b;
+  ActorRef echo;
+};
+
+TEST(TransportIdleSpin, RepliesThatFollowADeliveryNeedNoWakeUpWhileTheIOThreadSpins) {
+  // A spin far longer than the whole exchange: after the first ask nobody sleeps.
+  SpinPair p(std::chrono::seconds(30));
+  p.asks(0, 0);
+  const auto a0 = p.a.transport->stats().wakeups, b0 = p.b.transport->stats().wakeups;
+  p.asks(1, 50);
+  EXPECT_EQ(p.a.transport->stats().wakeups, a0) << "the asker's I/O thread was asleep";
+  EXPECT_EQ(p.b.transport->stats().wakeups, b0) << "the echo's replies had to wake its node's I/O thread";
 }
 
 TEST(TransportIdleSpin, WithoutTheSpinTheIOThreadSleepsAndIsWokenForEachSend) {
-  Keys keys;
-  auto no_spin = [](TransportConfig& c) { c.idle_spin = std::chrono::microseconds(0); };
-  Node a("a", keys.a, keys.allow, 0, no_spin), b("b", keys.b, keys.allow, 0, no_spin);
-  b.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
-  auto echo = a.ref_on(b, "/user/echo");
-  for (std::uint64_t i = 1; i <= 20; ++i) {
-    auto r = echo.ask(ping(i), 10s).get();
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    EXPECT_EQ(r->as<test::Ping>()->seq(), i);
-  }
+  SpinPair p(std::chrono::microseconds(0));
+  p.asks(1, 20);
   // The I/O threads block between asks: at least some sends found them asleep.
-  EXPECT_GT(a.transport->stats().wakeups, 0u);
-  EXPECT_GT(b.transport->stats().wakeups, 0u);
+  EXPECT_GT(p.a.transport->stats().wakeups, 0u);
+  EXPECT_GT(p.b.transport->stats().wakeups, 0u);
 }
 
 TEST(TransportInsecure, NodesWithoutCurveTalkWhenBothOptIn) {
