@@ -11,7 +11,7 @@
 //        answers again on a survivor (p50, p99, max), the time until the survivors downed the
 //        node, and the asks that went unanswered meanwhile (lost with that node's mailboxes).
 //
-// Usage: sharding_bench [--only e2e|recovery] [--messages N] [--entities E] [--preset P]
+// Usage: sharding_bench [--only e2e|recovery] [--messages N] [--entities E] [--preset P] [--side both|sharded|direct]
 // Prints one JSON line per figure: {"name","value","unit","peer","peer_value"} (peer_value only
 // where the figure has a baseline measured here).
 
@@ -152,7 +152,7 @@ struct Cluster {
 
 std::string id_of(int k) { return "e" + std::to_string(k); }
 
-int run_e2e(std::size_t messages, int entities) {
+int run_e2e(std::size_t messages, int entities, const std::string& side) {
   Cluster c("lan");
   if (!c.wait_settled(3, 60s)) {
     std::fprintf(stderr, "sharding_bench: the cluster did not settle\n");
@@ -198,8 +198,8 @@ int run_e2e(std::size_t messages, int entities) {
   // Alternate, best of three each: both see the same machine conditions.
   double best_sharded = 0, best_direct = 0;
   for (int r = 0; r < 3; ++r) {
-    best_direct = std::max(best_direct, direct());
-    best_sharded = std::max(best_sharded, sharded());
+    if (side != "sharded") best_direct = std::max(best_direct, direct());
+    if (side != "direct") best_sharded = std::max(best_sharded, sharded());
   }
   const auto lost_before = c.client->stats().unavailable;
   emit("sharded_tell_rate", best_sharded, "msg/s", "remoting actor-to-actor tell, same run", best_direct);
@@ -283,17 +283,20 @@ int run_recovery(int entities, const std::string& preset) {
 
 int main(int argc, char** argv) {
   CLI::App app{"sharding_bench: cluster sharding end to end and recovery, real processes"};
-  std::string only, preset = "lan";
+  std::string only, preset = "lan", side = "both";
   std::size_t messages = 200'000;
   int entities = 300;
   app.add_option("--only", only, "e2e or recovery (default: both)");
   app.add_option("--messages", messages, "messages per e2e tell run")->capture_default_str();
   app.add_option("--entities", entities, "entities")->capture_default_str();
+  app.add_option("--side", side, "e2e: run only the sharded or the direct side (for profiling)")
+      ->check(CLI::IsMember({"both", "sharded", "direct"}))
+      ->capture_default_str();
   app.add_option("--preset", preset, "membership preset of the nodes in the recovery workload")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   int rc = 0;
-  if (only.empty() || only == "e2e") rc |= run_e2e(messages, entities);
+  if (only.empty() || only == "e2e") rc |= run_e2e(messages, entities, side);
   if (only.empty() || only == "recovery") rc |= run_recovery(entities, preset);
   return rc;
 }

@@ -49,6 +49,34 @@ const std::error_category& frame_category() noexcept {
   return cat;
 }
 
+FrameBufferPool::~FrameBufferPool() {
+  for (auto* p : free_) delete[] p;
+}
+
+std::uint8_t* FrameBufferPool::allocate(std::size_t n) {
+  if (n == bytes_) {
+    std::lock_guard lk(mu_);
+    if (!free_.empty()) {
+      auto* p = free_.back();
+      free_.pop_back();
+      reused_.fetch_add(1, std::memory_order_relaxed);
+      return p;
+    }
+  }
+  return new std::uint8_t[n];
+}
+
+void FrameBufferPool::deallocate(std::uint8_t* p, std::size_t n) {
+  if (n == bytes_) {
+    std::lock_guard lk(mu_);
+    if (free_.size() < keep_) {
+      free_.push_back(p);
+      return;
+    }
+  }
+  delete[] p;
+}
+
 void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view sender, std::uint64_t correlation_id,
                        std::span<const std::uint8_t> payload) {
   auto r = fbb_.CreateString(recipient.data(), recipient.size());

@@ -187,6 +187,10 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   std::string self_origin;
   Counters n;
 
+  // Frames are built in buffers with room for a full batch plus its last message (a frame
+  // that outgrows its buffer is copied into one twice the size); ZeroMQ frees them into the
+  // pool once sent. Declared before the context: frames in flight die with it.
+  FrameBufferPool frame_pool{cfg.max_batch_bytes + std::max<std::size_t>(16u << 10, cfg.max_batch_bytes / 4)};
   zmq::context_t ctx;
   std::unique_ptr<detail::ZapHandler> zap;
   zmq::socket_t router;
@@ -251,7 +255,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   };
   std::unordered_map<std::uint64_t, std::vector<ServedWatch>> served;  // by watcher's node
   std::atomic<std::uint64_t> watch_count{0};
-  BatchBuilder builder;
+  BatchBuilder builder{frame_pool.buffer_bytes(), &frame_pool};
   BatchBuilder ack_builder{1024};
   ThrottledLog in_log, out_log, conn_log;
   std::chrono::steady_clock::time_point next_sweep{};
@@ -593,6 +597,12 @@ void Transport::Core::flush(Peer& p) {
     while (k < p.pending.size() && k < cfg.limits.max_envelopes && builder.approx_bytes() < cfg.max_batch_bytes) {
       const auto& o = p.pending[k];
       const std::string& to = o.recipient ? static_cast<RemoteRef*>(o.recipient.target())->local_path() : o.to;
+      // A message that would make the frame outgrow its buffer starts the next frame (a bound:
+      // envelope fields, its sender's address, the offsets and the batch's own fields).
+      if (k > 0 && builder.approx_bytes() + o.msg.size() + to.size() + cfg.limits.max_path_bytes + 4 * k +
+                           self_origin.size() + 256 > frame_pool.buffer_bytes()) {
+        break;
+      }
       if (!o.from.empty() || !o.sender) {
         last_sender = nullptr;
         from = o.from;

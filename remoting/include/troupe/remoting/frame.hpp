@@ -7,8 +7,10 @@
 /// through the MessageRegistry's verifier, its paths checked). A bad frame is refused whole; a
 /// bad envelope is dropped alone. Nothing here logs or counts: the transport does, by reason.
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -45,10 +47,36 @@ enum class FrameErrc {
 const std::error_category& frame_category() noexcept;
 inline std::error_code make_error_code(FrameErrc e) noexcept { return {static_cast<int>(e), frame_category()}; }
 
+/// Frame buffers for BatchBuilder: buffers of the standard size come back here when ZeroMQ has
+/// sent them (from its own thread) and are handed out again, so a stream of frames neither
+/// allocates nor faults in fresh pages per frame. Any thread may free into it.
+class FrameBufferPool final : public flatbuffers::Allocator {
+ public:
+  /// Keeps up to `keep` buffers of `buffer_bytes` each; other sizes pass through.
+  explicit FrameBufferPool(std::size_t buffer_bytes, std::size_t keep = 8) : bytes_(buffer_bytes), keep_(keep) {}
+  ~FrameBufferPool() override;
+  FrameBufferPool(const FrameBufferPool&) = delete;
+  FrameBufferPool& operator=(const FrameBufferPool&) = delete;
+  std::uint8_t* allocate(std::size_t n) override;
+  void deallocate(std::uint8_t* p, std::size_t n) override;
+  std::size_t buffer_bytes() const noexcept { return bytes_; }
+  /// Buffers handed out again (for tests and diagnostics).
+  std::uint64_t reused() const noexcept { return reused_.load(std::memory_order_relaxed); }
+
+ private:
+  const std::size_t bytes_, keep_;
+  std::mutex mu_;
+  std::vector<std::uint8_t*> free_;
+  std::atomic<std::uint64_t> reused_{0};
+};
+
 /// Accumulates envelopes into one frame. Not thread-safe (the transport's I/O thread owns it).
 class BatchBuilder {
  public:
-  explicit BatchBuilder(std::size_t initial_bytes = 64u << 10) : fbb_(initial_bytes) {}
+  /// Frames start in a buffer of `initial_bytes` (from `pool` when given, which must outlive
+  /// every buffer released from this builder) and grow when a frame does not fit.
+  explicit BatchBuilder(std::size_t initial_bytes = 64u << 10, FrameBufferPool* pool = nullptr)
+      : fbb_(initial_bytes, pool) {}
   /// Appends one envelope; `payload` is the message's FlatBuffers bytes.
   void add(TypeId type, std::string_view recipient, std::string_view sender, std::uint64_t correlation_id,
            std::span<const std::uint8_t> payload);
