@@ -53,7 +53,7 @@ demo: build
 
 # libFuzzer on the decoders of untrusted bytes (clang): each of FUZZ_TARGETS for FUZZ_SECONDS
 # (default 600), one after the other, corpus in build-fuzz/corpus/<target>.
-FUZZ_TARGETS ?= frame_fuzz gossip_fuzz packet_open_fuzz
+FUZZ_TARGETS ?= frame_fuzz gossip_fuzz packet_open_fuzz sharding_fuzz
 fuzz: deps
 	@TROUPE_EXTRA_PACKAGES="clang libclang-rt-14-dev" scripts/install-deps.sh
 	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTROUPE_FUZZ=ON \

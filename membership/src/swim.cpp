@@ -1108,8 +1108,9 @@ struct SwimProtocol::State {
       n.asked_at = t;
       ++asked;
       ++n.pings;
+      const auto target = n.id->uid;  // a named copy: clang 14 cannot capture a structured binding
       send(n.id->gossip, gossip::Body::Ping,
-           [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, n.id->uid).Union(); });
+           [&](fb::FlatBufferBuilder& b) { return gossip::CreatePing(b, 0, target).Union(); });
     }
   }
 

@@ -47,12 +47,12 @@ std::string MessageRegistry::name_of(TypeId id) const {
   return it == entries_.end() ? std::string{} : it->second.name;
 }
 
-std::error_code MessageRegistry::check(TypeId id, std::span<const std::uint8_t> bytes) const {
-  if (bytes.empty()) {
+std::error_code MessageRegistry::check(TypeId id, std::size_t size, const Message& m) const {
+  if (size == 0) {
     empty_.fetch_add(1, std::memory_order_relaxed);
     return DecodeErrc::empty;
   }
-  if (bytes.size() > limits_.max_bytes) {
+  if (size > limits_.max_bytes) {
     oversized_.fetch_add(1, std::memory_order_relaxed);
     return DecodeErrc::oversized;
   }
@@ -66,7 +66,7 @@ std::error_code MessageRegistry::check(TypeId id, std::span<const std::uint8_t> 
     unknown_.fetch_add(1, std::memory_order_relaxed);
     return DecodeErrc::unknown_type;
   }
-  flatbuffers::Verifier v(bytes.data(), bytes.size(), limits_.max_depth, limits_.max_tables);
+  flatbuffers::Verifier v(m.bytes().data(), m.size(), limits_.max_depth, limits_.max_tables);
   if (!verifier(v)) {
     failed_.fetch_add(1, std::memory_order_relaxed);
     return DecodeErrc::verification_failed;
@@ -76,14 +76,20 @@ std::error_code MessageRegistry::check(TypeId id, std::span<const std::uint8_t> 
 }
 
 Result<Message> MessageRegistry::decode(TypeId id, std::span<const std::uint8_t> bytes) const {
-  if (auto ec = check(id, bytes)) {
+  // The verifier checks alignment relative to the buffer's start and reads scalars in place: it
+  // runs on the Message's own (16-byte aligned) copy, the copy every decoded message gets anyway,
+  // never on the bytes where they came (a payload nested in another buffer may sit at any
+  // address its sender chose).
+  Message m;
+  if (!bytes.empty() && bytes.size() <= limits_.max_bytes) m = Message::copy_of(id, bytes);
+  if (auto ec = check(id, bytes.size(), m)) {
     throttle_.warn(*log_, "dropped message type {:#018x} ({} bytes): {}", id, bytes.size(), ec.message());
     return ec;
   }
-  return Message::copy_of(id, bytes);
+  return m;
 }
 
-std::error_code MessageRegistry::verify(const Message& msg) const { return check(msg.type(), msg.bytes()); }
+std::error_code MessageRegistry::verify(const Message& msg) const { return check(msg.type(), msg.size(), msg); }
 
 MessageRegistry::Stats MessageRegistry::stats() const noexcept {
   return {unknown_.load(), failed_.load(), oversized_.load(), empty_.load(), accepted_.load()};

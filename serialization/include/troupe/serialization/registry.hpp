@@ -83,7 +83,8 @@ class MessageRegistry {
   const DecodeLimits& limits() const noexcept { return limits_; }
 
  private:
-  std::error_code check(TypeId id, std::span<const std::uint8_t> bytes) const;
+  /// Verifies `m` (its bytes, `size` of them) as type `id`.
+  std::error_code check(TypeId id, std::size_t size, const Message& m) const;
   struct Entry { std::string name; Verifier verify; };
   DecodeLimits limits_;
   std::shared_ptr<spdlog::logger> log_;
