@@ -760,6 +760,7 @@ std::string AdminServer::Impl::metrics() const {
     const auto s = src.sharding->stats();
 #define TROUPE_C(f, help) m.counter("troupe_sharding_" #f, help, s.f)
     TROUPE_C(routed, "Messages handed to an entity.");
+    TROUPE_C(front_door, "Messages from another node handed straight to a running entity (region front door).");
     TROUPE_C(activations, "Entities started.");
     TROUPE_C(passivations, "Entities stopped when idle or on request.");
     TROUPE_C(buffered, "Messages that waited (passivating entity, moving shard).");

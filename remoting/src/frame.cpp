@@ -78,11 +78,17 @@ void FrameBufferPool::deallocate(std::uint8_t* p, std::size_t n) {
 }
 
 void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view sender, std::uint64_t correlation_id,
-                       std::span<const std::uint8_t> payload) {
+                       std::span<const std::uint8_t> payload, const KeyedRoute* route) {
   auto r = fbb_.CreateString(recipient.data(), recipient.size());
   auto s = fbb_.CreateString(sender.data(), sender.size());
   auto p = fbb_.CreateVector(payload.data(), payload.size());
-  offsets_.push_back(wire::CreateEnvelope(fbb_, type, r, s, correlation_id, p).Union());
+  if (!route) {
+    offsets_.push_back(wire::CreateEnvelope(fbb_, type, r, s, correlation_id, p).Union());
+    return;
+  }
+  auto id = fbb_.CreateString(route->entity_id);
+  offsets_.push_back(
+      wire::CreateEnvelope(fbb_, type, r, s, correlation_id, p, id, route->shard, route->epoch, route->hops).Union());
 }
 
 std::span<const std::uint8_t> BatchBuilder::finish(std::string_view origin, std::uint64_t target_node) {
@@ -149,8 +155,21 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
       ++(msg.error() == DecodeErrc::unknown_type ? report.unknown_type : report.bad_payload);
       continue;
     }
-    out.push_back(InEnvelope{e->type_id(), std::string(recipient), std::string(sender), e->correlation_id(),
-                             std::move(msg).value()});
+    InEnvelope in;
+    in.type = e->type_id();
+    in.recipient = recipient;
+    in.sender = sender;
+    in.correlation_id = e->correlation_id();
+    in.payload = std::move(msg).value();
+    if (const auto* id = e->entity_id()) {
+      if (id->size() == 0 || id->size() > limits.max_path_bytes) {
+        ++report.bad_path;
+        continue;
+      }
+      in.keyed = true;
+      in.route = KeyedRoute{id->str(), e->shard(), e->epoch(), e->hops()};
+    }
+    out.push_back(std::move(in));
     ++report.accepted;
   }
   return frame_out;

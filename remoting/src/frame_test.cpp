@@ -49,6 +49,29 @@ TEST_F(Frames, RoundTripKeepsEveryEnvelopeInOrder) {
   EXPECT_EQ(report.accepted, 50u);
 }
 
+TEST_F(Frames, KeyedEnvelopesCarryTheirRouteAndBadEntityIdsAreDropped) {
+  BatchBuilder b;
+  auto m = ping(1);
+  const KeyedRoute good{"user-42", 9, 4, 2};
+  const KeyedRoute empty{"", 1, 1, 1};
+  const KeyedRoute too_long{std::string(limits.max_path_bytes + 1, 'x'), 1, 1, 1};
+  b.add(m.type(), "/system/region", "", 0, m.bytes(), &good);
+  b.add(m.type(), "/system/region", "", 0, m.bytes(), &empty);
+  b.add(m.type(), "/system/region", "", 0, m.bytes(), &too_long);
+  b.add(m.type(), "/system/region", "", 0, m.bytes());
+  auto f = b.finish();
+  auto r = decode_frame(f, registry, limits, report);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->envelopes.size(), 2u);
+  EXPECT_TRUE(r->envelopes[0].keyed);
+  EXPECT_EQ(r->envelopes[0].route.entity_id, "user-42");
+  EXPECT_EQ(r->envelopes[0].route.shard, 9u);
+  EXPECT_EQ(r->envelopes[0].route.epoch, 4u);
+  EXPECT_EQ(r->envelopes[0].route.hops, 2u);
+  EXPECT_FALSE(r->envelopes[1].keyed);
+  EXPECT_EQ(report.bad_path, 2u);
+}
+
 TEST_F(Frames, ReleasedFrameBuffersComeBackThroughThePool) {
   FrameBufferPool pool(4096, 2);
   BatchBuilder b(pool.buffer_bytes(), &pool);

@@ -113,12 +113,17 @@ class RemoteRef;
 struct Peer;
 
 struct Outbound {
+  Outbound(std::shared_ptr<Peer> p, ActorRef r, Message m, ActorRef s, std::string t = {}, std::string f = {})
+      : peer(std::move(p)), recipient(std::move(r)), msg(std::move(m)), sender(std::move(s)), to(std::move(t)),
+        from(std::move(f)) {}
   std::shared_ptr<Peer> peer;
   ActorRef recipient;  // the RemoteRef (its path is the envelope's recipient) or null with `to`
   Message msg;
   ActorRef sender;
   std::string to;    // recipient path when `recipient` is null (control messages)
   std::string from;  // sender path when set (overrides `sender`)
+  KeyedRoute route;  // the entity the message is for, when `keyed`
+  bool keyed = false;
 };
 
 /// One incarnation of a remote node that this node sends to.
@@ -168,6 +173,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void read_monitor(zmq::socket_t& mon, Peer* p);
   void handle_frame(const std::string& rid, std::string_view key, const zmq::message_t& body);
   void deliver(Conn& c, InEnvelope&& e);
+  void refresh_inboxes();
   ActorRef local_target(const std::string& path);
   ActorRef sender_ref(const Conn& c, const std::string& s);
   void send_ack(const std::string& rid);
@@ -237,7 +243,16 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     ActorRef last_sender_ref;
     std::string last_recipient;
     ActorRef last_recipient_ref;
+    Transport::Inbox* last_inbox = nullptr;  // the recipient's inbox, when it has one
+    std::uint64_t inbox_gen = 0;             // io_inbox_gen when last_* were resolved
   };
+  // Inboxes by local path (inbox_mu; inbox_gen counts changes); the I/O thread reads its own
+  // copy, taken again when the generation moved.
+  std::mutex inbox_mu;
+  std::unordered_map<std::string, std::shared_ptr<Transport::Inbox>> inboxes;
+  std::atomic<std::uint64_t> inbox_gen{1};
+  std::unordered_map<std::string, std::shared_ptr<Transport::Inbox>> io_inboxes;
+  std::uint64_t io_inbox_gen = 0;
   std::unordered_map<std::string, Conn> conns;  // by ROUTER routing id
   std::vector<std::shared_ptr<Peer>> active;     // peers with a DEALER or pending messages
   std::unordered_map<std::string, ActorRef> local_cache;
@@ -299,6 +314,7 @@ class RemoteRef final : public troupe::detail::RefTarget {
   bool terminated() const noexcept override { return peer_->lost.load(std::memory_order_acquire); }
 
   const std::string& local_path() const noexcept { return path_; }
+  const Transport::Core* core() const noexcept { return core_.get(); }
   const std::string& address() const noexcept { return address_; }
   const std::shared_ptr<Peer>& peer() const noexcept { return peer_; }
 
@@ -599,8 +615,8 @@ void Transport::Core::flush(Peer& p) {
       const std::string& to = o.recipient ? static_cast<RemoteRef*>(o.recipient.target())->local_path() : o.to;
       // A message that would make the frame outgrow its buffer starts the next frame (a bound:
       // envelope fields, its sender's address, the offsets and the batch's own fields).
-      if (k > 0 && builder.approx_bytes() + o.msg.size() + to.size() + cfg.limits.max_path_bytes + 4 * k +
-                           self_origin.size() + 256 > frame_pool.buffer_bytes()) {
+      if (k > 0 && builder.approx_bytes() + o.msg.size() + to.size() + o.route.entity_id.size() +
+                           cfg.limits.max_path_bytes + 4 * k + self_origin.size() + 256 > frame_pool.buffer_bytes()) {
         break;
       }
       if (!o.from.empty() || !o.sender) {
@@ -610,7 +626,7 @@ void Transport::Core::flush(Peer& p) {
         last_sender = o.sender.target();
         from = sender_string(o);
       }
-      builder.add(o.msg.type(), to, from, 0, o.msg.bytes());
+      builder.add(o.msg.type(), to, from, 0, o.msg.bytes(), o.keyed ? &o.route : nullptr);
       ++k;
     }
     const auto frame_bytes = builder.finish(self_origin, p.addr.uid).size();
@@ -773,11 +789,27 @@ void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
     c.last_sender = e.sender;
   }
   ActorRef sender = c.last_sender_ref;
-  if (e.recipient != c.last_recipient || !c.last_recipient_ref || c.last_recipient_ref.target()->terminated()) {
-    c.last_recipient_ref = local_target(e.recipient);
+  refresh_inboxes();
+  if (e.recipient != c.last_recipient || c.inbox_gen != io_inbox_gen ||
+      (!c.last_inbox && (!c.last_recipient_ref || c.last_recipient_ref.target()->terminated()))) {
+    auto it = io_inboxes.find(e.recipient);
+    c.last_inbox = it == io_inboxes.end() ? nullptr : it->second.get();
+    c.last_recipient_ref = c.last_inbox ? ActorRef{} : local_target(e.recipient);
     c.last_recipient = e.recipient;
+    c.inbox_gen = io_inbox_gen;
+  }
+  if (c.last_inbox) {
+    (*c.last_inbox)(Inbound{std::move(e.payload), std::move(sender), e.keyed ? &e.route : nullptr});
+    return;
   }
   const ActorRef& target = c.last_recipient_ref;
+  if (e.keyed) {
+    // Only an inbox knows what to do with the entity's stamps: an actor would get the bare
+    // payload without them.
+    bump(n.envelopes_no_recipient);
+    system.dead_letter(e.payload, sender, e.recipient, "a message keyed to an entity for a path without an inbox");
+    return;
+  }
   if (!target) {
     bump(n.envelopes_no_recipient);
     system.dead_letter(e.payload, sender, e.recipient, "no actor at this path");
@@ -788,6 +820,14 @@ void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
     return;
   }
   target.tell(std::move(e.payload), std::move(sender));
+}
+
+void Transport::Core::refresh_inboxes() {
+  const auto gen = inbox_gen.load(std::memory_order_acquire);
+  if (gen == io_inbox_gen) return;
+  std::lock_guard lk(inbox_mu);
+  io_inboxes = inboxes;
+  io_inbox_gen = inbox_gen.load(std::memory_order_relaxed);
 }
 
 void Transport::Core::on_watch(const NodeAddress& origin, const InEnvelope& e, bool add) {
@@ -1267,6 +1307,26 @@ void Transport::stop() {
 
 const NodeAddress& Transport::address() const noexcept { return core_->self; }
 std::string Transport::public_key() const { return core_->cfg.insecure ? std::string() : core_->cfg.keys.public_key; }
+
+bool Transport::tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, KeyedRoute route) {
+  auto* rr = dynamic_cast<RemoteRef*>(to.target());
+  if (!rr || rr->core() != core_.get()) return false;
+  Outbound o{rr->peer(), to, std::move(msg), sender};
+  o.route = std::move(route);
+  o.keyed = true;
+  core_->enqueue(std::move(o));
+  return true;
+}
+
+void Transport::set_inbox(std::string path, Inbox inbox) {
+  std::lock_guard lk(core_->inbox_mu);
+  if (inbox) {
+    core_->inboxes[std::move(path)] = std::make_shared<Inbox>(std::move(inbox));
+  } else {
+    core_->inboxes.erase(path);
+  }
+  core_->inbox_gen.fetch_add(1, std::memory_order_release);
+}
 
 Result<ActorRef> Transport::resolve(std::string_view address) {
   auto a = parse_actor_address(address);

@@ -138,6 +138,53 @@ TEST_F(TwoNodes, TellReachesTheRemoteActorAndTheReplyComesBackViaTheSenderRef) {
   EXPECT_GE(b->transport->stats().messages_in, 1u);
 }
 
+TEST_F(TwoNodes, KeyedMessagesReachTheInboxOfTheirPathWithTheirRoute) {
+  // What b's inbox for /user/echo got, in order (the I/O thread calls it).
+  struct Got {
+    std::uint64_t seq;
+    bool keyed;
+    KeyedRoute route;
+    ActorRef sender;
+  };
+  std::mutex mu;
+  std::vector<Got> got;
+  b->transport->set_inbox("/user/echo", [&](Transport::Inbound&& in) {
+    std::lock_guard lk(mu);
+    got.push_back({in.msg.as<test::Ping>()->seq(), in.route != nullptr, in.route ? *in.route : KeyedRoute{}, in.sender});
+  });
+  auto echo = a->ref_on(*b, "/user/echo");
+  ASSERT_TRUE(a->transport->tell_keyed(echo, ping(1), a->probe.ref(), KeyedRoute{"user-42", 7, 3, 1}));
+  echo.tell(ping(2), a->probe.ref());  // not keyed: the inbox gets it too, without a route
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard lk(mu);
+    return got.size() == 2;
+  }));
+  {
+    std::lock_guard lk(mu);
+    EXPECT_EQ(got[0].seq, 1u);
+    ASSERT_TRUE(got[0].keyed);
+    EXPECT_EQ(got[0].route.entity_id, "user-42");
+    EXPECT_EQ(got[0].route.shard, 7u);
+    EXPECT_EQ(got[0].route.epoch, 3u);
+    EXPECT_EQ(got[0].route.hops, 1u);
+    EXPECT_EQ(got[0].sender.path(), a->transport->address_of(a->probe.ref()));
+    EXPECT_EQ(got[1].seq, 2u);
+    EXPECT_FALSE(got[1].keyed);
+  }
+  // Without the inbox the actor gets plain messages again (the first echo is 4's: the inbox took
+  // 1 and 2), and a keyed one has nowhere to go.
+  b->transport->set_inbox("/user/echo", {});
+  const auto no_recipient = b->transport->stats().envelopes_no_recipient;
+  ASSERT_TRUE(a->transport->tell_keyed(echo, ping(3), a->probe.ref(), KeyedRoute{"user-42", 7, 3, 1}));
+  echo.tell(ping(4), a->probe.ref());
+  auto r = a->probe.next();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->msg.as<test::Ping>()->seq(), 4u) << "the first echo";
+  EXPECT_EQ(b->transport->stats().envelopes_no_recipient, no_recipient + 1);
+  // Only a remote ref of this transport can be told keyed.
+  EXPECT_FALSE(a->transport->tell_keyed(a->probe.ref(), ping(5), {}, KeyedRoute{"x", 0, 1, 1}));
+}
+
 TEST_F(TwoNodes, AskWorksBothWays) {
   auto echo = a->ref_on(*b, "/user/echo");
   auto r = echo.ask(ping(1), 10s).get();

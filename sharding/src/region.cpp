@@ -61,11 +61,17 @@ class ReplyCapture final : public Actor {
 class Region final : public Actor {
  public:
   Region(EntitySettings s, EntityFactory f, std::shared_ptr<Sharding::Shared> shared, bool proxy,
-         std::shared_ptr<std::atomic<std::int64_t>> in_region)
+         std::shared_ptr<std::atomic<std::int64_t>> in_region, std::shared_ptr<RegionDoor> door)
       : settings_(std::move(s)), factory_(std::move(f)), shared_(std::move(shared)), in_region_(std::move(in_region)),
-        proxy_(proxy), local_(!shared_->cluster()) {}
+        door_(std::move(door)), proxy_(proxy), local_(!shared_->cluster()) {}
+  ~Region() override { close_door(); }
 
   void pre_start() override {
+    system_ = &context().system();
+    if (!proxy_ && !local_) {
+      std::unique_lock lk(door_->mu);
+      door_->fast = [this](remoting::Transport::Inbound& in) { return fast(in); };
+    }
     if (!proxy_ && settings_.passivate_after.count() > 0) {
       static const Message tick = Message::build<PassivationTick>([](auto& b) { return CreatePassivationTick(b); });
       context().schedule_every(settings_.passivate_after / 2, tick);
@@ -74,6 +80,8 @@ class Region final : public Actor {
   }
 
   void receive(const Message& m) override {
+    // Every turn holds the front door shut: it sees the region's state only between turns.
+    std::unique_lock lk(door_->mu);
     if (const auto* env = m.as<EntityEnvelope>()) return on_envelope(m, *env);
     if (m.is<sys::Terminated>()) return on_terminated(sender());
     if (m.is<Passivate>()) return passivate_sender();
@@ -89,6 +97,7 @@ class Region final : public Actor {
   }
 
   void post_stop() override {
+    close_door();
     // Children stop before their parent: every entity left here has stopped.
     shared_->live.fetch_sub(entities_.size(), std::memory_order_relaxed);
     for (const auto& [id, e] : entities_) log_activation(id, false, e.incarnation);
@@ -123,14 +132,38 @@ class Region final : public Actor {
 
   // ---- messages for entities ----
 
+  /// The front door (see RegionDoor), on the transport's I/O thread between this region's turns:
+  /// a keyed message for a running entity of a shard served here at the sender's epoch goes
+  /// straight to it; anything else (false) goes through the mailbox.
+  bool fast(remoting::Transport::Inbound& in) {
+    if (down_ || suspended_ || !in.route) return false;
+    const auto& r = *in.route;
+    if (r.entity_id.empty() || r.entity_id.size() > settings_.max_id_bytes) return false;
+    auto h = hosted_.find(r.shard);
+    if (h == hosted_.end() || h->second.stopping || h->second.epoch != r.epoch) return false;
+    if (shard_of(settings_.type, r.entity_id, settings_.num_shards) != r.shard) return false;
+    auto it = entities_.find(r.entity_id);
+    if (it == entities_.end() || it->second.passivating) return false;
+    it->second.last_active = activity_tick();
+    shared_->routed.fetch_add(1, std::memory_order_relaxed);
+    shared_->front_door.fetch_add(1, std::memory_order_relaxed);
+    it->second.ref.tell(std::move(in.msg), std::move(in.sender));
+    return true;
+  }
+
+  void close_door() {
+    if (proxy_ || local_) return;
+    std::unique_lock lk(door_->mu);  // post_stop and the destructor run outside the region's turns
+    door_->fast = nullptr;
+  }
+
   void on_envelope(const Message& m, const EntityEnvelope& env) {
-    // A caller's message (unstamped) is through the region once this returns.
+    // Every envelope was counted into in_region by whoever put it in the mailbox (a caller's
+    // route, the transport inbox): it is through the region once this returns.
     struct Done {
       std::atomic<std::int64_t>* c;
-      ~Done() {
-        if (c) c->fetch_sub(1, std::memory_order_release);
-      }
-    } done{env.epoch() == 0 && env.hops() == 0 ? in_region_.get() : nullptr};
+      ~Done() { c->fetch_sub(1, std::memory_order_release); }
+    } done{in_region_.get()};
     const auto id = sv(env.entity_id());
     if (id.empty() || id.size() > settings_.max_id_bytes) {
       shared_->bad_id.fetch_add(1, std::memory_order_relaxed);
@@ -160,7 +193,9 @@ class Region final : public Actor {
     if (auto h = hosted_.find(shard); h != hosted_.end()) {
       if (h->second.stopping) return buffer(m, env, shard, from);
       if (env.epoch() != 0 && env.epoch() < h->second.epoch) shared_->stale_epoch.fetch_add(1, std::memory_order_relaxed);
-      return deliver(m, env, from, env.epoch() != 0);
+      // Verified again unless this is a cluster of one: an envelope from another node carries
+      // bytes nobody here checked (whatever epoch it claims).
+      return deliver(m, env, from, true);
     }
     // Stamped with a newer allocation than this region's table knows: the table is behind (the
     // sender's may name this very region); wait for it rather than send by an older one.
@@ -335,7 +370,7 @@ class Region final : public Actor {
     using std::chrono::nanoseconds;
     if (settings_.passivate_after.count() <= 0) return 0;
     const auto tick = (nanoseconds(settings_.passivate_after) + nanoseconds(63)) / 64;
-    const auto since = context().system().timers().now().time_since_epoch();
+    const auto since = system_->timers().now().time_since_epoch();  // also on the door's thread
     return static_cast<std::uint32_t>((since + (round_up ? tick - nanoseconds(1) : nanoseconds(0))) / tick);
   }
 
@@ -391,13 +426,14 @@ class Region final : public Actor {
     if (!waiting.empty()) {
       if (handing_off) {
         // Its shard is moving: what waited goes to the new home with the shard's other messages.
-        for (auto& [msg, from] : waiting) {
+        for (auto& w : waiting) {
+          const Message& msg = w.first;  // named, not a structured binding: clang 14 cannot capture those
           auto env = Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
             auto i = b.CreateString(id);
             auto p = b.CreateVector(msg.bytes().data(), msg.size());
             return CreateEntityEnvelope(b, i, msg.type(), p);
           });
-          buffer(env, *env.as<EntityEnvelope>(), shard, from);
+          buffer(env, *env.as<EntityEnvelope>(), shard, w.second);
         }
       } else {
         // Messages that arrived while it stopped start its next activation, in order.
@@ -756,6 +792,8 @@ class Region final : public Actor {
   EntityFactory factory_;
   std::shared_ptr<Sharding::Shared> shared_;
   std::shared_ptr<std::atomic<std::int64_t>> in_region_;
+  std::shared_ptr<RegionDoor> door_;
+  ActorSystem* system_ = nullptr;
   const bool proxy_;
   const bool local_;
   bool down_ = false;
@@ -883,8 +921,46 @@ Sharding::Sharding(ClientMode, ActorSystem& system, remoting::Transport& transpo
   register_messages(system_.registry());
 }
 
+namespace {
+
+/// Messages from other nodes for the region of `type` arrive through this inbox (on the
+/// transport's I/O thread): a keyed one goes through the region's front door when it can,
+/// otherwise into the region's mailbox as an EntityEnvelope; every EntityEnvelope put into the
+/// mailbox is counted in in_region (the region counts it out when it handled it).
+void install_inbox(Sharding::Shared& sh, const std::string& type, const ActorRef& region,
+                   const Sharding::Shared::TypeEntry& e) {
+  if (!sh.cluster()) return;
+  sh.transport->set_inbox("/system/" + region_name(type), [door = e.door, in_region = e.in_region, region,
+                                                           type](remoting::Transport::Inbound&& in) {
+    if (in.route) {
+      if (in_region->load(std::memory_order_acquire) == 0 && door->mu.try_lock_shared()) {
+        const bool done = door->fast && door->fast(in);
+        door->mu.unlock_shared();
+        if (done) return;
+      }
+      const auto& r = *in.route;
+      auto env = Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
+        auto i = b.CreateString(r.entity_id);
+        auto p = b.CreateVector(in.msg.bytes().data(), in.msg.size());
+        auto t = b.CreateString(type);
+        return CreateEntityEnvelope(b, i, in.msg.type(), p, t, r.shard, r.epoch, r.hops);
+      });
+      in_region->fetch_add(1, std::memory_order_acq_rel);
+      region.tell(std::move(env), std::move(in.sender));
+      return;
+    }
+    if (in.msg.is<EntityEnvelope>()) in_region->fetch_add(1, std::memory_order_acq_rel);
+    region.tell(std::move(in.msg), std::move(in.sender));
+  });
+}
+
+}  // namespace
+
 Sharding::~Sharding() {
   // Membership may still call the subscription; it holds only a weak reference.
+  if (!shared_->cluster()) return;
+  std::lock_guard lk(shared_->mu);
+  for (const auto& [name, t] : shared_->types) shared_->transport->set_inbox("/system/" + region_name(name), {});
 }
 
 ActorRef Sharding::start(EntitySettings settings, EntityFactory factory) {
@@ -902,7 +978,8 @@ ActorRef Sharding::start(EntitySettings settings, EntityFactory factory) {
     Shared::TypeEntry entry;
     entry.settings = settings;
     region = system_.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, std::move(factory),
-                                          shared_, false, entry.in_region);
+                                          shared_, false, entry.in_region, entry.door);
+    install_inbox(*shared_, settings.type, region, entry);
     entry.region = region;
     shared_->types.emplace(settings.type, std::move(entry));
   }
@@ -928,7 +1005,8 @@ ActorRef Sharding::start_proxy(std::string type, std::uint32_t num_shards, std::
     entry.settings = settings;
     entry.proxy = true;
     region = system_.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, EntityFactory{},
-                                          shared_, true, entry.in_region);
+                                          shared_, true, entry.in_region, entry.door);
+    install_inbox(*shared_, settings.type, region, entry);
     entry.region = region;
     shared_->types.emplace(settings.type, std::move(entry));
   }
@@ -987,6 +1065,12 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
     const auto o = shard < table->owner.size() ? table->owner[shard] : 0;
     if (o != 0 && !table->moving[shard] && static_cast<int>(o) - 1 != table->self_index) {
       shared.forwarded.fetch_add(1, std::memory_order_relaxed);
+      // Keyed: the entity's id and stamps ride in the transport's envelope, the message as it
+      // is (no second buffer around it); a retrying ask's key needs the EntityEnvelope.
+      if (key.empty() && shared.transport->tell_keyed(table->regions[o - 1], msg, sender,
+                                                      remoting::KeyedRoute{std::string(id), shard, table->epoch[shard], 1})) {
+        return;
+      }
       table->regions[o - 1].tell(envelope(shard, table->epoch[shard], 1, true), sender);
       return;
     }
@@ -1131,6 +1215,7 @@ ShardingStats Sharding::stats() const {
   const auto& s = *shared_;
   ShardingStats out;
   out.routed = s.routed.load();
+  out.front_door = s.front_door.load();
   out.activations = s.activations.load();
   out.passivations = s.passivations.load();
   out.buffered = s.buffered.load();

@@ -4,12 +4,15 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <functional>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include <troupe/membership/member.hpp>
+#include <troupe/remoting/transport.hpp>
 #include <troupe/serialization/log.hpp>
 #include <troupe/sharding/region.hpp>
 
@@ -22,6 +25,18 @@ namespace troupe::sharding {
 inline constexpr const char* kCoordinatorName = "sharding-coordinator";
 /// The region actor's name for an entity type.
 inline std::string region_name(std::string_view type) { return "sharding-" + entity_child_name(type); }
+
+/// The region's front door (one per entity type and node): the transport's I/O thread hands a
+/// keyed message (remoting::Transport::tell_keyed) straight to a running entity of a shard this
+/// node serves, past the region's mailbox. The region runs each of its turns holding `mu`
+/// exclusively and sets `fast` while it runs; the door takes `mu` shared, only when it is free
+/// (try_lock: the I/O thread never waits for a region turn), and only while no message waits in
+/// the region's mailbox (in_region == 0). Whatever the door does not take goes through the
+/// mailbox, so each sender's messages to an entity keep their order.
+struct RegionDoor {
+  std::shared_mutex mu;
+  std::function<bool(remoting::Transport::Inbound&)> fast;  // true: delivered
+};
 
 struct Sharding::Shared {
   ActorSystem* system = nullptr;
@@ -55,6 +70,7 @@ struct Sharding::Shared {
     // earlier has then been passed on already, so per-sender order holds.
     std::shared_ptr<const Route> route;
     std::shared_ptr<std::atomic<std::int64_t>> in_region = std::make_shared<std::atomic<std::int64_t>>(0);
+    std::shared_ptr<RegionDoor> door = std::make_shared<RegionDoor>();
   };
   std::unordered_map<std::string, TypeEntry> types;
   // Members as membership last told (uid -> info), and the coordinator they give.
@@ -69,7 +85,7 @@ struct Sharding::Shared {
   std::map<std::pair<std::string, ShardId>, std::vector<ShardMove>> move_log;
   std::condition_variable hosted_changed;  // with mu: hand_off_all waits on it
 
-  std::atomic<std::uint64_t> routed{0}, activations{0}, passivations{0}, buffered{0}, unknown_type{0}, bad_id{0},
+  std::atomic<std::uint64_t> routed{0}, front_door{0}, activations{0}, passivations{0}, buffered{0}, unknown_type{0}, bad_id{0},
       live{0}, forwarded{0}, rerouted{0}, stale_epoch{0}, unavailable{0}, dropped_no_sender{0}, handoffs{0},
       fenced{0}, suspended{0}, states_restored{0}, tables_applied{0}, stale_coordinator{0}, malformed{0}, rebalances{0},
       allocations{0}, incarnations{0}, deduplicated{0}, retries{0};

@@ -47,6 +47,15 @@ enum class FrameErrc {
 const std::error_category& frame_category() noexcept;
 inline std::error_code make_error_code(FrameErrc e) noexcept { return {static_cast<int>(e), frame_category()}; }
 
+/// The entity a keyed envelope is for (see troupe.wire.Envelope): its id and the sharding
+/// stamps the receiving region checks.
+struct KeyedRoute {
+  std::string entity_id;
+  std::uint32_t shard = 0;
+  std::uint64_t epoch = 0;
+  std::uint8_t hops = 0;
+};
+
 /// Frame buffers for BatchBuilder: buffers of the standard size come back here when ZeroMQ has
 /// sent them (from its own thread) and are handed out again, so a stream of frames neither
 /// allocates nor faults in fresh pages per frame. Any thread may free into it.
@@ -77,9 +86,10 @@ class BatchBuilder {
   /// every buffer released from this builder) and grow when a frame does not fit.
   explicit BatchBuilder(std::size_t initial_bytes = 64u << 10, FrameBufferPool* pool = nullptr)
       : fbb_(initial_bytes, pool) {}
-  /// Appends one envelope; `payload` is the message's FlatBuffers bytes.
+  /// Appends one envelope; `payload` is the message's FlatBuffers bytes; `route`, when given,
+  /// keys it to an entity behind the recipient.
   void add(TypeId type, std::string_view recipient, std::string_view sender, std::uint64_t correlation_id,
-           std::span<const std::uint8_t> payload);
+           std::span<const std::uint8_t> payload, const KeyedRoute* route = nullptr);
   std::size_t count() const noexcept { return offsets_.size(); }
   /// Bytes written so far (the frame is a little larger once finished).
   std::size_t approx_bytes() const noexcept { return fbb_.GetSize(); }
@@ -103,6 +113,8 @@ struct InEnvelope {
   std::string sender;
   std::uint64_t correlation_id = 0;
   Message payload;
+  bool keyed = false;  ///< `route` holds the entity it is for
+  KeyedRoute route;
 };
 
 /// A decoded frame: who sent it (a claim the transport checks against the peer's key), which
@@ -118,7 +130,8 @@ struct FrameReport {
   std::size_t accepted = 0;
   std::size_t unknown_type = 0;   ///< no verifier registered for the type id
   std::size_t bad_payload = 0;    ///< missing, oversized or failing its verifier
-  std::size_t bad_path = 0;       ///< recipient or sender not a well-formed path or address
+  std::size_t bad_path = 0;       ///< recipient or sender not a well-formed path or address, or an
+                                  ///< entity id empty or longer than max_path_bytes
 };
 
 /// Decodes a frame. Errors refuse the whole frame (a malformed origin is `malformed`); `report`

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -143,6 +144,25 @@ class Transport final : public NodeLossListener {
   /// allow-list and no key is known yet for the endpoint (a configured or handshake-learned key
   /// is never replaced). True when taken.
   bool learn_peer_key(std::string_view endpoint, std::string_view public_key);
+
+  /// Sends `msg` to the remote actor `to` keyed to an entity behind it (a sharded entity behind
+  /// its region): the id and stamps travel in the envelope, and the receiving node hands the
+  /// message to the inbox set for `to`'s path (set_inbox). False, and nothing sent, when `to`
+  /// is not a remote ref of this transport.
+  bool tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, KeyedRoute route);
+
+  /// One inbound message for a local path with an inbox.
+  struct Inbound {
+    Message msg;
+    ActorRef sender;
+    const KeyedRoute* route;  ///< the entity it is for (valid during the call), or null
+  };
+  using Inbox = std::function<void(Inbound&&)>;
+  /// From now on every message that arrives for the local actor at `path` goes to `inbox`, on
+  /// the I/O thread (it must be quick and must not block), instead of the actor's mailbox; an
+  /// empty `inbox` removes it. A keyed message for a path without an inbox is dropped (counted
+  /// in envelopes_no_recipient, and a dead letter).
+  void set_inbox(std::string path, Inbox inbox);
 
   void node_lost(std::uint64_t node, std::string_view reason) override;
 

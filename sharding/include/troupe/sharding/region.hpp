@@ -114,6 +114,7 @@ struct ClusterShardingConfig {
 
 struct ShardingStats {
   std::uint64_t routed = 0;               ///< messages handed to an entity
+  std::uint64_t front_door = 0;           ///< of those, from another node straight to a running entity
   std::uint64_t activations = 0;          ///< entities started
   std::uint64_t passivations = 0;         ///< entities stopped when idle or on request
   std::uint64_t buffered = 0;             ///< messages that waited (passivating entity, moving shard)
