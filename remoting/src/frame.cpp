@@ -117,8 +117,9 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
   if (frame.size() > limits.max_frame_bytes) return FrameErrc::oversized;
   // FlatBuffers reads scalars in place: a frame ZeroMQ hands over at an odd address is decoded
   // from an aligned copy (what the decoder keeps is copied out anyway).
-  std::vector<std::uint64_t> aligned;
+  InFrame frame_out;
   if (reinterpret_cast<std::uintptr_t>(frame.data()) % alignof(std::uint64_t) != 0) {
+    auto& aligned = frame_out.aligned;  // moved with the result: the views below point into it
     aligned.resize((frame.size() + sizeof(std::uint64_t) - 1) / sizeof(std::uint64_t));
     std::memcpy(aligned.data(), frame.data(), frame.size());
     frame = {reinterpret_cast<const std::uint8_t*>(aligned.data()), frame.size()};
@@ -132,7 +133,6 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
   if (batch->protocol_version() < kMinProtocolVersion || batch->protocol_version() > kProtocolVersion) {
     return FrameErrc::unsupported_version;
   }
-  InFrame frame_out;
   frame_out.origin = batch->origin() ? batch->origin()->str() : std::string();
   if (!valid_origin(frame_out.origin, limits.max_path_bytes)) return FrameErrc::malformed;
   frame_out.target_node = batch->target_node();

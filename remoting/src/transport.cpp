@@ -175,7 +175,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void deliver(Conn& c, InEnvelope&& e);
   void refresh_inboxes();
   ActorRef local_target(const std::string& path);
-  ActorRef sender_ref(const Conn& c, const std::string& s);
+  ActorRef sender_ref(const Conn& c, std::string_view s);
   void send_ack(const std::string& rid);
   void watch_op(const ActorRef& remote, const ActorRef& watcher, bool add);
   void on_watch(const NodeAddress& origin, const InEnvelope& e, bool add);
@@ -772,7 +772,7 @@ ActorRef Transport::Core::local_target(const std::string& path) {
   return r;
 }
 
-ActorRef Transport::Core::sender_ref(const Conn& c, const std::string& s) {
+ActorRef Transport::Core::sender_ref(const Conn& c, std::string_view s) {
   if (s.empty()) return {};
   if (s.front() == '/') return remote_ref(c.origin, s, &c.origin_str);
   auto a = parse_actor_address(s);
@@ -792,10 +792,10 @@ void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
   refresh_inboxes();
   if (e.recipient != c.last_recipient || c.inbox_gen != io_inbox_gen ||
       (!c.last_inbox && (!c.last_recipient_ref || c.last_recipient_ref.target()->terminated()))) {
-    auto it = io_inboxes.find(e.recipient);
-    c.last_inbox = it == io_inboxes.end() ? nullptr : it->second.get();
-    c.last_recipient_ref = c.last_inbox ? ActorRef{} : local_target(e.recipient);
     c.last_recipient = e.recipient;
+    auto it = io_inboxes.find(c.last_recipient);
+    c.last_inbox = it == io_inboxes.end() ? nullptr : it->second.get();
+    c.last_recipient_ref = c.last_inbox ? ActorRef{} : local_target(c.last_recipient);
     c.inbox_gen = io_inbox_gen;
   }
   if (c.last_inbox) {
@@ -807,12 +807,12 @@ void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
     // Only an inbox knows what to do with the entity's stamps: an actor would get the bare
     // payload without them.
     bump(n.envelopes_no_recipient);
-    system.dead_letter(e.payload, sender, e.recipient, "a message keyed to an entity for a path without an inbox");
+    system.dead_letter(e.payload, sender, c.last_recipient, "a message keyed to an entity for a path without an inbox");
     return;
   }
   if (!target) {
     bump(n.envelopes_no_recipient);
-    system.dead_letter(e.payload, sender, e.recipient, "no actor at this path");
+    system.dead_letter(e.payload, sender, c.last_recipient, "no actor at this path");
     return;
   }
   if (e.type == kUndeliverable && starts_with_temp(e.recipient)) {

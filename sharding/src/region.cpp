@@ -3,6 +3,7 @@
 #include <deque>
 #include <random>
 #include <stdexcept>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/logger.h>
@@ -71,6 +72,7 @@ class Region final : public Actor {
     if (!proxy_ && !local_) {
       std::unique_lock lk(door_->mu);
       door_->fast = [this](remoting::Transport::Inbound& in) { return fast(in); };
+      door_->owner = this;
     }
     if (!proxy_ && settings_.passivate_after.count() > 0) {
       static const Message tick = Message::build<PassivationTick>([](auto& b) { return CreatePassivationTick(b); });
@@ -145,8 +147,7 @@ class Region final : public Actor {
     auto it = entities_.find(r.entity_id);
     if (it == entities_.end() || it->second.passivating) return false;
     it->second.last_active = activity_tick();
-    shared_->routed.fetch_add(1, std::memory_order_relaxed);
-    shared_->front_door.fetch_add(1, std::memory_order_relaxed);
+    shared_->front_door.fetch_add(1, std::memory_order_relaxed);  // counted in routed by stats()
     it->second.ref.tell(std::move(in.msg), std::move(in.sender));
     return true;
   }
@@ -154,7 +155,9 @@ class Region final : public Actor {
   void close_door() {
     if (proxy_ || local_) return;
     std::unique_lock lk(door_->mu);  // post_stop and the destructor run outside the region's turns
+    if (door_->owner != this) return;  // a restarted instance has it now
     door_->fast = nullptr;
+    door_->owner = nullptr;
   }
 
   void on_envelope(const Message& m, const EntityEnvelope& env) {
@@ -785,6 +788,7 @@ class Region final : public Actor {
     for (const auto& [shard, h] : hosted_) it->second.hosted.emplace(shard, h.epoch);
     it->second.table = std::move(table);
     it->second.route = std::move(route);
+    shared_->route_gen.fetch_add(1, std::memory_order_release);
     shared_->hosted_changed.notify_all();
   }
 
@@ -982,6 +986,7 @@ ActorRef Sharding::start(EntitySettings settings, EntityFactory factory) {
     install_inbox(*shared_, settings.type, region, entry);
     entry.region = region;
     shared_->types.emplace(settings.type, std::move(entry));
+    shared_->route_gen.fetch_add(1, std::memory_order_release);
   }
   if (shared_->coordinator_actor) shared_->coordinator_actor.tell(report_again());
   return region;
@@ -1009,6 +1014,7 @@ ActorRef Sharding::start_proxy(std::string type, std::uint32_t num_shards, std::
     install_inbox(*shared_, settings.type, region, entry);
     entry.region = region;
     shared_->types.emplace(settings.type, std::move(entry));
+    shared_->route_gen.fetch_add(1, std::memory_order_release);
   }
   if (shared_->coordinator_actor) shared_->coordinator_actor.tell(report_again());
   return region;
@@ -1020,21 +1026,45 @@ namespace {
 /// `sender` with EntityError.
 void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type, std::string_view id,
            const Message& msg, const ActorRef& sender, std::string_view key = {}) {
-  ActorRef region;
-  std::size_t max_id = 0;
-  std::uint32_t num_shards = 0;
-  std::shared_ptr<const Sharding::Shared::Route> table;
-  std::shared_ptr<std::atomic<std::int64_t>> in_region;
-  {
+  // What the last call on this thread routed by, while the tables have not changed since (a
+  // sender usually sends many messages of one type): no lock and no reference counting then.
+  struct Cached {
+    std::uint64_t shared_id = 0, gen = 0;
+    std::string type;
+    ActorRef region;
+    std::size_t max_id = 0;
+    std::uint32_t num_shards = 0;
+    std::shared_ptr<const Sharding::Shared::Route> table;
+    std::shared_ptr<std::atomic<std::int64_t>> in_region;
+  };
+  thread_local Cached cache;
+  thread_local bool busy = false;  // a send below that re-enters route() gets a copy of its own
+  Cached own;
+  Cached& c = busy ? own : cache;
+  if (c.shared_id != shared.id || c.gen != shared.route_gen.load(std::memory_order_acquire) || c.type != type) {
     std::lock_guard lk(shared.mu);
-    if (auto it = shared.types.find(std::string(type)); it != shared.types.end()) {
-      region = it->second.region;
-      max_id = it->second.settings.max_id_bytes;
-      num_shards = it->second.settings.num_shards;
-      table = it->second.route;
-      in_region = it->second.in_region;
+    c = Cached{};
+    c.shared_id = shared.id;
+    c.gen = shared.route_gen.load(std::memory_order_relaxed);
+    c.type = type;
+    if (auto it = shared.types.find(c.type); it != shared.types.end()) {
+      c.region = it->second.region;
+      c.max_id = it->second.settings.max_id_bytes;
+      c.num_shards = it->second.settings.num_shards;
+      c.table = it->second.route;
+      c.in_region = it->second.in_region;
     }
   }
+  struct Busy {
+    bool& b;
+    bool was;
+    ~Busy() { b = was; }
+  } guard{busy, std::exchange(busy, true)};
+  const ActorRef& region = c.region;
+  const std::size_t max_id = c.max_id;
+  const std::uint32_t num_shards = c.num_shards;
+  const auto& table = c.table;
+  const auto& in_region = c.in_region;
   std::string why;
   if (!region) {
     shared.unknown_type.fetch_add(1, std::memory_order_relaxed);
@@ -1214,8 +1244,8 @@ std::vector<ShardMove> Sharding::shard_history(std::string_view type, ShardId sh
 ShardingStats Sharding::stats() const {
   const auto& s = *shared_;
   ShardingStats out;
-  out.routed = s.routed.load();
   out.front_door = s.front_door.load();
+  out.routed = s.routed.load() + out.front_door;
   out.activations = s.activations.load();
   out.passivations = s.passivations.load();
   out.buffered = s.buffered.load();

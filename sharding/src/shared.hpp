@@ -36,6 +36,7 @@ inline std::string region_name(std::string_view type) { return "sharding-" + ent
 struct RegionDoor {
   std::shared_mutex mu;
   std::function<bool(remoting::Transport::Inbound&)> fast;  // true: delivered
+  const void* owner = nullptr;  // the region instance `fast` belongs to (a restart makes another)
 };
 
 struct Sharding::Shared {
@@ -58,6 +59,15 @@ struct Sharding::Shared {
   };
 
   mutable std::mutex mu;
+  // Bumped (under mu) whenever a type is added or a region publishes its table: a caller's
+  // per-thread copy of what it routes by is good while this has not moved. `id` tells this
+  // Shared from any other, even one at the same address later.
+  std::atomic<std::uint64_t> route_gen{1};
+  const std::uint64_t id = next_id();
+  static std::uint64_t next_id() {
+    static std::atomic<std::uint64_t> n{0};
+    return n.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
   struct TypeEntry {
     EntitySettings settings;
     bool proxy = false;

@@ -106,11 +106,12 @@ class BatchBuilder {
   std::vector<flatbuffers::Offset<void>> offsets_;
 };
 
-/// One decoded envelope, owning its (verified) payload.
+/// One decoded envelope, owning its (verified) payload. `recipient` and `sender` point into the
+/// frame: valid while the frame's bytes are (and its InFrame).
 struct InEnvelope {
   TypeId type = 0;
-  std::string recipient;
-  std::string sender;
+  std::string_view recipient;
+  std::string_view sender;
   std::uint64_t correlation_id = 0;
   Message payload;
   bool keyed = false;  ///< `route` holds the entity it is for
@@ -123,6 +124,7 @@ struct InFrame {
   std::string origin;
   std::uint64_t target_node = 0;
   std::vector<InEnvelope> envelopes;
+  std::vector<std::uint64_t> aligned;  // the frame's aligned copy, when it had to be copied
 };
 
 /// Envelopes dropped from an otherwise good frame, by reason.
