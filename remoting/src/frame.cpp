@@ -79,16 +79,24 @@ void FrameBufferPool::deallocate(std::uint8_t* p, std::size_t n) {
 
 void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view sender, std::uint64_t correlation_id,
                        std::span<const std::uint8_t> payload, const KeyedRoute* route) {
-  auto r = fbb_.CreateString(recipient.data(), recipient.size());
-  auto s = fbb_.CreateString(sender.data(), sender.size());
+  // Runs of envelopes share their recipient and sender: each string is written once per run
+  // (FlatBuffers lets several tables point at one string).
+  if (offsets_.empty() || recipient != last_recipient_) {
+    last_recipient_.assign(recipient);
+    recipient_ = fbb_.CreateString(recipient.data(), recipient.size());
+  }
+  if (offsets_.empty() || sender != last_sender_) {
+    last_sender_.assign(sender);
+    sender_ = fbb_.CreateString(sender.data(), sender.size());
+  }
   auto p = fbb_.CreateVector(payload.data(), payload.size());
   if (!route) {
-    offsets_.push_back(wire::CreateEnvelope(fbb_, type, r, s, correlation_id, p).Union());
+    offsets_.push_back(wire::CreateEnvelope(fbb_, type, recipient_, sender_, correlation_id, p).Union());
     return;
   }
   auto id = fbb_.CreateString(route->entity_id);
-  offsets_.push_back(
-      wire::CreateEnvelope(fbb_, type, r, s, correlation_id, p, id, route->shard, route->epoch, route->hops).Union());
+  const wire::EntityStamp stamp(route->epoch, route->shard, route->hops);
+  offsets_.push_back(wire::CreateEnvelope(fbb_, type, recipient_, sender_, correlation_id, p, id, &stamp).Union());
 }
 
 std::span<const std::uint8_t> BatchBuilder::finish(std::string_view origin, std::uint64_t target_node) {
@@ -167,7 +175,8 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
         continue;
       }
       in.keyed = true;
-      in.route = KeyedRoute{id->str(), e->shard(), e->epoch(), e->hops()};
+      const auto* st = e->stamp();
+      in.route = st ? KeyedRoute{id->str(), st->shard(), st->epoch(), st->hops()} : KeyedRoute{id->str(), 0, 0, 0};
     }
     out.push_back(std::move(in));
     ++report.accepted;

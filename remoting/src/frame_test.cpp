@@ -59,10 +59,18 @@ TEST_F(Frames, KeyedEnvelopesCarryTheirRouteAndBadEntityIdsAreDropped) {
   b.add(m.type(), "/system/region", "", 0, m.bytes(), &empty);
   b.add(m.type(), "/system/region", "", 0, m.bytes(), &too_long);
   b.add(m.type(), "/system/region", "", 0, m.bytes());
+  b.add(m.type(), "/user/other", "/user/s", 0, m.bytes());   // a run of one
+  b.add(m.type(), "/system/region", "/user/s", 0, m.bytes());  // back: written again
   auto f = b.finish();
   auto r = decode_frame(f, registry, limits, report);
   ASSERT_TRUE(r.ok());
-  ASSERT_EQ(r->envelopes.size(), 2u);
+  ASSERT_EQ(r->envelopes.size(), 4u);
+  EXPECT_EQ(r->envelopes[1].recipient, "/system/region");
+  EXPECT_EQ(r->envelopes[1].sender, "");
+  EXPECT_EQ(r->envelopes[2].recipient, "/user/other");
+  EXPECT_EQ(r->envelopes[2].sender, "/user/s");
+  EXPECT_EQ(r->envelopes[3].recipient, "/system/region");
+  EXPECT_EQ(r->envelopes[3].sender, "/user/s");
   EXPECT_TRUE(r->envelopes[0].keyed);
   EXPECT_EQ(r->envelopes[0].route.entity_id, "user-42");
   EXPECT_EQ(r->envelopes[0].route.shard, 9u);
@@ -90,15 +98,16 @@ TEST_F(Frames, ReleasedFrameBuffersComeBackThroughThePool) {
   }  // each frame is freed into the pool, and the next one is built in it
   EXPECT_EQ(pool.reused(), 2u);
   // A frame that outgrows the standard buffer still comes out whole (in a buffer of its own).
-  const std::string long_path = "/user/" + std::string(1000, 'x');
-  for (int i = 0; i < 5; ++i) b.add(m.type(), long_path, "", 0, m.bytes());
+  // (Each its own recipient: a run of envelopes to one recipient shares its string.)
+  auto long_path = [](int i) { return "/user/" + std::string(1000, static_cast<char>('a' + i)); };
+  for (int i = 0; i < 5; ++i) b.add(m.type(), long_path(i), "", 0, m.bytes());
   (void)b.finish();
   auto frame = b.release();
   EXPECT_GT(frame.size(), pool.buffer_bytes());
   auto r = decode_frame({frame.data(), frame.size()}, registry, limits, report);
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->envelopes.size(), 5u);
-  EXPECT_EQ(r->envelopes[4].recipient, long_path);
+  EXPECT_EQ(r->envelopes[4].recipient, long_path(4));
 }
 
 TEST_F(Frames, BuilderIsReusableAfterReset) {

@@ -104,6 +104,8 @@ class BatchBuilder {
  private:
   flatbuffers::FlatBufferBuilder fbb_;
   std::vector<flatbuffers::Offset<void>> offsets_;
+  std::string last_recipient_, last_sender_;  // of the run the offsets below were written for
+  flatbuffers::Offset<flatbuffers::String> recipient_, sender_;
 };
 
 /// One decoded envelope, owning its (verified) payload. `recipient` and `sender` point into the
