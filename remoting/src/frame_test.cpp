@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 
 #include <troupe/serialization/envelope_generated.h>
@@ -108,6 +109,19 @@ TEST_F(Frames, ReleasedFrameBuffersComeBackThroughThePool) {
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->envelopes.size(), 5u);
   EXPECT_EQ(r->envelopes[4].recipient, long_path(4));
+}
+
+TEST_F(Frames, AFrameAtAnOddAddressDecodesFromACopyThatLivesWithTheResult) {
+  auto f = frame_of(3, "/user/odd");
+  std::vector<std::uint8_t> shifted(f.size() + 1);
+  std::memcpy(shifted.data() + 1, f.data(), f.size());
+  auto r = decode_frame({shifted.data() + 1, f.size()}, registry, limits, report);
+  ASSERT_TRUE(r.ok());
+  shifted.assign(shifted.size(), 0);  // the views must not point into the caller's bytes
+  ASSERT_EQ(r->envelopes.size(), 3u);
+  EXPECT_FALSE(r->aligned.empty());
+  EXPECT_EQ(r->envelopes[2].recipient, "/user/odd");
+  EXPECT_EQ(r->envelopes[2].sender, "troupe://00ff@127.0.0.1:7947/user/client");
 }
 
 TEST_F(Frames, BuilderIsReusableAfterReset) {
