@@ -4,11 +4,17 @@
 /// to the test's), with waits on lines and on the exit; and reading "key=value" report lines.
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -76,12 +82,20 @@ class Child {
   }
   /// Waits for the exit (killing the child after `limit`): its exit code, -1 when killed.
   int wait_exit(std::chrono::milliseconds limit) {
+    // The exit is an event: a pidfd becomes readable when the child exits.
+    const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+    if (fd < 0) throw std::runtime_error("pidfd_open failed");
+    pollfd p{fd, POLLIN, 0};
     const auto end = std::chrono::steady_clock::now() + limit;
+    int ready;
+    do {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      ready = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(0, left.count())));
+    } while (ready < 0 && errno == EINTR);
+    ::close(fd);
+    if (ready == 0) ::kill(pid_, SIGKILL);
     int status = 0;
-    while (::waitpid(pid_, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > end) ::kill(pid_, SIGKILL);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    ::waitpid(pid_, &status, 0);
     pid_ = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
