@@ -1111,7 +1111,9 @@ void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<P
     if (spinning) {
       // Busy-polling (idle_spin): no wake-up is needed to reach this thread; let others run.
       sched_yield();
-    } else {
+    } else if (!work) {
+      // About to block (unless work arrives before the check below): from here a sender must
+      // wake this thread. With work queued it only polls and comes round again.
       idle.store(true, std::memory_order_seq_cst);
     }
     // 100 ms at most: exports are swept and peers backing off after a failed handshake retried.
