@@ -33,6 +33,20 @@ Message entity_error(std::string_view type, std::string_view id, const std::stri
 
 std::string_view sv(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
 
+/// An envelope for entity `id` holding the message (`type_id`, `payload`); between regions also
+/// its entity type and stamps (an empty `type`: none), and a retrying ask's idempotency key.
+Message entity_envelope(std::string_view id, TypeId type_id, std::span<const std::uint8_t> payload,
+                        std::string_view type = {}, ShardId shard = 0, std::uint64_t epoch = 0, std::uint8_t hops = 0,
+                        std::string_view key = {}) {
+  return Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
+    auto i = b.CreateString(id.data(), id.size());
+    auto p = b.CreateVector(payload.data(), payload.size());
+    auto t = type.empty() ? flatbuffers::Offset<flatbuffers::String>() : b.CreateString(type.data(), type.size());
+    auto k = key.empty() ? flatbuffers::Offset<flatbuffers::String>() : b.CreateString(key.data(), key.size());
+    return CreateEntityEnvelope(b, i, type_id, p, t, shard, epoch, hops, k);
+  });
+}
+
 /// Catches the reply to a keyed message for its region's reply cache (then stops; at the
 /// latest when the cache entry expires).
 class ReplyCapture final : public Actor {
@@ -211,15 +225,8 @@ class Region final : public Actor {
       const auto id = sv(env.entity_id());
       const auto payload = env.payload() ? std::span<const std::uint8_t>(env.payload()->data(), env.payload()->size())
                                          : std::span<const std::uint8_t>{};
-      target.tell(Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
-                    auto i = b.CreateString(id.data(), id.size());
-                    auto p = b.CreateVector(payload.data(), payload.size());
-                    auto t = b.CreateString(settings_.type);
-                    auto k = env.idempotency_key() ? b.CreateString(env.idempotency_key()->string_view())
-                                                   : flatbuffers::Offset<flatbuffers::String>();
-                    return CreateEntityEnvelope(b, i, env.type_id(), p, t, shard, epoch_[shard],
-                                                static_cast<std::uint8_t>(env.hops() + 1), k);
-                  }),
+      target.tell(entity_envelope(id, env.type_id(), payload, settings_.type, shard, epoch_[shard],
+                                  static_cast<std::uint8_t>(env.hops() + 1), sv(env.idempotency_key())),
                   from);
       return;
     }
@@ -429,14 +436,9 @@ class Region final : public Actor {
     if (!waiting.empty()) {
       if (handing_off) {
         // Its shard is moving: what waited goes to the new home with the shard's other messages.
-        for (auto& w : waiting) {
-          const Message& msg = w.first;  // named, not a structured binding: clang 14 cannot capture those
-          auto env = Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
-            auto i = b.CreateString(id);
-            auto p = b.CreateVector(msg.bytes().data(), msg.size());
-            return CreateEntityEnvelope(b, i, msg.type(), p);
-          });
-          buffer(env, *env.as<EntityEnvelope>(), shard, w.second);
+        for (auto& [msg, from] : waiting) {
+          auto env = entity_envelope(id, msg.type(), msg.bytes());
+          buffer(env, *env.as<EntityEnvelope>(), shard, from);
         }
       } else {
         // Messages that arrived while it stopped start its next activation, in order.
@@ -943,14 +945,9 @@ void install_inbox(Sharding::Shared& sh, const std::string& type, const ActorRef
         if (done) return;
       }
       const auto& r = *in.route;
-      auto env = Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
-        auto i = b.CreateString(r.entity_id);
-        auto p = b.CreateVector(in.msg.bytes().data(), in.msg.size());
-        auto t = b.CreateString(type);
-        return CreateEntityEnvelope(b, i, in.msg.type(), p, t, r.shard, r.epoch, r.hops);
-      });
       in_region->fetch_add(1, std::memory_order_acq_rel);
-      region.tell(std::move(env), std::move(in.sender));
+      region.tell(entity_envelope(r.entity_id, in.msg.type(), in.msg.bytes(), type, r.shard, r.epoch, r.hops),
+                  std::move(in.sender));
       return;
     }
     if (in.msg.is<EntityEnvelope>()) in_region->fetch_add(1, std::memory_order_acq_rel);
@@ -1079,15 +1076,6 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
     if (sender) sender.tell(entity_error(type, id.substr(0, std::min<std::size_t>(id.size(), 256)), why));
     return;
   }
-  auto envelope = [&](ShardId shard, std::uint64_t epoch, std::uint8_t hops, bool typed) {
-    return Message::build<EntityEnvelope>([&](flatbuffers::FlatBufferBuilder& b) {
-      auto i = b.CreateString(id.data(), id.size());
-      auto p = b.CreateVector(msg.bytes().data(), msg.size());
-      auto t = typed ? b.CreateString(type.data(), type.size()) : flatbuffers::Offset<flatbuffers::String>();
-      auto k = key.empty() ? flatbuffers::Offset<flatbuffers::String>() : b.CreateString(key.data(), key.size());
-      return CreateEntityEnvelope(b, i, msg.type(), p, t, shard, epoch, hops, k);
-    });
-  };
   // Straight to a remote owner from the region's table, when nothing of ours waits in the
   // region (see Shared::TypeEntry::route).
   if (table && table->usable && in_region->load(std::memory_order_acquire) == 0) {
@@ -1101,12 +1089,13 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
                                                       remoting::KeyedRoute{std::string(id), shard, table->epoch[shard], 1})) {
         return;
       }
-      table->regions[o - 1].tell(envelope(shard, table->epoch[shard], 1, true), sender);
+      table->regions[o - 1].tell(entity_envelope(id, msg.type(), msg.bytes(), type, shard, table->epoch[shard], 1, key),
+                                 sender);
       return;
     }
   }
   in_region->fetch_add(1, std::memory_order_acq_rel);
-  region.tell(envelope(0, 0, 0, false), sender);
+  region.tell(entity_envelope(id, msg.type(), msg.bytes(), {}, 0, 0, 0, key), sender);
 }
 
 /// One ask: forwards the question with the ask's reply address as the sender, then stops.
