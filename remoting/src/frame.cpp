@@ -174,7 +174,6 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
         ++report.bad_path;
         continue;
       }
-      in.keyed = true;
       const auto* st = e->stamp();
       in.route = st ? KeyedRoute{id->str(), st->shard(), st->epoch(), st->hops()} : KeyedRoute{id->str(), 0, 0, 0};
     }

@@ -72,12 +72,12 @@ TEST_F(Frames, KeyedEnvelopesCarryTheirRouteAndBadEntityIdsAreDropped) {
   EXPECT_EQ(r->envelopes[2].sender, "/user/s");
   EXPECT_EQ(r->envelopes[3].recipient, "/system/region");
   EXPECT_EQ(r->envelopes[3].sender, "/user/s");
-  EXPECT_TRUE(r->envelopes[0].keyed);
-  EXPECT_EQ(r->envelopes[0].route.entity_id, "user-42");
-  EXPECT_EQ(r->envelopes[0].route.shard, 9u);
-  EXPECT_EQ(r->envelopes[0].route.epoch, 4u);
-  EXPECT_EQ(r->envelopes[0].route.hops, 2u);
-  EXPECT_FALSE(r->envelopes[1].keyed);
+  ASSERT_TRUE(r->envelopes[0].route);
+  EXPECT_EQ(r->envelopes[0].route->entity_id, "user-42");
+  EXPECT_EQ(r->envelopes[0].route->shard, 9u);
+  EXPECT_EQ(r->envelopes[0].route->epoch, 4u);
+  EXPECT_EQ(r->envelopes[0].route->hops, 2u);
+  EXPECT_FALSE(r->envelopes[1].route);
   EXPECT_EQ(report.bad_path, 2u);
 }
 

@@ -122,8 +122,7 @@ struct Outbound {
   ActorRef sender;
   std::string to;    // recipient path when `recipient` is null (control messages)
   std::string from;  // sender path when set (overrides `sender`)
-  KeyedRoute route;  // the entity the message is for, when `keyed`
-  bool keyed = false;
+  std::optional<KeyedRoute> route;  // the entity the message is for (tell_keyed)
 };
 
 /// One incarnation of a remote node that this node sends to.
@@ -615,7 +614,7 @@ void Transport::Core::flush(Peer& p) {
       const std::string& to = o.recipient ? static_cast<RemoteRef*>(o.recipient.target())->local_path() : o.to;
       // A message that would make the frame outgrow its buffer starts the next frame (a bound:
       // envelope fields, its sender's address, the offsets and the batch's own fields).
-      if (k > 0 && builder.approx_bytes() + o.msg.size() + to.size() + o.route.entity_id.size() +
+      if (k > 0 && builder.approx_bytes() + o.msg.size() + to.size() + (o.route ? o.route->entity_id.size() : 0) +
                            cfg.limits.max_path_bytes + 4 * k + self_origin.size() + 256 > frame_pool.buffer_bytes()) {
         break;
       }
@@ -626,7 +625,7 @@ void Transport::Core::flush(Peer& p) {
         last_sender = o.sender.target();
         from = sender_string(o);
       }
-      builder.add(o.msg.type(), to, from, 0, o.msg.bytes(), o.keyed ? &o.route : nullptr);
+      builder.add(o.msg.type(), to, from, 0, o.msg.bytes(), o.route ? &*o.route : nullptr);
       ++k;
     }
     const auto frame_bytes = builder.finish(self_origin, p.addr.uid).size();
@@ -756,6 +755,7 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
     return;
   }
   bump(n.messages_in, f->envelopes.size());
+  refresh_inboxes();  // once a frame: set_inbox takes effect from the next frame on
   for (auto& e : f->envelopes) deliver(c, std::move(e));
 }
 
@@ -789,7 +789,6 @@ void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
     c.last_sender = e.sender;
   }
   ActorRef sender = c.last_sender_ref;
-  refresh_inboxes();
   if (e.recipient != c.last_recipient || c.inbox_gen != io_inbox_gen ||
       (!c.last_inbox && (!c.last_recipient_ref || c.last_recipient_ref.target()->terminated()))) {
     c.last_recipient = e.recipient;
@@ -799,11 +798,11 @@ void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
     c.inbox_gen = io_inbox_gen;
   }
   if (c.last_inbox) {
-    (*c.last_inbox)(Inbound{std::move(e.payload), std::move(sender), e.keyed ? &e.route : nullptr});
+    (*c.last_inbox)(Inbound{std::move(e.payload), std::move(sender), e.route ? &*e.route : nullptr});
     return;
   }
   const ActorRef& target = c.last_recipient_ref;
-  if (e.keyed) {
+  if (e.route) {
     // Only an inbox knows what to do with the entity's stamps: an actor would get the bare
     // payload without them.
     bump(n.envelopes_no_recipient);
@@ -1315,7 +1314,6 @@ bool Transport::tell_keyed(const ActorRef& to, Message msg, const ActorRef& send
   if (!rr || rr->core() != core_.get()) return false;
   Outbound o{rr->peer(), to, std::move(msg), sender};
   o.route = std::move(route);
-  o.keyed = true;
   core_->enqueue(std::move(o));
   return true;
 }

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -116,8 +117,7 @@ struct InEnvelope {
   std::string_view sender;
   std::uint64_t correlation_id = 0;
   Message payload;
-  bool keyed = false;  ///< `route` holds the entity it is for
-  KeyedRoute route;
+  std::optional<KeyedRoute> route;  ///< the entity it is for, when keyed
 };
 
 /// A decoded frame: who sent it (a claim the transport checks against the peer's key), which
