@@ -22,16 +22,6 @@ namespace {
 using namespace testkit;
 using namespace std::chrono_literals;
 
-/// Polls `pred` until it holds or `limit` passes (for counters that no message announces).
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
 
 /// Replies to every message with the message itself.
 class Echo final : public Actor {

@@ -25,6 +25,7 @@
 
 #include "child_process.hpp"
 #include "node_process.hpp"
+#include "testkit.hpp"
 
 namespace troupe {
 namespace {
@@ -106,10 +107,8 @@ TEST(TargetingExample, SubscribesExactlyTheEligibleUsersAcrossANodeLeavingMidStr
   EXPECT_FALSE(gen.wait_line("generator OK", 0ms).empty()) << out;
 
   // Idle users passivate (6 s after their last message; the campaign entity never does).
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (metric(n0.admin_port(), "troupe_sharding_passivations") < 600 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(100ms);
-  }
+  // No event crosses the process boundary for a passivation: the node's metric is polled.
+  (void)testkit::eventually([&] { return metric(n0.admin_port(), "troupe_sharding_passivations") >= 600; }, 20s, 100ms);
   EXPECT_GE(metric(n0.admin_port(), "troupe_sharding_passivations"), 600) << "every idle user passivated on n0";
   EXPECT_EQ(metric(n0.admin_port(), "troupe_sharding_live_entities"), 1) << "only the campaign entity is left";
 

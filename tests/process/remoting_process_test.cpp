@@ -245,10 +245,7 @@ TEST_F(Processes, SighupReloadsTheAllowList) {
   start_a();
   auto echo_b = on(b, kb.public_key, "/user/echo");
   echo_b.tell(echo(1), probe->ref());
-  const auto end = std::chrono::steady_clock::now() + 20s;
-  while (a->transport().stats().handshakes_failed == 0 && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(1ms);
-  }
+  (void)testkit::eventually([&] { return a->transport().stats().handshakes_failed != 0; }, 20s, 1ms);
   ASSERT_GE(a->transport().stats().handshakes_failed, 1u) << "b refuses a's key";
   std::ofstream(dir.path / "allow") << kb.public_key << "\n" << ka.public_key << "\n";
   b.signal(SIGHUP);
@@ -294,8 +291,7 @@ TEST_F(Processes, OverflowWhileAPeerIsFrozenIsCountedAndNothingElseIsLost) {
   b.signal(SIGCONT);
   // Once a's queue to b has drained, a count query queues behind everything accepted before it
   // (one queue per peer, FIFO).
-  const auto end = std::chrono::steady_clock::now() + 60s;
-  while (a->transport().stats().queued != 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(1ms);
+  (void)testkit::eventually([&] { return a->transport().stats().queued == 0; }, 60s, 1ms);
   auto r = sink_b.ask(Message::build<node::CountQuery>([](auto& fb) { return node::CreateCountQuery(fb); }), 30s).get();
   ASSERT_TRUE(r.ok()) << r.error().message();
   ASSERT_TRUE(r->is<node::Count>());

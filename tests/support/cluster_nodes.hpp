@@ -60,17 +60,4 @@ inline std::unique_ptr<node::Node> start_cluster_node(const ClusterKeys& k, int 
   return n;
 }
 
-/// Polls `pred` every `every` until it holds or `limit` passes; true when it held. For states
-/// that no event announces (a view seen through public getters, a CLI's output).
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = std::chrono::seconds(30),
-                std::chrono::milliseconds every = std::chrono::milliseconds(10)) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(every);
-  }
-  return true;
-}
-
 }  // namespace troupe::testkit

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include <troupe/actor/actor_system.hpp>
 #include <troupe/serialization/system_generated.h>
@@ -104,5 +105,18 @@ class Probe {
   std::shared_ptr<State> state_;
   ActorRef ref_;
 };
+
+/// Polls `pred` every `every` until it holds or `limit` passes; true when it held. For states
+/// that no event announces (a view seen through public getters, a CLI's output).
+template <class P>
+bool eventually(P pred, std::chrono::milliseconds limit = std::chrono::seconds(30),
+                std::chrono::milliseconds every = std::chrono::milliseconds(10)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(every);
+  }
+  return true;
+}
 
 }  // namespace troupe::testkit
