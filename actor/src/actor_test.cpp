@@ -507,5 +507,36 @@ TEST(Dispatcher, AnActorLingeringBehindABlockedWorkerRunsWhileTheOtherWorkerStay
   sys.shutdown();
 }
 
+// Wake-ups from threads that are not workers (the remoting I/O thread, timers, callers of
+// ask) while the workers keep parking and waking: at most one wake-up is on its way at a time,
+// so a message that relied on it must still be run. Four threads each ask their own actor, with
+// pauses of up to 300 µs so that the workers go idle and park between many of the asks; every
+// ask must be answered (in a test of 4 x 2,000 asks).
+TEST(Dispatcher, WakeUpsFromOutsideAreNeverLostWhileWorkersParkAndWake) {
+  ActorSystem sys(two_workers());
+  std::atomic<int> unanswered{0};
+  std::vector<std::thread> askers;
+  for (int t = 0; t < 4; ++t) {
+    askers.emplace_back([&, t] {
+      auto echo = sys.spawn<Echo>(SpawnOptions{});
+      std::uint64_t rng = 0x9e3779b97f4a7c15ull * static_cast<std::uint64_t>(t + 1);
+      for (int i = 0; i < 2000; ++i) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::this_thread::sleep_for(std::chrono::microseconds(rng % 300));  // load shape, not a sync
+        auto f = echo.ask(ping(static_cast<std::uint64_t>(i)), 5s);
+        if (f.wait_for(10s) != std::future_status::ready || !f.get()) {
+          ++unanswered;  // a lost wake-up loses every later one too: stop at the first
+          return;
+        }
+      }
+    });
+  }
+  for (auto& a : askers) a.join();
+  EXPECT_EQ(unanswered.load(), 0);
+  sys.shutdown();
+}
+
 }  // namespace
 }  // namespace troupe

@@ -76,9 +76,7 @@ void Dispatcher::stop() {
     }
     while (Cell* c = w->queue.pop()) c->release();
   }
-  std::lock_guard lk(global_mu_);
-  for (Cell* c : global_) c->release();
-  global_.clear();
+  global_.consume_all([](Cell* c) { c->release(); });
   global_size_.store(0);
 }
 
@@ -184,30 +182,33 @@ void Dispatcher::push_local(Worker& w, Cell* c) {
 }
 
 void Dispatcher::push_global(Cell* c) {
-  {
-    std::lock_guard lk(global_mu_);
-    global_.push_back(c);
-    global_size_.fetch_add(1, std::memory_order_release);
-  }
+  // Counted first: a worker may see the count before the cell and look again, but the count is
+  // never below what the queue holds.
+  global_size_.fetch_add(1, std::memory_order_seq_cst);
+  global_.push(c);
   notify_one();
 }
 
 Cell* Dispatcher::pop_global() {
   if (global_size_.load(std::memory_order_acquire) == 0) return nullptr;
-  std::lock_guard lk(global_mu_);
-  if (global_.empty()) return nullptr;
-  Cell* c = global_.front();
-  global_.pop_front();
-  global_size_.fetch_sub(1, std::memory_order_release);
+  Cell* c = nullptr;
+  if (!global_.pop(c)) return nullptr;  // counted but not yet in, or taken by another worker
+  global_size_.fetch_sub(1, std::memory_order_relaxed);
   return c;
 }
 
 // Pairs with park(): the pusher publishes work then reads sleepers_; the parker increments
 // sleepers_ then re-reads the queues. seq_cst on both sides means one of them sees the other.
+// One wake-up at a time: a worker that takes a wake-up (in park, before it looks for work) sees
+// this work, so while one is on its way nobody else is woken for it. A wake-up is only sent to a
+// worker that waits, and every one is taken by a worker leaving park.
 void Dispatcher::notify_one() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_relaxed) == 0) return;
+  if (wakes_.load(std::memory_order_seq_cst) != 0) return;
   std::lock_guard lk(park_mu_);
+  if (waiting_ == 0 || wakes_.load(std::memory_order_relaxed) != 0) return;  // it re-checks the queues itself
+  wakes_.store(1, std::memory_order_seq_cst);
   park_cv_.notify_one();
 }
 
@@ -266,27 +267,37 @@ void Dispatcher::park(Worker& w) {
   sweep_lingers(w);
   std::unique_lock lk(park_mu_);
   std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the one in notify_one()
-  if (!stopping_.load(std::memory_order_acquire) && !any_work()) park_cv_.wait(lk);
+  while (!stopping_.load(std::memory_order_acquire) && wakes_.load(std::memory_order_relaxed) == 0 && !any_work()) {
+    ++waiting_;
+    park_cv_.wait(lk);
+    --waiting_;
+  }
+  // Taken (by this worker or another leaving park): this worker looks for work next.
+  if (wakes_.load(std::memory_order_relaxed) != 0) wakes_.store(0, std::memory_order_seq_cst);
   sleepers_.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void Dispatcher::run(Worker& w) {
   tls_worker = &w;
+  constexpr unsigned kParked = ~0u;  // idle_spins right after park()
   unsigned idle_spins = 0;
   while (!stopping_.load(std::memory_order_acquire)) {
     if (Cell* c = next(w)) {
+      // Back from parking with work: more may be waiting, for a worker that still sleeps.
+      if (idle_spins == kParked && any_work()) notify_one();
       idle_spins = 0;
       // This turn may be long: while a worker sleeps nobody else would see lingering cells.
       if (sleepers_.load(std::memory_order_seq_cst) != 0 && lingering(w)) end_lingers(w);
       c->run();
       continue;
     }
+    if (idle_spins == kParked) idle_spins = 0;
     if (++idle_spins < 64) {
       sched_yield();
       continue;
     }
-    idle_spins = 0;
     park(w);
+    idle_spins = kParked;
   }
   tls_worker = nullptr;
 }

@@ -3,17 +3,19 @@
 // (owner pushes and pops, idle workers steal) and a LIFO slot: an actor woken by the actor
 // running on this worker runs next on the same worker (hot caches, no cross-core hand-off),
 // which is what makes request/response chains fast. Wake-ups from outside go to a shared
-// injection queue. Idle workers spin briefly, then park on a condition variable.
+// lock-free injection queue. Idle workers spin briefly, then park on a condition variable; new
+// work wakes one parked worker at a time (which wakes the next if it finds more waiting).
 
 #include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include <boost/lockfree/queue.hpp>
 
 namespace troupe::detail {
 
@@ -93,12 +95,18 @@ class Dispatcher {
   void park(Worker& w);
 
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::mutex global_mu_;
-  std::deque<Cell*> global_;
+  // Wake-ups from outside the workers (the remoting I/O thread hands a frame's messages to many
+  // actors at once): lock-free, so that neither it nor the workers popping ever wait on a lock.
+  boost::lockfree::queue<Cell*> global_{1024};
   std::atomic<std::size_t> global_size_{0};
   std::mutex park_mu_;
   std::condition_variable park_cv_;
   std::atomic<int> sleepers_{0};
+  // Wake-ups sent to parked workers and not yet taken by one (under park_mu_; read without it):
+  // while one is on its way, further work wakes nobody else. The woken worker looks for work and
+  // wakes the next one itself when it finds some and more is waiting.
+  std::atomic<int> wakes_{0};
+  int waiting_ = 0;  // workers in park_cv_.wait (under park_mu_)
   std::atomic<bool> stopping_{false};
   bool started_ = false;
 };
