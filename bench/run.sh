@@ -234,6 +234,19 @@ awk "$awk_field"'
     }
   }' "$out/sharding.jsonl" >>"$out/results.lines"
 
+# The end-to-end sharded tell against the remoting benchmark's actor-to-actor tell (64 B, both
+# measured in this run): the baseline issue #8 names. The sharding lines above also carry a
+# stricter one, the same client telling a plain actor on one node of the same cluster.
+[[ $parts == *" remote "* && $parts == *" sharding "* ]] && awk -v rfile="$out/remote.jsonl" "$awk_field"'
+  FILENAME == rfile { remote[field($0, "name")] = field($0, "value"); next }
+  field($0, "name") == "sharded_tell_rate" { v = field($0, "value") }
+  END {
+    pv = remote["remote_tell_64B"]
+    if (v != "" && pv + 0 != 0) {
+      printf "  {\"name\":\"sharded_tell_vs_remote_tell_64B\",\"value\":%s,\"unit\":\"msg/s\",\"peer\":\"remote_tell_64B (remoting benchmark, same run)\",\"peer_value\":%s,\"ratio\":%.3f}\n", v, pv, v / pv
+    }
+  }' "$out/remote.jsonl" "$out/sharding.jsonl" >>"$out/results.lines"
+
 # One JSON array: the lines joined with commas.
 awk 'BEGIN { printf "[\n" } { if (NR > 1) printf ",\n"; printf "%s", $0 } END { printf "\n]\n" }' \
   "$out/results.lines" >"$out/$results"

@@ -12,7 +12,12 @@
 //        answers again on a survivor (p50, p99, max), the time until the survivors downed the
 //        node, and the asks that went unanswered meanwhile (lost with that node's mailboxes).
 //
-// Usage: sharding_bench [--only e2e|recovery] [--messages N] [--entities E] [--preset P] [--side both|sharded|direct]
+// Every told message is an EntityAdd carrying --payload bytes (64 by default, the size of the
+// remoting benchmark's figure that the issue names as the baseline; bench/run.sh puts the two
+// side by side as sharded_tell_vs_remote_tell_64B), on both sides.
+//
+// Usage: sharding_bench [--only e2e|recovery] [--messages N] [--entities E] [--payload B] [--preset P]
+//                       [--side both|sharded|direct]
 // Prints one JSON line per figure: {"name","value","unit","peer","peer_value"} (peer_value only
 // where the figure has a baseline measured here).
 
@@ -153,7 +158,7 @@ struct Cluster {
 
 std::string id_of(int k) { return "e" + std::to_string(k); }
 
-int run_e2e(std::size_t messages, int entities, const std::string& side) {
+int run_e2e(std::size_t messages, int entities, const std::string& side, std::size_t payload) {
   Cluster c("lan");
   if (!c.wait_settled(3, 60s)) {
     std::fprintf(stderr, "sharding_bench: the cluster did not settle\n");
@@ -175,7 +180,11 @@ int run_e2e(std::size_t messages, int entities, const std::string& side) {
   }
   auto sink = c.client_node->transport().resolve(c.nodes[1]->address_str + "/user/sink").value();
   auto echo = c.client_node->transport().resolve(c.nodes[1]->address_str + "/user/echo").value();
-  const auto add = Message::build<node::EntityAdd>([](auto& b) { return node::CreateEntityAdd(b, 1); });
+  // Both sides send the same message: an EntityAdd carrying `payload` bytes (the remoting
+  // benchmark's actor-to-actor figure, the issue's baseline, is measured with 64).
+  const std::vector<std::uint8_t> bytes(payload, 0x5a);
+  const auto add = Message::build<node::EntityAdd>(
+      [&](auto& b) { return node::CreateEntityAdd(b, 1, b.CreateVector(bytes.data(), bytes.size())); });
   const std::size_t window = 20'000;
 
   // `to`: the entities told in turn; their nodes' probes are asked at the end of each window
@@ -205,12 +214,27 @@ int run_e2e(std::size_t messages, int entities, const std::string& side) {
     }
     return static_cast<double>(messages) / std::chrono::duration<double>(Clock::now() - t0).count();
   };
+  // The client's frames per run: messages per frame and wake-ups of its I/O thread (stderr).
+  auto framed = [&](const char* what, auto&& run) {
+    const auto s0 = c.client_node->transport().stats();
+    const double rate = run();
+    const auto s1 = c.client_node->transport().stats();
+    const auto frames = std::max<std::uint64_t>(1, s1.frames_out - s0.frames_out);
+    const auto msgs = std::max<std::uint64_t>(1, s1.messages_out - s0.messages_out);
+    std::fprintf(stderr, "  %s: %.0f msg/s, %.1f messages per frame, %.1f bytes per message, %llu wake-ups\n", what,
+                 rate, static_cast<double>(msgs) / static_cast<double>(frames),
+                 static_cast<double>(s1.bytes_out - s0.bytes_out) / static_cast<double>(msgs),
+                 static_cast<unsigned long long>(s1.wakeups - s0.wakeups));
+    return rate;
+  };
   // Alternate, best of three each: both see the same machine conditions.
   double best_sharded = 0, best_direct = 0, best_one_node = 0;
   for (int r = 0; r < 3; ++r) {
-    if (side != "sharded") best_direct = std::max(best_direct, direct());
-    if (side != "direct") best_sharded = std::max(best_sharded, sharded(ids));
-    if (side == "both" && !ids_on_n1.empty()) best_one_node = std::max(best_one_node, sharded(ids_on_n1));
+    if (side != "sharded") best_direct = std::max(best_direct, framed("direct", direct));
+    if (side != "direct") best_sharded = std::max(best_sharded, framed("sharded", [&] { return sharded(ids); }));
+    if (side == "both" && !ids_on_n1.empty()) {
+      best_one_node = std::max(best_one_node, framed("sharded, one node", [&] { return sharded(ids_on_n1); }));
+    }
   }
   const auto lost_before = c.client->stats().unavailable;
   emit("sharded_tell_rate", best_sharded, "msg/s", "remoting actor-to-actor tell, same run", best_direct);
@@ -300,11 +324,14 @@ int run_recovery(int entities, const std::string& preset) {
 int main(int argc, char** argv) {
   CLI::App app{"sharding_bench: cluster sharding end to end and recovery, real processes"};
   std::string only, preset = "lan", side = "both";
-  std::size_t messages = 200'000;
+  std::size_t messages = 200'000, payload = 64;
   int entities = 300;
   app.add_option("--only", only, "e2e or recovery (default: both)");
   app.add_option("--messages", messages, "messages per e2e tell run")->capture_default_str();
   app.add_option("--entities", entities, "entities")->capture_default_str();
+  app.add_option("--payload", payload, "e2e: bytes carried by each told message (both sides)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   app.add_option("--side", side, "e2e: run only the sharded or the direct side (for profiling)")
       ->check(CLI::IsMember({"both", "sharded", "direct"}))
       ->capture_default_str();
@@ -312,7 +339,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   int rc = 0;
-  if (only.empty() || only == "e2e") rc |= run_e2e(messages, entities, side);
+  if (only.empty() || only == "e2e") rc |= run_e2e(messages, entities, side, payload);
   if (only.empty() || only == "recovery") rc |= run_recovery(entities, preset);
   return rc;
 }
