@@ -21,11 +21,16 @@
 // Prints one JSON line per figure: {"name","value","unit","peer","peer_value"} (peer_value only
 // where the figure has a baseline measured here).
 
+#include <time.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 #include <map>
 #include <set>
 #include <string>
@@ -214,17 +219,41 @@ int run_e2e(std::size_t messages, int entities, const std::string& side, std::si
     }
     return static_cast<double>(messages) / std::chrono::duration<double>(Clock::now() - t0).count();
   };
-  // The client's frames per run: messages per frame and wake-ups of its I/O thread (stderr).
+  // Per run, on stderr: the client's frames (messages per frame, bytes per message, wake-ups of
+  // its I/O thread) and the CPU time per message of the sending thread, the client process and
+  // the three node processes together (steadier than the rates on a shared machine).
+  auto node_cpu_s = [&] {
+    double s = 0;
+    for (const auto& n : c.nodes) {
+      std::ifstream f("/proc/" + std::to_string(n->pid()) + "/stat");
+      std::string line;
+      std::getline(f, line);
+      std::istringstream in(line.substr(line.rfind(')') + 2));
+      std::vector<std::string> v{std::istream_iterator<std::string>(in), {}};
+      if (v.size() > 12) s += static_cast<double>(std::stoull(v[11]) + std::stoull(v[12])) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+    }
+    return s;
+  };
+  auto cpu_s = [](clockid_t id) {
+    timespec t{};
+    ::clock_gettime(id, &t);
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
+  };
   auto framed = [&](const char* what, auto&& run) {
     const auto s0 = c.client_node->transport().stats();
+    const double t0 = cpu_s(CLOCK_THREAD_CPUTIME_ID), p0 = cpu_s(CLOCK_PROCESS_CPUTIME_ID), n0 = node_cpu_s();
     const double rate = run();
+    const double t1 = cpu_s(CLOCK_THREAD_CPUTIME_ID), p1 = cpu_s(CLOCK_PROCESS_CPUTIME_ID), n1 = node_cpu_s();
     const auto s1 = c.client_node->transport().stats();
     const auto frames = std::max<std::uint64_t>(1, s1.frames_out - s0.frames_out);
     const auto msgs = std::max<std::uint64_t>(1, s1.messages_out - s0.messages_out);
-    std::fprintf(stderr, "  %s: %.0f msg/s, %.1f messages per frame, %.1f bytes per message, %llu wake-ups\n", what,
-                 rate, static_cast<double>(msgs) / static_cast<double>(frames),
+    const double ns = 1e9 / static_cast<double>(messages);
+    std::fprintf(stderr,
+                 "  %s: %.0f msg/s, %.1f messages per frame, %.1f bytes per message, %llu wake-ups; CPU ns per "
+                 "message: sending thread %.0f, client %.0f, nodes %.0f\n",
+                 what, rate, static_cast<double>(msgs) / static_cast<double>(frames),
                  static_cast<double>(s1.bytes_out - s0.bytes_out) / static_cast<double>(msgs),
-                 static_cast<unsigned long long>(s1.wakeups - s0.wakeups));
+                 static_cast<unsigned long long>(s1.wakeups - s0.wakeups), (t1 - t0) * ns, (p1 - p0) * ns, (n1 - n0) * ns);
     return rate;
   };
   // Alternate, best of three each: both see the same machine conditions.

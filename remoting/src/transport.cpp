@@ -338,7 +338,9 @@ class RemoteRef final : public troupe::detail::RefTarget {
 // ---- any thread ---------------------------------------------------------------------------------
 
 void Transport::Core::wake() {
-  if (idle.exchange(false, std::memory_order_seq_cst)) {
+  // Read first: a busy I/O thread is the common case, and a read leaves its line shared where an
+  // exchange per message would pull it away from the I/O thread every time.
+  if (idle.load(std::memory_order_seq_cst) && idle.exchange(false, std::memory_order_seq_cst)) {
     bump(n.wakeups);
     const std::uint64_t one = 1;
     [[maybe_unused]] auto r = ::write(efd, &one, sizeof one);
@@ -1119,7 +1121,7 @@ void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<P
     const bool blocking = !work && !spinning && queued_work.load(std::memory_order_seq_cst) == 0;
     const int ready = zmq_poll(items.data(), static_cast<int>(items.size()), blocking ? 100 : 0);
     if (ready < 0 && zmq_errno() == ETERM) return;
-    idle.store(false, std::memory_order_relaxed);
+    if (!work && !spinning) idle.store(false, std::memory_order_relaxed);  // only set on that path
     if (ready > 0 || work) spin_until = std::chrono::steady_clock::now() + cfg.idle_spin;
     if (items[0].revents & ZMQ_POLLIN) {
       std::uint64_t v;

@@ -105,6 +105,7 @@ class NodeProcess {
   NodeProcess& operator=(const NodeProcess&) = delete;
 
   void signal(int sig) const { ::kill(pid_, sig); }
+  pid_t pid() const noexcept { return pid_; }
   /// Sends `sig` (none: 0) and reaps the process; returns its wait status.
   int stop(int sig = SIGTERM) {
     if (sig) ::kill(pid_, sig);
