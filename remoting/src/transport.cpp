@@ -172,6 +172,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void read_monitor(zmq::socket_t& mon, Peer* p);
   void handle_frame(const std::string& rid, std::string_view key, const zmq::message_t& body);
   void deliver(Conn& c, InEnvelope&& e);
+  void flush_inbox();  // hands the run collected in inbox_run to its inbox
   void refresh_inboxes();
   ActorRef local_target(const std::string& path);
   ActorRef sender_ref(const Conn& c, std::string_view s);
@@ -252,6 +253,10 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   std::atomic<std::uint64_t> inbox_gen{1};
   std::unordered_map<std::string, std::shared_ptr<Transport::Inbox>> io_inboxes;
   std::uint64_t io_inbox_gen = 0;
+  // I/O thread: consecutive messages of the frame being delivered for one inbox (their routes
+  // point into the frame's envelopes, which outlive the run).
+  Transport::Inbox* run_inbox = nullptr;
+  std::vector<Transport::Inbound> inbox_run;
   std::unordered_map<std::string, Conn> conns;  // by ROUTER routing id
   std::vector<std::shared_ptr<Peer>> active;     // peers with a DEALER or pending messages
   std::unordered_map<std::string, ActorRef> local_cache;
@@ -759,6 +764,16 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
   bump(n.messages_in, f->envelopes.size());
   refresh_inboxes();  // once a frame: set_inbox takes effect from the next frame on
   for (auto& e : f->envelopes) deliver(c, std::move(e));
+  flush_inbox();
+}
+
+void Transport::Core::flush_inbox() {
+  if (inbox_run.empty()) return;
+  struct Clear {  // also when the inbox throws: the run is over either way
+    std::vector<Transport::Inbound>& v;
+    ~Clear() { v.clear(); }
+  } clear{inbox_run};
+  (*run_inbox)(std::span<Transport::Inbound>(inbox_run));
 }
 
 ActorRef Transport::Core::local_target(const std::string& path) {
@@ -784,6 +799,7 @@ ActorRef Transport::Core::sender_ref(const Conn& c, std::string_view s) {
 }
 
 void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
+  if (e.type == kWatch || e.type == kUnwatch || e.type == kTerminated) flush_inbox();  // in frame order
   if (e.type == kWatch || e.type == kUnwatch) return on_watch(c.origin, e, e.type == kWatch);
   if (e.type == kTerminated) return on_terminated(c.origin, std::move(e));
   if (e.sender != c.last_sender || (c.last_sender_ref && c.last_sender_ref.target()->terminated())) {
@@ -800,9 +816,14 @@ void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
     c.inbox_gen = io_inbox_gen;
   }
   if (c.last_inbox) {
-    (*c.last_inbox)(Inbound{std::move(e.payload), std::move(sender), e.route ? &*e.route : nullptr});
+    if (c.last_inbox != run_inbox) {
+      flush_inbox();
+      run_inbox = c.last_inbox;
+    }
+    inbox_run.push_back(Inbound{std::move(e.payload), std::move(sender), e.route ? &*e.route : nullptr});
     return;
   }
+  flush_inbox();  // what the inbox got before this message goes first
   const ActorRef& target = c.last_recipient_ref;
   if (e.route) {
     // Only an inbox knows what to do with the entity's stamps: an actor would get the bare

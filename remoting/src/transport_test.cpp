@@ -138,9 +138,11 @@ TEST_F(TwoNodes, KeyedMessagesReachTheInboxOfTheirPathWithTheirRoute) {
   };
   std::mutex mu;
   std::vector<Got> got;
-  b->transport->set_inbox("/user/echo", [&](Transport::Inbound&& in) {
+  b->transport->set_inbox("/user/echo", [&](std::span<Transport::Inbound> run) {
     std::lock_guard lk(mu);
-    got.push_back({in.msg.as<test::Ping>()->seq(), in.route != nullptr, in.route ? *in.route : KeyedRoute{}, in.sender});
+    for (auto& in : run) {
+      got.push_back({in.msg.as<test::Ping>()->seq(), in.route != nullptr, in.route ? *in.route : KeyedRoute{}, in.sender});
+    }
   });
   auto echo = a->ref_on(*b, "/user/echo");
   ASSERT_TRUE(a->transport->tell_keyed(echo, ping(1), a->probe.ref(), KeyedRoute{"user-42", 7, 3, 1}));

@@ -85,7 +85,7 @@ class Region final : public Actor {
     system_ = &context().system();
     if (!proxy_ && !local_) {
       std::unique_lock lk(door_->mu);
-      door_->fast = [this](remoting::Transport::Inbound& in) { return fast(in); };
+      door_->fast = [this](std::span<remoting::Transport::Inbound> run) { return fast(run); };
       door_->owner = this;
     }
     if (!proxy_ && settings_.passivate_after.count() > 0) {
@@ -149,21 +149,28 @@ class Region final : public Actor {
   // ---- messages for entities ----
 
   /// The front door (see RegionDoor), on the transport's I/O thread between this region's turns:
-  /// a keyed message for a running entity of a shard served here at the sender's epoch goes
-  /// straight to it; anything else (false) goes through the mailbox.
-  bool fast(remoting::Transport::Inbound& in) {
-    if (down_ || suspended_ || !in.route) return false;
-    const auto& r = *in.route;
-    if (r.entity_id.empty() || r.entity_id.size() > settings_.max_id_bytes) return false;
-    auto h = hosted_.find(r.shard);
-    if (h == hosted_.end() || h->second.stopping || h->second.epoch != r.epoch) return false;
-    if (shard_of(settings_.type, r.entity_id, settings_.num_shards) != r.shard) return false;
-    auto it = entities_.find(r.entity_id);
-    if (it == entities_.end() || it->second.passivating) return false;
-    it->second.last_active = activity_tick();
-    shared_->front_door.fetch_add(1, std::memory_order_relaxed);  // counted in routed by stats()
-    it->second.ref.tell(std::move(in.msg), std::move(in.sender));
-    return true;
+  /// each keyed message for a running entity of a shard served here at the sender's epoch goes
+  /// straight to it, from the front of the run; the first that cannot (and all after it) go
+  /// through the mailbox. Returns how many it delivered.
+  std::size_t fast(std::span<remoting::Transport::Inbound> run) {
+    if (down_ || suspended_) return 0;
+    const std::uint32_t now = activity_tick();  // one clock read a run
+    std::size_t k = 0;
+    for (; k < run.size(); ++k) {
+      auto& in = run[k];
+      if (!in.route) break;
+      const auto& r = *in.route;
+      if (r.entity_id.empty() || r.entity_id.size() > settings_.max_id_bytes) break;
+      auto h = hosted_.find(r.shard);
+      if (h == hosted_.end() || h->second.stopping || h->second.epoch != r.epoch) break;
+      if (shard_of(settings_.type, r.entity_id, settings_.num_shards) != r.shard) break;
+      auto it = entities_.find(r.entity_id);
+      if (it == entities_.end() || it->second.passivating) break;
+      it->second.last_active = now;
+      it->second.ref.tell(std::move(in.msg), std::move(in.sender));
+    }
+    if (k) shared_->front_door.fetch_add(k, std::memory_order_relaxed);  // counted in routed by stats()
+    return k;
   }
 
   void close_door() {
@@ -937,21 +944,25 @@ void install_inbox(Sharding::Shared& sh, const std::string& type, const ActorRef
                    const Sharding::Shared::TypeEntry& e) {
   if (!sh.cluster()) return;
   sh.transport->set_inbox("/system/" + region_name(type), [door = e.door, in_region = e.in_region, region,
-                                                           type](remoting::Transport::Inbound&& in) {
-    if (in.route) {
-      if (in_region->load(std::memory_order_acquire) == 0 && door->mu.try_lock_shared()) {
-        const bool done = door->fast && door->fast(in);
-        door->mu.unlock_shared();
-        if (done) return;
-      }
-      const auto& r = *in.route;
-      in_region->fetch_add(1, std::memory_order_acq_rel);
-      region.tell(entity_envelope(r.entity_id, in.msg.type(), in.msg.bytes(), type, r.shard, r.epoch, r.hops),
-                  std::move(in.sender));
-      return;
+                                                           type](std::span<remoting::Transport::Inbound> run) {
+    // The door, once a run: it takes what it can from the front; once one message went to the
+    // region's mailbox, the rest of the run follows it there (in_region is no longer 0).
+    std::size_t k = 0;
+    if (run.front().route && in_region->load(std::memory_order_acquire) == 0 && door->mu.try_lock_shared()) {
+      if (door->fast) k = door->fast(run);
+      door->mu.unlock_shared();
     }
-    if (in.msg.is<EntityEnvelope>()) in_region->fetch_add(1, std::memory_order_acq_rel);
-    region.tell(std::move(in.msg), std::move(in.sender));
+    for (auto& in : run.subspan(k)) {
+      if (in.route) {
+        const auto& r = *in.route;
+        in_region->fetch_add(1, std::memory_order_acq_rel);
+        region.tell(entity_envelope(r.entity_id, in.msg.type(), in.msg.bytes(), type, r.shard, r.epoch, r.hops),
+                    std::move(in.sender));
+        continue;
+      }
+      if (in.msg.is<EntityEnvelope>()) in_region->fetch_add(1, std::memory_order_acq_rel);
+      region.tell(std::move(in.msg), std::move(in.sender));
+    }
   });
 }
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <mutex>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -35,7 +36,8 @@ inline std::string region_name(std::string_view type) { return "sharding-" + ent
 /// mailbox, so each sender's messages to an entity keep their order.
 struct RegionDoor {
   std::shared_mutex mu;
-  std::function<bool(remoting::Transport::Inbound&)> fast;  // true: delivered
+  // Takes messages from the front of a run while it can; returns how many it delivered.
+  std::function<std::size_t(std::span<remoting::Transport::Inbound>)> fast;
   const void* owner = nullptr;  // the region instance `fast` belongs to (a restart makes another)
 };
 

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -157,11 +158,13 @@ class Transport final : public NodeLossListener {
     ActorRef sender;
     const KeyedRoute* route;  ///< the entity it is for (valid during the call), or null
   };
-  using Inbox = std::function<void(Inbound&&)>;
+  /// Takes the messages of one run, in order (it may move from them).
+  using Inbox = std::function<void(std::span<Inbound>)>;
   /// From now on every message that arrives for the local actor at `path` goes to `inbox`, on
   /// the I/O thread (it must be quick and must not block), instead of the actor's mailbox; an
-  /// empty `inbox` removes it. A keyed message for a path without an inbox is dropped (counted
-  /// in envelopes_no_recipient, and a dead letter).
+  /// empty `inbox` removes it. Consecutive messages of one frame for the path come in one call
+  /// (a run), so that the inbox pays its own fixed costs once a run. A keyed message for a path
+  /// without an inbox is dropped (counted in envelopes_no_recipient, and a dead letter).
   void set_inbox(std::string path, Inbox inbox);
 
   void node_lost(std::uint64_t node, std::string_view reason) override;
