@@ -268,6 +268,14 @@ void ActorSystem::deliver_terminated(const ActorRef& watcher, const Message& ter
 }
 
 const std::string& ActorSystem::node_id() const noexcept { return impl_->config.node_id; }
+ActorSystem::WakeBatch::WakeBatch(ActorSystem& system) {
+  if (system.impl_->dispatcher.begin_batch()) dispatcher_ = &system.impl_->dispatcher;
+}
+
+ActorSystem::WakeBatch::~WakeBatch() {
+  if (dispatcher_) static_cast<detail::Dispatcher*>(dispatcher_)->end_batch();
+}
+
 MessageRegistry& ActorSystem::registry() noexcept { return impl_->registry; }
 TimerService& ActorSystem::timers() noexcept { return *impl_->timers; }
 spdlog::logger& ActorSystem::log() const noexcept { return *impl_->log; }

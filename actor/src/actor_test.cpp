@@ -538,5 +538,51 @@ TEST(Dispatcher, WakeUpsFromOutsideAreNeverLostWhileWorkersParkAndWake) {
   sys.shutdown();
 }
 
+// ActorSystem::WakeBatch (what the remoting I/O thread opens around each frame): actors made
+// runnable inside it are handed to the workers when the outermost scope ends, with everything
+// they were told, in order; inside a turn (on a worker) the scope changes nothing.
+TEST(Dispatcher, AWakeBatchHandsItsActorsToTheWorkersWithAllTheirMessagesInOrder) {
+  ActorSystem sys(two_workers());
+  Probe probe(sys);
+  constexpr unsigned kActors = 50, kEach = 20;
+  std::vector<ActorRef> checkers;
+  for (unsigned i = 0; i < kActors; ++i) checkers.push_back(sys.spawn<SequenceChecker>(SpawnOptions{}, 1, kEach, probe.ref()));
+  {
+    ActorSystem::WakeBatch outer(sys);
+    for (std::uint64_t seq = 1; seq <= kEach / 2; ++seq) {
+      for (auto& c : checkers) c.tell(ping(seq, 0));
+    }
+    {
+      ActorSystem::WakeBatch inner(sys);  // nested: the outer one hands over
+      for (std::uint64_t seq = kEach / 2 + 1; seq <= kEach; ++seq) {
+        for (auto& c : checkers) c.tell(ping(seq, 0));
+      }
+    }
+  }
+  for (unsigned i = 0; i < kActors; ++i) {
+    auto r = probe.next(10s);
+    ASSERT_TRUE(r) << "checker " << i << " of " << kActors << " never got all its messages";
+    EXPECT_EQ(op_of(r->msg), "done");
+    EXPECT_EQ(r->msg.as<test::Cmd>()->n(), 0u) << "messages out of order";
+  }
+  // On a worker the scope is a no-op: an actor that opens one in its turn still reaches others.
+  class Relay final : public Actor {
+   public:
+    explicit Relay(ActorRef to) : to_(std::move(to)) {}
+    void receive(const Message& m) override {
+      ActorSystem::WakeBatch batch(context().system());
+      to_.tell(m, sender());
+    }
+    ActorRef to_;
+  };
+  auto echo = sys.spawn<Echo>(SpawnOptions{});
+  auto relay = sys.spawn<Relay>(SpawnOptions{}, echo);
+  relay.tell(ping(7), probe.ref());
+  auto r = probe.next(10s);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->msg.as<test::Ping>()->seq(), 7u);
+  sys.shutdown();
+}
+
 }  // namespace
 }  // namespace troupe

@@ -8,6 +8,9 @@ namespace troupe::detail {
 
 namespace {
 thread_local void* tls_worker = nullptr;  // the Worker this thread is, if any
+// A WakeBatch open on this thread: its dispatcher and the cells it holds back.
+thread_local const void* tls_batch_owner = nullptr;
+thread_local std::vector<Cell*> tls_batch;
 
 std::uint64_t xorshift(std::uint64_t& s) noexcept {
   s ^= s << 13;
@@ -181,7 +184,32 @@ void Dispatcher::push_local(Worker& w, Cell* c) {
   notify_one();
 }
 
+bool Dispatcher::begin_batch() {
+  auto* w = static_cast<Worker*>(tls_worker);
+  if ((w && w->owner == this) || tls_batch_owner) return false;  // a worker, or nested
+  tls_batch_owner = this;
+  return true;
+}
+
+void Dispatcher::end_batch() {
+  tls_batch_owner = nullptr;
+  if (tls_batch.empty()) return;
+  if (stopping_.load(std::memory_order_acquire)) {  // they will never run: as stop() does
+    for (Cell* c : tls_batch) c->release();
+    tls_batch.clear();
+    return;
+  }
+  global_size_.fetch_add(tls_batch.size(), std::memory_order_seq_cst);
+  for (Cell* c : tls_batch) global_.push(c);
+  tls_batch.clear();
+  notify_one();  // a woken worker wakes the next when more is waiting
+}
+
 void Dispatcher::push_global(Cell* c) {
+  if (tls_batch_owner == this && !stopping_.load(std::memory_order_relaxed)) {
+    tls_batch.push_back(c);
+    return;
+  }
   // Counted first: a worker may see the count before the cell and look again, but the count is
   // never below what the queue holds.
   global_size_.fetch_add(1, std::memory_order_seq_cst);

@@ -51,6 +51,12 @@ class Dispatcher {
 
   unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
 
+  /// ActorSystem::WakeBatch: from a thread that is not a worker of this dispatcher, cells
+  /// submitted between begin_batch() (true: this call opened the batch) and end_batch() are
+  /// queued together at end_batch(), with one wake-up.
+  bool begin_batch();
+  void end_batch();
+
  private:
   static constexpr std::uint32_t kLocalCap = 256;
   struct LocalQueue {

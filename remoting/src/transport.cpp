@@ -763,6 +763,8 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
   }
   bump(n.messages_in, f->envelopes.size());
   refresh_inboxes();  // once a frame: set_inbox takes effect from the next frame on
+  // The actors this frame wakes are handed to the workers together, at its end.
+  ActorSystem::WakeBatch batch(system);
   for (auto& e : f->envelopes) deliver(c, std::move(e));
   flush_inbox();
 }

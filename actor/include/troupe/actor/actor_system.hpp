@@ -106,6 +106,22 @@ class ActorSystem {
   /// only while it still watches `dead`, and once per watch (remote deathwatch uses this).
   static void deliver_terminated(const ActorRef& watcher, const Message& terminated, const ActorRef& dead);
 
+  /// On a thread that is not one of this system's workers (an I/O thread handing a frame's
+  /// messages to many actors), actors made runnable while the scope lives are handed to the
+  /// workers together when it ends: one wake-up instead of one per actor, and each actor finds
+  /// all of its messages of the frame queued when its turn starts. Keep the scope short (the
+  /// actors wait for its end); scopes nest (the outermost one hands over); a no-op on a worker.
+  class WakeBatch {
+   public:
+    explicit WakeBatch(ActorSystem& system);
+    ~WakeBatch();
+    WakeBatch(const WakeBatch&) = delete;
+    WakeBatch& operator=(const WakeBatch&) = delete;
+
+   private:
+    void* dispatcher_ = nullptr;  // set when this scope is the outermost on its thread
+  };
+
   const std::string& node_id() const noexcept;
   MessageRegistry& registry() noexcept;
   TimerService& timers() noexcept;
