@@ -249,11 +249,13 @@ int run_e2e(std::size_t messages, int entities, const std::string& side, std::si
     const auto msgs = std::max<std::uint64_t>(1, s1.messages_out - s0.messages_out);
     const double ns = 1e9 / static_cast<double>(messages);
     std::fprintf(stderr,
-                 "  %s: %.0f msg/s, %.1f messages per frame, %.1f bytes per message, %llu wake-ups; CPU ns per "
-                 "message: sending thread %.0f, client %.0f, nodes %.0f\n",
+                 "  %s: %.0f msg/s, %.1f messages per frame, %.1f bytes per message, %llu wake-ups, %llu messages in; "
+                 "CPU ns per message: sending thread %.0f, client %.0f, nodes %.0f\n",
                  what, rate, static_cast<double>(msgs) / static_cast<double>(frames),
                  static_cast<double>(s1.bytes_out - s0.bytes_out) / static_cast<double>(msgs),
-                 static_cast<unsigned long long>(s1.wakeups - s0.wakeups), (t1 - t0) * ns, (p1 - p0) * ns, (n1 - n0) * ns);
+                 static_cast<unsigned long long>(s1.wakeups - s0.wakeups),
+                 static_cast<unsigned long long>(s1.messages_in - s0.messages_in), (t1 - t0) * ns, (p1 - p0) * ns,
+                 (n1 - n0) * ns);
     return rate;
   };
   // Alternate, best of three each: both see the same machine conditions.

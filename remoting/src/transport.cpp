@@ -21,6 +21,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <typeinfo>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -340,6 +341,12 @@ class RemoteRef final : public troupe::detail::RefTarget {
   std::uint64_t id_;
 };
 
+// The RemoteRef behind a ref target, or null. RemoteRef is final: comparing the dynamic type
+// is exact, and cheaper than a dynamic_cast on the send path.
+static RemoteRef* as_remote(troupe::detail::RefTarget* t) noexcept {
+  return t && typeid(*t) == typeid(RemoteRef) ? static_cast<RemoteRef*>(t) : nullptr;
+}
+
 // ---- any thread ---------------------------------------------------------------------------------
 
 void Transport::Core::wake() {
@@ -439,7 +446,7 @@ ActorRef Transport::Core::exported(std::string_view path) {
 
 std::string Transport::Core::address_of(const ActorRef& r) {
   if (!r) return {};
-  if (auto* rr = dynamic_cast<RemoteRef*>(r.target())) return rr->address();
+  if (auto* rr = as_remote(r.target())) return rr->address();
   if (r.target()->addressable()) return self_origin + r.path();
   return self_origin + export_ref(r);
 }
@@ -538,7 +545,7 @@ std::string Transport::Core::sender_string(const Outbound& o) {
   if (!o.from.empty()) return o.from;
   if (!o.sender) return {};
   auto* t = o.sender.target();
-  if (auto* rr = dynamic_cast<RemoteRef*>(t)) return rr->address();
+  if (auto* rr = as_remote(t)) return rr->address();
   if (t->addressable()) return t->path();
   return export_ref(o.sender);
 }
@@ -1335,7 +1342,7 @@ const NodeAddress& Transport::address() const noexcept { return core_->self; }
 std::string Transport::public_key() const { return core_->cfg.insecure ? std::string() : core_->cfg.keys.public_key; }
 
 bool Transport::tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, KeyedRoute route) {
-  auto* rr = dynamic_cast<RemoteRef*>(to.target());
+  auto* rr = as_remote(to.target());
   if (!rr || rr->core() != core_.get()) return false;
   Outbound o{rr->peer(), to, std::move(msg), sender};
   o.route = std::move(route);
