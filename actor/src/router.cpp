@@ -233,7 +233,7 @@ void RouterState::add(const ActorRef& r) {
     watchers_.emplace(r.target(), watcher);
   }
   if (counts_load()) {
-    if (auto* c = dynamic_cast<Cell*>(r.target())) c->enable_load_count();
+    if (auto* c = as_cell(r.target())) c->enable_load_count();
   }
   r.target()->add_watcher(watcher);  // a routee that is already dead is removed at once
 }
@@ -300,7 +300,7 @@ const ActorRef* RouterState::pick(const Snapshot& s, const Message& msg) {
       const ActorRef* best = nullptr;
       std::uint64_t best_score = ~0ull;
       for (const auto& r : s.routees) {
-        auto* c = dynamic_cast<Cell*>(r.target());
+        auto* c = as_cell(r.target());
         const std::uint64_t score = c ? c->load_estimate() : 1;
         if (score < best_score) {
           best_score = score;
@@ -341,7 +341,7 @@ void RouterState::maybe_resize(const Snapshot& s, std::uint64_t n) {
   if (!resizer_ || n % std::max(1u, resizer_->messages_per_resize) != 0) return;
   unsigned busy = 0;
   for (const auto& r : s.routees) {
-    auto* c = dynamic_cast<Cell*>(r.target());
+    auto* c = as_cell(r.target());
     busy += (c && c->load_estimate() > 0) ? 1 : 0;
   }
   const int delta = resize_delta(*resizer_, static_cast<unsigned>(s.routees.size()), busy);
