@@ -28,23 +28,26 @@ const std::error_category& decode_category() noexcept {
 }
 
 void MessageRegistry::add(TypeId id, std::string_view name, Verifier verifier) {
-  std::unique_lock lock(mu_);
-  auto [it, inserted] = entries_.try_emplace(id, Entry{std::string(name), verifier});
-  if (!inserted && it->second.name != name) {
-    throw std::logic_error("message type id collision: '" + std::string(name) + "' and '" +
-                           it->second.name + "'");
+  std::lock_guard lock(add_mu_);
+  const Entries& now = entries();
+  if (auto it = now.find(id); it != now.end()) {
+    if (it->second.name != name) {
+      throw std::logic_error("message type id collision: '" + std::string(name) + "' and '" + it->second.name + "'");
+    }
+    return;  // registered already: the first verifier stays, as before
   }
+  auto next = std::make_unique<Entries>(now);
+  next->emplace(id, Entry{std::string(name), verifier});
+  entries_.store(next.get(), std::memory_order_release);
+  versions_.push_back(std::move(next));
 }
 
-bool MessageRegistry::contains(TypeId id) const {
-  std::shared_lock lock(mu_);
-  return entries_.count(id) != 0;
-}
+bool MessageRegistry::contains(TypeId id) const { return entries().count(id) != 0; }
 
 std::string MessageRegistry::name_of(TypeId id) const {
-  std::shared_lock lock(mu_);
-  auto it = entries_.find(id);
-  return it == entries_.end() ? std::string{} : it->second.name;
+  const Entries& e = entries();
+  auto it = e.find(id);
+  return it == e.end() ? std::string{} : it->second.name;
 }
 
 std::error_code MessageRegistry::check(TypeId id, std::size_t size, const Message& m) const {
@@ -58,9 +61,9 @@ std::error_code MessageRegistry::check(TypeId id, std::size_t size, const Messag
   }
   Verifier verifier = nullptr;
   {
-    std::shared_lock lock(mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) verifier = it->second.verify;
+    const Entries& e = entries();
+    auto it = e.find(id);
+    if (it != e.end()) verifier = it->second.verify;
   }
   if (!verifier) {
     unknown_.fetch_add(1, std::memory_order_relaxed);

@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <random>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "test_messages_generated.h"
@@ -102,6 +105,33 @@ TEST(MessageRegistry, TypeIdCollisionIsAnError) {
   reg.add(42, "a.A", [](flatbuffers::Verifier&) { return true; });
   reg.add(42, "a.A", [](flatbuffers::Verifier&) { return true; });  // same name: harmless
   EXPECT_THROW(reg.add(42, "b.B", [](flatbuffers::Verifier&) { return true; }), std::logic_error);
+}
+
+// Decoders read the registry without a lock while types are still being registered (a node
+// registers more when it starts sharding): every decode of the registered type succeeds, and
+// every new type is there afterwards.
+TEST(MessageRegistry, DecodesWhileOtherTypesAreRegistered) {
+  MessageRegistry reg;
+  reg.add<test::Ping>();
+  const auto bytes = ping_bytes(5);
+  std::atomic<bool> done{false};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 2; ++t) {
+    readers.emplace_back([&] {
+      while (!done.load()) {
+        if (!reg.decode(type_id_of<test::Ping>(), bytes).ok()) ++failed;
+      }
+    });
+  }
+  for (TypeId id = 1000; id < 1200; ++id) {
+    reg.add(id, "t." + std::to_string(id), [](flatbuffers::Verifier&) { return true; });
+  }
+  done = true;
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(failed.load(), 0);
+  for (TypeId id = 1000; id < 1200; ++id) EXPECT_EQ(reg.name_of(id), "t." + std::to_string(id));
+  EXPECT_TRUE(reg.contains(type_id_of<test::Ping>()));
 }
 
 }  // namespace

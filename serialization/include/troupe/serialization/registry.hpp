@@ -9,12 +9,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <shared_mutex>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
+#include <vector>
 
 #include <flatbuffers/flatbuffers.h>
 
@@ -51,7 +52,10 @@ class MessageRegistry {
   using Verifier = bool (*)(flatbuffers::Verifier&);
 
   explicit MessageRegistry(DecodeLimits limits = {}, std::shared_ptr<spdlog::logger> log = default_logger())
-      : limits_(limits), log_(std::move(log)) {}
+      : limits_(limits), log_(std::move(log)) {
+    versions_.push_back(std::make_unique<const Entries>());
+    entries_.store(versions_.back().get(), std::memory_order_release);
+  }
 
   /// Registers FlatBuffers table T under type_id_of<T>(). Registering twice is harmless.
   template <FlatTable T>
@@ -86,11 +90,17 @@ class MessageRegistry {
   /// Verifies `m` (its bytes, `size` of them) as type `id`.
   std::error_code check(TypeId id, std::size_t size, const Message& m) const;
   struct Entry { std::string name; Verifier verify; };
+  using Entries = std::unordered_map<TypeId, Entry>;
+  /// The entries as decoders read them: one atomic load, no lock (every received message looks
+  /// its type up). add() publishes a new copy; every version stays until the registry goes
+  /// (types are registered a few dozen times, mostly at start).
+  const Entries& entries() const noexcept { return *entries_.load(std::memory_order_acquire); }
   DecodeLimits limits_;
   std::shared_ptr<spdlog::logger> log_;
   mutable ThrottledLog throttle_;
-  mutable std::shared_mutex mu_;
-  std::unordered_map<TypeId, Entry> entries_;
+  std::mutex add_mu_;
+  std::vector<std::unique_ptr<const Entries>> versions_;  // add_mu_
+  std::atomic<const Entries*> entries_;
   mutable std::atomic<std::uint64_t> unknown_{0}, failed_{0}, oversized_{0}, empty_{0}, accepted_{0};
 };
 
