@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <future>
+#include <latch>
 #include <string>
 #include <thread>
 #include <vector>
@@ -581,6 +582,28 @@ TEST(Dispatcher, AWakeBatchHandsItsActorsToTheWorkersWithAllTheirMessagesInOrder
   auto r = probe.next(10s);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->msg.as<test::Ping>()->seq(), 7u);
+  sys.shutdown();
+}
+
+// More actors woken from outside at once than the injection ring holds (1,024): the rest wait
+// in its overflow, and every one of them runs.
+TEST(Dispatcher, MoreActorsWokenAtOnceThanTheRingHoldsAllRun) {
+  ActorSystem sys(two_workers());
+  constexpr int kActors = 3000;
+  std::latch ran(kActors);
+  class CountDown final : public Actor {
+   public:
+    explicit CountDown(std::latch* l) : l_(l) {}
+    void receive(const Message&) override { l_->count_down(); }
+    std::latch* l_;
+  };
+  std::vector<ActorRef> refs;
+  for (int i = 0; i < kActors; ++i) refs.push_back(sys.spawn<CountDown>(SpawnOptions{}, &ran));
+  {
+    ActorSystem::WakeBatch batch(sys);  // all handed over together at its end
+    for (auto& r : refs) r.tell(ping(1));
+  }
+  EXPECT_TRUE(eventually([&] { return ran.try_wait(); }, 30s)) << "not every woken actor ran";
   sys.shutdown();
 }
 

@@ -41,7 +41,51 @@ Cell* Dispatcher::LocalQueue::pop() noexcept {
   }
 }
 
-Dispatcher::Dispatcher(unsigned workers) {
+bool Dispatcher::ring_push(Cell* c) noexcept {
+  auto pos = ring_tail_.load(std::memory_order_relaxed);
+  for (;;) {
+    Slot& slot = ring_[pos & (kRing - 1)];
+    const auto seq = slot.seq.load(std::memory_order_acquire);
+    const auto dif = static_cast<std::intptr_t>(seq) - static_cast<std::intptr_t>(pos);
+    if (dif == 0) {
+      if (ring_tail_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+        slot.cell = c;
+        slot.seq.store(pos + 1, std::memory_order_release);
+        return true;
+      }
+    } else if (dif < 0) {
+      return false;  // full
+    } else {
+      pos = ring_tail_.load(std::memory_order_relaxed);
+    }
+  }
+}
+
+Cell* Dispatcher::ring_pop() noexcept {
+  auto pos = ring_head_.load(std::memory_order_relaxed);
+  for (;;) {
+    Slot& slot = ring_[pos & (kRing - 1)];
+    const auto seq = slot.seq.load(std::memory_order_acquire);
+    const auto dif = static_cast<std::intptr_t>(seq) - static_cast<std::intptr_t>(pos + 1);
+    if (dif == 0) {
+      if (ring_head_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+        Cell* c = slot.cell;
+        slot.seq.store(pos + kRing, std::memory_order_release);
+        return c;
+      }
+    } else if (dif < 0) {
+      return nullptr;  // empty (or its pusher is half-way: the count tells the caller to look again)
+    } else {
+      pos = ring_head_.load(std::memory_order_relaxed);
+    }
+  }
+}
+
+Dispatcher::Dispatcher(unsigned workers) : ring_(new Slot[kRing]) {
+  for (std::size_t i = 0; i < kRing; ++i) {
+    ring_[i].seq.store(i, std::memory_order_relaxed);
+    ring_[i].cell = nullptr;
+  }
   if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < workers; ++i) {
     auto w = std::make_unique<Worker>();
@@ -79,7 +123,13 @@ void Dispatcher::stop() {
     }
     while (Cell* c = w->queue.pop()) c->release();
   }
-  global_.consume_all([](Cell* c) { c->release(); });
+  while (Cell* c = ring_pop()) c->release();
+  {
+    std::lock_guard lk(overflow_mu_);
+    for (Cell* c : overflow_) c->release();
+    overflow_.clear();
+    overflow_size_.store(0);
+  }
   global_size_.store(0);
 }
 
@@ -200,7 +250,7 @@ void Dispatcher::end_batch() {
     return;
   }
   global_size_.fetch_add(tls_batch.size(), std::memory_order_seq_cst);
-  for (Cell* c : tls_batch) global_.push(c);
+  for (Cell* c : tls_batch) push_queue(c);
   tls_batch.clear();
   notify_one();  // a woken worker wakes the next when more is waiting
 }
@@ -213,15 +263,29 @@ void Dispatcher::push_global(Cell* c) {
   // Counted first: a worker may see the count before the cell and look again, but the count is
   // never below what the queue holds.
   global_size_.fetch_add(1, std::memory_order_seq_cst);
-  global_.push(c);
+  push_queue(c);
   notify_one();
+}
+
+void Dispatcher::push_queue(Cell* c) {
+  if (ring_push(c)) return;
+  std::lock_guard lk(overflow_mu_);
+  overflow_.push_back(c);
+  overflow_size_.fetch_add(1, std::memory_order_release);
 }
 
 Cell* Dispatcher::pop_global() {
   if (global_size_.load(std::memory_order_acquire) == 0) return nullptr;
-  Cell* c = nullptr;
-  if (!global_.pop(c)) return nullptr;  // counted but not yet in, or taken by another worker
-  global_size_.fetch_sub(1, std::memory_order_relaxed);
+  Cell* c = ring_pop();
+  if (!c && overflow_size_.load(std::memory_order_acquire) != 0) {
+    std::lock_guard lk(overflow_mu_);
+    if (!overflow_.empty()) {
+      c = overflow_.front();
+      overflow_.pop_front();
+      overflow_size_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  if (c) global_size_.fetch_sub(1, std::memory_order_relaxed);  // else: counted but not yet in
   return c;
 }
 

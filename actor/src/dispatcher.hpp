@@ -3,19 +3,18 @@
 // (owner pushes and pops, idle workers steal) and a LIFO slot: an actor woken by the actor
 // running on this worker runs next on the same worker (hot caches, no cross-core hand-off),
 // which is what makes request/response chains fast. Wake-ups from outside go to a shared
-// lock-free injection queue. Idle workers spin briefly, then park on a condition variable; new
+// lock-free injection ring. Idle workers spin briefly, then park on a condition variable; new
 // work wakes one parked worker at a time (which wakes the next if it finds more waiting).
 
 #include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
-
-#include <boost/lockfree/queue.hpp>
 
 namespace troupe::detail {
 
@@ -95,6 +94,7 @@ class Dispatcher {
   void sweep_lingers(Worker& self);
   void push_local(Worker& w, Cell* c);
   void push_global(Cell* c);
+  void push_queue(Cell* c);  // into the ring, or the overflow (global_size_ counted by the caller)
   Cell* pop_global();
   void notify_one();
   bool any_work() const noexcept;
@@ -102,9 +102,23 @@ class Dispatcher {
 
   std::vector<std::unique_ptr<Worker>> workers_;
   // Wake-ups from outside the workers (the remoting I/O thread hands a frame's messages to many
-  // actors at once): lock-free, so that neither it nor the workers popping ever wait on a lock.
-  boost::lockfree::queue<Cell*> global_{1024};
-  std::atomic<std::size_t> global_size_{0};
+  // actors at once): a bounded lock-free ring (Vyukov's MPMC queue: a sequence number per slot,
+  // one CAS per push or pop, no allocation, plain pointers), so that neither the I/O thread nor
+  // the workers popping wait on a lock; a mutex-guarded overflow takes what the ring cannot.
+  struct Slot {
+    std::atomic<std::size_t> seq;
+    Cell* cell;
+  };
+  static constexpr std::size_t kRing = 1024;  // a power of two
+  bool ring_push(Cell* c) noexcept;
+  Cell* ring_pop() noexcept;
+  std::unique_ptr<Slot[]> ring_;
+  alignas(64) std::atomic<std::size_t> ring_tail_{0};  // pushers
+  alignas(64) std::atomic<std::size_t> ring_head_{0};  // poppers
+  alignas(64) std::atomic<std::size_t> global_size_{0};  // ring and overflow together
+  std::mutex overflow_mu_;
+  std::deque<Cell*> overflow_;
+  std::atomic<std::size_t> overflow_size_{0};
   std::mutex park_mu_;
   std::condition_variable park_cv_;
   std::atomic<int> sleepers_{0};
