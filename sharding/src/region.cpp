@@ -126,6 +126,7 @@ class Region final : public Actor {
     std::uint64_t incarnation = 0;
     std::uint32_t last_active = 0;  // activity_tick() of its last message
     bool passivating = false;       // messages wait in waiting_ meanwhile
+    std::uint16_t shard = 0;        // shard_of(type, id): the front door checks a sender's claim
   };
   static_assert(sizeof(Entity) <= 24);
   struct Hosted {
@@ -161,11 +162,12 @@ class Region final : public Actor {
       if (!in.route) break;
       const auto& r = *in.route;
       if (r.entity_id.empty() || r.entity_id.size() > settings_.max_id_bytes) break;
+      // The entity's own shard (kept since it started) must be the one the sender claims, and
+      // that shard served here at the sender's epoch.
+      auto it = entities_.find(r.entity_id);
+      if (it == entities_.end() || it->second.passivating || it->second.shard != r.shard) break;
       auto h = hosted_.find(r.shard);
       if (h == hosted_.end() || h->second.stopping || h->second.epoch != r.epoch) break;
-      if (shard_of(settings_.type, r.entity_id, settings_.num_shards) != r.shard) break;
-      auto it = entities_.find(r.entity_id);
-      if (it == entities_.end() || it->second.passivating) break;
       it->second.last_active = now;
       it->second.ref.tell(std::move(in.msg), std::move(in.sender));
     }
@@ -377,7 +379,8 @@ class Region final : public Actor {
     shared_->live.fetch_add(1, std::memory_order_relaxed);
     const auto inc = shared_->incarnations.fetch_add(1, std::memory_order_relaxed) + 1;
     log_activation(id, true, inc);
-    return entities_.emplace(id, Entity{ref, inc, activity_tick(), false}).first;
+    const auto shard = static_cast<std::uint16_t>(shard_of(settings_.type, id, settings_.num_shards));  // < 65,536
+    return entities_.emplace(id, Entity{ref, inc, activity_tick(), false, shard}).first;
   }
 
   /// The system's timer clock (tests drive it) in ticks of passivate_after / 64 (rounded up),

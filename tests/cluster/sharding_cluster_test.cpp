@@ -242,6 +242,32 @@ TEST(ClusterSharding, TheFrontDoorHandsKeyedMessagesToRunningEntitiesInOrder) {
   std::uint64_t door = 0;
   for (int i : {0, 1}) door += c.sh[i]->stats().front_door;
   EXPECT_GT(door, 0u) << "running entities got messages through the front door";
+  // A keyed message for a running entity that claims another shard of the same owner, at that
+  // shard's epoch, never takes the door: only the claim check stops it there. The region drops
+  // it (counted as malformed), and the sender's next messages still come through in order.
+  {
+    const auto table = c.sh[2]->shards(kType);
+    const auto real = sharding::shard_of(kType, ids[0], kShards);
+    std::string owner;
+    for (const auto& si : table) {
+      if (si.shard == real) owner = si.region;
+    }
+    const sharding::ShardInfo* other = nullptr;
+    for (const auto& si : table) {
+      if (si.shard != real && si.region == owner && !si.moving) other = &si;
+    }
+    ASSERT_FALSE(owner.empty());
+    ASSERT_NE(other, nullptr);
+    auto region = c.nodes[2]->transport().resolve(owner);
+    ASSERT_TRUE(region);
+    const auto malformed = [&] { return c.sh[0]->stats().malformed + c.sh[1]->stats().malformed; };
+    const auto before = malformed();
+    ASSERT_TRUE(c.nodes[2]->transport().tell_keyed(*region, testkit::ping(seq + 1000), probe.ref(),
+                                                   remoting::KeyedRoute{ids[0], other->shard, other->epoch, 1}));
+    send_round(1);
+    expect_in_order(ids.size());  // the wrong claim's echo would have come first for ids[0]
+    EXPECT_EQ(malformed(), before + 1);
+  }
   // Each entity asks to be passivated while messages keep coming: those that arrive meanwhile
   // wait in the region and start its next activation, still in order.
   const auto passivations = [&] { return c.sh[0]->stats().passivations + c.sh[1]->stats().passivations; };
