@@ -280,7 +280,10 @@ bool Cell::has_work(std::uint32_t s) const noexcept {
 }
 
 void Cell::run() {
-  std::uint32_t s = state_.fetch_and(~kPending, std::memory_order_acq_rel);
+  // Clears kPending only when set (no read-modify-write on most turns): one set after this read
+  // makes finish_turn see work and schedule another turn, which clears it.
+  std::uint32_t s = state_.load(std::memory_order_acquire);
+  if (s & kPending) s = state_.fetch_and(~kPending, std::memory_order_acq_rel);
   if (!(s & kDead)) {
     if (s & kStarting) {
       state_.fetch_and(~kStarting, std::memory_order_acq_rel);
