@@ -3,7 +3,7 @@
 // (owner pushes and pops, idle workers steal) and a LIFO slot: an actor woken by the actor
 // running on this worker runs next on the same worker (hot caches, no cross-core hand-off),
 // which is what makes request/response chains fast. Wake-ups from outside go to a shared
-// lock-free injection ring. Idle workers spin briefly, then park on a condition variable; new
+// injection ring without locks. Idle workers spin briefly, then park on a condition variable; new
 // work wakes one parked worker at a time (which wakes the next if it finds more waiting).
 
 #include <array>
@@ -102,9 +102,11 @@ class Dispatcher {
 
   std::vector<std::unique_ptr<Worker>> workers_;
   // Wake-ups from outside the workers (the remoting I/O thread hands a frame's messages to many
-  // actors at once): a bounded lock-free ring (Vyukov's MPMC queue: a sequence number per slot,
-  // one CAS per push or pop, no allocation, plain pointers), so that neither the I/O thread nor
-  // the workers popping wait on a lock; a mutex-guarded overflow takes what the ring cannot.
+  // actors at once): a bounded ring without locks (Vyukov's MPMC queue: a sequence number per
+  // slot, one CAS per push or pop, no allocation, plain pointers), so that neither the I/O thread
+  // nor the workers popping wait on a lock; a mutex-guarded overflow takes what the ring cannot.
+  // A pusher descheduled between claiming its slot and filling it holds the poppers up until it
+  // runs again (global_size_ keeps them looking; their sched_yield lets it run).
   struct Slot {
     std::atomic<std::size_t> seq;
     Cell* cell;
