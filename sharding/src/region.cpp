@@ -969,6 +969,28 @@ void install_inbox(Sharding::Shared& sh, const std::string& type, const ActorRef
   });
 }
 
+/// Spawns the region of a new entity type (hosting, or a proxy without a factory), opens its
+/// inbox and publishes the type to callers' route caches; the coordinator is asked for a report.
+ActorRef add_type(ActorSystem& system, const std::shared_ptr<Sharding::Shared>& shared, EntitySettings settings,
+                  EntityFactory factory, bool proxy) {
+  ActorRef region;
+  {
+    std::lock_guard lk(shared->mu);
+    if (shared->types.count(settings.type)) throw std::invalid_argument("entity type '" + settings.type + "' started twice");
+    Sharding::Shared::TypeEntry entry;
+    entry.settings = settings;
+    entry.proxy = proxy;
+    region = system.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, std::move(factory),
+                                         shared, proxy, entry.in_region, entry.door);
+    install_inbox(*shared, settings.type, region, entry);
+    entry.region = region;
+    shared->types.emplace(settings.type, std::move(entry));
+    shared->route_gen.fetch_add(1, std::memory_order_release);
+  }
+  if (shared->coordinator_actor) shared->coordinator_actor.tell(report_again());
+  return region;
+}
+
 }  // namespace
 
 Sharding::~Sharding() {
@@ -986,21 +1008,7 @@ ActorRef Sharding::start(EntitySettings settings, EntityFactory factory) {
   if (settings.max_id_bytes == 0) throw std::invalid_argument("EntitySettings.max_id_bytes: at least 1");
   if (!factory) throw std::invalid_argument("an entity factory is required");
   if (shared_->client_mode) throw std::invalid_argument("a sharding client hosts no entities (use start_proxy)");
-  ActorRef region;
-  {
-    std::lock_guard lk(shared_->mu);
-    if (shared_->types.count(settings.type)) throw std::invalid_argument("entity type '" + settings.type + "' started twice");
-    Shared::TypeEntry entry;
-    entry.settings = settings;
-    region = system_.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, std::move(factory),
-                                          shared_, false, entry.in_region, entry.door);
-    install_inbox(*shared_, settings.type, region, entry);
-    entry.region = region;
-    shared_->types.emplace(settings.type, std::move(entry));
-    shared_->route_gen.fetch_add(1, std::memory_order_release);
-  }
-  if (shared_->coordinator_actor) shared_->coordinator_actor.tell(report_again());
-  return region;
+  return add_type(system_, shared_, std::move(settings), std::move(factory), false);
 }
 
 ActorRef Sharding::start_proxy(std::string type, std::uint32_t num_shards, std::size_t max_id_bytes) {
@@ -1013,22 +1021,7 @@ ActorRef Sharding::start_proxy(std::string type, std::uint32_t num_shards, std::
   if (settings.type.empty() || settings.type.size() > 128) throw std::invalid_argument("proxy type: 1 to 128 characters");
   if (num_shards == 0 || num_shards > 65'536) throw std::invalid_argument("proxy num_shards: 1 to 65536");
   if (max_id_bytes == 0) throw std::invalid_argument("proxy max_id_bytes: at least 1");
-  ActorRef region;
-  {
-    std::lock_guard lk(shared_->mu);
-    if (shared_->types.count(settings.type)) throw std::invalid_argument("entity type '" + settings.type + "' started twice");
-    Shared::TypeEntry entry;
-    entry.settings = settings;
-    entry.proxy = true;
-    region = system_.spawn_system<Region>(SpawnOptions{.name = region_name(settings.type)}, settings, EntityFactory{},
-                                          shared_, true, entry.in_region, entry.door);
-    install_inbox(*shared_, settings.type, region, entry);
-    entry.region = region;
-    shared_->types.emplace(settings.type, std::move(entry));
-    shared_->route_gen.fetch_add(1, std::memory_order_release);
-  }
-  if (shared_->coordinator_actor) shared_->coordinator_actor.tell(report_again());
-  return region;
+  return add_type(system_, shared_, std::move(settings), EntityFactory{}, true);
 }
 
 namespace {

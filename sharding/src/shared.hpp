@@ -3,8 +3,8 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <map>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <span>
