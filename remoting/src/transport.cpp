@@ -808,9 +808,11 @@ ActorRef Transport::Core::sender_ref(const Conn& c, std::string_view s) {
 }
 
 void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
-  if (e.type == kWatch || e.type == kUnwatch || e.type == kTerminated) flush_inbox();  // in frame order
-  if (e.type == kWatch || e.type == kUnwatch) return on_watch(c.origin, e, e.type == kWatch);
-  if (e.type == kTerminated) return on_terminated(c.origin, std::move(e));
+  if (e.type == kWatch || e.type == kUnwatch || e.type == kTerminated) {
+    flush_inbox();  // what came before it in the frame goes first
+    if (e.type == kTerminated) return on_terminated(c.origin, std::move(e));
+    return on_watch(c.origin, e, e.type == kWatch);
+  }
   if (e.sender != c.last_sender || (c.last_sender_ref && c.last_sender_ref.target()->terminated())) {
     c.last_sender_ref = sender_ref(c, e.sender);
     c.last_sender = e.sender;
