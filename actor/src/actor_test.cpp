@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <future>
-#include <latch>
 #include <string>
 #include <thread>
 #include <vector>
@@ -590,20 +589,27 @@ TEST(Dispatcher, AWakeBatchHandsItsActorsToTheWorkersWithAllTheirMessagesInOrder
 TEST(Dispatcher, MoreActorsWokenAtOnceThanTheRingHoldsAllRun) {
   ActorSystem sys(two_workers());
   constexpr int kActors = 3000;
-  std::latch ran(kActors);
+  // The last actor to run says so: the test awaits that event.
+  struct Tally {
+    std::atomic<int> left{kActors};
+    std::promise<void> all;
+  } tally;
   class CountDown final : public Actor {
    public:
-    explicit CountDown(std::latch* l) : l_(l) {}
-    void receive(const Message&) override { l_->count_down(); }
-    std::latch* l_;
+    explicit CountDown(Tally* t) : t_(t) {}
+    void receive(const Message&) override {
+      if (t_->left.fetch_sub(1) == 1) t_->all.set_value();
+    }
+    Tally* t_;
   };
   std::vector<ActorRef> refs;
-  for (int i = 0; i < kActors; ++i) refs.push_back(sys.spawn<CountDown>(SpawnOptions{}, &ran));
+  for (int i = 0; i < kActors; ++i) refs.push_back(sys.spawn<CountDown>(SpawnOptions{}, &tally));
   {
     ActorSystem::WakeBatch batch(sys);  // all handed over together at its end
     for (auto& r : refs) r.tell(ping(1));
   }
-  EXPECT_TRUE(eventually([&] { return ran.try_wait(); }, 30s)) << "not every woken actor ran";
+  EXPECT_EQ(tally.all.get_future().wait_for(30s), std::future_status::ready)
+      << "not every woken actor ran: " << tally.left.load() << " left";
   sys.shutdown();
 }
 
