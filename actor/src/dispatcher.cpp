@@ -2,6 +2,8 @@
 
 #include <sched.h>
 
+#include <algorithm>
+
 #include "cell.hpp"
 
 namespace troupe::detail {
@@ -373,10 +375,13 @@ void Dispatcher::run(Worker& w) {
   tls_worker = &w;
   constexpr unsigned kParked = ~0u;  // idle_spins right after park()
   unsigned idle_spins = 0;
+  unsigned spin_limit = kMaxIdleSpins;
   while (!stopping_.load(std::memory_order_acquire)) {
     if (Cell* c = next(w)) {
       // Back from parking with work: more may be waiting, for a worker that still sleeps.
       if (idle_spins == kParked && any_work()) notify_one();
+      // Work came while this worker yielded: spinning pays here, allow more of it.
+      else if (idle_spins != 0) spin_limit = std::min(kMaxIdleSpins, spin_limit * 2);
       idle_spins = 0;
       // This turn may be long: while a worker sleeps nobody else would see lingering cells.
       if (sleepers_.load(std::memory_order_seq_cst) != 0 && lingering(w)) end_lingers(w);
@@ -384,10 +389,12 @@ void Dispatcher::run(Worker& w) {
       continue;
     }
     if (idle_spins == kParked) idle_spins = 0;
-    if (++idle_spins < 64) {
+    if (++idle_spins < spin_limit) {
       sched_yield();
       continue;
     }
+    // Yielded in vain: spin less before parking next time.
+    spin_limit = std::max(kMinIdleSpins, spin_limit / 2);
     park(w);
     idle_spins = kParked;
   }

@@ -69,6 +69,9 @@ class Dispatcher {
     }
   };
   static constexpr unsigned kLingerSlots = 4;
+  // Yields before a worker without work parks: adapted per worker between these bounds (doubled
+  // when work came while it yielded, halved when it parked after yielding in vain).
+  static constexpr unsigned kMaxIdleSpins = 64, kMinIdleSpins = 2;
   static constexpr std::uint64_t kLingerTicks = 256;
   struct Worker {
     Dispatcher* owner = nullptr;
