@@ -175,7 +175,8 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
         continue;
       }
       const auto* st = e->stamp();
-      in.route = st ? KeyedRoute{id->str(), st->shard(), st->epoch(), st->hops()} : KeyedRoute{id->str(), 0, 0, 0};
+      in.route = st ? KeyedRoute{id->string_view(), st->shard(), st->epoch(), st->hops()}
+                    : KeyedRoute{id->string_view(), 0, 0, 0};
     }
     out.push_back(std::move(in));
     ++report.accepted;

@@ -55,7 +55,8 @@ TEST_F(Frames, KeyedEnvelopesCarryTheirRouteAndBadEntityIdsAreDropped) {
   auto m = ping(1);
   const KeyedRoute good{"user-42", 9, 4, 2};
   const KeyedRoute empty{"", 1, 1, 1};
-  const KeyedRoute too_long{std::string(limits.max_path_bytes + 1, 'x'), 1, 1, 1};
+  const std::string long_id(limits.max_path_bytes + 1, 'x');
+  const KeyedRoute too_long{long_id, 1, 1, 1};
   b.add(m.type(), "/system/region", "", 0, m.bytes(), &good);
   b.add(m.type(), "/system/region", "", 0, m.bytes(), &empty);
   b.add(m.type(), "/system/region", "", 0, m.bytes(), &too_long);

@@ -113,17 +113,58 @@ bool starts_with_temp(std::string_view p) { return p.starts_with(kTempPrefix); }
 class RemoteRef;
 struct Peer;
 
+/// An entity id an Outbound carries: inline when short (most ids), so that an Outbound moves by
+/// copying a few words and calls nothing; longer ones on the heap.
+class OutboundId {
+ public:
+  OutboundId() = default;
+  explicit OutboundId(std::string_view s) : size_(static_cast<std::uint32_t>(s.size())) {
+    char* to = inline_;
+    if (s.size() > kInline) {
+      heap_ = std::make_unique<char[]>(s.size());
+      to = heap_.get();
+    }
+    if (!s.empty()) std::memcpy(to, s.data(), s.size());
+  }
+  std::string_view view() const noexcept { return {heap_ ? heap_.get() : inline_, size_}; }
+
+ private:
+  static constexpr std::size_t kInline = 44;
+  std::uint32_t size_ = 0;
+  char inline_[kInline];
+  std::unique_ptr<char[]> heap_;
+};
+
+/// One message waiting to be sent. Moved twice (into the producers' vector, into its peer's
+/// queue): nothing in it has a move that is not a few word copies.
 struct Outbound {
-  Outbound(std::shared_ptr<Peer> p, ActorRef r, Message m, ActorRef s, std::string t = {}, std::string f = {})
-      : peer(std::move(p)), recipient(std::move(r)), msg(std::move(m)), sender(std::move(s)), to(std::move(t)),
-        from(std::move(f)) {}
+  Outbound(std::shared_ptr<Peer> p, ActorRef r, Message m, ActorRef s)
+      : peer(std::move(p)), recipient(std::move(r)), msg(std::move(m)), sender(std::move(s)) {}
+  /// A control message: to the path `t` on the peer (with a null `r`), or from the path `f`.
+  Outbound(std::shared_ptr<Peer> p, ActorRef r, Message m, ActorRef s, std::string t, std::string f)
+      : Outbound(std::move(p), std::move(r), std::move(m), std::move(s)) {
+    paths = std::make_unique<Paths>(Paths{std::move(t), std::move(f)});
+  }
   std::shared_ptr<Peer> peer;
-  ActorRef recipient;  // the RemoteRef (its path is the envelope's recipient) or null with `to`
+  ActorRef recipient;  // the RemoteRef (its path is the envelope's recipient) or null with to()
   Message msg;
   ActorRef sender;
-  std::string to;    // recipient path when `recipient` is null (control messages)
-  std::string from;  // sender path when set (overrides `sender`)
-  std::optional<KeyedRoute> route;  // the entity the message is for (tell_keyed)
+  struct Paths {
+    std::string to, from;
+  };
+  std::unique_ptr<Paths> paths;  // control messages only
+  // The recipient's path when `recipient` is null; the sender's path when set (overrides `sender`).
+  const std::string& to() const noexcept { return paths ? paths->to : kNone; }
+  const std::string& from() const noexcept { return paths ? paths->from : kNone; }
+  // The entity the message is for (tell_keyed): its id and its stamps.
+  bool keyed = false;
+  std::uint8_t hops = 0;
+  std::uint32_t shard = 0;
+  std::uint64_t epoch = 0;
+  OutboundId entity_id;
+
+ private:
+  static inline const std::string kNone;
 };
 
 /// One incarnation of a remote node that this node sends to.
@@ -292,14 +333,14 @@ class RemoteRef final : public troupe::detail::RefTarget {
         id_((1ull << 63) | core_->next_ref_id.fetch_add(1, std::memory_order_relaxed)) {}
 
   void send(Message&& msg, ActorRef&& sender) override {
-    core_->enqueue(Outbound{peer_, ActorRef(this, true), std::move(msg), std::move(sender), {}, {}});
+    core_->enqueue(Outbound{peer_, ActorRef(this, true), std::move(msg), std::move(sender)});
   }
   void undeliverable() noexcept override {
     // Only an ask waits for an answer: tell it there will be none.
     if (!starts_with_temp(path_)) return;
     auto m = Message::build<sys::Undeliverable>(
         [](flatbuffers::FlatBufferBuilder& b) { return sys::CreateUndeliverableDirect(b, "no actor at the path"); });
-    core_->enqueue(Outbound{peer_, ActorRef(this, true), std::move(m), {}, {}, {}});
+    core_->enqueue(Outbound{peer_, ActorRef(this, true), std::move(m), {}});
   }
   std::string path() const override { return address_; }
   std::uint64_t id() const noexcept override { return id_; }
@@ -361,7 +402,7 @@ void Transport::Core::wake() {
 
 void Transport::Core::drop(Outbound& o, const char* why, std::atomic<std::uint64_t>& counter) {
   bump(counter);
-  const std::string to = o.recipient ? o.recipient.path() : o.peer->addr.to_string() + o.to;
+  const std::string to = o.recipient ? o.recipient.path() : o.peer->addr.to_string() + o.to();
   system.dead_letter(o.msg, o.sender, to, why);
 }
 
@@ -542,7 +583,7 @@ void Transport::Core::close_peer(Peer& p) {
 }
 
 std::string Transport::Core::sender_string(const Outbound& o) {
-  if (!o.from.empty()) return o.from;
+  if (!o.from().empty()) return o.from();
   if (!o.sender) return {};
   auto* t = o.sender.target();
   if (auto* rr = as_remote(t)) return rr->address();
@@ -625,21 +666,22 @@ void Transport::Core::flush(Peer& p) {
     std::string from;
     while (k < p.pending.size() && k < cfg.limits.max_envelopes && builder.approx_bytes() < cfg.max_batch_bytes) {
       const auto& o = p.pending[k];
-      const std::string& to = o.recipient ? static_cast<RemoteRef*>(o.recipient.target())->local_path() : o.to;
+      const std::string& to = o.recipient ? static_cast<RemoteRef*>(o.recipient.target())->local_path() : o.to();
       // A message that would make the frame outgrow its buffer starts the next frame (a bound:
       // envelope fields, its sender's address, the offsets and the batch's own fields).
-      if (k > 0 && builder.approx_bytes() + o.msg.size() + to.size() + (o.route ? o.route->entity_id.size() : 0) +
+      if (k > 0 && builder.approx_bytes() + o.msg.size() + to.size() + o.entity_id.view().size() +
                            cfg.limits.max_path_bytes + 4 * k + self_origin.size() + 256 > frame_pool.buffer_bytes()) {
         break;
       }
-      if (!o.from.empty() || !o.sender) {
+      if (!o.from().empty() || !o.sender) {
         last_sender = nullptr;
-        from = o.from;
+        from = o.from();
       } else if (o.sender.target() != last_sender) {
         last_sender = o.sender.target();
         from = sender_string(o);
       }
-      builder.add(o.msg.type(), to, from, 0, o.msg.bytes(), o.route ? &*o.route : nullptr);
+      const KeyedRoute route{o.entity_id.view(), o.shard, o.epoch, o.hops};
+      builder.add(o.msg.type(), to, from, 0, o.msg.bytes(), o.keyed ? &route : nullptr);
       ++k;
     }
     const auto frame_bytes = builder.finish(self_origin, p.addr.uid).size();
@@ -1343,11 +1385,15 @@ void Transport::stop() {
 const NodeAddress& Transport::address() const noexcept { return core_->self; }
 std::string Transport::public_key() const { return core_->cfg.insecure ? std::string() : core_->cfg.keys.public_key; }
 
-bool Transport::tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, KeyedRoute route) {
+bool Transport::tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, const KeyedRoute& route) {
   auto* rr = as_remote(to.target());
   if (!rr || rr->core() != core_.get()) return false;
   Outbound o{rr->peer(), to, std::move(msg), sender};
-  o.route = std::move(route);
+  o.keyed = true;
+  o.hops = route.hops;
+  o.shard = route.shard;
+  o.epoch = route.epoch;
+  o.entity_id = OutboundId(route.entity_id);
   core_->enqueue(std::move(o));
   return true;
 }

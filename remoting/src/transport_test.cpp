@@ -133,6 +133,7 @@ TEST_F(TwoNodes, KeyedMessagesReachTheInboxOfTheirPathWithTheirRoute) {
   struct Got {
     std::uint64_t seq;
     bool keyed;
+    std::string entity_id;  // the route's id is a view into the frame, valid during the call
     KeyedRoute route;
     ActorRef sender;
   };
@@ -141,7 +142,9 @@ TEST_F(TwoNodes, KeyedMessagesReachTheInboxOfTheirPathWithTheirRoute) {
   b->transport->set_inbox("/user/echo", [&](std::span<Transport::Inbound> run) {
     std::lock_guard lk(mu);
     for (auto& in : run) {
-      got.push_back({in.msg.as<test::Ping>()->seq(), in.route != nullptr, in.route ? *in.route : KeyedRoute{}, in.sender});
+      got.push_back({in.msg.as<test::Ping>()->seq(), in.route != nullptr,
+                     in.route ? std::string(in.route->entity_id) : std::string(), in.route ? *in.route : KeyedRoute{},
+                     in.sender});
     }
   });
   auto echo = a->ref_on(*b, "/user/echo");
@@ -155,7 +158,7 @@ TEST_F(TwoNodes, KeyedMessagesReachTheInboxOfTheirPathWithTheirRoute) {
     std::lock_guard lk(mu);
     EXPECT_EQ(got[0].seq, 1u);
     ASSERT_TRUE(got[0].keyed);
-    EXPECT_EQ(got[0].route.entity_id, "user-42");
+    EXPECT_EQ(got[0].entity_id, "user-42");
     EXPECT_EQ(got[0].route.shard, 7u);
     EXPECT_EQ(got[0].route.epoch, 3u);
     EXPECT_EQ(got[0].route.hops, 1u);

@@ -9,8 +9,13 @@ namespace troupe::sharding {
 
 std::uint64_t entity_hash(std::string_view type, std::string_view id) noexcept {
   // The type's hash seeds the id's: no concatenation, no allocation.
-  const auto t = XXH3_64bits(type.data(), type.size());
-  return XXH3_64bits_withSeed(id.data(), id.size(), t);
+  return entity_hash_seeded(type_hash(type), id);
+}
+
+std::uint64_t type_hash(std::string_view type) noexcept { return XXH3_64bits(type.data(), type.size()); }
+
+std::uint64_t entity_hash_seeded(std::uint64_t type_hash, std::string_view id) noexcept {
+  return XXH3_64bits_withSeed(id.data(), id.size(), type_hash);
 }
 
 std::uint64_t rendezvous_weight(ShardId shard, std::uint64_t node) noexcept {

@@ -31,8 +31,15 @@ TEST(Placement, EntityHashIsStableSeparatesTypeAndIdAndSpreads) {
   EXPECT_EQ(entity_hash("user", "42"), entity_hash("user", "42"));
   EXPECT_NE(entity_hash("ab", "c"), entity_hash("a", "bc"));
   EXPECT_NE(entity_hash("user", "42"), entity_hash("order", "42"));
+  // Routers hash the type once (type_hash) and each id with it: the same shard as shard_of.
+  EXPECT_EQ(entity_hash_seeded(type_hash("user"), "42"), entity_hash("user", "42"));
   std::vector<int> count(64, 0);
-  for (int i = 0; i < 64000; ++i) ++count[shard_of("user", "user-" + std::to_string(i), 64)];
+  const auto user = type_hash("user");
+  for (int i = 0; i < 64000; ++i) {
+    const auto id = "user-" + std::to_string(i);
+    ++count[shard_of("user", id, 64)];
+    ASSERT_EQ(shard_of_seeded(user, id, 64), shard_of("user", id, 64)) << id;
+  }
   for (int c : count) {
     EXPECT_GT(c, 800);   // expected 1000 per shard
     EXPECT_LT(c, 1200);

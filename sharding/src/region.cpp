@@ -128,7 +128,16 @@ class Region final : public Actor {
     bool passivating = false;       // messages wait in waiting_ meanwhile
     std::uint16_t shard = 0;        // shard_of(type, id): the front door checks a sender's claim
   };
+  // Looked up by the string_view a keyed envelope's route holds (no string built per message).
+  // Not noexcept on purpose: libstdc++ then keeps each node's hash (as for std::hash<string>),
+  // so a lookup compares hashes before strings and never rehashes a neighbour's key.
+  struct IdHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  using Entities = std::unordered_map<std::string, Entity, IdHash, std::equal_to<>>;
   static_assert(sizeof(Entity) <= 24);
+  static_assert(!std::is_nothrow_invocable_v<const IdHash&, const std::string&>, "see IdHash");
   struct Hosted {
     std::uint64_t epoch = 0;
     bool stopping = false;     // entities stopping or stopped (handoff, minority): messages buffered
@@ -372,7 +381,7 @@ class Region final : public Actor {
     it->second.waiters.clear();
   }
 
-  std::unordered_map<std::string, Entity>::iterator activate(const std::string& id) {
+  Entities::iterator activate(const std::string& id) {
     auto ref = factory_(context(), SpawnOptions{.name = entity_child_name(id)}, id);
     context().watch(ref);
     shared_->activations.fetch_add(1, std::memory_order_relaxed);
@@ -416,7 +425,7 @@ class Region final : public Actor {
 
   /// The entity `ref` is, found from its name (the last segment of its path): no reverse map,
   /// which would cost every idle entity another entry.
-  std::unordered_map<std::string, Entity>::iterator find(const ActorRef& ref) {
+  Entities::iterator find(const ActorRef& ref) {
     if (!ref) return entities_.end();
     const auto path = ref.path();
     auto it = entities_.find(entity_id_of_name(std::string_view(path).substr(path.rfind('/') + 1)));
@@ -815,7 +824,7 @@ class Region final : public Actor {
   bool down_ = false;
   bool suspended_ = false;  // this node sees itself in a minority
   std::string my_address_;
-  std::unordered_map<std::string, Entity> entities_;
+  Entities entities_;
   // Messages for entities that are passivating (few at a time): they start the next activation.
   std::unordered_map<std::string, std::deque<std::pair<Message, ActorRef>>> waiting_;
   // The table as this region last accepted it.
@@ -1038,6 +1047,7 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
     ActorRef region;
     std::size_t max_id = 0;
     std::uint32_t num_shards = 0;
+    std::uint64_t type_hash = 0;
     std::shared_ptr<const Sharding::Shared::Route> table;
     std::shared_ptr<std::atomic<std::int64_t>> in_region;
   };
@@ -1051,6 +1061,7 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
     c.shared_id = shared.id;
     c.gen = shared.route_gen.load(std::memory_order_relaxed);
     c.type = type;
+    c.type_hash = type_hash(type);
     if (auto it = shared.types.find(c.type); it != shared.types.end()) {
       c.region = it->second.region;
       c.max_id = it->second.settings.max_id_bytes;
@@ -1086,14 +1097,14 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
   // Straight to a remote owner from the region's table, when nothing of ours waits in the
   // region (see Shared::TypeEntry::route).
   if (table && table->usable && in_region->load(std::memory_order_acquire) == 0) {
-    const auto shard = shard_of(type, id, num_shards);
+    const auto shard = shard_of_seeded(c.type_hash, id, num_shards);
     const auto o = shard < table->owner.size() ? table->owner[shard] : 0;
     if (o != 0 && !table->moving[shard] && static_cast<int>(o) - 1 != table->self_index) {
       shared.forwarded.fetch_add(1, std::memory_order_relaxed);
       // Keyed: the entity's id and stamps ride in the transport's envelope, the message as it
       // is (no second buffer around it); a retrying ask's key needs the EntityEnvelope.
       if (key.empty() && shared.transport->tell_keyed(table->regions[o - 1], msg, sender,
-                                                      remoting::KeyedRoute{std::string(id), shard, table->epoch[shard], 1})) {
+                                                      remoting::KeyedRoute{id, shard, table->epoch[shard], 1})) {
         return;
       }
       table->regions[o - 1].tell(entity_envelope(id, msg.type(), msg.bytes(), type, shard, table->epoch[shard], 1, key),

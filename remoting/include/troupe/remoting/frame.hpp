@@ -49,9 +49,10 @@ const std::error_category& frame_category() noexcept;
 inline std::error_code make_error_code(FrameErrc e) noexcept { return {static_cast<int>(e), frame_category()}; }
 
 /// The entity a keyed envelope is for (see troupe.wire.Envelope): its id and the sharding
-/// stamps the receiving region checks.
+/// stamps the receiving region checks. A view: `entity_id` is not owned. Decoded, it points into
+/// the frame; given to Transport::tell_keyed or BatchBuilder::add, it is copied before they return.
 struct KeyedRoute {
-  std::string entity_id;
+  std::string_view entity_id;
   std::uint32_t shard = 0;
   std::uint64_t epoch = 0;
   std::uint8_t hops = 0;

@@ -149,8 +149,8 @@ class Transport final : public NodeLossListener {
   /// Sends `msg` to the remote actor `to` keyed to an entity behind it (a sharded entity behind
   /// its region): the id and stamps travel in the envelope, and the receiving node hands the
   /// message to the inbox set for `to`'s path (set_inbox). False, and nothing sent, when `to`
-  /// is not a remote ref of this transport.
-  bool tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, KeyedRoute route);
+  /// is not a remote ref of this transport. The route's id is copied: it need not outlive the call.
+  bool tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, const KeyedRoute& route);
 
   /// One inbound message for a local path with an inbox.
   struct Inbound {

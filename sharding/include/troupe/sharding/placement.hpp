@@ -25,11 +25,19 @@ namespace troupe::sharding {
 
 using ShardId = std::uint32_t;
 
-/// XXH3-64 of `type` and `id` (separated so that ("ab","c") and ("a","bc") differ).
+/// XXH3-64 of `type` and `id` (separated so that ("ab","c") and ("a","bc") differ):
+/// entity_hash_seeded(type_hash(type), id).
 std::uint64_t entity_hash(std::string_view type, std::string_view id) noexcept;
+/// The type's part of entity_hash, for callers that route many ids of one type.
+std::uint64_t type_hash(std::string_view type) noexcept;
+std::uint64_t entity_hash_seeded(std::uint64_t type_hash, std::string_view id) noexcept;
 /// The shard of an entity: entity_hash(type, id) % num_shards (0 when num_shards is 0).
 inline ShardId shard_of(std::string_view type, std::string_view id, std::uint32_t num_shards) noexcept {
   return num_shards ? static_cast<ShardId>(entity_hash(type, id) % num_shards) : 0;
+}
+/// shard_of with the type's hash computed once (type_hash).
+inline ShardId shard_of_seeded(std::uint64_t type_hash, std::string_view id, std::uint32_t num_shards) noexcept {
+  return num_shards ? static_cast<ShardId>(entity_hash_seeded(type_hash, id) % num_shards) : 0;
 }
 /// The rendezvous weight of `shard` on `node`.
 std::uint64_t rendezvous_weight(ShardId shard, std::uint64_t node) noexcept;
