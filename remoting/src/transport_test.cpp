@@ -150,9 +150,12 @@ TEST_F(TwoNodes, KeyedMessagesReachTheInboxOfTheirPathWithTheirRoute) {
   auto echo = a->ref_on(*b, "/user/echo");
   ASSERT_TRUE(a->transport->tell_keyed(echo, ping(1), a->probe.ref(), KeyedRoute{"user-42", 7, 3, 1}));
   echo.tell(ping(2), a->probe.ref());  // not keyed: the inbox gets it too, without a route
+  // An id longer than an outbound message keeps inline travels as well.
+  const std::string long_id(200, 'k');
+  ASSERT_TRUE(a->transport->tell_keyed(echo, ping(10), {}, KeyedRoute{long_id, 8, 5, 2}));
   ASSERT_TRUE(eventually([&] {
     std::lock_guard lk(mu);
-    return got.size() == 2;
+    return got.size() == 3;
   }));
   {
     std::lock_guard lk(mu);
@@ -165,9 +168,14 @@ TEST_F(TwoNodes, KeyedMessagesReachTheInboxOfTheirPathWithTheirRoute) {
     EXPECT_EQ(got[0].sender.path(), a->transport->address_of(a->probe.ref()));
     EXPECT_EQ(got[1].seq, 2u);
     EXPECT_FALSE(got[1].keyed);
+    EXPECT_EQ(got[2].seq, 10u);
+    EXPECT_EQ(got[2].entity_id, long_id);
+    EXPECT_EQ(got[2].route.shard, 8u);
+    EXPECT_EQ(got[2].route.epoch, 5u);
+    EXPECT_FALSE(got[2].sender);
   }
   // Without the inbox the actor gets plain messages again (the first echo is 4's: the inbox took
-  // 1 and 2), and a keyed one has nowhere to go.
+  // 1, 2 and 10), and a keyed one has nowhere to go.
   b->transport->set_inbox("/user/echo", {});
   const auto no_recipient = b->transport->stats().envelopes_no_recipient;
   ASSERT_TRUE(a->transport->tell_keyed(echo, ping(3), a->probe.ref(), KeyedRoute{"user-42", 7, 3, 1}));
