@@ -1,5 +1,7 @@
 #include "cell.hpp"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -293,7 +295,12 @@ void Cell::run() {
     s = state_.load(std::memory_order_acquire);
     if ((s & kRecreating) && !(s & (kStopReq | kTerminating)) && no_children()) finish_recreate();
     s = state_.load(std::memory_order_acquire);
-    if (!(s & (kStopReq | kTerminating | kSuspended | kRecreating))) process(sys_.throughput);
+    if (!(s & (kStopReq | kTerminating | kSuspended | kRecreating)) && process(sys_.throughput)) {
+      // A producer stopped between its two steps, most likely preempted (more runnable threads
+      // than cores): the turn comes round again at once, and without giving the core away it
+      // would spin until the scheduler preempts this worker. Let the producer finish its push.
+      sched_yield();
+    }
     s = state_.load(std::memory_order_acquire);
     if ((s & kStopReq) && !(s & kTerminating)) begin_terminate();
     s = state_.load(std::memory_order_acquire);
@@ -337,18 +344,19 @@ void Cell::start() {
   }
 }
 
-void Cell::process(unsigned budget) {
-  if (!actor_) return;
+bool Cell::process(unsigned budget) {
+  if (!actor_) return false;
   for (unsigned i = 0; i < budget; ++i) {
     MpscNode* n = mbox_.pop();
-    if (!n) return;
+    if (!n) return mbox_.maybe_nonempty();
     if (state_.load(std::memory_order_relaxed) & kCounted) {
       extras_if()->queued.fetch_sub(1, std::memory_order_relaxed);
     }
     Letter l = open_envelope(n);
     deliver(l);
-    if (state_.load(std::memory_order_relaxed) & (kStopReq | kSuspended | kRecreating | kDirective)) return;
+    if (state_.load(std::memory_order_relaxed) & (kStopReq | kSuspended | kRecreating | kDirective)) return false;
   }
+  return false;
 }
 
 void Cell::deliver(Letter& e) {

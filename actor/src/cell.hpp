@@ -313,7 +313,9 @@ class Cell final : public RefTarget, public ActorContext {
   bool wake(std::uint32_t bits);
   bool has_work(std::uint32_t s) const noexcept;
   void start();
-  void process(unsigned budget);
+  /// Runs up to `budget` messages; true when it stopped at a push still half-way (a producer
+  /// between its two steps: the message is there, not yet linked).
+  bool process(unsigned budget);
   void deliver(Letter& l);
   void handle_failure(std::exception_ptr ep);
   void child_failed(Cell& child, std::exception_ptr ep);
