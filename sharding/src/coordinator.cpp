@@ -448,6 +448,12 @@ struct Coordinator::State {
       if (gone && !downed.count(uid)) {
         downed[uid] = free_at(uid, t);
         downed_since[uid] = t;
+        // Plan the moment its margin ends: the periodic tick (resend_interval) would add up to
+        // a period to every recovery.
+        static const Message plan_tick = Message::build<PlanTick>([](auto& b) { return CreatePlanTick(b); });
+        ctx->schedule_once(std::chrono::duration_cast<std::chrono::milliseconds>(downed[uid] - t) +
+                               std::chrono::milliseconds(1),
+                           plan_tick);
         log().info("sharding: member {} is gone; its shards wait for new homes for {} ms", remoting::format_uid(uid),
                    std::chrono::duration_cast<std::chrono::milliseconds>(downed[uid] - t).count());
         for (auto& [name, ts] : types) {
@@ -761,6 +767,12 @@ struct Coordinator::State {
     if (const auto n = node_of(from)) heard[n] = now();
   }
 
+  void on_plan_tick() {
+    if (!active || !ready) return;
+    plan();
+    publish_all();
+  }
+
   void on_tick() {
     if (following && !report_acked) send_report();
     if (!active) return;
@@ -808,6 +820,7 @@ void Coordinator::receive(const Message& m) {
   if (m.is<MembershipTick>()) return s.on_membership();
   if (m.is<CoordinatorTick>()) return s.on_tick();
   if (m.is<MajorityTick>()) return s.check_side();
+  if (m.is<PlanTick>()) return s.on_plan_tick();
   if (m.is<SideHeartbeat>()) return s.on_heartbeat(sender());
   if (const auto* r = m.as<NodeReport>()) return s.on_report(*r, sender());
   if (const auto* a = m.as<TableAck>()) return s.on_table_ack(*a, sender());

@@ -88,6 +88,8 @@ struct ShardCluster {
   std::vector<std::unique_ptr<sharding::Sharding>> sh;
   std::string seed;
   std::size_t buffer_per_shard = 1000;
+  std::chrono::milliseconds resend_interval = 300ms;
+  std::function<void(membership::MembershipConfig&)> tune;  // membership timings, when set
 
   ShardCluster() : nodes(6), sh(6) {}
   ~ShardCluster() {
@@ -97,10 +99,10 @@ struct ShardCluster {
   }
 
   void add(int i, bool host = true, const std::string& ip = "127.0.0.1") {
-    nodes[i] = testkit::start_cluster_node(keys, i, seed, {}, ip);
+    nodes[i] = testkit::start_cluster_node(keys, i, seed, {}, ip, {}, tune);
     if (seed.empty()) seed = nodes[i]->membership()->endpoint().to_string();
     sharding::ClusterShardingConfig cfg;
-    cfg.resend_interval = 300ms;
+    cfg.resend_interval = resend_interval;
     cfg.buffer_per_shard = buffer_per_shard;
     cfg.on_activation = [this, i](const sharding::ActivationEvent& e) { log.add(i, e); };
     sh[i] = std::make_unique<sharding::Sharding>(nodes[i]->system(), nodes[i]->transport(), *nodes[i]->membership(), cfg);
@@ -353,6 +355,24 @@ TEST(ClusterSharding, LostMembersShardsComeBackOnSurvivorsAfterItIsDowned) {
   const auto r = c.sh[0]->stats().reallocation_time;
   EXPECT_GT(r.count, 0u);
   EXPECT_EQ(r.counts[0] + r.counts[1] + r.counts[2] + r.counts[3] + r.counts[4] + r.counts[5], 0u) << "none under 250 ms";
+  c.log.check();
+}
+
+TEST(ClusterSharding, ADownedMembersShardsGetNewHomesWhenItsMarginEndsNotAtTheNextTick) {
+  ShardCluster c;
+  // Neither the coordinator's periodic tick nor the member's removal (a membership event) comes
+  // before 10 s: only planning at the end of the margin gives the shards homes sooner.
+  c.resend_interval = 10s;
+  c.tune = [](membership::MembershipConfig& m) { m.removal_margin = 10s; };
+  ASSERT_TRUE(c.start({0, 1, 2}));
+  c.nodes[2]->stop();  // no leave: it vanishes
+  ASSERT_TRUE(eventually([&] { return c.settled({0, 1}, {0, 1}); }, 60s));
+  // From the downing to a new home: the margin (at least 500 ms, here about that), not 10 s.
+  const auto r = c.sh[0]->stats().reallocation_time;
+  ASSERT_GT(r.count, 0u);
+  std::uint64_t within = 0;
+  for (std::size_t b = 0; b < r.counts.size() && b < 9; ++b) within += r.counts[b];  // <= 2.5 s
+  EXPECT_EQ(within, r.count) << "mean " << r.sum / static_cast<double>(r.count) << " s";
   c.log.check();
 }
 

@@ -32,11 +32,12 @@ struct ClusterKeys {
 
 /// Starts node "n<i>" on `host` (the `local` membership preset, free ports), joining through `seed`
 /// ("host:port" of a member's gossip endpoint; empty: it forms the cluster). Registers the
-/// testkit messages.
+/// testkit messages. `tune` may change the membership timings.
 inline std::unique_ptr<node::Node> start_cluster_node(const ClusterKeys& k, int i, const std::string& seed,
                                                       std::function<void(const membership::MembershipEvent&)> on_event = {},
                                                       const std::string& host = "127.0.0.1",
-                                                      std::vector<std::string> roles = {}) {
+                                                      std::vector<std::string> roles = {},
+                                                      const std::function<void(membership::MembershipConfig&)>& tune = {}) {
   node::NodeOptions o;
   o.name = "n" + std::to_string(i);
   o.workers = 2;
@@ -46,6 +47,7 @@ inline std::unique_ptr<node::Node> start_cluster_node(const ClusterKeys& k, int 
   o.transport.allow_list = k.allow;
   membership::MembershipServiceConfig mc;
   mc.membership = membership::MembershipConfig::local();
+  if (tune) tune(mc.membership);
   mc.bind_host = host;
   mc.port = 0;
   if (!seed.empty()) mc.seeds = {seed};
