@@ -18,11 +18,14 @@ class Mailbox {
 
   /// Any thread. seq_cst: the caller then reads the actor's scheduled flag (Dekker pairing with
   /// the consumer's clear-then-check in Cell::finish_turn).
-  void push(MpscNode* n) noexcept {
+  void push(MpscNode* n) noexcept { link(claim(n), n); }
+  /// A push's two steps, apart for tests: between them a pop finds nothing yet while
+  /// maybe_nonempty() is true (a producer preempted there holds the consumer up).
+  MpscNode* claim(MpscNode* n) noexcept {
     n->next.store(nullptr, std::memory_order_relaxed);
-    MpscNode* prev = head_.exchange(n, std::memory_order_seq_cst);
-    prev->next.store(n, std::memory_order_release);
+    return head_.exchange(n, std::memory_order_seq_cst);
   }
+  static void link(MpscNode* prev, MpscNode* n) noexcept { prev->next.store(n, std::memory_order_release); }
 
   /// Consumer only. nullptr when empty or when a producer is half-way through a push (then
   /// maybe_nonempty() is true and a later pop will succeed).
