@@ -12,9 +12,11 @@
 //        answers again on a survivor (p50, p99, max), the time until the survivors downed the
 //        node, and the asks that went unanswered meanwhile (lost with that node's mailboxes).
 //
-// Every told message is an EntityAdd carrying --payload bytes (64 by default, the size of the
+// Every told message is a fresh EntityAdd carrying --payload bytes (64 by default, the size of the
 // remoting benchmark's figure that the issue names as the baseline; bench/run.sh puts the two
-// side by side as sharded_tell_vs_remote_tell_64B), on both sides.
+// side by side as sharded_tell_vs_remote_tell_64B), on both sides, in that benchmark's windowed
+// flow (at most 50,000 messages unconfirmed, a sync point every 10,000), as it builds a fresh
+// Blob for every send.
 //
 // Usage: sharding_bench [--only e2e|recovery] [--messages N] [--entities E] [--payload B] [--preset P]
 //                       [--side both|sharded|direct]
@@ -26,6 +28,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <future>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -33,6 +37,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -188,36 +193,62 @@ int run_e2e(std::size_t messages, int entities, const std::string& side, std::si
   // Both sides send the same message: an EntityAdd carrying `payload` bytes (the remoting
   // benchmark's actor-to-actor figure, the issue's baseline, is measured with 64).
   const std::vector<std::uint8_t> bytes(payload, 0x5a);
-  const auto add = Message::build<node::EntityAdd>(
-      [&](auto& b) { return node::CreateEntityAdd(b, 1, b.CreateVector(bytes.data(), bytes.size())); });
-  const std::size_t window = 20'000;
+  // A fresh message for every send, as the remoting benchmark builds a fresh Blob for each.
+  auto add = [&] {
+    return Message::build<node::EntityAdd>(
+        [&](auto& b) { return node::CreateEntityAdd(b, 1, b.CreateVector(bytes.data(), bytes.size())); });
+  };
+  // The remoting benchmark's windowed flow (its remote_tell_64B is the baseline): a sync point
+  // every kSyncEvery messages, and the sender goes on while at most kWindow messages are not yet
+  // confirmed, so the pipe never drains mid-run. A sync point is an ask per node (FIFO per path:
+  // its answer means everything sent to that node before it was handed to the entities).
+  constexpr std::size_t kSyncEvery = 10'000, kWindow = 50'000;
+  struct Sync {
+    std::size_t upto;  // messages sent before it
+    std::vector<std::future<Result<Message>>> answers;
+  };
+  // Runs `tell(i)` for every message and `sync()` (the asks of one sync point) every kSyncEvery.
+  auto windowed = [&](auto&& tell, auto&& sync) {
+    std::deque<Sync> open;
+    std::size_t confirmed = 0;
+    auto settle_oldest = [&] {
+      for (auto& f : open.front().answers) {
+        if (!f.get()) throw std::runtime_error("a sync ask was not answered");
+      }
+      confirmed = open.front().upto;
+      open.pop_front();
+    };
+    const auto t0 = Clock::now();
+    for (std::size_t i = 0; i < messages; ++i) {
+      while (i - confirmed >= kWindow) settle_oldest();
+      tell(i);
+      if ((i + 1) % kSyncEvery == 0 || i + 1 == messages) open.push_back(Sync{i + 1, sync()});
+    }
+    while (!open.empty()) settle_oldest();
+    return static_cast<double>(messages) / std::chrono::duration<double>(Clock::now() - t0).count();
+  };
 
-  // `to`: the entities told in turn; their nodes' probes are asked at the end of each window
-  // (together: one round trip per window, as the direct side's).
+  // `to`: the entities told in turn; at a sync point the probes of their nodes are asked.
   auto sharded = [&](const std::vector<std::string>& to) {
     std::vector<std::string> probes;
     for (const auto& [node, id] : probe_of_node) {
       if (&to == &ids || node == "n1") probes.push_back(id);
     }
-    const auto t0 = Clock::now();
-    for (std::size_t i = 0; i < messages; ++i) {
-      c.client->tell(kType, to[i % to.size()], add);
-      if ((i + 1) % window == 0 || i + 1 == messages) {
-        std::vector<std::future<Result<Message>>> syncs;
-        for (const auto& id : probes) syncs.push_back(c.client->ask(kType, id, c.get(), 30s));
-        for (auto& f : syncs) (void)f.get();
-      }
-    }
-    return static_cast<double>(messages) / std::chrono::duration<double>(Clock::now() - t0).count();
+    return windowed([&](std::size_t i) { c.client->tell(kType, to[i % to.size()], add()); },
+                    [&] {
+                      std::vector<std::future<Result<Message>>> asks;
+                      for (const auto& id : probes) asks.push_back(c.client->ask(kType, id, c.get(), 30s));
+                      return asks;
+                    });
   };
   auto direct = [&] {
     const auto query = Message::build<node::CountQuery>([](auto& b) { return node::CreateCountQuery(b); });
-    const auto t0 = Clock::now();
-    for (std::size_t i = 0; i < messages; ++i) {
-      sink.tell(add);
-      if ((i + 1) % window == 0 || i + 1 == messages) (void)sink.ask(query, 30s).get();
-    }
-    return static_cast<double>(messages) / std::chrono::duration<double>(Clock::now() - t0).count();
+    return windowed([&](std::size_t) { sink.tell(add()); },
+                    [&] {
+                      std::vector<std::future<Result<Message>>> asks;
+                      asks.push_back(sink.ask(query, 30s));
+                      return asks;
+                    });
   };
   // Per run, on stderr: the client's frames (messages per frame, bytes per message, wake-ups of
   // its I/O thread) and the CPU time per message of the sending thread, the client process and
