@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -55,6 +56,27 @@ TEST(MessageRegistry, RejectsUnregisteredTypeId) {
   EXPECT_EQ(r.error(), DecodeErrc::unknown_type);
   EXPECT_EQ(reg.stats().unknown_type, 1u);
   EXPECT_EQ(reg.stats().accepted, 0u);
+}
+
+TEST(MessageRegistry, ALookUpRememberedByOneRegistryNeverAnswersForAnother) {
+  // A thread remembers its last look-up: another registry (even one built where a destroyed one
+  // was) must still refuse a type it does not know, and accept it once registered.
+  auto bytes = ping_bytes(3);
+  {
+    auto knows = std::make_unique<MessageRegistry>();
+    knows->add<test::Ping>();
+    ASSERT_TRUE(knows->decode(type_id_of<test::Ping>(), bytes).ok());
+  }
+  for (int round = 0; round < 2; ++round) {
+    auto unaware = std::make_unique<MessageRegistry>();  // may reuse the destroyed one's memory
+    auto r = unaware->decode(type_id_of<test::Ping>(), bytes);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error(), DecodeErrc::unknown_type);
+    unaware->add<test::Ping>();
+    ASSERT_TRUE(unaware->decode(type_id_of<test::Ping>(), bytes).ok());
+    EXPECT_EQ(unaware->stats().unknown_type, 1u);
+    EXPECT_EQ(unaware->stats().accepted, 1u);
+  }
 }
 
 TEST(MessageRegistry, RejectsBufferThatFailsVerification) {

@@ -68,6 +68,14 @@ class Message {
   }
   /// Number of Message handles sharing the buffer (for tests and diagnostics).
   std::uint32_t use_count() const noexcept { return b_ ? b_->refs.load(std::memory_order_relaxed) : 0; }
+  /// Asks the CPU to start loading the message's header and first bytes (a thread about to read
+  /// many messages another thread wrote overlaps their cache misses this way).
+  void prefetch() const noexcept {
+    if (b_) {
+      __builtin_prefetch(b_);
+      __builtin_prefetch(reinterpret_cast<const std::byte*>(b_) + 64);
+    }
+  }
 
   /// Runtime use only: bytes reserved in every message for the mailbox link, so that sending a
   /// message that has a single owner allocates nothing.

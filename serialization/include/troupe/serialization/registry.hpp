@@ -53,7 +53,7 @@ class MessageRegistry {
 
   explicit MessageRegistry(DecodeLimits limits = {}, std::shared_ptr<spdlog::logger> log = default_logger())
       : limits_(limits), log_(std::move(log)) {
-    versions_.push_back(std::make_unique<const Entries>());
+    versions_.push_back(std::make_unique<const Entries>(Entries{next_serial(), {}}));
     entries_.store(versions_.back().get(), std::memory_order_release);
   }
 
@@ -90,7 +90,13 @@ class MessageRegistry {
   /// Verifies `m` (its bytes, `size` of them) as type `id`.
   std::error_code check(TypeId id, std::size_t size, const Message& m) const;
   struct Entry { std::string name; Verifier verify; };
-  using Entries = std::unordered_map<TypeId, Entry>;
+  /// One published version of the entries. Its serial is unique in the process (never reused,
+  /// not even by another registry): a thread may remember a look-up by it.
+  struct Entries {
+    std::uint64_t serial;
+    std::unordered_map<TypeId, Entry> map;
+  };
+  static std::uint64_t next_serial() noexcept;
   /// The entries as decoders read them: one atomic load, no lock (every received message looks
   /// its type up). add() publishes a new copy; every version stays until the registry goes
   /// (types are registered a few dozen times, mostly at start).
