@@ -605,6 +605,7 @@ void Transport::Core::take_work() {
   queued_work.fetch_sub(batch.size() + todo.size(), std::memory_order_relaxed);
   // Messages first: an operation (a node loss) then sees everything queued before it.
   for (auto& o : batch) {
+    o.msg.prefetch();
     auto& p = *o.peer;
     if (p.lost.load(std::memory_order_acquire)) {
       p.queued.fetch_sub(1, std::memory_order_relaxed);
