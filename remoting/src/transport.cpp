@@ -251,6 +251,11 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   std::mutex q_mu;
   std::vector<Outbound> out;
   std::vector<Outbound> spare;  // I/O thread: the other half of the double buffer
+  // I/O thread: a handle on each message of the round's batch, released in the producers' order
+  // once the round's frames are out. Released peer by peer instead, a producer's allocator found
+  // the blocks handed back scattered and paid a cache miss for each (sending thread of a sharded
+  // tell to three nodes: 146-177 ns a message, 119-125 with this, as to one node).
+  std::vector<Message> release_in_order;
   std::vector<std::function<void()>> ops;
   bool stopped = false;
   std::atomic<std::size_t> queued_work{0};
@@ -604,8 +609,21 @@ void Transport::Core::take_work() {
   if (batch.empty() && todo.empty()) return;
   queued_work.fetch_sub(batch.size() + todo.size(), std::memory_order_relaxed);
   // Messages first: an operation (a node loss) then sees everything queued before it.
-  for (auto& o : batch) {
-    o.msg.prefetch();
+  // The messages' blocks were written by their producers' cores: each is loaded a few messages
+  // ahead of its first use here, so that their cache misses overlap.
+  constexpr std::size_t kAhead = 16;
+  // A long batch goes out in chunks (each flushed before the next is taken): what a chunk's
+  // frames read stays in this core's caches.
+  constexpr std::size_t kChunk = 1024;
+  for (std::size_t i = 0; i < std::min(kAhead, batch.size()); ++i) batch[i].msg.prefetch();
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (i + kAhead < batch.size()) batch[i + kAhead].msg.prefetch();
+    if (i > 0 && i % kChunk == 0) {
+      for (auto& p : active) flush(*p);
+      release_in_order.clear();
+    }
+    auto& o = batch[i];
+    release_in_order.push_back(o.msg);
     auto& p = *o.peer;
     if (p.lost.load(std::memory_order_acquire)) {
       p.queued.fetch_sub(1, std::memory_order_relaxed);
@@ -1148,6 +1166,7 @@ void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<P
   {
     take_work();
     for (auto& p : active) flush(*p);
+    release_in_order.clear();
     std::erase_if(active, [](const std::shared_ptr<Peer>& p) {
       if (p->dealer || !p->pending.empty()) return false;
       p->in_active = false;
