@@ -7,6 +7,7 @@
 /// through the MessageRegistry's verifier, its paths checked). A bad frame is refused whole; a
 /// bad envelope is dropped alone. Nothing here logs or counts: the transport does, by reason.
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -104,8 +105,15 @@ class BatchBuilder {
   void reset();
 
  private:
+  /// Writes one Envelope table laid out by hand (see add()), its vtable first when this frame
+  /// has none of its shape yet.
+  flatbuffers::uoffset_t write_envelope(TypeId type, std::uint64_t correlation_id, flatbuffers::uoffset_t payload,
+                                        flatbuffers::uoffset_t entity_id, const KeyedRoute* route);
   flatbuffers::FlatBufferBuilder fbb_;
   std::vector<flatbuffers::Offset<void>> offsets_;
+  // Where this frame's vtable of each envelope shape is (0: not written yet); the shape's bits:
+  // 1 a correlation id, 2 keyed.
+  std::array<flatbuffers::uoffset_t, 4> vtables_{};
   std::string last_recipient_, last_sender_;  // of the run the offsets below were written for
   flatbuffers::Offset<flatbuffers::String> recipient_, sender_;
 };
