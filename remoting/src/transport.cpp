@@ -1405,7 +1405,7 @@ void Transport::stop() {
 const NodeAddress& Transport::address() const noexcept { return core_->self; }
 std::string Transport::public_key() const { return core_->cfg.insecure ? std::string() : core_->cfg.keys.public_key; }
 
-bool Transport::tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, const KeyedRoute& route) {
+bool Transport::tell_keyed(const ActorRef& to, Message&& msg, const ActorRef& sender, const KeyedRoute& route) {
   auto* rr = as_remote(to.target());
   if (!rr || rr->core() != core_.get()) return false;
   Outbound o{rr->peer(), to, std::move(msg), sender};

@@ -173,8 +173,8 @@ ActorRef ShardingClient::start_proxy(std::string type, std::uint32_t num_shards,
   return sharding_.start_proxy(std::move(type), num_shards, max_id_bytes);
 }
 
-void ShardingClient::tell(std::string_view type, std::string_view id, const Message& msg, const ActorRef& sender) {
-  sharding_.tell(type, id, msg, sender);
+void ShardingClient::tell(std::string_view type, std::string_view id, Message msg, const ActorRef& sender) {
+  sharding_.tell(type, id, std::move(msg), sender);
 }
 
 std::future<Result<Message>> ShardingClient::ask(std::string_view type, std::string_view id, const Message& msg,

@@ -1037,8 +1037,9 @@ namespace {
 
 /// Routes `msg` to entity (type, id) through this node's region of the type, or answers
 /// `sender` with EntityError.
+// `msg` is moved from when it is sent as it is (keyed), and read otherwise.
 void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type, std::string_view id,
-           const Message& msg, const ActorRef& sender, std::string_view key = {}) {
+           Message& msg, const ActorRef& sender, std::string_view key = {}) {
   // What the last call on this thread routed by, while the tables have not changed since (a
   // sender usually sends many messages of one type): no lock and no reference counting then.
   struct Cached {
@@ -1103,7 +1104,7 @@ void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type,
       shared.forwarded.fetch_add(1, std::memory_order_relaxed);
       // Keyed: the entity's id and stamps ride in the transport's envelope, the message as it
       // is (no second buffer around it); a retrying ask's key needs the EntityEnvelope.
-      if (key.empty() && shared.transport->tell_keyed(table->regions[o - 1], msg, sender,
+      if (key.empty() && shared.transport->tell_keyed(table->regions[o - 1], std::move(msg), sender,
                                                       remoting::KeyedRoute{id, shard, table->epoch[shard], 1})) {
         return;
       }
@@ -1122,7 +1123,8 @@ class AskForwarder final : public Actor {
   AskForwarder(std::shared_ptr<Sharding::Shared> shared, std::string type, std::string id, std::string key = {})
       : shared_(std::move(shared)), type_(std::move(type)), id_(std::move(id)), key_(std::move(key)) {}
   void receive(const Message& m) override {
-    route(context().system(), *shared_, type_, id_, m, sender(), key_);
+    Message question = m;
+    route(context().system(), *shared_, type_, id_, question, sender(), key_);
     context().stop(self());
   }
 
@@ -1179,7 +1181,7 @@ class RetryingAsk final : public Actor {
 
 }  // namespace
 
-void Sharding::tell(std::string_view type, std::string_view id, const Message& msg, const ActorRef& sender) {
+void Sharding::tell(std::string_view type, std::string_view id, Message msg, const ActorRef& sender) {
   route(system_, *shared_, type, id, msg, sender);
 }
 

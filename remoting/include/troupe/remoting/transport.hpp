@@ -150,7 +150,12 @@ class Transport final : public NodeLossListener {
   /// its region): the id and stamps travel in the envelope, and the receiving node hands the
   /// message to the inbox set for `to`'s path (set_inbox). False, and nothing sent, when `to`
   /// is not a remote ref of this transport. The route's id is copied: it need not outlive the call.
-  bool tell_keyed(const ActorRef& to, Message msg, const ActorRef& sender, const KeyedRoute& route);
+  /// `msg` is moved from only when this returns true.
+  bool tell_keyed(const ActorRef& to, Message&& msg, const ActorRef& sender, const KeyedRoute& route);
+  bool tell_keyed(const ActorRef& to, const Message& msg, const ActorRef& sender, const KeyedRoute& route) {
+    Message copy = msg;
+    return tell_keyed(to, std::move(copy), sender, route);
+  }
 
   /// One inbound message for a local path with an inbox.
   struct Inbound {

@@ -45,7 +45,8 @@ class ShardingClient {
   /// Routes to entity type `type` (its number of shards as the cluster runs it).
   ActorRef start_proxy(std::string type, std::uint32_t num_shards = 1024, std::size_t max_id_bytes = 256);
 
-  void tell(std::string_view type, std::string_view id, const Message& msg, const ActorRef& sender = {});
+  /// `msg` by value: a temporary moves all the way into the transport's envelope.
+  void tell(std::string_view type, std::string_view id, Message msg, const ActorRef& sender = {});
   std::future<Result<Message>> ask(std::string_view type, std::string_view id, const Message& msg,
                                    std::chrono::milliseconds timeout);
   /// With retries and an idempotency key (see AskOptions).

@@ -214,7 +214,7 @@ class Sharding {
 
   /// Sends `msg` to entity (`type`, `id`). An unknown type or a bad id is answered to `sender`
   /// with troupe.sharding.EntityError; a full buffer with ShardUnavailable (both counted).
-  void tell(std::string_view type, std::string_view id, const Message& msg, const ActorRef& sender = {});
+  void tell(std::string_view type, std::string_view id, Message msg, const ActorRef& sender = {});
   /// Asks entity (`type`, `id`): the entity's reply, EntityError or ShardUnavailable as a reply
   /// for a refused message, or ActorErrc::timeout.
   std::future<Result<Message>> ask(std::string_view type, std::string_view id, const Message& msg,
