@@ -1036,8 +1036,7 @@ ActorRef Sharding::start_proxy(std::string type, std::uint32_t num_shards, std::
 namespace {
 
 /// Routes `msg` to entity (type, id) through this node's region of the type, or answers
-/// `sender` with EntityError.
-// `msg` is moved from when it is sent as it is (keyed), and read otherwise.
+/// `sender` with EntityError. `msg` is moved from when it goes out as it is (keyed).
 void route(ActorSystem& system, Sharding::Shared& shared, std::string_view type, std::string_view id,
            Message& msg, const ActorRef& sender, std::string_view key = {}) {
   // What the last call on this thread routed by, while the tables have not changed since (a
