@@ -28,11 +28,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <deque>
-#include <future>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <map>
 #include <set>
