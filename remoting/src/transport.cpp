@@ -204,6 +204,8 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void run_once(std::vector<zmq_pollitem_t>& items, std::vector<Peer*>& owners);
   void take_work();
   void flush(Peer& p);
+  /// Flushes every active peer, then lets go of the round's messages (release_in_order).
+  void flush_active();
   bool connect(Peer& p);
   std::string connect_endpoint(const NodeAddress& to) const;
   void close_peer(Peer& p);
@@ -618,10 +620,7 @@ void Transport::Core::take_work() {
   for (std::size_t i = 0; i < std::min(kAhead, batch.size()); ++i) batch[i].msg.prefetch();
   for (std::size_t i = 0; i < batch.size(); ++i) {
     if (i + kAhead < batch.size()) batch[i + kAhead].msg.prefetch();
-    if (i > 0 && i % kChunk == 0) {
-      for (auto& p : active) flush(*p);
-      release_in_order.clear();
-    }
+    if (i > 0 && i % kChunk == 0) flush_active();
     auto& o = batch[i];
     release_in_order.push_back(o.msg);
     auto& p = *o.peer;
@@ -727,6 +726,11 @@ void Transport::Core::flush(Peer& p) {
     p.pending.erase(p.pending.begin(), p.pending.begin() + static_cast<std::ptrdiff_t>(k));
     p.queued.fetch_sub(k, std::memory_order_relaxed);
   }
+}
+
+void Transport::Core::flush_active() {
+  for (auto& p : active) flush(*p);
+  release_in_order.clear();
 }
 
 void Transport::Core::send_ack(const std::string& rid) {
@@ -1165,8 +1169,7 @@ void Transport::Core::run() {
 void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<Peer*>& owners) {
   {
     take_work();
-    for (auto& p : active) flush(*p);
-    release_in_order.clear();
+    flush_active();
     std::erase_if(active, [](const std::shared_ptr<Peer>& p) {
       if (p->dealer || !p->pending.empty()) return false;
       p->in_active = false;

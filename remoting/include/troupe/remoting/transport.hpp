@@ -153,8 +153,7 @@ class Transport final : public NodeLossListener {
   /// `msg` is moved from only when this returns true.
   bool tell_keyed(const ActorRef& to, Message&& msg, const ActorRef& sender, const KeyedRoute& route);
   bool tell_keyed(const ActorRef& to, const Message& msg, const ActorRef& sender, const KeyedRoute& route) {
-    Message copy = msg;
-    return tell_keyed(to, std::move(copy), sender, route);
+    return tell_keyed(to, Message(msg), sender, route);
   }
 
   /// One inbound message for a local path with an inbox.
