@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <future>
 #include <string>
@@ -108,6 +110,27 @@ TEST(Actor, ProcessesOneMessageAtATimeUnderContention) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->as<test::Cmd>()->n(), static_cast<std::uint64_t>(kThreads) * kEach);
   EXPECT_EQ(overlaps.load(), 0);
+}
+
+// Reports the name of the thread its turn runs on.
+class ThreadNamer final : public Actor {
+ public:
+  void receive(const Message&) override {
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof name);
+    sender().tell(cmd(name));
+  }
+};
+
+TEST(ActorSystem, ItsThreadsAreNamedForTopPerfAndGdb) {
+  ActorSystem sys(two_workers());
+  const auto names = thread_names();
+  EXPECT_EQ(names.count("troupe-w0"), 1u);
+  EXPECT_EQ(names.count("troupe-w1"), 1u);
+  EXPECT_EQ(names.count("troupe-timers"), 1u);
+  auto r = sys.spawn<ThreadNamer>().ask(ping(1), 5s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_TRUE(op_of(*r) == "troupe-w0" || op_of(*r) == "troupe-w1") << op_of(*r);
 }
 
 TEST(Ask, ReplyCompletesTheFuture) {

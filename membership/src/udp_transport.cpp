@@ -1,6 +1,7 @@
 #include <troupe/membership/udp_transport.hpp>
 
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #ifdef __linux__
@@ -424,6 +425,7 @@ Result<std::unique_ptr<UdpTransport>> UdpTransport::start(const UdpTransportConf
   impl->receive();
   auto* raw = impl.get();
   impl->thread = std::thread([raw] { raw->run(); });
+  pthread_setname_np(impl->thread.native_handle(), "troupe-gossip");  // for top -H, perf and gdb
   return std::unique_ptr<UdpTransport>(new UdpTransport(std::move(impl)));
 }
 

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -135,6 +137,16 @@ TEST_F(Udp, TwoTransportsExchangeDatagramsOnTheIoThread) {
   auto f = where.get_future();
   ASSERT_EQ(f.wait_for(kWait), std::future_status::ready);
   EXPECT_EQ(f.get(), got_a[0].thread);
+  // That thread is named, for top -H, perf and gdb.
+  std::promise<std::string> name;
+  a->post([&] {
+    char n[16] = {};
+    pthread_getname_np(pthread_self(), n, sizeof n);
+    name.set_value(n);
+  });
+  auto fn = name.get_future();
+  ASSERT_EQ(fn.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(fn.get(), "troupe-gossip");
 
   EXPECT_EQ(a->stats().delivered, 1u);
   EXPECT_EQ(b->stats().delivered, 1u);

@@ -8,6 +8,7 @@
 
 #include <troupe/remoting/transport.hpp>
 
+#include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -1328,6 +1329,7 @@ Result<std::unique_ptr<Transport>> Transport::start(ActorSystem& system, Transpo
       c.log.critical("remoting: the I/O thread failed: {}", e.what());
     }
   });
+  pthread_setname_np(c.io.native_handle(), "troupe-remoting");  // for top -H, perf and gdb
   log.info("remoting: listening at {} ({})", c.self_origin, c.cfg.insecure ? "insecure" : "CURVE");
   return std::unique_ptr<Transport>(new Transport(std::move(core)));
 }

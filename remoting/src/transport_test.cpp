@@ -128,6 +128,13 @@ TEST_F(TwoNodes, TellReachesTheRemoteActorAndTheReplyComesBackViaTheSenderRef) {
   EXPECT_GE(b->transport->stats().messages_in, 1u);
 }
 
+TEST_F(TwoNodes, TheTransportsThreadsAreNamedForTopPerfAndGdb) {
+  const auto names = thread_names();
+  // One I/O thread and one ZAP handler per transport (two here), beside ZeroMQ's own.
+  EXPECT_EQ(names.count("troupe-remoting"), 2u);
+  EXPECT_EQ(names.count("troupe-zap"), 2u);
+}
+
 TEST_F(TwoNodes, KeyedMessagesReachTheInboxOfTheirPathWithTheirRoute) {
   // What b's inbox for /user/echo got, in order (the I/O thread calls it).
   struct Got {

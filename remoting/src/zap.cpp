@@ -1,5 +1,7 @@
 #include "zap.hpp"
 
+#include <pthread.h>
+
 #include <array>
 #include <stdexcept>
 #include <vector>
@@ -40,6 +42,7 @@ void ZapHandler::start() {
   stop_tx_.connect(stop_ep);
   started_ = true;
   thread_ = std::thread([this] { loop(); });
+  pthread_setname_np(thread_.native_handle(), "troupe-zap");  // for top -H, perf and gdb
 }
 
 void ZapHandler::stop() {

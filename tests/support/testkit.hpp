@@ -4,9 +4,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -38,6 +41,17 @@ inline ActorSystemConfig test_config(std::string node_id) {
   c.workers = 2;
   c.node_id = std::move(node_id);
   return c;
+}
+
+/// The names of this process's threads now (Linux: /proc/self/task/*/comm).
+inline std::multiset<std::string> thread_names() {
+  std::multiset<std::string> out;
+  for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream f(t.path() / "comm");
+    std::string name;
+    if (std::getline(f, name)) out.insert(name);
+  }
+  return out;
 }
 
 struct Received {
