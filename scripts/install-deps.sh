@@ -11,7 +11,7 @@ packages=(
   libboost-dev libboost-system-dev
   libzmq3-dev cppzmq-dev libsodium-dev
   libssl-dev libxxhash-dev libmimalloc-dev
-  libcaf-dev
+  libcaf-dev openssl
   libcli11-dev
   serf
 )
