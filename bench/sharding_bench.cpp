@@ -18,8 +18,10 @@
 // flow (at most 50,000 messages unconfirmed, a sync point every 10,000), as it builds a fresh
 // Blob for every send.
 //
-// Usage: sharding_bench [--only e2e|recovery] [--messages N] [--entities E] [--payload B] [--preset P]
-//                       [--side both|sharded|direct]
+// Usage: sharding_bench [--only e2e|e2e_tell|recovery] [--messages N] [--entities E] [--payload B]
+//                       [--preset P] [--side both|sharded|direct] [--runs R]
+// (e2e_tell: the tell rates without the ask latencies; bench/run.sh alternates `--only e2e_tell
+// --side sharded --runs 1` with the remoting benchmark's remote_tell_64B for #8's ratio.)
 // Prints one JSON line per figure: {"name","value","unit","peer","peer_value"} (peer_value only
 // where the figure has a baseline measured here).
 
@@ -168,7 +170,7 @@ struct Cluster {
 
 std::string id_of(int k) { return "e" + std::to_string(k); }
 
-int run_e2e(std::size_t messages, int entities, const std::string& side, std::size_t payload) {
+int run_e2e(std::size_t messages, int entities, const std::string& side, std::size_t payload, int runs, bool with_asks) {
   Cluster c("lan");
   if (!c.wait_settled(3, 60s)) {
     std::fprintf(stderr, "sharding_bench: the cluster did not settle\n");
@@ -208,7 +210,7 @@ int run_e2e(std::size_t messages, int entities, const std::string& side, std::si
     std::vector<std::future<Result<Message>>> answers;
   };
   // Runs `tell(i)` for every message and `sync()` (the asks of one sync point) every kSyncEvery.
-  auto windowed = [&](auto&& tell, auto&& sync) {
+  auto windowed = [&](std::size_t count, auto&& tell, auto&& sync) {
     std::deque<Sync> open;
     std::size_t confirmed = 0;
     auto settle_oldest = [&] {
@@ -219,31 +221,31 @@ int run_e2e(std::size_t messages, int entities, const std::string& side, std::si
       open.pop_front();
     };
     const auto t0 = Clock::now();
-    for (std::size_t i = 0; i < messages; ++i) {
+    for (std::size_t i = 0; i < count; ++i) {
       while (i - confirmed >= kWindow) settle_oldest();
       tell(i);
-      if ((i + 1) % kSyncEvery == 0 || i + 1 == messages) open.push_back(Sync{i + 1, sync()});
+      if ((i + 1) % kSyncEvery == 0 || i + 1 == count) open.push_back(Sync{i + 1, sync()});
     }
     while (!open.empty()) settle_oldest();
-    return static_cast<double>(messages) / std::chrono::duration<double>(Clock::now() - t0).count();
+    return static_cast<double>(count) / std::chrono::duration<double>(Clock::now() - t0).count();
   };
 
   // `to`: the entities told in turn; at a sync point the probes of their nodes are asked.
-  auto sharded = [&](const std::vector<std::string>& to) {
+  auto sharded = [&](const std::vector<std::string>& to, std::size_t count) {
     std::vector<std::string> probes;
     for (const auto& [node, id] : probe_of_node) {
       if (&to == &ids || node == "n1") probes.push_back(id);
     }
-    return windowed([&](std::size_t i) { c.client->tell(kType, to[i % to.size()], add()); },
+    return windowed(count, [&](std::size_t i) { c.client->tell(kType, to[i % to.size()], add()); },
                     [&] {
                       std::vector<std::future<Result<Message>>> asks;
                       for (const auto& id : probes) asks.push_back(c.client->ask(kType, id, c.get(), 30s));
                       return asks;
                     });
   };
-  auto direct = [&] {
+  auto direct = [&](std::size_t count) {
     const auto query = Message::build<node::CountQuery>([](auto& b) { return node::CreateCountQuery(b); });
-    return windowed([&](std::size_t) { sink.tell(add()); },
+    return windowed(count, [&](std::size_t) { sink.tell(add()); },
                     [&] {
                       std::vector<std::future<Result<Message>>> asks;
                       asks.push_back(sink.ask(query, 30s));
@@ -289,22 +291,31 @@ int run_e2e(std::size_t messages, int entities, const std::string& side, std::si
                  (n1 - n0) * ns);
     return rate;
   };
-  // Alternate, best of three each: both see the same machine conditions.
+  // Untimed warm-ups first, as the remoting benchmark's (its first 20,000 messages).
+  constexpr std::size_t kWarmup = 20'000;
+  if (side != "sharded") direct(std::min(messages, kWarmup));
+  if (side != "direct") sharded(ids, std::min(messages, kWarmup));
+  // Alternate, best of `runs` each: both see the same machine conditions.
   double best_sharded = 0, best_direct = 0, best_one_node = 0;
-  for (int r = 0; r < 3; ++r) {
-    if (side != "sharded") best_direct = std::max(best_direct, framed("direct", direct));
-    if (side != "direct") best_sharded = std::max(best_sharded, framed("sharded", [&] { return sharded(ids); }));
+  for (int r = 0; r < runs; ++r) {
+    if (side != "sharded") best_direct = std::max(best_direct, framed("direct", [&] { return direct(messages); }));
+    if (side != "direct") best_sharded = std::max(best_sharded, framed("sharded", [&] { return sharded(ids, messages); }));
     if (side == "both" && !ids_on_n1.empty()) {
-      best_one_node = std::max(best_one_node, framed("sharded, one node", [&] { return sharded(ids_on_n1); }));
+      best_one_node = std::max(best_one_node, framed("sharded, one node", [&] { return sharded(ids_on_n1, messages); }));
     }
   }
   const auto lost_before = c.client->stats().unavailable;
-  emit("sharded_tell_rate", best_sharded, "msg/s", "remoting actor-to-actor tell, same run", best_direct);
+  if (best_direct > 0) {
+    emit("sharded_tell_rate", best_sharded, "msg/s", "remoting actor-to-actor tell, same run", best_direct);
+  } else if (best_sharded > 0) {
+    emit("sharded_tell_rate", best_sharded, "msg/s");
+  }
   // The same with only the entities on the direct side's node (n1): the cost of sharding itself,
   // without the spread over three node processes (which share this machine's cores).
   if (best_one_node > 0) {
     emit("sharded_tell_rate_one_node", best_one_node, "msg/s", "remoting actor-to-actor tell, same run", best_direct);
   }
+  if (!with_asks) return 0;
 
   // Ask latency: entity vs echo actor, one outstanding, alternating.
   std::vector<double> ent_us, echo_us;
@@ -390,7 +401,12 @@ int main(int argc, char** argv) {
   // runs of 200,000 took ~0.1 s and their best of three still spread by a third.
   std::size_t messages = 2'000'000, payload = 64;
   int entities = 300;
-  app.add_option("--only", only, "e2e or recovery (default: both)");
+  int runs = 3;
+  app.add_option("--only", only, "e2e, e2e_tell (its tell rates only) or recovery (default: e2e and recovery)")
+      ->check(CLI::IsMember({"e2e", "e2e_tell", "recovery"}));
+  app.add_option("--runs", runs, "e2e: runs of each side (alternated); the best is reported")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   app.add_option("--messages", messages, "messages per e2e tell run")->capture_default_str();
   app.add_option("--entities", entities, "entities")->capture_default_str();
   app.add_option("--payload", payload, "e2e: bytes carried by each told message (both sides)")
@@ -403,7 +419,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   int rc = 0;
-  if (only.empty() || only == "e2e") rc |= run_e2e(messages, entities, side, payload);
+  if (only.empty() || only == "e2e" || only == "e2e_tell") {
+    rc |= run_e2e(messages, entities, side, payload, runs, only != "e2e_tell");
+  }
   if (only.empty() || only == "recovery") rc |= run_recovery(entities, preset);
   return rc;
 }
