@@ -113,6 +113,17 @@ done
 done
 median "$out/remote.reps.jsonl" "$out/remote.jsonl"
 median "$out/caf_remote.reps.jsonl" "$out/caf_remote.jsonl"
+# The frame codec alone (no peer): CPU ns per envelope to lay out and to decode a frame, as
+# frame_encode_<payload>_<plain|keyed> and frame_decode_... lines.
+if [[ $parts == *" remote "* ]] && [ -x "$build/bench/frame_bench" ]; then
+  echo "== frame_bench" >&2
+  "$build/bench/frame_bench" --benchmark_format=csv 2>/dev/null | awk -F, '
+    /^"BM_/ {
+      gsub(/"/, "", $1); split($1, p, "/"); sub("payload:", "", p[2]); sub("keyed:", "", p[3])
+      op = p[1] == "BM_Encode" ? "encode" : "decode"
+      printf "{\"name\":\"frame_%s_%sB_%s\",\"value\":%.1f,\"unit\":\"ns/envelope\"}\n", op, p[2], p[3] == "1" ? "keyed" : "plain", 1e9 / $7
+    }' >>"$out/remote.jsonl"
+fi
 
 # Membership between real processes on loopback: troupe-node (preset lan) against HashiCorp Serf
 # (memberlist's LAN profile), detection workload by workload alternately (timed: nothing else
@@ -236,6 +247,12 @@ awk -v peer="CAF 0.17.6" "$awk_field"'
     pair("remote_ask_p50_us", "remote_ask_p50_us", "us", pp, remote["zmq_pingpong_p50_us"])
     pair("remote_ask_p99_us", "remote_ask_p99_us", "us", pp, remote["zmq_pingpong_p99_us"])
   }' "$out/remote.jsonl" "$out/caf_remote.jsonl" >>"$out/results.lines"
+
+# The frame codec's figures (no peer).
+[[ $parts == *" remote "* ]] && awk "$awk_field"'
+  field($0, "name") ~ /^frame_/ {
+    printf "  {\"name\":\"%s\",\"value\":%s,\"unit\":\"%s\",\"peer\":null,\"peer_value\":null,\"ratio\":null}\n", field($0, "name"), field($0, "value"), field($0, "unit")
+  }' "$out/remote.jsonl" >>"$out/results.lines"
 
 # Membership: each Troupe figure against Serf's figure of the same name (a peer value of 0, e.g.
 # no false downs, is shown with ratio null); simulator figures have no peer.
