@@ -305,7 +305,7 @@ int run_e2e(std::size_t messages, int entities, const std::string& side, std::si
     }
   }
   const auto lost_before = c.client->stats().unavailable;
-  if (best_direct > 0) {
+  if (best_sharded > 0 && best_direct > 0) {
     emit("sharded_tell_rate", best_sharded, "msg/s", "remoting actor-to-actor tell, same run", best_direct);
   } else if (best_sharded > 0) {
     emit("sharded_tell_rate", best_sharded, "msg/s");
