@@ -201,13 +201,25 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
   if (envs->size() > limits.max_envelopes) return FrameErrc::too_many_envelopes;
   auto& out = frame_out.envelopes;
   out.reserve(envs->size());
+  // A run of envelopes shares one recipient string and one sender string (BatchBuilder writes
+  // each once per run): a string already found good is not checked again.
+  const flatbuffers::String* good_recipient = nullptr;
+  const flatbuffers::String* good_sender = nullptr;
   for (const auto* e : *envs) {
-    const std::string_view recipient = e->recipient() ? e->recipient()->string_view() : std::string_view{};
-    const std::string_view sender = e->sender() ? e->sender()->string_view() : std::string_view{};
-    if (!valid_recipient(recipient, limits.max_path_bytes) || !valid_sender(sender, limits.max_path_bytes)) {
+    const auto* r = e->recipient();
+    const auto* s = e->sender();
+    const std::string_view recipient = r ? r->string_view() : std::string_view{};
+    const std::string_view sender = s ? s->string_view() : std::string_view{};
+    if ((r != good_recipient || !r) && !valid_recipient(recipient, limits.max_path_bytes)) {
       ++report.bad_path;
       continue;
     }
+    good_recipient = r;
+    if ((s != good_sender || !s) && !valid_sender(sender, limits.max_path_bytes)) {
+      ++report.bad_path;
+      continue;
+    }
+    good_sender = s;
     const auto* p = e->payload();
     auto msg = registry.decode(e->type_id(), p ? std::span<const std::uint8_t>(p->data(), p->size())
                                                : std::span<const std::uint8_t>{});

@@ -304,6 +304,27 @@ TEST_F(Frames, MalformedAddressesAreDropped) {
   EXPECT_EQ(report.bad_path, 4u);
 }
 
+// Runs of envelopes share their strings, and a string found good is not checked again: a bad one
+// shared by a run, between good runs, still drops every envelope of its run.
+TEST_F(Frames, ABadAddressSharedByARunDropsTheWholeRunAndNothingElse) {
+  BatchBuilder b;
+  auto m = ping(1);
+  const std::string good_from = "troupe://00ff@127.0.0.1:7947/user/client";
+  for (int i = 0; i < 3; ++i) b.add(m.type(), "/user/ok", good_from, 0, m.bytes());
+  for (int i = 0; i < 3; ++i) b.add(m.type(), "user/no-slash", good_from, 0, m.bytes());
+  for (int i = 0; i < 3; ++i) b.add(m.type(), "/user/ok", "http://not-troupe", 0, m.bytes());
+  for (int i = 0; i < 3; ++i) b.add(m.type(), "/user/ok", good_from, 0, m.bytes());
+  auto f = b.finish();
+  auto r = decode_frame(f, registry, limits, report);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->envelopes.size(), 6u);
+  for (const auto& e : r->envelopes) {
+    EXPECT_EQ(e.recipient, "/user/ok");
+    EXPECT_EQ(e.sender, good_from);
+  }
+  EXPECT_EQ(report.bad_path, 6u);
+}
+
 TEST_F(Frames, AFrameAtAnOddAddressDecodes) {
   auto f = frame_of(3);
   std::vector<std::uint8_t> shifted(f.size() + 1);
