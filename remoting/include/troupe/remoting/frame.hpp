@@ -109,7 +109,13 @@ class BatchBuilder {
   /// has none of its shape yet.
   flatbuffers::uoffset_t write_envelope(TypeId type, std::uint64_t correlation_id, flatbuffers::uoffset_t payload,
                                         flatbuffers::uoffset_t entity_id, const KeyedRoute* route);
-  flatbuffers::FlatBufferBuilder fbb_;
+  /// The builder, with room reserved in one step for a string or vector written by hand.
+  struct Builder : flatbuffers::FlatBufferBuilder {
+    using flatbuffers::FlatBufferBuilder::FlatBufferBuilder;
+    /// `n` more bytes at the front (the buffer grows downwards); the builder's size includes them.
+    std::uint8_t* reserve(std::size_t n) { return buf_.make_space(n); }
+  };
+  Builder fbb_;
   std::vector<flatbuffers::Offset<void>> offsets_;
   // Where this frame's vtable of each envelope shape is (0: not written yet); the shape's bits:
   // 1 a correlation id, 2 keyed.
