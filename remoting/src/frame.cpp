@@ -233,16 +233,20 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
     const auto* s = e->sender();
     const std::string_view recipient = r ? r->string_view() : std::string_view{};
     const std::string_view sender = s ? s->string_view() : std::string_view{};
-    if ((r != good_recipient || !r) && !valid_recipient(recipient, limits.max_path_bytes)) {
-      ++report.bad_path;
-      continue;
+    if (!r || r != good_recipient) {
+      if (!valid_recipient(recipient, limits.max_path_bytes)) {
+        ++report.bad_path;
+        continue;
+      }
+      good_recipient = r;
     }
-    good_recipient = r;
-    if ((s != good_sender || !s) && !valid_sender(sender, limits.max_path_bytes)) {
-      ++report.bad_path;
-      continue;
+    if (!s || s != good_sender) {
+      if (!valid_sender(sender, limits.max_path_bytes)) {
+        ++report.bad_path;
+        continue;
+      }
+      good_sender = s;
     }
-    good_sender = s;
     const auto* p = e->payload();
     auto msg = registry.decode(e->type_id(), p ? std::span<const std::uint8_t>(p->data(), p->size())
                                                : std::span<const std::uint8_t>{});
