@@ -106,9 +106,12 @@ void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view
     last_recipient_.assign(recipient);
     recipient_ = fbb_.CreateString(recipient.data(), recipient.size());
   }
+  // No sender (a tell from outside any actor, the usual sharded tell): the field is left out of
+  // the table, as the generated code leaves out an absent string (4 bytes, and the table's
+  // alignment padding where a keyed one then fits in 40 bytes).
   if (offsets_.empty() || sender != last_sender_) {
     last_sender_.assign(sender);
-    sender_ = fbb_.CreateString(sender.data(), sender.size());
+    sender_ = sender.empty() ? flatbuffers::Offset<flatbuffers::String>() : fbb_.CreateString(sender.data(), sender.size());
   }
   const auto p = push_vector(fbb_, payload.data(), payload.size(), 0);
   const auto id = route ? push_vector(fbb_, reinterpret_cast<const std::uint8_t*>(route->entity_id.data()),
@@ -122,7 +125,7 @@ void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view
 // most of the sender's I/O thread's time per message. The result is an ordinary table that any
 // FlatBuffers reader and the verifier accept (the frame tests decode it with the generated code).
 // Layout, from the table's start (8-aligned): the vtable's soffset, recipient, type_id,
-// [correlation_id], [stamp], sender, payload, [entity_id]: every scalar at its natural alignment.
+// [correlation_id], [stamp], [sender], payload, [entity_id]: every scalar at its natural alignment.
 flatbuffers::uoffset_t BatchBuilder::write_envelope(TypeId type, std::uint64_t correlation_id,
                                                     flatbuffers::uoffset_t payload, flatbuffers::uoffset_t entity_id,
                                                     const KeyedRoute* route) {
@@ -131,12 +134,14 @@ flatbuffers::uoffset_t BatchBuilder::write_envelope(TypeId type, std::uint64_t c
   static_assert(FLATBUFFERS_LITTLEENDIAN, "the table is laid out in host byte order");
   static_assert(sizeof(wire::EntityStamp) == 16 && alignof(wire::EntityStamp) == 8);
   const bool has_corr = correlation_id != 0;
-  const int shape = (has_corr ? 1 : 0) | (route ? 2 : 0);
+  const bool has_sender = !sender_.IsNull();
+  const int shape = (has_corr ? 1 : 0) | (route ? 2 : 0) | (has_sender ? 4 : 0);
   constexpr voffset_t kRecipient = 4, kType = 8;
   const voffset_t corr_at = has_corr ? 16 : 0;
   const voffset_t stamp_at = route ? (has_corr ? 24 : 16) : 0;
-  const voffset_t sender_at = static_cast<voffset_t>(16 + (has_corr ? 8 : 0) + (route ? 16 : 0));
-  const voffset_t payload_at = sender_at + 4;
+  const auto after_scalars = static_cast<voffset_t>(16 + (has_corr ? 8 : 0) + (route ? 16 : 0));
+  const voffset_t sender_at = has_sender ? after_scalars : 0;
+  const voffset_t payload_at = has_sender ? after_scalars + 4 : after_scalars;
   const voffset_t id_at = route ? payload_at + 4 : 0;
   const voffset_t size = route ? id_at + 4 : payload_at + 4;
 
@@ -165,7 +170,7 @@ flatbuffers::uoffset_t BatchBuilder::write_envelope(TypeId type, std::uint64_t c
   put(kType, static_cast<std::uint64_t>(type));
   if (has_corr) put(corr_at, correlation_id);
   if (route) put(stamp_at, wire::EntityStamp(route->epoch, route->shard, route->hops));
-  refer(sender_at, sender_.o);
+  if (has_sender) refer(sender_at, sender_.o);
   refer(payload_at, payload);
   if (route) refer(id_at, entity_id);
   fbb_.PushBytes(t.data(), size);

@@ -118,8 +118,8 @@ class BatchBuilder {
   Builder fbb_;
   std::vector<flatbuffers::Offset<void>> offsets_;
   // Where this frame's vtable of each envelope shape is (0: not written yet); the shape's bits:
-  // 1 a correlation id, 2 keyed.
-  std::array<flatbuffers::uoffset_t, 4> vtables_{};
+  // 1 a correlation id, 2 keyed, 4 a sender.
+  std::array<flatbuffers::uoffset_t, 8> vtables_{};
   std::string last_recipient_, last_sender_;  // of the run the offsets below were written for
   flatbuffers::Offset<flatbuffers::String> recipient_, sender_;
 };
