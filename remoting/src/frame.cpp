@@ -107,8 +107,8 @@ void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view
     recipient_ = fbb_.CreateString(recipient.data(), recipient.size());
   }
   // No sender (a tell from outside any actor, the usual sharded tell): the field is left out of
-  // the table, as the generated code leaves out an absent string (4 bytes, and the table's
-  // alignment padding where a keyed one then fits in 40 bytes).
+  // the table, as the generated code leaves out an absent string. That is 4 bytes a message; the
+  // alignment padding before a table (0 or 4 bytes) still depends on what was written before it.
   if (offsets_.empty() || sender != last_sender_) {
     last_sender_.assign(sender);
     sender_ = sender.empty() ? flatbuffers::Offset<flatbuffers::String>() : fbb_.CreateString(sender.data(), sender.size());
