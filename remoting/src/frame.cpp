@@ -230,7 +230,8 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
   auto& out = frame_out.envelopes;
   out.reserve(envs->size());
   // A run of envelopes shares one recipient string and one sender string (BatchBuilder writes
-  // each once per run): a string already found good is not checked again.
+  // each once per run): a string already found good is not checked again. An absent sender (a
+  // tell from outside any actor) is none, which is always good.
   const flatbuffers::String* good_recipient = nullptr;
   const flatbuffers::String* good_sender = nullptr;
   for (const auto* e : *envs) {
@@ -245,7 +246,7 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
       }
       good_recipient = r;
     }
-    if (!s || s != good_sender) {
+    if (s && s != good_sender) {
       if (!valid_sender(sender, limits.max_path_bytes)) {
         ++report.bad_path;
         continue;
