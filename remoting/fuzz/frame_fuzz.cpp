@@ -20,10 +20,14 @@ void write_seeds(const std::filesystem::path& dir) {
   auto text = Message::build<test::Text>([](auto& b) { return test::CreateTextDirect(b, "hello"); });
   for (int n : {0, 1, 2, 5}) {
     remoting::BatchBuilder b;
+    // Keyed envelopes too, with stamps of both sizes: an EntityRoute, and an EntityStamp for
+    // an epoch beyond 32 bits.
+    const remoting::KeyedRoute narrow{"user-7", 12, 3, 1}, wide{"user-8", 12, std::uint64_t{1} << 40, 2};
     for (int i = 0; i < n; ++i) {
       const auto& m = (i % 2) ? text : ping;
-      b.add(m.type(), "/user/echo", i % 3 ? "" : "troupe://00ff@127.0.0.1:7947/user/a", static_cast<std::uint64_t>(i),
-            m.bytes());
+      const auto* route = i == 3 ? &narrow : i == 4 ? &wide : nullptr;
+      b.add(m.type(), route ? "/system/sharding-user" : "/user/echo", i % 3 ? "" : "troupe://00ff@127.0.0.1:7947/user/a",
+            static_cast<std::uint64_t>(i), m.bytes(), route);
     }
     auto f = b.finish(n % 2 ? "troupe://00ff@127.0.0.1:7947" : "", static_cast<std::uint64_t>(n));
     troupe::fuzz::write_seed(dir, "seed-" + std::to_string(n), f);

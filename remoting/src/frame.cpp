@@ -1,6 +1,7 @@
 #include <troupe/remoting/frame.hpp>
 
 #include <cstring>
+#include <limits>
 
 #include <troupe/serialization/envelope_generated.h>
 
@@ -125,7 +126,9 @@ void BatchBuilder::add(TypeId type, std::string_view recipient, std::string_view
 // most of the sender's I/O thread's time per message. The result is an ordinary table that any
 // FlatBuffers reader and the verifier accept (the frame tests decode it with the generated code).
 // Layout, from the table's start (8-aligned): the vtable's soffset, recipient, type_id,
-// [correlation_id], [stamp], [sender], payload, [entity_id]: every scalar at its natural alignment.
+// [correlation_id], [route or stamp], [sender], payload, [entity_id]: every scalar at its
+// natural alignment. A keyed envelope's stamps go in an 8-byte EntityRoute when the epoch and
+// shard fit it (always, in practice) and in the 16-byte EntityStamp of protocol 1 otherwise.
 flatbuffers::uoffset_t BatchBuilder::write_envelope(TypeId type, std::uint64_t correlation_id,
                                                     flatbuffers::uoffset_t payload, flatbuffers::uoffset_t entity_id,
                                                     const KeyedRoute* route) {
@@ -133,13 +136,18 @@ flatbuffers::uoffset_t BatchBuilder::write_envelope(TypeId type, std::uint64_t c
   using flatbuffers::voffset_t;
   static_assert(FLATBUFFERS_LITTLEENDIAN, "the table is laid out in host byte order");
   static_assert(sizeof(wire::EntityStamp) == 16 && alignof(wire::EntityStamp) == 8);
+  static_assert(sizeof(wire::EntityRoute) == 8 && alignof(wire::EntityRoute) == 4);
   const bool has_corr = correlation_id != 0;
   const bool has_sender = !sender_.IsNull();
-  const int shape = (has_corr ? 1 : 0) | (route ? 2 : 0) | (has_sender ? 4 : 0);
+  const bool wide = route && (route->epoch > std::numeric_limits<std::uint32_t>::max() ||
+                              route->shard > std::numeric_limits<std::uint16_t>::max());
+  const int shape = (has_corr ? 1 : 0) | (route ? 2 : 0) | (has_sender ? 4 : 0) | (wide ? 8 : 0);
   constexpr voffset_t kRecipient = 4, kType = 8;
   const voffset_t corr_at = has_corr ? 16 : 0;
-  const voffset_t stamp_at = route ? (has_corr ? 24 : 16) : 0;
-  const auto after_scalars = static_cast<voffset_t>(16 + (has_corr ? 8 : 0) + (route ? 16 : 0));
+  const voffset_t stamps_at = route ? (has_corr ? 24 : 16) : 0;
+  const voffset_t stamp_at = wide ? stamps_at : 0, route_at = wide ? 0 : stamps_at;
+  const voffset_t stamps_bytes = route ? (wide ? 16 : 8) : 0;
+  const auto after_scalars = static_cast<voffset_t>(16 + (has_corr ? 8 : 0) + stamps_bytes);
   const voffset_t sender_at = has_sender ? after_scalars : 0;
   const voffset_t payload_at = has_sender ? after_scalars + 4 : after_scalars;
   const voffset_t id_at = route ? payload_at + 4 : 0;
@@ -147,10 +155,10 @@ flatbuffers::uoffset_t BatchBuilder::write_envelope(TypeId type, std::uint64_t c
 
   if (vtables_[shape] == 0) {
     // Slots by field id (wire::Envelope::VT_*): type_id, recipient, sender, correlation_id,
-    // payload, entity_id, stamp; 0 for a field this shape leaves out.
-    const voffset_t slots = route ? 7 : 5;
-    std::array<voffset_t, 9> vt{static_cast<voffset_t>(sizeof(voffset_t) * (2 + slots)), size, kType, kRecipient,
-                                sender_at, corr_at, payload_at, id_at, stamp_at};
+    // payload, entity_id, stamp, route; 0 for a field this shape leaves out.
+    const voffset_t slots = route ? (wide ? 7 : 8) : 5;
+    std::array<voffset_t, 10> vt{static_cast<voffset_t>(sizeof(voffset_t) * (2 + slots)), size, kType, kRecipient,
+                                 sender_at, corr_at, payload_at, id_at, stamp_at, route_at};
     const auto bytes = static_cast<std::size_t>(vt[0]);
     fbb_.PreAlign(bytes, sizeof(voffset_t));
     fbb_.PushBytes(reinterpret_cast<const std::uint8_t*>(vt.data()), bytes);
@@ -169,7 +177,12 @@ flatbuffers::uoffset_t BatchBuilder::write_envelope(TypeId type, std::uint64_t c
   refer(kRecipient, recipient_.o);
   put(kType, static_cast<std::uint64_t>(type));
   if (has_corr) put(corr_at, correlation_id);
-  if (route) put(stamp_at, wire::EntityStamp(route->epoch, route->shard, route->hops));
+  if (wide) {
+    put(stamp_at, wire::EntityStamp(route->epoch, route->shard, route->hops));
+  } else if (route) {
+    put(route_at, wire::EntityRoute(static_cast<std::uint32_t>(route->epoch), static_cast<std::uint16_t>(route->shard),
+                                    route->hops));
+  }
   if (has_sender) refer(sender_at, sender_.o);
   refer(payload_at, payload);
   if (route) refer(id_at, entity_id);
@@ -271,9 +284,13 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
         ++report.bad_path;
         continue;
       }
-      const auto* st = e->stamp();
-      in.route = st ? KeyedRoute{id->string_view(), st->shard(), st->epoch(), st->hops()}
-                    : KeyedRoute{id->string_view(), 0, 0, 0};
+      if (const auto* rt = e->route()) {
+        in.route = KeyedRoute{id->string_view(), rt->shard(), rt->epoch(), rt->hops()};
+      } else if (const auto* st = e->stamp()) {
+        in.route = KeyedRoute{id->string_view(), st->shard(), st->epoch(), st->hops()};
+      } else {
+        in.route = KeyedRoute{id->string_view(), 0, 0, 0};
+      }
     }
     out.push_back(std::move(in));
     ++report.accepted;

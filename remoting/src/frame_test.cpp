@@ -107,8 +107,9 @@ TEST_F(Frames, HandLaidEnvelopesOfEveryShapeReadBackThroughTheGeneratedCode) {
       const bool keyed = pick(2);
       if (keyed) {
         w.id = std::string(1 + pick(120), static_cast<char>('a' + pick(26)));
-        w.epoch = (std::uint64_t{rng()} << 32) | rng();
-        w.shard = rng();
+        // Mostly stamps that fit an EntityRoute (as a cluster's do), some that need an EntityStamp.
+        w.epoch = pick(3) ? pick(1u << 31) * 2 + pick(2) : (std::uint64_t{rng()} << 32) | rng();
+        w.shard = pick(3) ? pick(1u << 16) : rng();
         w.hops = static_cast<std::uint8_t>(pick(256));
       }
       // A payload of the registered type, of varying size (a Text pads it out).
@@ -153,7 +154,74 @@ TEST_F(Frames, HandLaidEnvelopesOfEveryShapeReadBackThroughTheGeneratedCode) {
       }
     }
     EXPECT_EQ(rep.accepted, want.size());
+    // Each keyed envelope carries its stamps once, in the smallest struct that holds them.
+    const auto* envs = flatbuffers::GetRoot<wire::Batch>(bytes.data())->envelopes();
+    ASSERT_EQ(envs->size(), want.size());
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      const auto* e = envs->Get(static_cast<flatbuffers::uoffset_t>(i));
+      const auto& w = want[i];
+      const bool fits = w.epoch <= 0xffff'ffffu && w.shard <= 0xffffu;
+      EXPECT_EQ(e->route() != nullptr, !w.id.empty() && fits) << "seed " << seed << " #" << i;
+      EXPECT_EQ(e->stamp() != nullptr, !w.id.empty() && !fits) << "seed " << seed << " #" << i;
+    }
   }
+}
+
+// A keyed envelope's stamps take 8 bytes (an EntityRoute) where protocol 1 took 16 (an
+// EntityStamp): a frame of keyed tells is 8 bytes an envelope smaller than the same frame with
+// stamps too large for an EntityRoute, and both read back the same.
+TEST_F(Frames, KeyedEnvelopesCarryStampsThatFitInEightBytes) {
+  auto m = ping(5);
+  auto frame_of = [&](std::uint64_t epoch) {
+    BatchBuilder b(64u << 10);
+    for (int i = 0; i < 100; ++i) {
+      const std::string id = "e" + std::to_string(i * 37);
+      const KeyedRoute route{id, static_cast<std::uint32_t>(i), epoch + static_cast<std::uint64_t>(i), 1};
+      b.add(m.type(), "/system/region-a", "", 0, m.bytes(), &route);
+    }
+    auto f = b.finish("troupe://00aa@127.0.0.1:7000", 1);
+    return std::vector<std::uint8_t>(f.begin(), f.end());
+  };
+  const auto narrow = frame_of(7), wide = frame_of(std::uint64_t{1} << 32);
+  EXPECT_EQ(narrow.size() + 100 * 8, wide.size());
+  for (const auto& [bytes, epoch] : {std::pair{narrow, std::uint64_t{7}}, std::pair{wide, std::uint64_t{1} << 32}}) {
+    auto r = decode_frame(bytes, registry, limits, report);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r->envelopes.size(), 100u);
+    for (std::size_t i = 0; i < 100; ++i) {
+      const auto& route = r->envelopes[i].route;
+      ASSERT_TRUE(route);
+      EXPECT_EQ(route->entity_id, "e" + std::to_string(i * 37));
+      EXPECT_EQ(route->shard, i);
+      EXPECT_EQ(route->epoch, epoch + i);
+      EXPECT_EQ(route->hops, 1u);
+    }
+  }
+}
+
+// A protocol-1 frame (its keyed envelopes stamped with an EntityStamp, as the generated code
+// writes them) is still read, stamps and all; an unstamped keyed envelope reads as epoch 0.
+TEST_F(Frames, ProtocolOneFramesAreStillRead) {
+  flatbuffers::FlatBufferBuilder fbb;
+  auto m = ping(3);
+  const wire::EntityStamp stamp(std::uint64_t{77}, 513, 2);
+  const std::vector<std::uint8_t> payload(m.bytes().begin(), m.bytes().end());
+  std::vector<flatbuffers::Offset<wire::Envelope>> envs{
+      wire::CreateEnvelopeDirect(fbb, m.type(), "/system/region-a", nullptr, 0, &payload, "user-1", &stamp),
+      wire::CreateEnvelopeDirect(fbb, m.type(), "/system/region-a", nullptr, 0, &payload, "user-2", nullptr)};
+  fbb.Finish(wire::CreateBatch(fbb, 1, fbb.CreateVector(envs), fbb.CreateString("troupe://00aa@127.0.0.1:7000"), 1));
+  auto r = decode_frame({fbb.GetBufferPointer(), fbb.GetSize()}, registry, limits, report);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  ASSERT_EQ(r->envelopes.size(), 2u);
+  ASSERT_TRUE(r->envelopes[0].route);
+  EXPECT_EQ(r->envelopes[0].route->entity_id, "user-1");
+  EXPECT_EQ(r->envelopes[0].route->epoch, 77u);
+  EXPECT_EQ(r->envelopes[0].route->shard, 513u);
+  EXPECT_EQ(r->envelopes[0].route->hops, 2u);
+  ASSERT_TRUE(r->envelopes[1].route);
+  EXPECT_EQ(r->envelopes[1].route->entity_id, "user-2");
+  EXPECT_EQ(r->envelopes[1].route->epoch, 0u);
+  EXPECT_EQ(r->envelopes[0].payload.as<test::Ping>()->seq(), 3u);
 }
 
 // A tell from outside any actor has no sender: its envelope leaves the field out, as the

@@ -27,8 +27,11 @@
 
 namespace troupe::remoting {
 
-/// Protocol versions this build speaks (a frame outside the range is refused).
-inline constexpr std::uint16_t kProtocolVersion = 1;
+/// Protocol versions this build speaks (a frame outside the range is refused). Version 2 writes
+/// a keyed envelope's stamps in an 8-byte troupe.wire.EntityRoute; a version-1 node would read
+/// such an envelope as unstamped, so it refuses version-2 frames instead. Version-1 frames (their
+/// 16-byte EntityStamp) are still read.
+inline constexpr std::uint16_t kProtocolVersion = 2;
 inline constexpr std::uint16_t kMinProtocolVersion = 1;
 
 struct FrameLimits {
@@ -118,8 +121,8 @@ class BatchBuilder {
   Builder fbb_;
   std::vector<flatbuffers::Offset<void>> offsets_;
   // Where this frame's vtable of each envelope shape is (0: not written yet); the shape's bits:
-  // 1 a correlation id, 2 keyed, 4 a sender.
-  std::array<flatbuffers::uoffset_t, 8> vtables_{};
+  // 1 a correlation id, 2 keyed, 4 a sender, 8 keyed with stamps too large for an EntityRoute.
+  std::array<flatbuffers::uoffset_t, 16> vtables_{};
   std::string last_recipient_, last_sender_;  // of the run the offsets below were written for
   flatbuffers::Offset<flatbuffers::String> recipient_, sender_;
 };
