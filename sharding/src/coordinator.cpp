@@ -157,6 +157,12 @@ struct Coordinator::State {
   std::unordered_map<std::uint64_t, TP> downed_since;  // node in `downed` -> when this coordinator saw it gone
   std::uint64_t epoch_counter = 0;
   std::unordered_map<std::uint64_t, TP> heard;  // member -> when its last heartbeat came
+  // Every node keeps, coordinator or not: member -> when this node first saw it down or removed.
+  // A coordinator taking over has no report from a downed member (its own predecessor, say),
+  // so it cannot tell that member's shards from the rest; it allocates no unreported shard
+  // before every recently downed member's margin (free_at) has passed.
+  std::unordered_map<std::uint64_t, TP> seen_down;
+  TP unreported_free_at{};
   unsigned minority_checks = 0;                  // checks in a row that saw a minority
 
   TP now() const { return ctx->system().timers().now(); }
@@ -217,6 +223,7 @@ struct Coordinator::State {
   }
 
   void on_membership() {
+    note_downed();
     const auto c = sh->coordinator.load(std::memory_order_acquire);
     if (c != following) {
       following = c;
@@ -234,11 +241,34 @@ struct Coordinator::State {
 
   // ---- active ----
 
+  void note_downed() {
+    const auto ms = members();
+    const auto t = now();
+    for (const auto& [uid, m] : ms) {
+      if (m.status == MemberStatus::down || m.status == MemberStatus::removed) seen_down.try_emplace(uid, t);
+    }
+    // Kept a while after the member leaves the list: its margin is seconds.
+    for (auto it = seen_down.begin(); it != seen_down.end();) {
+      it = !ms.count(it->first) && t - it->second > std::chrono::minutes(1) ? seen_down.erase(it) : std::next(it);
+    }
+  }
+
   void become_active() {
     step_down();
     active = true;
     epoch_counter = sh->max_epoch.load();
     rebuild_deadline = now() + sh->config.rebuild_timeout;
+    // A member downed lately may still serve its shards (the previous coordinator among them:
+    // it may not know yet). Shards no member reports wait for its margin, as they would have
+    // waited under the previous coordinator.
+    unreported_free_at = now();
+    for (const auto& [uid, t] : seen_down) unreported_free_at = std::max(unreported_free_at, free_at(uid, t));
+    if (const auto wait = unreported_free_at - now(); wait > TP::duration::zero()) {
+      static const Message plan_tick = Message::build<PlanTick>([](auto& b) { return CreatePlanTick(b); });
+      ctx->schedule_once(std::chrono::duration_cast<std::chrono::milliseconds>(wait) + std::chrono::milliseconds(1), plan_tick);
+      log().info("sharding: shards no member reports wait {} ms for the margin of a member downed lately",
+                 std::chrono::duration_cast<std::chrono::milliseconds>(wait).count());
+    }
     log().info("sharding: this node is the coordinator; rebuilding the shard tables from the members' reports");
     const auto ms = members();
     const auto ask = Message::build<ReportRequest>([&](auto& b) { return CreateReportRequest(b, self_uid()); });
@@ -542,7 +572,7 @@ struct Coordinator::State {
         if (o) ++load[o];
       }
       for (ShardId s = 0; s < ts.num_shards; ++s) {
-        if (ts.owner[s] != 0 || ts.moving[s]) continue;
+        if (ts.owner[s] != 0 || ts.moving[s] || t < unreported_free_at) continue;
         std::uint64_t dest = target.owner(s);
         if (!all_live) {
           // Someone is unreachable: the balanced table would count its shards as free.

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 
 #include <troupe/serialization/sharding_generated.h>
@@ -402,6 +403,40 @@ TEST(ClusterSharding, CoordinatorLossStallsNoShardThatDoesNotMove) {
   EXPECT_EQ(failed, 0) << "asks to shards that did not move failed during the failover";
   EXPECT_EQ(c.sh[1]->coordinator(), c.uid(1)) << "the next oldest coordinates";
   for (int k = 0; k < 60; ++k) EXPECT_FALSE(c.get(2, id_of(k)).first.empty()) << id_of(k);
+  c.log.check();
+}
+
+// The coordinator itself is downed. Its successor has no report from it, so it cannot tell the
+// downed member's shards from the rest; it gives no unreported shard a home before that member's
+// margin has passed (at least 500 ms after the downing), as a coordinator does for any other
+// downed member. Before, the successor allocated them as soon as the survivors had reported.
+TEST(ClusterSharding, ANewCoordinatorGivesTheDownedOnesShardsHomesOnlyAfterItsMargin) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1, 2}));
+  ASSERT_EQ(c.sh[1]->coordinator(), c.uid(0));
+  const auto on_n0 = c.hosted(0);
+  ASSERT_FALSE(on_n0.empty());
+  struct Seen {
+    std::mutex mu;
+    std::optional<std::chrono::steady_clock::time_point> downed_at;
+  };
+  auto seen = std::make_shared<Seen>();
+  c.nodes[1]->membership()->subscribe([seen, uid = c.uid(0)](const membership::MembershipEvent& e) {
+    if (e.member.uid != uid || e.member.status != membership::MemberStatus::down) return;
+    std::lock_guard lk(seen->mu);
+    if (!seen->downed_at) seen->downed_at = std::chrono::steady_clock::now();
+  });
+  c.nodes[0]->stop();  // no leave: it vanishes
+  ASSERT_TRUE(eventually([&] { return c.settled({1, 2}, {1, 2}); }, 60s));
+  ASSERT_EQ(c.sh[1]->coordinator(), c.uid(1));
+  std::lock_guard lk(seen->mu);
+  ASSERT_TRUE(seen->downed_at);
+  for (const auto s : on_n0) {
+    const auto h = c.sh[1]->shard_history(kType, s);
+    ASSERT_FALSE(h.empty()) << "shard " << s;
+    EXPECT_TRUE(h.back().to == "n1" || h.back().to == "n2") << "shard " << s << " went to '" << h.back().to << "'";
+    EXPECT_GE(h.back().at - *seen->downed_at, 500ms) << "shard " << s;
+  }
   c.log.check();
 }
 
