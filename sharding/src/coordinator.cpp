@@ -91,7 +91,9 @@ void on_membership_event(Sharding::Shared& s, const membership::MembershipEvent&
     } else {
       s.members[e.member.uid] = e.member;
     }
-    if (e.kind == EventKind::self_downed && !s.self_down.exchange(true)) {
+    // Downed, or removed without having heard of its downing (the others stopped gossiping to
+    // it): either way this node is out and serves nothing more.
+    if ((e.kind == EventKind::self_downed || e.kind == EventKind::self_removed) && !s.self_down.exchange(true)) {
       for (const auto& [name, t] : s.types) fence.push_back(t.region);
     }
     s.recompute_coordinator_locked();

@@ -486,6 +486,15 @@ class Region final : public Actor {
     for (auto& [id, e] : entities_) {
       if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
       ++hs.pending;
+      // What waits for a passivating entity came before anything the stopping shard buffers
+      // from now on: it goes first (at its Terminated it would land behind later messages).
+      if (auto w = waiting_.find(id); w != waiting_.end()) {
+        for (auto& [msg, from] : w->second) {
+          auto env = entity_envelope(id, msg.type(), msg.bytes());
+          buffer(env, *env.as<EntityEnvelope>(), shard, from);
+        }
+        waiting_.erase(w);
+      }
       if (e.passivating) continue;  // stopping already; its Terminated counts it
       e.passivating = true;
       context().system().run_with_actor(e.ref, [me, id = id](Actor& a) {
@@ -758,11 +767,23 @@ class Region final : public Actor {
     shared_->fenced.fetch_add(1, std::memory_order_relaxed);
     context().system().log().warn("sharding {}: stopped serving shard {}: {}", settings_.type, shard, why);
     hosted_.erase(shard);
+    std::vector<std::pair<std::string, std::deque<std::pair<Message, ActorRef>>>> waited;
     for (auto& [id, e] : entities_) {
       if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
       e.passivating = true;
-      waiting_.erase(id);
+      if (auto w = waiting_.find(id); w != waiting_.end()) {
+        waited.emplace_back(id, std::move(w->second));
+        waiting_.erase(w);
+      }
       context().stop(e.ref);
+    }
+    // What waited for a passivating entity goes where any message for the shard goes now: to
+    // its new home, into the buffer, or refused (counted, the sender told) when this node is down.
+    for (auto& [id, q] : waited) {
+      for (auto& [msg, from] : q) {
+        auto env = entity_envelope(id, msg.type(), msg.bytes());
+        route(env, *env.as<EntityEnvelope>(), shard, from);
+      }
     }
   }
 

@@ -8,11 +8,13 @@
 
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include <troupe/serialization/sharding_generated.h>
 #include <troupe/sharding/client.hpp>
@@ -57,8 +59,37 @@ struct ActivationLog {
   }
 };
 
+/// Where an entity's "hold" waits: it asks to be passivated, then blocks its turn until the test
+/// opens the gate. The region meanwhile keeps the messages that come for it waiting.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = true;
+  void wait() {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return open; });
+  }
+  void set(bool o) {
+    {
+      std::lock_guard lk(mu);
+      open = o;
+    }
+    cv.notify_all();
+  }
+};
+Gate g_gate;
+
+/// Closes the gate for its scope (declared after the cluster: opened before the nodes stop).
+struct Held {
+  Held() { g_gate.set(false); }
+  ~Held() { g_gate.set(true); }
+  Held(const Held&) = delete;
+  Held& operator=(const Held&) = delete;
+};
+
 /// A counter with state that survives a graceful handoff. "add" n adds; "get" answers
-/// Cmd{<node name>, count}; a Ping is echoed to its sender (order checks).
+/// Cmd{<node name>, count}; a Ping is echoed to its sender (order checks); "passivate" asks for
+/// it, and "hold" asks for it and then waits at the gate.
 class Account final : public sharding::Entity {
  public:
   explicit Account(std::string id) : id_(std::move(id)) {}
@@ -67,9 +98,13 @@ class Account final : public sharding::Entity {
     const auto op = op_of(m);
     if (op == "add") count_ += m.as<test::Cmd>()->n();
     if (op == "get") sender().tell(cmd(context().system().node_id(), count_), self());
-    if (op == "passivate") {
-      context().parent().tell(Message::build<sharding::Passivate>([](auto& b) { return sharding::CreatePassivate(b); }),
-                              self());
+    static const Message passivate = Message::build<sharding::Passivate>([](auto& b) { return sharding::CreatePassivate(b); });
+    if (op == "passivate") context().parent().tell(passivate, self());
+    if (op == "hold") {
+      // Told from another thread: a cell this turn schedules would wait in this worker's
+      // run-next slot until the turn ends, and this turn blocks.
+      std::thread([region = context().parent(), me = self()] { region.tell(passivate, me); }).join();
+      g_gate.wait();
     }
   }
   std::optional<Message> snapshot() override { return cmd("state", count_); }
@@ -438,6 +473,78 @@ TEST(ClusterSharding, ANewCoordinatorGivesTheDownedOnesShardsHomesOnlyAfterItsMa
     EXPECT_GE(h.back().at - *seen->downed_at, 500ms) << "shard " << s;
   }
   c.log.check();
+}
+
+/// An entity of `c` on node `i` (started there by an ask), or "".
+std::string entity_on(ShardCluster& c, int i) {
+  const std::string name = "n" + std::to_string(i);
+  for (int k = 0; k < 200; ++k) {
+    if (c.get(i, id_of(k)).first == name) return id_of(k);
+  }
+  return {};
+}
+
+/// Holds entity `id` on node `i` passivating (its "hold" turn blocked at the closed gate) and
+/// sends it `first` from `probe`: the message waits in the region for the entity to stop.
+void hold_with_a_waiting_message(ShardCluster& c, int i, const std::string& id, testkit::Probe& probe, std::uint64_t first) {
+  const auto passivations = c.sh[i]->stats().passivations;
+  c.sh[i]->tell(kType, id, cmd("hold"));
+  ASSERT_TRUE(eventually([&] { return c.sh[i]->stats().passivations > passivations; }, 10s));
+  const auto buffered = c.sh[i]->stats().buffered;
+  c.sh[i]->tell(kType, id, testkit::ping(first), probe.ref());
+  ASSERT_TRUE(eventually([&] { return c.sh[i]->stats().buffered > buffered; }, 10s)) << "it waits for the entity";
+}
+
+// A message waits for a passivating entity; then its shard is handed off, and the same sender
+// sends again. At the new home the first message comes first: it goes into the shard's buffer
+// when the shard starts stopping, ahead of what the buffer takes later (before, it joined the
+// buffer when the entity had stopped, behind the second).
+TEST(ClusterSharding, AMessageThatWaitedForAPassivatingEntityStaysAheadWhenItsShardMoves) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1}));
+  const auto id = entity_on(c, 1);
+  ASSERT_FALSE(id.empty());
+  Held held;
+  testkit::Probe probe(c.nodes[1]->system());
+  hold_with_a_waiting_message(c, 1, id, probe, 1);
+  const auto hosted = c.hosted(1).size();
+  std::jthread leaving([&] { c.sh[1]->hand_off_all(60s); });
+  // Every shard of n1 was told to hand off: the held entity's shard is stopping.
+  const bool stopping = eventually([&] { return c.sh[1]->stats().handoffs >= hosted; }, 30s);
+  c.sh[1]->tell(kType, id, testkit::ping(2), probe.ref());
+  g_gate.set(true);
+  std::vector<std::uint64_t> seqs;
+  for (int k = 0; k < 2; ++k) {
+    auto r = probe.next(30s);
+    if (!r || !r->msg.is<test::Ping>()) break;
+    seqs.push_back(r->msg.as<test::Ping>()->seq());
+  }
+  leaving.join();
+  ASSERT_TRUE(stopping);
+  EXPECT_EQ(seqs, (std::vector<std::uint64_t>{1, 2}));
+  EXPECT_EQ(c.get(0, id).first, "n0");
+  c.log.check();
+}
+
+// A message waits for a passivating entity when its node is downed: the region fences its
+// shards and refuses the message with ShardUnavailable (counted) instead of dropping it unseen.
+TEST(ClusterSharding, AMessageThatWaitedForAPassivatingEntityIsRefusedNotLostWhenItsNodeIsDowned) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1, 2}));
+  const auto id = entity_on(c, 1);
+  ASSERT_FALSE(id.empty());
+  Held held;
+  testkit::Probe probe(c.nodes[1]->system());
+  hold_with_a_waiting_message(c, 1, id, probe, 1);
+  const auto unavailable = c.sh[1]->stats().unavailable;
+  ASSERT_TRUE(c.nodes[0]->membership()->down("n1"));
+  auto r = probe.next(30s);
+  ASSERT_TRUE(r) << "the waiting message was dropped without a word";
+  const auto* u = r->msg.as<sharding::ShardUnavailable>();
+  ASSERT_NE(u, nullptr);
+  EXPECT_EQ(u->entity_id()->str(), id);
+  EXPECT_GT(c.sh[1]->stats().unavailable, unavailable);
+  EXPECT_GT(c.sh[1]->stats().fenced, 0u);
 }
 
 TEST(ClusterSharding, ClientBeforeHostsBuffersInOrderAndRefusesPastTheBound) {
