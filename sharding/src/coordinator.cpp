@@ -643,7 +643,7 @@ struct Coordinator::State {
     const auto ms = members();
     for (auto& [name, ts] : types) {
       if (ts.changed) {
-        ++ts.version;
+        ts.version = sh->table_versions.fetch_add(1, std::memory_order_relaxed) + 1;
         ts.changed = false;
         for (auto& [key, mv] : moves) {
           if (key.first == name && mv.version == 0) mv.version = ts.version;
@@ -845,6 +845,9 @@ void Coordinator::pre_start() {
                            Message::build<CoordinatorTick>([](auto& b) { return CreateCoordinatorTick(b); }));
   context().schedule_every(st_->sh->config.minority_check_interval,
                            Message::build<MajorityTick>([](auto& b) { return CreateMajorityTick(b); }));
+  // A restarted instance starts with nothing (no coordinator followed, not active): it looks at
+  // the members now rather than at the next membership event, which may never come.
+  context().self().tell(membership_tick());
 }
 
 void Coordinator::receive(const Message& m) {

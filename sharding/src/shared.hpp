@@ -92,6 +92,10 @@ struct Sharding::Shared {
   std::atomic<bool> in_majority{true};  // this node sees a majority of the up members (as downing decides it)
   std::atomic<bool> leaving{false};
   std::atomic<std::uint64_t> max_epoch{0};
+  /// The last shard table version this node's coordinator sent. Regions ignore a table whose
+  /// version is not above the last they applied from the same coordinator, so versions only
+  /// grow: across this node's terms as coordinator and restarts of its coordinator actor.
+  std::atomic<std::uint64_t> table_versions{0};
   ActorRef coordinator_actor;
   /// Moves this node's coordinator decided (type, shard) -> last kShardHistory, oldest first.
   std::map<std::pair<std::string, ShardId>, std::vector<ShardMove>> move_log;

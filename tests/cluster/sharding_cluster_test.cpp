@@ -8,12 +8,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <thread>
 
 #include <troupe/serialization/sharding_generated.h>
@@ -545,6 +547,39 @@ TEST(ClusterSharding, AMessageThatWaitedForAPassivatingEntityIsRefusedNotLostWhe
   EXPECT_EQ(u->entity_id()->str(), id);
   EXPECT_GT(c.sh[1]->stats().unavailable, unavailable);
   EXPECT_GT(c.sh[1]->stats().fenced, 0u);
+}
+
+// The coordinator actor fails and is restarted by its supervisor. The new instance takes up
+// the role at once, with no membership event to prompt it (a new entity type gets homes), and
+// its tables carry versions above the ones before, so the regions apply them (a join settles).
+// Before, it stayed idle until the next membership event, then numbered its tables from 1,
+// which the regions ignored as old.
+TEST(ClusterSharding, ARestartedCoordinatorActorTakesUpTheRoleAndItsTablesAreApplied) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1, 2}));
+  ASSERT_EQ(c.sh[1]->coordinator(), c.uid(0));
+  auto& sys0 = c.nodes[0]->system();
+  const auto coordinator = sys0.lookup("/system/sharding-coordinator");
+  ASSERT_TRUE(coordinator);
+  // Fails on its own turn; the supervisor restarts it (same ref, new instance, mailbox kept).
+  ASSERT_TRUE(sys0.run_with_actor(coordinator, [](Actor&) { throw std::runtime_error("test: the coordinator fails"); }));
+  // A second entity type on every node: only an active coordinator gives its shards homes (the
+  // regions' reports reach the coordinator after the failure: they are sent later).
+  for (int i : {0, 1, 2}) {
+    sharding::EntitySettings s;
+    s.type = "ledger";
+    s.num_shards = 8;
+    c.sh[i]->start<Account>(s);
+  }
+  EXPECT_TRUE(eventually([&] {
+    const auto shards = c.sh[1]->shards("ledger");
+    return shards.size() == 8 && std::all_of(shards.begin(), shards.end(), [](const auto& si) { return !si.region.empty(); });
+  }, 30s)) << "the restarted coordinator allocates";
+  const auto applied = c.sh[1]->stats().tables_applied;
+  c.add(3);
+  EXPECT_TRUE(eventually([&] { return c.settled({0, 1, 2, 3}, {0, 1, 2, 3}); }, 60s));
+  EXPECT_GT(c.sh[1]->stats().tables_applied, applied);
+  c.log.check();
 }
 
 TEST(ClusterSharding, ClientBeforeHostsBuffersInOrderAndRefusesPastTheBound) {
