@@ -197,7 +197,9 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   ActorRef exported(std::string_view path);
   std::string address_of(const ActorRef& r);
   void drop(Outbound& o, const char* why, std::atomic<std::uint64_t>& counter);
-  void lose(std::uint64_t uid, std::string reason);
+  /// `successor_proved_key`: the caller is the handshake of the successor at the same address,
+  /// which has just proved the key learned before; it stays.
+  void lose(std::uint64_t uid, std::string reason, bool successor_proved_key = false);
   void wake();
 
   // ---- I/O thread ------------------------------------------------------------------------------
@@ -500,7 +502,7 @@ std::string Transport::Core::address_of(const ActorRef& r) {
   return self_origin + export_ref(r);
 }
 
-void Transport::Core::lose(std::uint64_t uid, std::string reason) {
+void Transport::Core::lose(std::uint64_t uid, std::string reason, bool successor_proved_key) {
   if (uid == 0 || uid == self.uid) return;
   std::shared_ptr<Peer> peer;
   {
@@ -510,8 +512,11 @@ void Transport::Core::lose(std::uint64_t uid, std::string reason) {
       peer = std::move(it->second);
       peers.erase(it);
       peer->lost.store(true, std::memory_order_release);
-      // A key learned from the lost incarnation's handshake may change with its successor.
-      if (auto k = keys.find(peer->addr.endpoint()); k != keys.end() && !k->second.configured) keys.erase(k);
+      // A key learned from the lost incarnation's handshake may change with its successor
+      // (unless the successor's own handshake has just proved it).
+      if (auto k = keys.find(peer->addr.endpoint()); k != keys.end() && !k->second.configured && !successor_proved_key) {
+        keys.erase(k);
+      }
     }
     uid_keys.erase(uid);
   }
@@ -764,7 +769,7 @@ bool Transport::Core::bind_origin(std::string_view key, const NodeAddress& a) {
       if (uid != a.uid && p->addr.endpoint() == a.endpoint()) replaced = uid;
     }
   }
-  if (replaced) lose(replaced, "restarted as " + a.to_string());
+  if (replaced) lose(replaced, "restarted as " + a.to_string(), !cfg.insecure);
   return true;
 }
 

@@ -359,6 +359,24 @@ TEST_F(TwoNodes, ARestartedPeerIsANewIncarnationOldRefsGetTerminatedNewRefsWork)
   EXPECT_EQ(a->probe.queued(), 0u) << "no reply from the old ref";
 }
 
+// a learns b's key from b's handshake (nobody declares it on a). b restarts at the same port
+// with the same key: its first frame proves the key again and makes a lose the old incarnation.
+// a keeps the key for the new one, so a's reply reaches it (before, losing the old incarnation
+// took the key along, and the reply was dropped for want of one).
+TEST_F(TwoNodes, APeerRestartedWithTheSameKeyGetsRepliesThroughTheKeyItsHandshakeProved) {
+  a->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  ASSERT_TRUE(b->ref_on(*a, "/user/echo").ask(ping(1), 10s).get().ok());
+  const auto port = b->transport->address().port;
+  echo_b = {};
+  b.reset();
+  b = std::make_unique<Node>("b2", keys.b, keys.allow, port);
+  auto r = b->ref_on(*a, "/user/echo").ask(ping(2), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<test::Ping>()->seq(), 2u);
+  EXPECT_EQ(a->transport->stats().dropped_no_peer_key, 0u);
+  EXPECT_EQ(a->transport->stats().nodes_lost, 1u) << "the old incarnation";
+}
+
 TEST_F(TwoNodes, AKeyRemovedFromTheAllowListIsCutOffAndAReAddedOneWorksAgain) {
   auto echo = a->ref_on(*b, "/user/echo");
   ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());
