@@ -231,6 +231,8 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   bool bind_origin(std::string_view key, const NodeAddress& a);
   void sweep();
   void resend_watches();
+  /// The queued Watch `o` left: in a frame (`sent`) or dropped.
+  void watch_left(const Outbound& o, bool sent);
   void socket_monitor(zmq::socket_t& s, std::unique_ptr<zmq::socket_t>& mon, int events);
 
   ActorSystem& system;
@@ -317,6 +319,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     ActorRef watcher;  // local
     std::string watcher_path;
     bool sent = false;  // the Watch left in a frame; until then it is sent again (sweep)
+    bool in_flight = true;  // a copy is queued (not yet sent or dropped): no other is queued
     std::chrono::steady_clock::time_point tried{std::chrono::steady_clock::now()};
   };
   std::unordered_map<std::uint64_t, std::vector<WatchEntry>> watches;  // by watchee's node
@@ -412,6 +415,8 @@ void Transport::Core::wake() {
 
 void Transport::Core::drop(Outbound& o, const char* why, std::atomic<std::uint64_t>& counter) {
   bump(counter);
+  // A Watch is only queued on the I/O thread (or dropped after it ended): the sweep may try again.
+  if (o.msg.type() == kWatch) watch_left(o, false);
   const std::string to = o.recipient ? o.recipient.path() : o.peer->addr.to_string() + o.to();
   system.dead_letter(o.msg, o.sender, to, why);
 }
@@ -645,19 +650,21 @@ void Transport::Core::take_work() {
   for (auto& fn : todo) fn();
 }
 
-void Transport::Core::on_sent(const Outbound& o) {
-  if (o.msg.type() == kWatch) {
-    const auto* w = o.msg.as<wire::Watch>();
-    auto it = watches.find(o.peer->addr.uid);
-    if (!w || it == watches.end()) return;
-    for (auto& e : it->second) {
-      if (e.watcher_path == w->watcher()->string_view() &&
-          static_cast<RemoteRef*>(e.watchee.target())->local_path() == w->watchee()->string_view()) {
-        e.sent = true;
-      }
+void Transport::Core::watch_left(const Outbound& o, bool sent) {
+  const auto* w = o.msg.as<wire::Watch>();
+  auto it = watches.find(o.peer->addr.uid);
+  if (!w || it == watches.end()) return;
+  for (auto& e : it->second) {
+    if (e.watcher_path == w->watcher()->string_view() &&
+        static_cast<RemoteRef*>(e.watchee.target())->local_path() == w->watchee()->string_view()) {
+      e.in_flight = false;
+      e.sent = e.sent || sent;
     }
-    return;
   }
+}
+
+void Transport::Core::on_sent(const Outbound& o) {
+  if (o.msg.type() == kWatch) return watch_left(o, true);
   if (o.msg.type() != kTerminated) return;
   // A Terminated for a remote watcher ends that served watch.
   auto it = served.find(o.peer->addr.uid);
@@ -1135,10 +1142,13 @@ void Transport::Core::resend_watches() {
   for (auto& [uid, v] : watches) {
     const auto now = std::chrono::steady_clock::now();
     for (auto& e : v) {
-      if (e.sent || now - e.tried < std::chrono::seconds(1)) continue;
+      // One copy at a time: a Watch waiting for its peer's connection stays where it is
+      // (copies sent every second would fill the peer's queue and refuse every other message).
+      if (e.sent || e.in_flight || now - e.tried < std::chrono::seconds(1)) continue;
       e.tried = now;
       auto* rr = static_cast<RemoteRef*>(e.watchee.target());
       if (rr->peer()->lost.load(std::memory_order_acquire)) continue;  // the loss terminates it
+      e.in_flight = true;
       enqueue(Outbound{rr->peer(), {}, make_watch<wire::Watch>(rr->local_path(), e.watcher_path), {},
                        std::string(kControlPath), {}});
     }

@@ -377,6 +377,22 @@ TEST_F(TwoNodes, APeerRestartedWithTheSameKeyGetsRepliesThroughTheKeyItsHandshak
   EXPECT_EQ(a->transport->stats().nodes_lost, 1u) << "the old incarnation";
 }
 
+// A Watch for a peer that cannot be reached yet waits in the peer's queue; the sweep that sends
+// unsent Watches again (each second) leaves it there instead of queueing a copy each time.
+// Before, each round added a copy, and a queue of three then refused the next message.
+TEST_F(TwoNodes, AWatchWaitingForItsPeerIsQueuedOnceNotOncePerResend) {
+  Node c("c", keys.c, keys.allow, 0, [](TransportConfig& t) { t.max_queue_per_peer = 3; });
+  auto target = c.ref_on(*b, "/user/echo");
+  echo_b = {};
+  b.reset();  // nobody listens at its address any more; c does not know it is gone
+  c.probe.watch(c.sys, target);
+  // The scenario is time itself: the Watch stays unsent through at least two of the sweep's
+  // one-second rounds (no event marks a round that adds nothing).
+  std::this_thread::sleep_for(3500ms);
+  target.tell(ping(1));
+  EXPECT_EQ(c.transport->stats().dropped_queue_full, 0u);
+}
+
 TEST_F(TwoNodes, AKeyRemovedFromTheAllowListIsCutOffAndAReAddedOneWorksAgain) {
   auto echo = a->ref_on(*b, "/user/echo");
   ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());
