@@ -670,8 +670,10 @@ void Transport::Core::on_sent(const Outbound& o) {
   auto it = served.find(o.peer->addr.uid);
   if (it == served.end()) return;
   auto& v = it->second;
+  // Which watch by the watchee: the sender, or (an AlreadyDead answer, no actor behind it) the
+  // path it is from, which no served watch has; any watch of the same watcher is not it.
   for (auto i = v.begin(); i != v.end(); ++i) {
-    if (i->watcher == o.recipient && (!o.sender || i->watchee == o.sender)) {
+    if (i->watcher == o.recipient && (o.sender ? i->watchee == o.sender : i->watchee.path() == o.from())) {
       v.erase(i);
       break;
     }

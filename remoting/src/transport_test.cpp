@@ -393,6 +393,34 @@ TEST_F(TwoNodes, AWatchWaitingForItsPeerIsQueuedOnceNotOncePerResend) {
   EXPECT_EQ(c.transport->stats().dropped_queue_full, 0u);
 }
 
+// b watches a's echo, then a path with no actor (answered AlreadyDead), then unwatches the echo.
+// The AlreadyDead answer ends no other watch on a, so the unwatch finds the echo's and the
+// echo's later stop sends b nothing. Before, the answer ended the echo's served watch in its
+// place: the unwatch missed it and the stop sent b an unsolicited Terminated.
+TEST_F(TwoNodes, AnAlreadyDeadAnswerEndsNoOtherWatchOfTheSameWatcher) {
+  auto echo_a = a->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  a->sys.spawn<Echo>(SpawnOptions{.name = "other"});
+  auto echo = b->ref_on(*a, "/user/echo");
+  auto other = b->ref_on(*a, "/user/other");
+  b->probe.watch(b->sys, echo);
+  b->probe.watch(b->sys, b->ref_on(*a, "/user/missing"));
+  auto t = b->probe.next();
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::AlreadyDead);
+  b->sys.unwatch(echo, b->probe.ref());
+  ASSERT_TRUE(other.ask(ping(1), 10s).get().ok());  // behind the Unwatch: a has handled it
+  a->probe.watch(a->sys, echo_a);
+  a->sys.stop(echo_a);
+  auto down = a->probe.next();
+  ASSERT_TRUE(down);
+  ASSERT_TRUE(down->msg.is<sys::Terminated>());
+  // Whatever the stop sent b left before this reply.
+  ASSERT_TRUE(other.ask(ping(2), 10s).get().ok());
+  EXPECT_EQ(b->transport->stats().terminated_unsolicited, 0u);
+  EXPECT_EQ(b->probe.queued(), 0u);
+}
+
 TEST_F(TwoNodes, AKeyRemovedFromTheAllowListIsCutOffAndAReAddedOneWorksAgain) {
   auto echo = a->ref_on(*b, "/user/echo");
   ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());
