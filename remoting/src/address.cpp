@@ -77,9 +77,13 @@ Result<ActorAddress> parse_actor_address(std::string_view s) {
   if (!s.starts_with(kScheme)) return bad();
   auto slash = s.find('/', kScheme.size());
   if (slash == std::string_view::npos || slash + 1 >= s.size()) return bad();
+  // The path as the actor has it ('/'-separated names, none empty): another spelling would
+  // reach the actor, but its Terminated (sent with the actor's own path) would match no watch.
+  const auto path = s.substr(slash);
+  if (path.back() == '/' || path.find("//") != std::string_view::npos) return bad();
   auto node = parse_node_address(s.substr(0, slash));
   if (!node) return node.error();
-  return ActorAddress{std::move(node).value(), std::string(s.substr(slash))};
+  return ActorAddress{std::move(node).value(), std::string(path)};
 }
 
 }  // namespace troupe::remoting

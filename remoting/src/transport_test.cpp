@@ -568,7 +568,10 @@ TEST(TransportAddresses, ParseAndFormat) {
                           "troupe://00000000000000ab@h:70000/x", "troupe://0000000000000000@h:1/x",
                           "troupe://00000000000000ab@h:1", "troupe://00000000000000ab@h:1/", "troupe://0000000000000zab@h:1/x",
                           "troupe://00000000000000ab@ba d:1/x", "troupe://00000000000000ab@[::1:1/x",
-                          "troupe://00000000000000ab@-h:1/x", "troupe://00000000000000ab@.h:1/x"}) {
+                          "troupe://00000000000000ab@-h:1/x", "troupe://00000000000000ab@.h:1/x",
+                          // another spelling of a path (a watch through it would never fire)
+                          "troupe://00000000000000ab@h:1/user/echo/", "troupe://00000000000000ab@h:1//user/echo",
+                          "troupe://00000000000000ab@h:1/user//echo"}) {
     EXPECT_FALSE(parse_actor_address(bad).ok()) << bad;
   }
 }
