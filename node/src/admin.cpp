@@ -677,6 +677,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(dropped_no_peer_key, "Outbound messages dropped: no CURVE key for the peer.");
     TROUPE_C(dropped_stopped, "Outbound messages dropped: the transport stopped.");
     TROUPE_C(dropped_send_failed, "Outbound messages dropped: ZeroMQ refused the frame.");
+    TROUPE_C(dropped_oversized, "Outbound messages dropped: larger than a frame may be.");
     TROUPE_C(frames_malformed, "Inbound frames dropped as malformed.");
     TROUPE_C(frames_oversized, "Inbound frames dropped as oversized.");
     TROUPE_C(frames_wrong_node, "Inbound frames meant for another incarnation.");

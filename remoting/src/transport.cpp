@@ -43,7 +43,8 @@ namespace {
 
 #define TROUPE_TRANSPORT_COUNTERS(X)                                                                       \
   X(frames_out) X(frames_in) X(bytes_out) X(bytes_in) X(messages_out) X(messages_in) X(dropped_queue_full) \
-  X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_stopped) X(dropped_send_failed) X(frames_malformed)  \
+  X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_stopped) X(dropped_send_failed) X(dropped_oversized)  \
+  X(frames_malformed)  \
   X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node) X(frames_origin_mismatch)               \
   X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
   X(terminated_unsolicited) X(frames_key_revoked) X(handshakes_failed) X(disconnects) X(nodes_lost)   \
@@ -424,6 +425,14 @@ void Transport::Core::drop(Outbound& o, const char* why, std::atomic<std::uint64
 void Transport::Core::enqueue(Outbound&& o) {
   Peer& p = *o.peer;
   if (p.lost.load(std::memory_order_acquire)) return drop(o, "its node is lost", n.dropped_node_lost);
+  // A frame holds at least one whole message: one that cannot fit the frame limit (with its
+  // paths and the frame's own fields) would be refused by the receiver, or cut its connection.
+  if (o.msg.size() + 2 * cfg.limits.max_path_bytes + o.entity_id.view().size() + self_origin.size() + 256 >
+      cfg.limits.max_frame_bytes) {
+    out_log.warn(log, "dropped a {}-byte message for {}: larger than a frame may be (max_frame_bytes {})",
+                 o.msg.size(), p.addr.to_string(), cfg.limits.max_frame_bytes);
+    return drop(o, "larger than a frame may be (max_frame_bytes)", n.dropped_oversized);
+  }
   if (p.queued.fetch_add(1, std::memory_order_relaxed) >= cfg.max_queue_per_peer) {
     p.queued.fetch_sub(1, std::memory_order_relaxed);
     return drop(o, "outbound queue to its node is full", n.dropped_queue_full);

@@ -421,6 +421,29 @@ TEST_F(TwoNodes, AnAlreadyDeadAnswerEndsNoOtherWatchOfTheSameWatcher) {
   EXPECT_EQ(b->probe.queued(), 0u);
 }
 
+// A message larger than a frame may be is dropped by its sender (counted, a dead letter). Before,
+// it went out alone in a frame the receiver refused, or (this far over the limit) one that made
+// the receiver's ZeroMQ cut the connection, with whatever else was on it.
+TEST(TransportLimits, AMessageLargerThanAFrameMayBeIsDroppedByItsSenderAndTheConnectionLives) {
+  Keys keys;
+  auto small = [](TransportConfig& t) {
+    t.limits.max_frame_bytes = 64u << 10;
+    t.max_batch_bytes = 16u << 10;
+  };
+  Node x("x", keys.a, keys.allow, 0, small), y("y", keys.b, keys.allow, 0, small);
+  y.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  auto echo = x.ref_on(y, "/user/echo");
+  ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());
+  const std::string text(200u << 10, 'x');
+  echo.tell(Message::build<test::Text>([&](auto& b) { return test::CreateTextDirect(b, text.c_str()); }), x.probe.ref());
+  EXPECT_EQ(x.transport->stats().dropped_oversized, 1u);
+  auto r = echo.ask(ping(2), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(y.transport->stats().frames_oversized, 0u);
+  EXPECT_EQ(y.transport->stats().disconnects, 0u);
+  EXPECT_EQ(x.probe.queued(), 0u) << "no echo of the big one";
+}
+
 TEST_F(TwoNodes, AKeyRemovedFromTheAllowListIsCutOffAndAReAddedOneWorksAgain) {
   auto echo = a->ref_on(*b, "/user/echo");
   ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());

@@ -78,6 +78,7 @@ struct TransportStats {
   std::uint64_t dropped_no_peer_key = 0;     ///< no CURVE key known for the peer's endpoint
   std::uint64_t dropped_stopped = 0;         ///< the transport stopped with messages queued
   std::uint64_t dropped_send_failed = 0;     ///< ZeroMQ refused the frame
+  std::uint64_t dropped_oversized = 0;       ///< larger than a frame may be (FrameLimits::max_frame_bytes)
   // Inbound drops.
   std::uint64_t frames_malformed = 0;        ///< truncated, lying lengths, bad origin, bad version
   std::uint64_t frames_oversized = 0;
