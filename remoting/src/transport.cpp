@@ -43,9 +43,9 @@ namespace {
 
 #define TROUPE_TRANSPORT_COUNTERS(X)                                                                       \
   X(frames_out) X(frames_in) X(bytes_out) X(bytes_in) X(messages_out) X(messages_in) X(dropped_queue_full) \
-  X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_stopped) X(dropped_send_failed) X(dropped_oversized)  \
-  X(frames_malformed)  \
-  X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node) X(frames_origin_mismatch)               \
+  X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_stopped) X(dropped_send_failed) X(dropped_oversized) \
+  X(frames_malformed) X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node)                      \
+  X(frames_origin_mismatch)                                                                                \
   X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
   X(terminated_unsolicited) X(frames_key_revoked) X(handshakes_failed) X(disconnects) X(nodes_lost)   \
   X(wakeups)
@@ -843,12 +843,15 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
     in_log.warn(log, "refused a frame claiming origin {} on a connection bound to {}", f->origin, c.origin_str);
     return;
   }
+  bool lost = false;
   {
     std::lock_guard lk(mu);
-    if (dead.count(c.origin.uid)) {
-      bump(n.frames_from_lost_node);
-      return;
-    }
+    lost = dead.count(c.origin.uid) > 0;
+  }
+  if (lost) {
+    bump(n.frames_from_lost_node);
+    in_log.warn(log, "dropped a frame from {}: that incarnation was declared lost", c.origin_str);
+    return;
   }
   if (f->target_node == 0 && f->envelopes.empty()) return;  // a handshake
   if (f->target_node != self.uid) {
