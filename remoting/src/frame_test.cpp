@@ -34,6 +34,15 @@ struct Frames : ::testing::Test {
   FrameReport report;
 };
 
+/// `e` is keyed for entity `id` with these stamps.
+void expect_route(const InEnvelope& e, std::string_view id, std::uint32_t shard, std::uint64_t epoch, std::uint8_t hops) {
+  ASSERT_TRUE(e.route);
+  EXPECT_EQ(e.route->entity_id, id);
+  EXPECT_EQ(e.route->shard, shard);
+  EXPECT_EQ(e.route->epoch, epoch);
+  EXPECT_EQ(e.route->hops, hops);
+}
+
 TEST_F(Frames, RoundTripKeepsEveryEnvelopeInOrder) {
   auto f = frame_of(50);
   auto r = decode_frame(f, registry, limits, report);
@@ -73,11 +82,7 @@ TEST_F(Frames, KeyedEnvelopesCarryTheirRouteAndBadEntityIdsAreDropped) {
   EXPECT_EQ(r->envelopes[2].sender, "/user/s");
   EXPECT_EQ(r->envelopes[3].recipient, "/system/region");
   EXPECT_EQ(r->envelopes[3].sender, "/user/s");
-  ASSERT_TRUE(r->envelopes[0].route);
-  EXPECT_EQ(r->envelopes[0].route->entity_id, "user-42");
-  EXPECT_EQ(r->envelopes[0].route->shard, 9u);
-  EXPECT_EQ(r->envelopes[0].route->epoch, 4u);
-  EXPECT_EQ(r->envelopes[0].route->hops, 2u);
+  expect_route(r->envelopes[0], "user-42", 9, 4, 2);
   EXPECT_FALSE(r->envelopes[1].route);
   EXPECT_EQ(report.bad_path, 2u);
 }
@@ -189,12 +194,7 @@ TEST_F(Frames, KeyedEnvelopesCarryStampsThatFitInEightBytes) {
     ASSERT_TRUE(r.ok());
     ASSERT_EQ(r->envelopes.size(), 100u);
     for (std::size_t i = 0; i < 100; ++i) {
-      const auto& route = r->envelopes[i].route;
-      ASSERT_TRUE(route);
-      EXPECT_EQ(route->entity_id, "e" + std::to_string(i * 37));
-      EXPECT_EQ(route->shard, i);
-      EXPECT_EQ(route->epoch, epoch + i);
-      EXPECT_EQ(route->hops, 1u);
+      expect_route(r->envelopes[i], "e" + std::to_string(i * 37), static_cast<std::uint32_t>(i), epoch + i, 1);
     }
   }
 }
@@ -213,14 +213,8 @@ TEST_F(Frames, ProtocolOneFramesAreStillRead) {
   auto r = decode_frame({fbb.GetBufferPointer(), fbb.GetSize()}, registry, limits, report);
   ASSERT_TRUE(r.ok()) << r.error().message();
   ASSERT_EQ(r->envelopes.size(), 2u);
-  ASSERT_TRUE(r->envelopes[0].route);
-  EXPECT_EQ(r->envelopes[0].route->entity_id, "user-1");
-  EXPECT_EQ(r->envelopes[0].route->epoch, 77u);
-  EXPECT_EQ(r->envelopes[0].route->shard, 513u);
-  EXPECT_EQ(r->envelopes[0].route->hops, 2u);
-  ASSERT_TRUE(r->envelopes[1].route);
-  EXPECT_EQ(r->envelopes[1].route->entity_id, "user-2");
-  EXPECT_EQ(r->envelopes[1].route->epoch, 0u);
+  expect_route(r->envelopes[0], "user-1", 513, 77, 2);
+  expect_route(r->envelopes[1], "user-2", 0, 0, 0);
   EXPECT_EQ(r->envelopes[0].payload.as<test::Ping>()->seq(), 3u);
 }
 
