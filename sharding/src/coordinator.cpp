@@ -156,13 +156,13 @@ struct Coordinator::State {
   std::unordered_map<std::uint64_t, TP> downed;  // node -> when its shards become free
   // Shards of a downed node -> it and when it was downed (for the history and the histogram).
   std::map<std::pair<std::string, ShardId>, std::pair<std::uint64_t, TP>> freed;
-  std::unordered_map<std::uint64_t, TP> downed_since;  // node in `downed` -> when this coordinator saw it gone
   std::uint64_t epoch_counter = 0;
   std::unordered_map<std::uint64_t, TP> heard;  // member -> when its last heartbeat came
-  // Every node keeps, coordinator or not: member -> when this node first saw it down or removed.
-  // A coordinator taking over has no report from a downed member (its own predecessor, say),
-  // so it cannot tell that member's shards from the rest; it allocates no unreported shard
-  // before every recently downed member's margin (free_at) has passed.
+  // Every node keeps, coordinator or not: member -> when this node first saw it down, removed
+  // or gone from the list (where the reallocation histogram starts). A coordinator taking over
+  // has no report from a downed member (its own predecessor, say), so it cannot tell that
+  // member's shards from the rest; it allocates no unreported shard before every recently
+  // downed member's margin (free_at) has passed.
   std::unordered_map<std::uint64_t, TP> seen_down;
   TP unreported_free_at{};
   unsigned minority_checks = 0;                  // checks in a row that saw a minority
@@ -290,7 +290,6 @@ struct Coordinator::State {
     types.clear();
     moves.clear();
     downed.clear();
-    downed_since.clear();
     freed.clear();
   }
 
@@ -479,7 +478,7 @@ struct Coordinator::State {
       const bool gone = m == ms.end() || m->second.status == MemberStatus::down || m->second.status == MemberStatus::removed;
       if (gone && !downed.count(uid)) {
         downed[uid] = free_at(uid, t);
-        downed_since[uid] = t;
+        seen_down.try_emplace(uid, t);  // gone from the list without being seen down
         // Plan the moment its margin ends: the periodic tick (resend_interval) would add up to
         // a period to every recovery.
         static const Message plan_tick = Message::build<PlanTick>([](auto& b) { return CreatePlanTick(b); });
@@ -544,13 +543,13 @@ struct Coordinator::State {
             ts.owner[s] = 0;
             ts.moving[s] = 0;
             ts.changed = true;
-            freed[{name, s}] = {uid, downed_since.count(uid) ? downed_since[uid] : t};
+            const auto seen = seen_down.find(uid);
+            freed[{name, s}] = {uid, seen != seen_down.end() ? seen->second : t};
           }
         }
       }
       for (auto mv = moves.begin(); mv != moves.end();) mv = mv->second.from == uid ? moves.erase(mv) : std::next(mv);
       nodes.erase(uid);
-      downed_since.erase(uid);
       it = downed.erase(it);
     }
     const auto ms = members();
