@@ -241,6 +241,9 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   spdlog::logger& log;
   NodeAddress self;
   std::string self_origin;
+  // The largest message (payload and entity id) a frame can hold beside two paths and the
+  // frame's own fields; set with self_origin.
+  std::size_t max_message_bytes = 0;
   Counters n;
 
   // Frames are built in buffers with room for a full batch plus its last message (a frame
@@ -427,8 +430,7 @@ void Transport::Core::enqueue(Outbound&& o) {
   if (p.lost.load(std::memory_order_acquire)) return drop(o, "its node is lost", n.dropped_node_lost);
   // A frame holds at least one whole message: one that cannot fit the frame limit (with its
   // paths and the frame's own fields) would be refused by the receiver, or cut its connection.
-  if (o.msg.size() + 2 * cfg.limits.max_path_bytes + o.entity_id.view().size() + self_origin.size() + 256 >
-      cfg.limits.max_frame_bytes) {
+  if (o.msg.size() + o.entity_id.view().size() > max_message_bytes) {
     out_log.warn(log, "dropped a {}-byte message for {}: larger than a frame may be (max_frame_bytes {})",
                  o.msg.size(), p.addr.to_string(), cfg.limits.max_frame_bytes);
     return drop(o, "larger than a frame may be (max_frame_bytes)", n.dropped_oversized);
@@ -1342,6 +1344,8 @@ Result<std::unique_ptr<Transport>> Transport::start(ActorSystem& system, Transpo
   const auto colon = last.rfind(':');
   c.self.port = static_cast<std::uint16_t>(std::stoi(last.substr(colon + 1)));
   c.self_origin = c.self.to_string();
+  const auto overhead = 2 * c.cfg.limits.max_path_bytes + c.self_origin.size() + 256;
+  c.max_message_bytes = c.cfg.limits.max_frame_bytes > overhead ? c.cfg.limits.max_frame_bytes - overhead : 0;
   system.registry().add<wire::Watch>();
   system.registry().add<wire::Unwatch>();
   system.registry().add<sys::Terminated>();
