@@ -208,6 +208,11 @@ void ActorSystem::stop_after_queued(const ActorRef& ref) {
   }
 }
 
+bool ActorSystem::stop_keeping_queued(const ActorRef& ref, KeepQueued keep) {
+  auto* cell = dynamic_cast<detail::Cell*>(ref.target());
+  return cell && cell->stop_keeping_queued(std::move(keep));
+}
+
 bool ActorSystem::run_with_actor(const ActorRef& ref, std::function<void(Actor&)> fn) {
   auto* cell = dynamic_cast<detail::Cell*>(ref.target());
   if (!cell) return false;

@@ -449,6 +449,76 @@ TEST(Actor, StopAfterQueuedProcessesWhatWasSentBeforeAndNothingAfter) {
   sys.shutdown();
 }
 
+// Echoes pings to their sender, except the first, which blocks its turn at a gate; notes
+// whether post_stop ran.
+class BlockThenEcho final : public Actor {
+ public:
+  BlockThenEcho(std::promise<void>* blocked, std::shared_future<void> gate, std::atomic<bool>* stopped)
+      : blocked_(blocked), gate_(std::move(gate)), stopped_(stopped) {}
+  void receive(const Message& m) override {
+    if (first_) {
+      first_ = false;
+      blocked_->set_value();
+      gate_.wait();
+      return;
+    }
+    sender().tell(m, self());
+  }
+  void post_stop() override { stopped_->store(true); }
+
+ private:
+  std::promise<void>* blocked_;
+  std::shared_future<void> gate_;
+  std::atomic<bool>* stopped_;
+  bool first_ = true;
+};
+
+TEST(Actor, StopKeepingQueuedStopsAfterTheCurrentMessageAndHandsOverTheRestInOrder) {
+  ActorSystem sys(test_config("keep"));
+  Probe probe(sys);
+  std::promise<void> blocked, open;
+  std::atomic<bool> post_stopped{false};
+  auto a = sys.spawn<BlockThenEcho>(SpawnOptions{.name = "a"}, &blocked, open.get_future().share(), &post_stopped);
+  probe.watch(sys, a);
+  a.tell(ping(1), probe.ref());
+  blocked.get_future().wait();  // its turn is in message 1 now
+  for (std::uint64_t i = 2; i <= 5; ++i) a.tell(ping(i), probe.ref());
+  struct Handed {
+    bool had_instance = false, before_post_stop = false;
+    std::vector<std::uint64_t> seqs;
+    std::vector<ActorRef> senders;
+  };
+  std::promise<Handed> handed;
+  const auto dead_before = sys.stats().dead_letters;
+  ASSERT_TRUE(sys.stop_keeping_queued(a, [&](Actor* instance, std::vector<std::pair<Message, ActorRef>> queued) {
+    Handed h;
+    h.had_instance = instance != nullptr;
+    h.before_post_stop = !post_stopped.load();
+    for (auto& [m, from] : queued) {
+      h.seqs.push_back(m.is<test::Ping>() ? m.as<test::Ping>()->seq() : 0);
+      h.senders.push_back(from);
+    }
+    handed.set_value(std::move(h));
+  }));
+  open.set_value();
+  auto h = handed.get_future().get();
+  EXPECT_TRUE(h.had_instance);
+  EXPECT_TRUE(h.before_post_stop) << "handed over with the instance still alive";
+  EXPECT_EQ(h.seqs, (std::vector<std::uint64_t>{2, 3, 4, 5})) << "what was queued, oldest first";
+  for (const auto& s : h.senders) EXPECT_EQ(s, probe.ref());
+  // None of 2..5 ran: the first the probe hears is the stop.
+  auto t = probe.next();
+  ASSERT_TRUE(t);
+  EXPECT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_TRUE(post_stopped.load());
+  EXPECT_EQ(sys.stats().dead_letters, dead_before) << "handed over, not dead letters";
+  a.tell(ping(6), probe.ref());
+  EXPECT_EQ(sys.stats().dead_letters, dead_before + 1);
+  EXPECT_FALSE(sys.stop_keeping_queued(a, [](Actor*, std::vector<std::pair<Message, ActorRef>>) {}))
+      << "a dead actor hands nothing over";
+  sys.shutdown();
+}
+
 // A worker keeps a drained actor scheduled for a moment (a linger) so that its next message
 // needs no hand-over. The worker may then start a long turn: the lingering actor must not wait
 // for it. The scenario: a Starter wakes a GateBlocker from its turn, so the blocker runs next on

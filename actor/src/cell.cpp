@@ -272,6 +272,17 @@ void Cell::request_stop(sys::TerminationReason reason) {
   wake(kStopReq | r);
 }
 
+bool Cell::stop_keeping_queued(ActorSystem::KeepQueued keep) {
+  Extras& x = extras();  // allocated without the lock
+  {
+    std::lock_guard lk(stripe(this));
+    if (state_.load(std::memory_order_acquire) & kDead) return false;
+    x.keep_queued = std::move(keep);
+  }
+  request_stop(sys::TerminationReason::Stopped);
+  return true;
+}
+
 bool Cell::has_work(std::uint32_t s) const noexcept {
   if (s & kDead) return mbox_.maybe_nonempty();
   if (s & (kStarting | kPending | kDirective)) return true;
@@ -584,6 +595,25 @@ bool Cell::no_children() const {
 }
 
 void Cell::finalize() {
+  ActorSystem::KeepQueued keep;
+  if (Extras* x = extras_if()) {
+    std::lock_guard lk(stripe(this));
+    keep = std::exchange(x->keep_queued, nullptr);
+  }
+  if (keep) {
+    // What is queued goes to `keep` instead of dead letters; controls (timer ticks, requests)
+    // are moot for a stopping actor, as in drain_dead().
+    std::vector<std::pair<Message, ActorRef>> queued;
+    while (MpscNode* n = mbox_.pop()) {
+      Letter l = open_envelope(n);
+      if (!l.ctl) queued.emplace_back(std::move(l.msg), std::move(l.sender));
+    }
+    try {
+      keep(actor_, std::move(queued));
+    } catch (...) {
+      sys_.log->warn("actor {}: the taker of its queued messages threw: {}", path(), describe(std::current_exception()));
+    }
+  }
   if (actor_) {
     SenderScope scope(kNoSender);
     try {

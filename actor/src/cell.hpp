@@ -231,6 +231,8 @@ class Cell final : public RefTarget, public ActorContext {
   /// Spawns a child of this cell (any thread).
   ActorRef spawn(FactoryPtr f, SpawnOptions opts);
   void request_stop(sys::TerminationReason reason);
+  /// ActorSystem::stop_keeping_queued (any thread); false when already dead.
+  bool stop_keeping_queued(ActorSystem::KeepQueued keep);
   void enqueue(Envelope* e);
   /// Runs `fn` on this actor's own turn, in mailbox order.
   void run_on_turn(std::function<void(Cell&)> fn);
@@ -294,6 +296,9 @@ class Cell final : public RefTarget, public ActorContext {
     // The parent's pending directive, guarded by stripe(this).
     Directive directive = Directive::resume;
     std::exception_ptr directive_cause;
+    // ActorSystem::stop_keeping_queued: who gets the last turn's instance and queued messages
+    // (guarded by stripe(this)).
+    ActorSystem::KeepQueued keep_queued;
   };
   /// What a named or watched actor needs; 56 bytes.
   struct Ident {

@@ -775,6 +775,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(handoffs, "Shards stopped here for a handoff.");
     TROUPE_C(fenced, "Shards stopped at once (allocated elsewhere, or self downed).");
     TROUPE_C(suspended, "Shards suspended while this node was in a minority.");
+    TROUPE_C(taken_back, "Messages queued for entities stopped at once when this node was in a minority, kept in the shard's buffer.");
     TROUPE_C(states_restored, "Entity states restored after a handoff.");
     TROUPE_C(tables_applied, "Shard tables applied.");
     TROUPE_C(stale_coordinator, "Coordinator messages from a node that is not the coordinator.");

@@ -480,8 +480,12 @@ class Region final : public Actor {
     if (!suspended_) restart(shard);
   }
 
-  /// Stops the entities of `shard`, each handing its snapshot to this region first.
-  void stop_entities(ShardId shard, Hosted& hs) {
+  /// Stops the entities of `shard`, each handing its snapshot to this region first. For a
+  /// handoff each first processes what it has queued. `at_once` (this node sees itself in a
+  /// minority, and the majority may start the shard elsewhere soon) stops each after its
+  /// current message instead: a backlog must not keep an activation running past that moment.
+  /// What it had queued comes back here (took_back) and waits with the shard's buffer.
+  void stop_entities(ShardId shard, Hosted& hs, bool at_once = false) {
     const auto me = self();
     for (auto& [id, e] : entities_) {
       if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
@@ -495,21 +499,65 @@ class Region final : public Actor {
         }
         waiting_.erase(w);
       }
+      if (at_once) {
+        // A passivating entity stops too (its Terminated counts it), without a snapshot.
+        const bool snapshot = !e.passivating;
+        e.passivating = true;
+        auto* sys = &context().system();
+        sys->stop_keeping_queued(e.ref, [me, id = id, snapshot, sys](Actor* a, std::vector<std::pair<Message, ActorRef>> q) {
+          if (snapshot && a) send_state(me, id, *a);
+          if (q.empty()) return;
+          sys->run_with_actor(me, [id, q = std::move(q)](Actor& r) mutable {
+            static_cast<Region&>(r).took_back(id, std::move(q));
+          });
+        });
+        continue;
+      }
       if (e.passivating) continue;  // stopping already; its Terminated counts it
       e.passivating = true;
-      context().system().run_with_actor(e.ref, [me, id = id](Actor& a) {
-        auto* ent = dynamic_cast<sharding::Entity*>(&a);
-        if (!ent) return;
-        auto state = ent->snapshot();
-        if (!state) return;
-        me.tell(Message::build<EntityState>([&](flatbuffers::FlatBufferBuilder& b) {
-          auto i = b.CreateString(id);
-          auto p = b.CreateVector(state->bytes().data(), state->size());
-          return CreateEntityState(b, i, state->type(), p);
-        }));
-      });
+      context().system().run_with_actor(e.ref, [me, id = id](Actor& a) { send_state(me, id, a); });
       context().system().stop_after_queued(e.ref);
     }
+  }
+
+  /// An entity's snapshot, to its region (on the entity's turn).
+  static void send_state(const ActorRef& region, const std::string& id, Actor& a) {
+    auto* ent = dynamic_cast<sharding::Entity*>(&a);
+    if (!ent) return;
+    auto state = ent->snapshot();
+    if (!state) return;
+    region.tell(Message::build<EntityState>([&](flatbuffers::FlatBufferBuilder& b) {
+      auto i = b.CreateString(id);
+      auto p = b.CreateVector(state->bytes().data(), state->size());
+      return CreateEntityState(b, i, state->type(), p);
+    }));
+  }
+
+  /// What an entity stopped at once (stop_entities) still had queued, oldest first. It came
+  /// before anything buffered for its shard since the stop, so it goes to the front of the
+  /// buffer, whatever the buffer's bounds (it was held in memory already, in the mailbox; the
+  /// totals count it, so later messages are refused sooner). If the shard has moved on
+  /// meanwhile (fenced, or this node downed) it goes where any message for the shard goes.
+  void took_back(const std::string& id, std::vector<std::pair<Message, ActorRef>> q) {
+    const auto shard = shard_of(settings_.type, id, settings_.num_shards);
+    auto h = hosted_.find(shard);
+    if (down_ || h == hosted_.end() || !h->second.stopping) {
+      for (auto& [msg, from] : q) {
+        auto env = entity_envelope(id, msg.type(), msg.bytes());
+        route(env, *env.as<EntityEnvelope>(), shard, from);
+      }
+      return;
+    }
+    auto& b = buffers_[shard];
+    for (auto it = q.rbegin(); it != q.rend(); ++it) {
+      auto env = entity_envelope(id, it->first.type(), it->first.bytes());
+      b.bytes += env.size();
+      buffered_bytes_ += env.size();
+      b.q.push_front({std::move(env), std::move(it->second)});
+    }
+    buffered_count_ += q.size();
+    shared_->buffered.fetch_add(q.size(), std::memory_order_relaxed);
+    shared_->taken_back.fetch_add(q.size(), std::memory_order_relaxed);
   }
 
   /// Serves a stopped (suspended) shard again: its entities come back with their state.
@@ -541,7 +589,7 @@ class Region final : public Actor {
       if (hs.stopping) continue;
       hs.stopping = true;
       shared_->suspended.fetch_add(1, std::memory_order_relaxed);
-      stop_entities(shard, hs);
+      stop_entities(shard, hs, true);
     }
     publish();
   }
@@ -1289,6 +1337,7 @@ ShardingStats Sharding::stats() const {
   out.handoffs = s.handoffs.load();
   out.fenced = s.fenced.load();
   out.suspended = s.suspended.load();
+  out.taken_back = s.taken_back.load();
   out.states_restored = s.states_restored.load();
   out.tables_applied = s.tables_applied.load();
   out.stale_coordinator = s.stale_coordinator.load();

@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <troupe/actor/actor.hpp>
 #include <troupe/actor/actor_ref.hpp>
@@ -80,6 +82,16 @@ class ActorSystem {
   /// Stops `ref` once it has processed every message queued for it before this call (a poison
   /// pill: what was sent earlier is not lost). Messages sent afterwards go to dead letters.
   void stop_after_queued(const ActorRef& ref);
+  /// What stop_keeping_queued hands over: the instance (null if it has none) and the messages
+  /// still queued, oldest first, with their senders.
+  using KeepQueued = std::function<void(Actor* instance, std::vector<std::pair<Message, ActorRef>> queued)>;
+  /// Stops local `ref` after its current message, as stop() does, but what is still queued for
+  /// it does not go to dead letters: `keep` gets it, with the instance (before post_stop), on
+  /// the actor's last turn and before any watcher hears of the stop. Messages that arrive after
+  /// that are dead letters as usual. Sharding stops a suspended shard's entities this way: at
+  /// once, their state and their backlog kept by the region. False when `ref` is not a live
+  /// local actor (nothing is handed over then).
+  bool stop_keeping_queued(const ActorRef& ref, KeepQueued keep);
   /// Runs `fn` with the actor instance of local `ref` on the actor's own turn, after every
   /// message queued for it before this call (for Troupe's extensions: sharding snapshots and
   /// restores entity state this way). `fn` must not keep the reference; an exception from it

@@ -130,6 +130,7 @@ struct ShardingStats {
   std::uint64_t handoffs = 0;             ///< shards this node stopped for a handoff
   std::uint64_t fenced = 0;               ///< shards stopped at once: allocated elsewhere, or self downed
   std::uint64_t suspended = 0;            ///< shards suspended because this node saw itself in a minority
+  std::uint64_t taken_back = 0;           ///< of buffered: queued for an entity stopped at once (suspension)
   std::uint64_t states_restored = 0;      ///< entity states restored after a handoff
   std::uint64_t tables_applied = 0;
   std::uint64_t stale_coordinator = 0;    ///< coordinator messages from a node that is not the coordinator
