@@ -533,11 +533,11 @@ class Region final : public Actor {
     }));
   }
 
-  /// What an entity stopped at once (stop_entities) still had queued, oldest first. It came
-  /// before anything buffered for its shard since the stop, so it goes to the front of the
-  /// buffer, whatever the buffer's bounds (it was held in memory already, in the mailbox; the
-  /// totals count it, so later messages are refused sooner). If the shard has moved on
-  /// meanwhile (fenced, or this node downed) it goes where any message for the shard goes.
+  /// What an entity stopped at once (stop_entities, fence_shard) still had queued, oldest
+  /// first. It came before anything buffered for its shard since the stop, so it goes to the
+  /// front of the buffer, whatever the buffer's bounds (it was held in memory already, in the
+  /// mailbox; the totals count it, so later messages are refused sooner). If the shard has
+  /// moved on (fenced, or this node downed) it goes where any message for the shard goes.
   void took_back(const std::string& id, std::vector<std::pair<Message, ActorRef>> q) {
     const auto shard = shard_of(settings_.type, id, settings_.num_shards);
     auto h = hosted_.find(shard);
@@ -815,23 +815,27 @@ class Region final : public Actor {
     shared_->fenced.fetch_add(1, std::memory_order_relaxed);
     context().system().log().warn("sharding {}: stopped serving shard {}: {}", settings_.type, shard, why);
     hosted_.erase(shard);
-    std::vector<std::pair<std::string, std::deque<std::pair<Message, ActorRef>>>> waited;
+    auto* sys = &context().system();
+    const auto me = self();
     for (auto& [id, e] : entities_) {
       if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
       e.passivating = true;
+      std::vector<std::pair<Message, ActorRef>> waited;
       if (auto w = waiting_.find(id); w != waiting_.end()) {
-        waited.emplace_back(id, std::move(w->second));
+        waited.assign(std::make_move_iterator(w->second.begin()), std::make_move_iterator(w->second.end()));
         waiting_.erase(w);
       }
-      context().stop(e.ref);
-    }
-    // What waited for a passivating entity goes where any message for the shard goes now: to
-    // its new home, into the buffer, or refused (counted, the sender told) when this node is down.
-    for (auto& [id, q] : waited) {
-      for (auto& [msg, from] : q) {
-        auto env = entity_envelope(id, msg.type(), msg.bytes());
-        route(env, *env.as<EntityEnvelope>(), shard, from);
-      }
+      // It stops after its current message. What it had queued, then what waited for it here,
+      // goes where any message for the shard goes now (took_back): to its new home, into the
+      // buffer, or refused (counted, the sender told) when this node is down.
+      const bool keeping = sys->stop_keeping_queued(e.ref, [me, id = id, waited, sys](Actor*, std::vector<std::pair<Message, ActorRef>> q) {
+        q.insert(q.end(), waited.begin(), waited.end());
+        if (q.empty()) return;
+        sys->run_with_actor(me, [id, q = std::move(q)](Actor& r) mutable {
+          static_cast<Region&>(r).took_back(id, std::move(q));
+        });
+      });
+      if (!keeping && !waited.empty()) took_back(id, std::move(waited));  // it is gone already
     }
   }
 

@@ -532,6 +532,8 @@ TEST(ClusterSharding, AMessageThatWaitedForAPassivatingEntityStaysAheadWhenItsSh
 
 // A message waits for a passivating entity when its node is downed: the region fences its
 // shards and refuses the message with ShardUnavailable (counted) instead of dropping it unseen.
+// It is refused once the entity's turn ends, after whatever the entity still had queued (which
+// came first).
 TEST(ClusterSharding, AMessageThatWaitedForAPassivatingEntityIsRefusedNotLostWhenItsNodeIsDowned) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1, 2}));
@@ -542,6 +544,8 @@ TEST(ClusterSharding, AMessageThatWaitedForAPassivatingEntityIsRefusedNotLostWhe
   hold_with_a_waiting_message(c, 1, id, probe, 1);
   const auto unavailable = c.sh[1]->stats().unavailable;
   ASSERT_TRUE(c.nodes[0]->membership()->down("n1"));
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().fenced > 0; }, 30s));
+  g_gate.set(true);
   auto r = probe.next(30s);
   ASSERT_TRUE(r) << "the waiting message was dropped without a word";
   const auto* u = r->msg.as<sharding::ShardUnavailable>();
@@ -549,6 +553,33 @@ TEST(ClusterSharding, AMessageThatWaitedForAPassivatingEntityIsRefusedNotLostWhe
   EXPECT_EQ(u->entity_id()->str(), id);
   EXPECT_GT(c.sh[1]->stats().unavailable, unavailable);
   EXPECT_GT(c.sh[1]->stats().fenced, 0u);
+}
+
+// An entity with a backlog when its node is downed: the region fences the shard and the entity
+// stops after its current message. What it had queued is refused with ShardUnavailable to each
+// sender (counted), not run and not dropped as dead letters.
+TEST(ClusterSharding, WhatABusyEntityHadQueuedIsRefusedToItsSendersWhenItsNodeIsDowned) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1, 2}));
+  const auto id = entity_on(c, 1);
+  ASSERT_FALSE(id.empty());
+  testkit::Probe probe(c.nodes[1]->system());
+  constexpr int kBacklog = 1000;  // ten seconds of work
+  const auto routed = c.sh[1]->stats().routed;
+  for (int i = 0; i < kBacklog; ++i) c.sh[1]->tell(kType, id, cmd("work", 10), probe.ref());
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().routed >= routed + kBacklog; }, 10s)) << "the backlog is in the mailbox";
+  const auto unavailable = c.sh[1]->stats().unavailable;
+  const auto dead = c.nodes[1]->system().stats().dead_letters;
+  ASSERT_TRUE(c.nodes[0]->membership()->down("n1"));
+  auto r = probe.next(30s);
+  ASSERT_TRUE(r) << "the backlog was dropped without a word";
+  const auto* u = r->msg.as<sharding::ShardUnavailable>();
+  ASSERT_NE(u, nullptr);
+  EXPECT_EQ(u->entity_id()->str(), id);
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().live_entities == 0; }, 10s)) << "it stopped at once";
+  const auto refused = c.sh[1]->stats().unavailable - unavailable;
+  EXPECT_GT(refused, kBacklog / 2) << "most of the backlog had not run";
+  EXPECT_EQ(c.nodes[1]->system().stats().dead_letters, dead);
 }
 
 // The coordinator actor fails and is restarted by its supervisor. The new instance takes up
