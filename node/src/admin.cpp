@@ -688,6 +688,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(envelopes_bad_path, "Inbound envelopes with a bad actor path.");
     TROUPE_C(envelopes_no_recipient, "Inbound envelopes for no actor (dead letters).");
     TROUPE_C(terminated_unsolicited, "Terminated notices no local watch asked for.");
+    TROUPE_C(terminated_resent, "Terminated notices for a remote watcher sent again after the first was dropped.");
     TROUPE_C(frames_key_revoked, "Inbound frames from a key removed from the allow-list.");
     TROUPE_C(handshakes_failed, "CURVE/ZAP handshake failures.");
     TROUPE_C(zap_refused, "ZAP denials.");

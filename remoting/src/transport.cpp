@@ -47,8 +47,8 @@ namespace {
   X(frames_malformed) X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node)                      \
   X(frames_origin_mismatch)                                                                                \
   X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
-  X(terminated_unsolicited) X(frames_key_revoked) X(handshakes_failed) X(disconnects) X(nodes_lost)   \
-  X(wakeups)
+  X(terminated_unsolicited) X(terminated_resent) X(frames_key_revoked) X(handshakes_failed) X(disconnects) \
+  X(nodes_lost) X(wakeups)
 
 struct Counters {
 #define TROUPE_DECLARE(name) std::atomic<std::uint64_t> name{0};
@@ -232,6 +232,9 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   bool bind_origin(std::string_view key, const NodeAddress& a);
   void sweep();
   void resend_watches();
+  void resend_terminated();
+  void terminated_dropped(const std::shared_ptr<Peer>& peer, const ActorRef& watcher, const ActorRef& watchee,
+                          const std::string& from, const Message& msg);
   /// The queued Watch `o` left: in a frame (`sent`) or dropped.
   void watch_left(const Outbound& o, bool sent);
   void socket_monitor(zmq::socket_t& s, std::unique_ptr<zmq::socket_t>& mon, int events);
@@ -328,8 +331,19 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   };
   std::unordered_map<std::uint64_t, std::vector<WatchEntry>> watches;  // by watchee's node
   struct ServedWatch {
-    ActorRef watchee;  // local
+    ActorRef watchee;  // local; null for an AlreadyDead answer that is owed
     ActorRef watcher;  // remote
+    // A Terminated for this watch dropped before it left (queue full, no connection): the
+    // sweep sends it again, one copy at a time, until one leaves or the watcher's node is lost.
+    bool owes = false;
+    bool owed_in_flight = false;
+    Message owed{};
+    std::string owed_from{};  // an AlreadyDead answer's from-path (the path watched)
+    /// Whether a Terminated from `from` (or from the path `from_path`) is this watch's.
+    bool is(const ActorRef& from, const std::string& from_path) const {
+      if (from) return watchee == from;
+      return watchee ? watchee.path() == from_path : owed_from == from_path;
+    }
   };
   std::unordered_map<std::uint64_t, std::vector<ServedWatch>> served;  // by watcher's node
   std::atomic<std::uint64_t> watch_count{0};
@@ -421,6 +435,12 @@ void Transport::Core::drop(Outbound& o, const char* why, std::atomic<std::uint64
   bump(counter);
   // A Watch is only queued on the I/O thread (or dropped after it ended): the sweep may try again.
   if (o.msg.type() == kWatch) watch_left(o, false);
+  // A Terminated for a remote watcher is owed until one copy leaves (the sweep resends it).
+  if (o.msg.type() == kTerminated && o.recipient && as_remote(o.recipient.target()) && !o.peer->lost.load()) {
+    post([this, peer = o.peer, watcher = o.recipient, watchee = o.sender, from = o.from(), msg = o.msg] {
+      terminated_dropped(peer, watcher, watchee, from, msg);
+    });
+  }
   const std::string to = o.recipient ? o.recipient.path() : o.peer->addr.to_string() + o.to();
   system.dead_letter(o.msg, o.sender, to, why);
 }
@@ -684,9 +704,42 @@ void Transport::Core::on_sent(const Outbound& o) {
   // Which watch by the watchee: the sender, or (an AlreadyDead answer, no actor behind it) the
   // path it is from, which no served watch has; any watch of the same watcher is not it.
   for (auto i = v.begin(); i != v.end(); ++i) {
-    if (i->watcher == o.recipient && (o.sender ? i->watchee == o.sender : i->watchee.path() == o.from())) {
+    if (i->watcher == o.recipient && i->is(o.sender, o.from())) {
       v.erase(i);
       break;
+    }
+  }
+}
+
+void Transport::Core::terminated_dropped(const std::shared_ptr<Peer>& peer, const ActorRef& watcher, const ActorRef& watchee,
+                                         const std::string& from, const Message& msg) {
+  if (peer->lost.load(std::memory_order_acquire)) return;  // nobody left to tell
+  auto& v = served[peer->addr.uid];
+  for (auto& s : v) {
+    if (s.watcher == watcher && s.is(watchee, from)) {
+      s.owes = true;
+      s.owed_in_flight = false;
+      s.owed = msg;
+      return;
+    }
+  }
+  // An AlreadyDead answer: no watch was served, so it is kept as one that owes its Terminated.
+  v.push_back(ServedWatch{watchee, watcher, true, false, msg, from});
+}
+
+void Transport::Core::resend_terminated() {
+  for (auto& [uid, v] : served) {
+    for (auto& s : v) {
+      if (!s.owes || s.owed_in_flight) continue;
+      const auto& peer = static_cast<RemoteRef*>(s.watcher.target())->peer();
+      if (peer->lost.load(std::memory_order_acquire)) continue;  // its loss clears the entry
+      s.owed_in_flight = true;
+      bump(n.terminated_resent);
+      if (s.owed_from.empty()) {
+        enqueue(Outbound{peer, s.watcher, s.owed, s.watchee});
+      } else {
+        enqueue(Outbound{peer, s.watcher, s.owed, {}, {}, s.owed_from});
+      }
     }
   }
 }
@@ -972,7 +1025,7 @@ void Transport::Core::on_watch(const NodeAddress& origin, const InEnvelope& e, b
   auto& v = served[origin.uid];
   if (!add) {
     for (auto i = v.begin(); i != v.end(); ++i) {
-      if (i->watcher == watcher && i->watchee.path() == watchee_path) {
+      if (i->watcher == watcher && i->watchee && i->watchee.path() == watchee_path) {
         i->watchee.target()->remove_watcher(i->watcher);
         v.erase(i);
         break;
@@ -990,7 +1043,7 @@ void Transport::Core::on_watch(const NodeAddress& origin, const InEnvelope& e, b
   for (const auto& s : v) {
     if (s.watcher == watcher && s.watchee == watchee) return;
   }
-  v.push_back(ServedWatch{watchee, watcher});
+  v.push_back(ServedWatch{.watchee = watchee, .watcher = watcher});
   watchee.target()->add_watcher(watcher);  // already dead: the Terminated is sent at once
 }
 
@@ -1062,7 +1115,9 @@ void Transport::Core::lost_op(std::uint64_t uid, const std::shared_ptr<Peer>& pe
   if (auto it = served.find(uid); it != served.end()) {
     auto v = std::move(it->second);
     served.erase(it);
-    for (auto& s : v) s.watchee.target()->remove_watcher(s.watcher);
+    for (auto& s : v) {
+      if (s.watchee) s.watchee.target()->remove_watcher(s.watcher);
+    }
   }
   std::erase_if(conns, [uid](const auto& kv) { return kv.second.origin.uid == uid; });
 }
@@ -1211,6 +1266,7 @@ void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<P
     if (now >= next_sweep) {
       sweep();
       resend_watches();
+      resend_terminated();
       next_sweep = now + std::chrono::seconds(1);
     }
 
@@ -1418,7 +1474,9 @@ void Transport::stop() {
   c.watches.clear();
   c.watch_count = 0;
   for (auto& [uid, v] : c.served) {
-    for (auto& s : v) s.watchee.target()->remove_watcher(s.watcher);
+    for (auto& s : v) {
+      if (s.watchee) s.watchee.target()->remove_watcher(s.watcher);
+    }
   }
   c.served.clear();
   c.local_cache.clear();

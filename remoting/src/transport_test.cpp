@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <future>
 #include <map>
 #include <random>
 #include <thread>
@@ -419,6 +420,44 @@ TEST_F(TwoNodes, AnAlreadyDeadAnswerEndsNoOtherWatchOfTheSameWatcher) {
   ASSERT_TRUE(other.ask(ping(2), 10s).get().ok());
   EXPECT_EQ(b->transport->stats().terminated_unsolicited, 0u);
   EXPECT_EQ(b->probe.queued(), 0u);
+}
+
+// A Terminated for a remote watcher that is dropped before it leaves (here: its node's queue
+// to the watcher is full) is sent again until one copy leaves, so the watcher still hears of
+// the stop. Before, it was a dead letter and the watcher waited for ever.
+TEST(RemoteWatch, ATerminatedDroppedOnAFullQueueIsSentAgain) {
+  Keys keys;
+  Node a("a", keys.a, keys.allow, 0, [](TransportConfig& t) { t.max_queue_per_peer = 4; });
+  Node b("b", keys.b, keys.allow);
+  auto watched = a.sys.spawn<Echo>(SpawnOptions{.name = "watched"});
+  b.sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  auto watched_from_b = b.ref_on(a, "/user/watched");
+  b.probe.watch(b.sys, watched_from_b);
+  ASSERT_TRUE(watched_from_b.ask(ping(1), 10s).get().ok());  // behind the Watch: a serves it
+  // a's I/O thread stops in an inbox until the gate opens: nothing a queues for b leaves.
+  std::promise<void> stalled, gate;
+  auto open = gate.get_future().share();
+  a.transport->set_inbox("/user/stall", [&stalled, open](std::span<Transport::Inbound>) {
+    stalled.set_value();
+    open.wait();
+  });
+  b.ref_on(a, "/user/stall").tell(ping(2));
+  stalled.get_future().wait();
+  auto echo_on_b = a.ref_on(b, "/user/echo");
+  for (std::uint64_t i = 0; i < 4; ++i) echo_on_b.tell(ping(10 + i));  // a's queue for b is full
+  const auto full = a.transport->stats().dropped_queue_full;
+  a.sys.stop(watched);
+  const bool dropped = eventually([&] { return a.transport->stats().dropped_queue_full > full; });
+  gate.set_value();
+  ASSERT_TRUE(dropped) << "the Terminated was not dropped: the test did not fill the queue";
+  auto t = b.probe.next(10s);
+  ASSERT_TRUE(t) << "the watcher never heard of the stop";
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::Stopped);
+  EXPECT_EQ(t->sender, watched_from_b);
+  EXPECT_GE(a.transport->stats().terminated_resent, 1u);
+  EXPECT_EQ(b.transport->stats().terminated_unsolicited, 0u);
+  EXPECT_EQ(b.probe.queued(), 0u) << "one Terminated, not one per copy";
 }
 
 // A message larger than a frame may be is dropped by its sender (counted, a dead letter). Before,

@@ -90,6 +90,7 @@ struct TransportStats {
   std::uint64_t envelopes_bad_path = 0;
   std::uint64_t envelopes_no_recipient = 0;  ///< no actor at the path (dead letter)
   std::uint64_t terminated_unsolicited = 0;  ///< a Terminated no local watch asked for
+  std::uint64_t terminated_resent = 0;       ///< a Terminated for a remote watcher sent again (the first was dropped)
   std::uint64_t frames_key_revoked = 0;      ///< from a key removed from the allow-list since its handshake
   // Connections.
   std::uint64_t handshakes_failed = 0;       ///< CURVE/ZAP handshake failures (both directions)
