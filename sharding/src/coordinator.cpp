@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
+#include <set>
 
 #include <fmt/format.h>
 #include <spdlog/logger.h>
@@ -447,16 +449,44 @@ struct Coordinator::State {
     }
   }
 
+  /// The members that own a shard in the tables this node's regions applied last.
+  std::set<std::uint64_t> owners_in_applied_tables() const {
+    std::set<std::uint64_t> out;
+    std::map<std::string, std::uint64_t> seen;  // region address -> its node
+    std::lock_guard lk(sh->mu);
+    for (const auto& [name, te] : sh->types) {
+      for (const auto& si : te.table) {
+        if (si.region.empty()) continue;
+        auto it = seen.find(si.region);
+        if (it == seen.end()) {
+          auto a = remoting::parse_actor_address(si.region);
+          it = seen.emplace(si.region, a ? a->node.uid : 0).first;
+        }
+        if (it->second) out.insert(it->second);
+      }
+    }
+    return out;
+  }
+
   void check_rebuild() {
     if (!active || ready) return;
     const auto ms = members();
     const auto t = now();
+    std::optional<std::set<std::uint64_t>> owners;  // taken once, when needed
     for (const auto& [uid, m] : ms) {
       if (m.status != MemberStatus::up && m.status != MemberStatus::leaving) continue;
       if (auto it = nodes.find(uid); it != nodes.end() && it->second.reported) continue;
       // An unreachable member may host shards: nothing is allocated before it answers or is
-      // downed. A reachable one that stays silent runs no sharding.
+      // downed. A reachable one that stays silent runs no sharding, unless the last tables
+      // this node applied give it shards: then it is slow, or its report was lost (its region
+      // sends it again until acknowledged), and it waits like an unreachable one.
       if (m.liveness == Liveness::unreachable || t < rebuild_deadline) return;
+      if (!owners) owners = owners_in_applied_tables();
+      if (owners->count(uid)) {
+        sh->protocol_log.warn(log(), "sharding: waiting for the report of member {}: silent, but the last tables give it shards",
+                              remoting::format_uid(uid));
+        return;
+      }
     }
     ready = true;
     for (const auto& [node, cs] : claims) {

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -475,6 +476,50 @@ TEST(ClusterSharding, ANewCoordinatorGivesTheDownedOnesShardsHomesOnlyAfterItsMa
     ASSERT_FALSE(h.empty()) << "shard " << s;
     EXPECT_TRUE(h.back().to == "n1" || h.back().to == "n2") << "shard " << s << " went to '" << h.back().to << "'";
     EXPECT_GE(h.back().at - *seen->downed_at, 500ms) << "shard " << s;
+  }
+  c.log.check();
+}
+
+// A surviving member is reachable but silent while a new coordinator rebuilds the tables (its
+// coordinator actor, which reports, is held here; a lost report does the same). The last tables
+// give it shards, so the new coordinator waits for its report and adopts its shards as they
+// are. Before, past rebuild_timeout it took the member for one that runs no sharding and
+// allocated the member's shards afresh (new epochs) while the member still served them.
+TEST(ClusterSharding, ANewCoordinatorWaitsForTheReportOfASilentMemberThatTheTablesGiveShards) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1, 2}));
+  std::map<sharding::ShardId, std::uint64_t> on_n2;  // shard -> epoch
+  for (const auto& si : c.sh[2]->shards(kType)) {
+    if (si.hosted_here) on_n2[si.shard] = si.epoch;
+  }
+  ASSERT_FALSE(on_n2.empty());
+  Held held;
+  auto& sys2 = c.nodes[2]->system();
+  const auto reporter = sys2.lookup("/system/sharding-coordinator");
+  ASSERT_TRUE(reporter);
+  std::promise<void> holding;
+  ASSERT_TRUE(sys2.run_with_actor(reporter, [&holding](Actor&) {
+    holding.set_value();
+    g_gate.wait();
+  }));
+  holding.get_future().wait();
+  c.nodes[0]->stop();  // no leave: it vanishes; n1 takes over once n0 is downed
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->coordinator() == c.uid(1); }, 60s));
+  // Well past rebuild_timeout (3 s): none of n2's shards is allocated anew meanwhile.
+  const auto reallocated = [&] {
+    for (const auto& si : c.sh[1]->shards(kType)) {
+      if (auto it = on_n2.find(si.shard); it != on_n2.end() && si.epoch != it->second) return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(eventually(reallocated, 6s)) << "n2's shards were allocated again while n2 served them";
+  g_gate.set(true);
+  ASSERT_TRUE(eventually([&] { return c.settled({1, 2}, {1, 2}); }, 60s));
+  for (const auto& si : c.sh[1]->shards(kType)) {
+    if (auto it = on_n2.find(si.shard); it != on_n2.end()) {
+      EXPECT_EQ(si.epoch, it->second) << "shard " << si.shard << " was allocated again";
+      EXPECT_NE(si.region.find(remoting::format_uid(c.uid(2))), std::string::npos) << "shard " << si.shard;
+    }
   }
   c.log.check();
 }
