@@ -505,7 +505,13 @@ class Region final : public Actor {
         e.passivating = true;
         auto* sys = &context().system();
         sys->stop_keeping_queued(e.ref, [me, id = id, snapshot, sys](Actor* a, std::vector<std::pair<Message, ActorRef>> q) {
-          if (snapshot && a) send_state(me, id, *a);
+          if (snapshot && a) {
+            try {
+              send_state(me, id, *a);
+            } catch (...) {  // its state is lost (as after a crash); its messages are not
+              sys->log().warn("sharding: entity {}: snapshot() threw; its state is not kept", id.substr(0, 64));
+            }
+          }
           if (q.empty()) return;
           sys->run_with_actor(me, [id, q = std::move(q)](Actor& r) mutable {
             static_cast<Region&>(r).took_back(id, std::move(q));
