@@ -339,10 +339,11 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     bool owed_in_flight = false;
     Message owed{};
     std::string owed_from{};  // an AlreadyDead answer's from-path (the path watched)
-    /// Whether a Terminated from `from` (or from the path `from_path`) is this watch's.
+    /// Whether a Terminated from `from` is this watch's; without a sender (an AlreadyDead
+    /// answer, from the path `from_path`) only an owed answer of that path is.
     bool is(const ActorRef& from, const std::string& from_path) const {
       if (from) return watchee == from;
-      return watchee ? watchee.path() == from_path : owed_from == from_path;
+      return !watchee && owed_from == from_path;
     }
   };
   std::unordered_map<std::uint64_t, std::vector<ServedWatch>> served;  // by watcher's node
@@ -702,7 +703,7 @@ void Transport::Core::on_sent(const Outbound& o) {
   if (it == served.end()) return;
   auto& v = it->second;
   // Which watch by the watchee: the sender, or (an AlreadyDead answer, no actor behind it) the
-  // path it is from, which no served watch has; any watch of the same watcher is not it.
+  // owed answer of the path it is from, if it was owed; any watch of the same watcher is not it.
   for (auto i = v.begin(); i != v.end(); ++i) {
     if (i->watcher == o.recipient && i->is(o.sender, o.from())) {
       v.erase(i);
@@ -724,7 +725,9 @@ void Transport::Core::terminated_dropped(const std::shared_ptr<Peer>& peer, cons
     }
   }
   // An AlreadyDead answer: no watch was served, so it is kept as one that owes its Terminated.
-  v.push_back(ServedWatch{watchee, watcher, true, false, msg, from});
+  // (One with a sender matches no served watch when that watch was cancelled meanwhile: nothing
+  // is owed then.)
+  if (!watchee) v.push_back(ServedWatch{watchee, watcher, true, false, msg, from});
 }
 
 void Transport::Core::resend_terminated() {
