@@ -519,6 +519,42 @@ TEST(Actor, StopKeepingQueuedStopsAfterTheCurrentMessageAndHandsOverTheRestInOrd
   sys.shutdown();
 }
 
+// Blocks in post_stop until the gate opens (after saying so).
+class SlowPostStop final : public Actor {
+ public:
+  SlowPostStop(std::promise<void>* in_post_stop, std::shared_future<void> gate)
+      : in_post_stop_(in_post_stop), gate_(std::move(gate)) {}
+  void receive(const Message&) override {}
+  void post_stop() override {
+    in_post_stop_->set_value();
+    gate_.wait();
+  }
+
+ private:
+  std::promise<void>* in_post_stop_;
+  std::shared_future<void> gate_;
+};
+
+// Once an actor's last turn has begun (post_stop runs), a hook set now would never run:
+// stop_keeping_queued says so (false) and its caller keeps the messages it meant to hand over.
+TEST(Actor, StopKeepingQueuedRefusesOnceTheLastTurnHasBegun) {
+  ActorSystem sys(test_config("keep-late"));
+  Probe probe(sys);
+  std::promise<void> in_post_stop, open;
+  auto a = sys.spawn<SlowPostStop>(SpawnOptions{.name = "a"}, &in_post_stop, open.get_future().share());
+  probe.watch(sys, a);
+  sys.stop(a);
+  in_post_stop.get_future().wait();
+  std::atomic<bool> called{false};
+  EXPECT_FALSE(sys.stop_keeping_queued(a, [&](Actor*, std::vector<std::pair<Message, ActorRef>>) { called = true; }));
+  open.set_value();
+  auto t = probe.next();
+  ASSERT_TRUE(t);
+  EXPECT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_FALSE(called.load());
+  sys.shutdown();
+}
+
 // A worker keeps a drained actor scheduled for a moment (a linger) so that its next message
 // needs no hand-over. The worker may then start a long turn: the lingering actor must not wait
 // for it. The scenario: a Starter wakes a GateBlocker from its turn, so the blocker runs next on

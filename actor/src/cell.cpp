@@ -276,7 +276,7 @@ bool Cell::stop_keeping_queued(ActorSystem::KeepQueued keep) {
   Extras& x = extras();  // allocated without the lock
   {
     std::lock_guard lk(stripe(this));
-    if (state_.load(std::memory_order_acquire) & kDead) return false;
+    if (state_.load(std::memory_order_acquire) & (kDead | kFinalizing)) return false;
     x.keep_queued = std::move(keep);
   }
   request_stop(sys::TerminationReason::Stopped);
@@ -596,9 +596,12 @@ bool Cell::no_children() const {
 
 void Cell::finalize() {
   ActorSystem::KeepQueued keep;
-  if (Extras* x = extras_if()) {
+  {
+    // Marked under the lock stop_keeping_queued takes: a hook it sets from now on would never
+    // run, so it refuses to (and its caller deals with the messages itself).
     std::lock_guard lk(stripe(this));
-    keep = std::exchange(x->keep_queued, nullptr);
+    state_.fetch_or(kFinalizing, std::memory_order_acq_rel);
+    if (Extras* x = extras_if()) keep = std::exchange(x->keep_queued, nullptr);
   }
   if (keep) {
     // What is queued goes to `keep` instead of dead letters; controls (timer ticks, requests)

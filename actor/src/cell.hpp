@@ -212,6 +212,7 @@ class Cell final : public RefTarget, public ActorContext {
     kDirective = 1u << 7,    // a directive from the parent is waiting in Extras
     kRecreating = 1u << 8,   // restarting: waiting for children to stop before the new instance
     kCounted = 1u << 9,      // keep Extras::queued up to date (routers that need mailbox sizes)
+    kFinalizing = 1u << 10,  // finalize() took the keep_queued hook (under the stripe lock): too late to set one
     kReasonShift = 16,       // 3 bits: troupe::sys::TerminationReason
   };
 
