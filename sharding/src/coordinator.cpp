@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <map>
 #include <optional>
-#include <set>
 
 #include <fmt/format.h>
 #include <spdlog/logger.h>
@@ -449,12 +448,13 @@ struct Coordinator::State {
     }
   }
 
-  /// The members that own a shard in the tables this node's regions applied last.
-  std::set<std::uint64_t> owners_in_applied_tables() const {
-    std::set<std::uint64_t> out;
+  /// What the tables this node's regions applied last give each member, as claims.
+  std::unordered_map<std::uint64_t, std::vector<Claim>> claims_in_applied_tables() const {
+    std::unordered_map<std::uint64_t, std::vector<Claim>> out;
     std::map<std::string, std::uint64_t> seen;  // region address -> its node
     std::lock_guard lk(sh->mu);
     for (const auto& [name, te] : sh->types) {
+      std::unordered_map<std::uint64_t, Claim> by_node;
       for (const auto& si : te.table) {
         if (si.region.empty()) continue;
         auto it = seen.find(si.region);
@@ -462,8 +462,13 @@ struct Coordinator::State {
           auto a = remoting::parse_actor_address(si.region);
           it = seen.emplace(si.region, a ? a->node.uid : 0).first;
         }
-        if (it->second) out.insert(it->second);
+        if (!it->second) continue;
+        auto& c = by_node[it->second];
+        c.type = name;
+        c.num_shards = static_cast<std::uint32_t>(te.table.size());
+        c.shards.emplace_back(si.shard, si.epoch);
       }
+      for (auto& [node, c] : by_node) out[node].push_back(std::move(c));
     }
     return out;
   }
@@ -472,21 +477,33 @@ struct Coordinator::State {
     if (!active || ready) return;
     const auto ms = members();
     const auto t = now();
-    std::optional<std::set<std::uint64_t>> owners;  // taken once, when needed
+    std::optional<std::unordered_map<std::uint64_t, std::vector<Claim>>> applied;  // taken once, when needed
+    std::vector<std::uint64_t> silent;
     for (const auto& [uid, m] : ms) {
       if (m.status != MemberStatus::up && m.status != MemberStatus::leaving) continue;
       if (auto it = nodes.find(uid); it != nodes.end() && it->second.reported) continue;
       // An unreachable member may host shards: nothing is allocated before it answers or is
-      // downed. A reachable one that stays silent runs no sharding, unless the last tables
-      // this node applied give it shards: then it is slow, or its report was lost (its region
-      // sends it again until acknowledged), and it waits like an unreachable one.
+      // downed. A reachable one that stays silent past rebuild_timeout runs no sharding,
+      // unless the last tables this node applied give it shards: then it is slow, or its
+      // report was lost (it is sent again until acknowledged). It keeps those shards, at those
+      // epochs, as if it had reported them, until its report comes (or it is downed): they
+      // are not given to anyone else while it may still serve them.
       if (m.liveness == Liveness::unreachable || t < rebuild_deadline) return;
-      if (!owners) owners = owners_in_applied_tables();
-      if (owners->count(uid)) {
-        sh->protocol_log.warn(log(), "sharding: waiting for the report of member {}: silent, but the last tables give it shards",
-                              remoting::format_uid(uid));
-        return;
-      }
+      silent.push_back(uid);
+    }
+    for (auto uid : silent) {
+      if (!applied) applied = claims_in_applied_tables();
+      auto it = applied->find(uid);
+      if (it == applied->end() || claims.count(uid)) continue;
+      log().warn("sharding: member {} has not reported within rebuild_timeout; the shards the last tables give it stay "
+                 "with it until it does",
+                 remoting::format_uid(uid));
+      // Registered as a host of those types (it is still asked for its report, which replaces
+      // all of this when it comes).
+      auto& reg = nodes[uid];
+      reg.address = ms.at(uid).remoting;
+      for (const auto& c : it->second) reg.types[c.type] = false;
+      claims[uid] = std::move(it->second);
     }
     ready = true;
     for (const auto& [node, cs] : claims) {

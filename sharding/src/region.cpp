@@ -3,6 +3,7 @@
 #include <deque>
 #include <random>
 #include <stdexcept>
+#include <unordered_set>
 #include <utility>
 
 #include <fmt/format.h>
@@ -125,7 +126,8 @@ class Region final : public Actor {
     ActorRef ref;
     std::uint64_t incarnation = 0;
     std::uint32_t last_active = 0;  // activity_tick() of its last message
-    bool passivating = false;       // messages wait in waiting_ meanwhile
+    bool passivating = false;       // stopping (idle, handoff, ...): messages wait in waiting_ meanwhile
+    bool hands_state = false;       // stopping for a handoff: its snapshot goes with the shard
     std::uint16_t shard = 0;        // shard_of(type, id): the front door checks a sender's claim
   };
   // Looked up by the string_view a keyed envelope's route holds (no string built per message).
@@ -237,6 +239,13 @@ class Region final : public Actor {
     if (shard < epoch_.size() && env.epoch() > epoch_[shard]) return buffer(m, env, shard, from);
     if (shard < owner_.size() && owner_[shard] != 0 && !moving_[shard] && owner_[shard] - 1 != self_index_) {
       if (env.hops() >= kMaxHops) return unavailable(m, env, shard, from, "too many hops between regions");
+      // A retrying ask's message that this region's reply cache took (its sender is the cache's
+      // capture) and that waited here since (a passivating entity, a stopped one's mailbox)
+      // would arrive without its idempotency key, and the ask's retry would run it again
+      // there: it is refused instead (the asker retries, and it runs once at the new home).
+      if (!env.idempotency_key() && from && !captures_.empty() && captures_.count(from.target())) {
+        return unavailable(m, env, shard, from, "its shard moved while it waited here; retry");
+      }
       auto& target = regions_[owner_[shard] - 1];
       if (env.epoch() != 0) shared_->rerouted.fetch_add(1, std::memory_order_relaxed);
       shared_->forwarded.fetch_add(1, std::memory_order_relaxed);
@@ -346,7 +355,10 @@ class Region final : public Actor {
     while (!reply_order_.empty()) {
       auto it = replies_.find(reply_order_.front());
       if (it != replies_.end() && it->second.expires > now && replies_.size() < cfg.reply_cache_entries) break;
-      if (it != replies_.end()) replies_.erase(it);
+      if (it != replies_.end()) {
+        captures_.erase(it->second.capture.target());
+        replies_.erase(it);
+      }
       reply_order_.pop_front();
     }
     std::string k;
@@ -362,9 +374,10 @@ class Region final : public Actor {
       }
       return false;
     }
-    replies_.emplace(k, CachedReply{Message{}, {from}, now + cfg.reply_cache_ttl});
-    reply_order_.push_back(k);
     to = context().spawn<ReplyCapture>(SpawnOptions{}, self(), k, cfg.reply_cache_ttl);
+    captures_.insert(to.target());
+    replies_.emplace(k, CachedReply{Message{}, {from}, now + cfg.reply_cache_ttl, to});
+    reply_order_.push_back(std::move(k));
     return true;
   }
 
@@ -374,11 +387,18 @@ class Region final : public Actor {
     if (it == replies_.end() || it->second.reply) return;
     const auto payload = c.payload() ? std::span<const std::uint8_t>(c.payload()->data(), c.payload()->size())
                                      : std::span<const std::uint8_t>{};
-    it->second.reply = Message::copy_of(c.type_id(), payload);
+    auto reply = Message::copy_of(c.type_id(), payload);
     for (const auto& w : it->second.waiters) {
-      if (w) w.tell(it->second.reply);
+      if (w) w.tell(reply);
     }
     it->second.waiters.clear();
+    // A refusal is not the entity's answer: a retry with the key must be able to run it.
+    if (reply.is<ShardUnavailable>()) {
+      captures_.erase(it->second.capture.target());
+      replies_.erase(it);
+      return;
+    }
+    it->second.reply = std::move(reply);
   }
 
   Entities::iterator activate(const std::string& id) {
@@ -389,7 +409,7 @@ class Region final : public Actor {
     const auto inc = shared_->incarnations.fetch_add(1, std::memory_order_relaxed) + 1;
     log_activation(id, true, inc);
     const auto shard = static_cast<std::uint16_t>(shard_of(settings_.type, id, settings_.num_shards));  // < 65,536
-    return entities_.emplace(id, Entity{ref, inc, activity_tick(), false, shard}).first;
+    return entities_.emplace(id, Entity{ref, inc, activity_tick(), false, false, shard}).first;
   }
 
   /// The system's timer clock (tests drive it) in ticks of passivate_after / 64 (rounded up),
@@ -503,27 +523,32 @@ class Region final : public Actor {
         // A passivating entity stops too (its Terminated counts it), without a snapshot.
         const bool snapshot = !e.passivating;
         e.passivating = true;
-        auto* sys = &context().system();
-        sys->stop_keeping_queued(e.ref, [me, id = id, snapshot, sys](Actor* a, std::vector<std::pair<Message, ActorRef>> q) {
-          if (snapshot && a) {
-            try {
-              send_state(me, id, *a);
-            } catch (...) {  // its state is lost (as after a crash); its messages are not
-              sys->log().warn("sharding: entity {}: snapshot() threw; its state is not kept", id.substr(0, 64));
-            }
-          }
-          if (q.empty()) return;
-          sys->run_with_actor(me, [id, q = std::move(q)](Actor& r) mutable {
-            static_cast<Region&>(r).took_back(id, std::move(q));
-          });
-        });
+        stop_at_once(id, e, snapshot);
         continue;
       }
       if (e.passivating) continue;  // stopping already; its Terminated counts it
       e.passivating = true;
+      e.hands_state = true;
       context().system().run_with_actor(e.ref, [me, id = id](Actor& a) { send_state(me, id, a); });
       context().system().stop_after_queued(e.ref);
     }
+  }
+
+  /// Stops entity `id` after its current message (stop_entities): its snapshot (if `snapshot`)
+  /// and then what it still had queued come back to this region (took_back).
+  void stop_at_once(const std::string& id, Entity& e, bool snapshot) {
+    auto* sys = &context().system();
+    sys->stop_keeping_queued(e.ref, [me = self(), id, snapshot, sys](Actor* a, std::vector<std::pair<Message, ActorRef>> q) {
+      if (snapshot && a) {
+        try {
+          send_state(me, id, *a);
+        } catch (...) {  // its state is lost (as after a crash); its messages are not
+          sys->log().warn("sharding: entity {}: snapshot() threw; its state is not kept", id.substr(0, 64));
+        }
+      }
+      if (q.empty()) return;
+      sys->run_with_actor(me, [id, q = std::move(q)](Actor& r) mutable { static_cast<Region&>(r).took_back(id, std::move(q)); });
+    });
   }
 
   /// An entity's snapshot, to its region (on the entity's turn).
@@ -592,7 +617,15 @@ class Region final : public Actor {
     context().system().log().warn("sharding {}: this node sees itself in a minority: {} shards suspended", settings_.type,
                                   hosted_.size());
     for (auto& [shard, hs] : hosted_) {
-      if (hs.stopping) continue;
+      if (hs.stopping) {
+        // Stopping for a handoff already, its entities working through their mailboxes: they
+        // stop after their current message too. (A snapshot already sent is sent again: the
+        // new home restores the first one an entity has.)
+        for (auto& [id, e] : entities_) {
+          if (e.shard == shard) stop_at_once(id, e, e.hands_state);
+        }
+        continue;
+      }
       hs.stopping = true;
       shared_->suspended.fetch_add(1, std::memory_order_relaxed);
       stop_entities(shard, hs, true);
@@ -923,7 +956,11 @@ class Region final : public Actor {
     Message reply;                  // empty while the first delivery has not been answered
     std::vector<ActorRef> waiters;  // who asked meanwhile
     TimerService::Clock::time_point expires;
+    ActorRef capture;               // the ReplyCapture that waits for the entity's reply
   };
+  // The captures' targets (entries of replies_ only): a message whose sender is one of them
+  // came through the cache with an idempotency key it no longer carries.
+  std::unordered_set<const void*> captures_;
   std::unordered_map<std::string, CachedReply> replies_;
   std::deque<std::string> reply_order_;
 };
