@@ -335,9 +335,8 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     ActorRef watcher;  // remote
     // A Terminated for this watch dropped before it left (queue full, no connection): the
     // sweep sends it again, one copy at a time, until one leaves or the watcher's node is lost.
-    bool owes = false;
-    bool owed_in_flight = false;
     Message owed{};
+    bool owed_in_flight = false;
     std::string owed_from{};  // an AlreadyDead answer's from-path (the path watched)
     /// Whether a Terminated from `from` is this watch's; without a sender (an AlreadyDead
     /// answer, from the path `from_path`) only an owed answer of that path is.
@@ -718,7 +717,6 @@ void Transport::Core::terminated_dropped(const std::shared_ptr<Peer>& peer, cons
   auto& v = served[peer->addr.uid];
   for (auto& s : v) {
     if (s.watcher == watcher && s.is(watchee, from)) {
-      s.owes = true;
       s.owed_in_flight = false;
       s.owed = msg;
       return;
@@ -727,13 +725,13 @@ void Transport::Core::terminated_dropped(const std::shared_ptr<Peer>& peer, cons
   // An AlreadyDead answer: no watch was served, so it is kept as one that owes its Terminated.
   // (One with a sender matches no served watch when that watch was cancelled meanwhile: nothing
   // is owed then.)
-  if (!watchee) v.push_back(ServedWatch{watchee, watcher, true, false, msg, from});
+  if (!watchee) v.push_back(ServedWatch{watchee, watcher, msg, false, from});
 }
 
 void Transport::Core::resend_terminated() {
   for (auto& [uid, v] : served) {
     for (auto& s : v) {
-      if (!s.owes || s.owed_in_flight) continue;
+      if (!s.owed || s.owed_in_flight) continue;
       const auto& peer = static_cast<RemoteRef*>(s.watcher.target())->peer();
       if (peer->lost.load(std::memory_order_acquire)) continue;  // its loss clears the entry
       s.owed_in_flight = true;
