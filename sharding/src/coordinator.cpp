@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <map>
-#include <optional>
 
 #include <fmt/format.h>
 #include <spdlog/logger.h>
@@ -477,7 +476,6 @@ struct Coordinator::State {
     if (!active || ready) return;
     const auto ms = members();
     const auto t = now();
-    std::optional<std::unordered_map<std::uint64_t, std::vector<Claim>>> applied;  // taken once, when needed
     std::vector<std::uint64_t> silent;
     for (const auto& [uid, m] : ms) {
       if (m.status != MemberStatus::up && m.status != MemberStatus::leaving) continue;
@@ -491,10 +489,10 @@ struct Coordinator::State {
       if (m.liveness == Liveness::unreachable || t < rebuild_deadline) return;
       silent.push_back(uid);
     }
+    auto applied = silent.empty() ? decltype(claims_in_applied_tables()){} : claims_in_applied_tables();
     for (auto uid : silent) {
-      if (!applied) applied = claims_in_applied_tables();
-      auto it = applied->find(uid);
-      if (it == applied->end() || claims.count(uid)) continue;
+      auto it = applied.find(uid);
+      if (it == applied.end() || claims.count(uid)) continue;
       log().warn("sharding: member {} has not reported within rebuild_timeout; the shards the last tables give it stay "
                  "with it until it does",
                  remoting::format_uid(uid));

@@ -534,11 +534,13 @@ class Region final : public Actor {
     }
   }
 
-  /// Stops entity `id` after its current message (stop_entities): its snapshot (if `snapshot`)
-  /// and then what it still had queued come back to this region (took_back).
-  void stop_at_once(const std::string& id, Entity& e, bool snapshot) {
+  /// Stops entity `id` after its current message: its snapshot (if `snapshot`), then what it
+  /// still had queued followed by `then` (messages that waited for it here) come back to this
+  /// region (took_back). False when its last turn has begun already: nothing comes back then.
+  bool stop_at_once(const std::string& id, Entity& e, bool snapshot, std::vector<std::pair<Message, ActorRef>> then = {}) {
     auto* sys = &context().system();
-    sys->stop_keeping_queued(e.ref, [me = self(), id, snapshot, sys](Actor* a, std::vector<std::pair<Message, ActorRef>> q) {
+    return sys->stop_keeping_queued(e.ref, [me = self(), id, snapshot, sys, then = std::move(then)](
+                                               Actor* a, std::vector<std::pair<Message, ActorRef>> q) {
       if (snapshot && a) {
         try {
           send_state(me, id, *a);
@@ -546,6 +548,7 @@ class Region final : public Actor {
           sys->log().warn("sharding: entity {}: snapshot() threw; its state is not kept", id.substr(0, 64));
         }
       }
+      q.insert(q.end(), then.begin(), then.end());
       if (q.empty()) return;
       sys->run_with_actor(me, [id, q = std::move(q)](Actor& r) mutable { static_cast<Region&>(r).took_back(id, std::move(q)); });
     });
@@ -854,8 +857,6 @@ class Region final : public Actor {
     shared_->fenced.fetch_add(1, std::memory_order_relaxed);
     context().system().log().warn("sharding {}: stopped serving shard {}: {}", settings_.type, shard, why);
     hosted_.erase(shard);
-    auto* sys = &context().system();
-    const auto me = self();
     for (auto& [id, e] : entities_) {
       if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
       e.passivating = true;
@@ -867,14 +868,7 @@ class Region final : public Actor {
       // It stops after its current message. What it had queued, then what waited for it here,
       // goes where any message for the shard goes now (took_back): to its new home, into the
       // buffer, or refused (counted, the sender told) when this node is down.
-      const bool keeping = sys->stop_keeping_queued(e.ref, [me, id = id, waited, sys](Actor*, std::vector<std::pair<Message, ActorRef>> q) {
-        q.insert(q.end(), waited.begin(), waited.end());
-        if (q.empty()) return;
-        sys->run_with_actor(me, [id, q = std::move(q)](Actor& r) mutable {
-          static_cast<Region&>(r).took_back(id, std::move(q));
-        });
-      });
-      if (!keeping && !waited.empty()) took_back(id, std::move(waited));  // it is gone already
+      if (!stop_at_once(id, e, false, waited) && !waited.empty()) took_back(id, std::move(waited));  // it is gone already
     }
   }
 
