@@ -297,6 +297,7 @@ ActorSystemStats ActorSystem::stats() const noexcept {
   s.restarts = i.restarts.load(std::memory_order_relaxed);
   s.failed_messages_dropped = i.failed_dropped.load(std::memory_order_relaxed);
   s.escalations_past_user = i.escalations.load(std::memory_order_relaxed);
+  s.lifo_rescues = i.dispatcher.lifo_rescues();
   return s;
 }
 

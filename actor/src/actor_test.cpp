@@ -636,6 +636,73 @@ TEST(Dispatcher, AnActorLingeringBehindABlockedWorkerRunsWhileTheOtherWorkerStay
   sys.shutdown();
 }
 
+// An actor woken by a turn waits in that worker's LIFO slot, to run next on the same core.
+// When that turn then blocks, the woken actor must not wait for it: another worker takes it
+// after a moment (Dispatcher::kLifoRescue), whether it was parked or busy with other actors.
+// The woken actor is a child spawned in the turn: a new actor's first turn is submitted from
+// that worker, so it is in the slot for certain (an actor that ran before could be lingering).
+class Forward final : public Actor {
+ public:
+  explicit Forward(ActorRef to) : to_(std::move(to)) {}
+  void receive(const Message& m) override { to_.tell(m); }
+
+ private:
+  ActorRef to_;
+};
+
+class WakeThenBlock final : public Actor {
+ public:
+  WakeThenBlock(ActorRef probe, std::shared_future<void> gate) : probe_(std::move(probe)), gate_(std::move(gate)) {}
+  void receive(const Message&) override {
+    context().spawn<Forward>(SpawnOptions{}, probe_).tell(cmd("run"));
+    gate_.wait();
+  }
+
+ private:
+  ActorRef probe_;
+  std::shared_future<void> gate_;
+};
+
+void expect_woken_actor_runs_while_its_waker_blocks(ActorSystem& sys, Probe& probe) {
+  std::promise<void> release;
+  struct Opens {  // on every way out, a failed assertion too: the blocked worker must come back
+    std::promise<void>& gate;
+    ~Opens() { gate.set_value(); }
+  } opens{release};
+  const auto before = sys.stats().lifo_rescues;
+  auto waker = sys.spawn<WakeThenBlock>(SpawnOptions{}, probe.ref(), release.get_future().share());
+  waker.tell(cmd("go"));
+  auto r = probe.next(10s);
+  ASSERT_TRUE(r) << "an actor woken by a turn that then blocked never ran";
+  EXPECT_EQ(op_of(r->msg), "run");
+  EXPECT_EQ(sys.stats().lifo_rescues, before + 1);
+}
+
+TEST(Dispatcher, AnActorWokenByATurnThatThenBlocksIsRunByTheParkedWorker) {
+  ActorSystem sys(two_workers());
+  Probe probe(sys);
+  expect_woken_actor_runs_while_its_waker_blocks(sys, probe);
+  sys.shutdown();
+}
+
+TEST(Dispatcher, AnActorWokenByATurnThatThenBlocksIsRunByTheOtherWorkerWhileItStaysBusy) {
+  ActorSystem sys(two_workers());
+  Probe probe(sys);
+  std::atomic<bool> spin{true};
+  class Spinner final : public Actor {
+   public:
+    explicit Spinner(std::atomic<bool>* spin) : spin_(spin) {}
+    void receive(const Message& m) override {
+      if (spin_->load()) self().tell(m);
+    }
+    std::atomic<bool>* spin_;
+  };
+  sys.spawn<Spinner>(SpawnOptions{}, &spin).tell(cmd("spin"));
+  expect_woken_actor_runs_while_its_waker_blocks(sys, probe);
+  spin = false;
+  sys.shutdown();
+}
+
 // Wake-ups from threads that are not workers (the remoting I/O thread, timers, callers of
 // ask) while the workers keep parking and waking: at most one wake-up is on its way at a time,
 // so a message that relied on it must still be run. Four threads each ask their own actor, with

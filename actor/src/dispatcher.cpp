@@ -95,6 +95,7 @@ Dispatcher::Dispatcher(unsigned workers) : ring_(new Slot[kRing]) {
     auto w = std::make_unique<Worker>();
     w->owner = this;
     w->rng = 0x9e3779b97f4a7c15ull * (i + 1);
+    w->seen.resize(workers);
     workers_.push_back(std::move(w));
   }
 }
@@ -124,7 +125,7 @@ void Dispatcher::stop() {
   }
   // Whatever is still queued will never run: drop the references the queues held.
   for (auto& w : workers_) {
-    if (w->lifo) std::exchange(w->lifo, nullptr)->release();
+    if (Cell* c = w->lifo.exchange(nullptr)) c->release();
     for (auto& slot : w->linger) {
       if (Cell* c = slot.exchange(nullptr)) c->release();
     }
@@ -143,7 +144,12 @@ void Dispatcher::stop() {
 void Dispatcher::submit(Cell* c) {
   auto* w = static_cast<Worker*>(tls_worker);
   if (w && w->owner == this) {
-    if (Cell* prev = std::exchange(w->lifo, c)) push_local(*w, prev);
+    // Nobody else writes an empty slot (a rescuer only empties a full one): a store fills it.
+    if (w->lifo.load(std::memory_order_relaxed) == nullptr) {
+      w->lifo.store(c, std::memory_order_release);
+    } else if (Cell* prev = w->lifo.exchange(c, std::memory_order_acq_rel)) {
+      push_local(*w, prev);
+    }
     return;
   }
   push_global(c);
@@ -343,37 +349,86 @@ Cell* Dispatcher::next(Worker& w) {
     if (Cell* c = pop_global()) return c;
     if (Cell* c = take_lingering(w)) return c;
     if (Cell* c = relieve_lingers(w)) return c;
+    bool held = false;
+    if (Cell* c = watch_lifos(w, held)) return c;
   }
   // The LIFO slot runs next, but not forever: a ping-pong pair would otherwise starve the queue.
-  if (w.lifo && w.lifo_streak < 32) {
-    ++w.lifo_streak;
-    return std::exchange(w.lifo, nullptr);
+  if (w.lifo_streak < 32) {
+    if (Cell* c = take_lifo(w)) {
+      ++w.lifo_streak;
+      return c;
+    }
   }
   w.lifo_streak = 0;
   if (Cell* c = w.queue.pop()) {
-    if (w.lifo) push_local(w, std::exchange(w.lifo, nullptr));
+    if (Cell* l = take_lifo(w)) push_local(w, l);
     return c;
   }
-  if (w.lifo) return std::exchange(w.lifo, nullptr);
+  if (Cell* c = take_lifo(w)) return c;
   if (Cell* c = take_lingering(w)) return c;
   return find_elsewhere(w);
 }
 
-void Dispatcher::park(Worker& w) {
+Cell* Dispatcher::take_lifo(Worker& w) noexcept {
+  // Read first: the exchange (needed because another worker may take the cell) only when there
+  // is something to take.
+  if (w.lifo.load(std::memory_order_relaxed) == nullptr) return nullptr;
+  return w.lifo.exchange(nullptr, std::memory_order_acq_rel);
+}
+
+Cell* Dispatcher::watch_lifos(Worker& w, bool& held) {
+  held = false;
+  const auto now = std::chrono::steady_clock::now();
+  for (std::size_t k = 0; k < workers_.size(); ++k) {
+    Worker& o = *workers_[k];
+    if (&o == &w) continue;
+    auto& seen = w.seen[k];
+    Cell* c = o.lifo.load(std::memory_order_acquire);
+    if (c == nullptr) {
+      seen.cell = nullptr;
+      continue;
+    }
+    held = true;
+    const auto turns = o.turns.load(std::memory_order_relaxed);
+    if (seen.cell != c || seen.turns != turns) {
+      seen = {c, turns, now};
+      continue;
+    }
+    // The same cell, and the owner still in the turn it was in when this worker first saw it.
+    if (now - seen.since >= kLifoRescue && o.lifo.compare_exchange_strong(c, nullptr, std::memory_order_acq_rel)) {
+      seen.cell = nullptr;
+      lifo_rescues_.fetch_add(1, std::memory_order_relaxed);
+      return c;
+    }
+  }
+  return nullptr;
+}
+
+Cell* Dispatcher::park(Worker& w) {
   // Counted first, then the lingers swept: a worker that lingers after the sweep sees this
   // count before its next turn (both seq_cst) and ends its lingers itself.
   sleepers_.fetch_add(1, std::memory_order_seq_cst);
   sweep_lingers(w);
+  Cell* rescued = nullptr;
   std::unique_lock lk(park_mu_);
   std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the one in notify_one()
   while (!stopping_.load(std::memory_order_acquire) && wakes_.load(std::memory_order_relaxed) == 0 && !any_work()) {
+    // A cell in another worker's LIFO slot runs when that worker's turn ends, unless the turn
+    // is long: while a slot is full, this worker parks no longer than kLifoRescue at a time.
+    bool held = false;
+    if ((rescued = watch_lifos(w, held)) != nullptr) break;
     ++waiting_;
-    park_cv_.wait(lk);
+    if (held) {
+      park_cv_.wait_for(lk, kLifoRescue);
+    } else {
+      park_cv_.wait(lk);
+    }
     --waiting_;
   }
   // Taken (by this worker or another leaving park): this worker looks for work next.
   if (wakes_.load(std::memory_order_relaxed) != 0) wakes_.store(0, std::memory_order_seq_cst);
   sleepers_.fetch_sub(1, std::memory_order_relaxed);
+  return rescued;
 }
 
 void Dispatcher::run(Worker& w) {
@@ -390,6 +445,7 @@ void Dispatcher::run(Worker& w) {
       idle_spins = 0;
       // This turn may be long: while a worker sleeps nobody else would see lingering cells.
       if (sleepers_.load(std::memory_order_seq_cst) != 0 && lingering(w)) end_lingers(w);
+      w.turns.store(w.turns.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       c->run();
       continue;
     }
@@ -400,7 +456,10 @@ void Dispatcher::run(Worker& w) {
     }
     // Yielded in vain: spin less before parking next time.
     spin_limit = std::max(kMinIdleSpins, spin_limit / 2);
-    park(w);
+    if (Cell* c = park(w)) {
+      // Taken from a worker held up in a long turn: it runs here now.
+      if (!w.queue.push(c)) push_global(c);
+    }
     idle_spins = kParked;
   }
   tls_worker = nullptr;

@@ -5,9 +5,14 @@
 // which is what makes request/response chains fast. Wake-ups from outside go to a shared
 // injection ring without locks. Idle workers spin briefly, then park on a condition variable; new
 // work wakes one parked worker at a time (which wakes the next if it finds more waiting).
+// The LIFO slot is not stolen like the queue (that would undo its point), but a long turn cannot
+// hold it up either: a cell that stays in the slot of a worker that stays in one turn for
+// kLifoRescue is taken by another worker, a parked one (which parks no longer than that while
+// a slot is full) or a busy one (which looks every 61 turns).
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -49,6 +54,8 @@ class Dispatcher {
   bool linger(Cell* c);
 
   unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  /// Cells a parked worker took from the LIFO slot of a worker held up in a long turn.
+  std::uint64_t lifo_rescues() const noexcept { return lifo_rescues_.load(std::memory_order_relaxed); }
 
   /// ActorSystem::WakeBatch: from a thread that is not a worker of this dispatcher, cells
   /// submitted between begin_batch() (true: this call opened the batch) and end_batch() are
@@ -73,6 +80,9 @@ class Dispatcher {
   // when work came while it yielded, halved when it parked after yielding in vain).
   static constexpr unsigned kMaxIdleSpins = 64, kMinIdleSpins = 2;
   static constexpr std::uint64_t kLingerTicks = 256;
+  // How long a cell may wait in the LIFO slot of a worker that stays in one turn before a parked
+  // worker takes it.
+  static constexpr std::chrono::milliseconds kLifoRescue{2};
   struct Worker {
     Dispatcher* owner = nullptr;
     LocalQueue queue;
@@ -80,8 +90,18 @@ class Dispatcher {
     // (the owner, or a worker about to park), and only the claimer may touch the cell.
     std::array<std::atomic<Cell*>, kLingerSlots> linger{};
     std::array<std::uint64_t, kLingerSlots> linger_until{};  // per slot: the tick it ends at
-    Cell* lifo = nullptr;
+    // Filled and emptied by the owner; another worker may take the cell when the owner's turn
+    // count has not moved for kLifoRescue (both sides exchange, so exactly one gets it).
+    std::atomic<Cell*> lifo{nullptr};
+    std::atomic<std::uint64_t> turns{0};  // turns begun (owner writes, rescuers read)
     unsigned lifo_streak = 0;
+    // What this worker last saw in each worker's LIFO slot, and since when (watch_lifos()).
+    struct Seen {
+      Cell* cell = nullptr;
+      std::uint64_t turns = 0;
+      std::chrono::steady_clock::time_point since{};
+    };
+    std::vector<Seen> seen;
     std::uint64_t tick = 0;
     std::uint64_t rng = 0;
     std::thread thread;
@@ -101,7 +121,12 @@ class Dispatcher {
   Cell* pop_global();
   void notify_one();
   bool any_work() const noexcept;
-  void park(Worker& w);
+  /// Parks until work comes; returns a cell taken from another worker's LIFO slot, if any.
+  Cell* park(Worker& w);
+  static Cell* take_lifo(Worker& w) noexcept;
+  /// Takes a cell that has waited kLifoRescue in the LIFO slot of a worker still in the same
+  /// turn; `held`: some other worker's slot holds a cell.
+  Cell* watch_lifos(Worker& w, bool& held);
 
   std::vector<std::unique_ptr<Worker>> workers_;
   // Wake-ups from outside the workers (the remoting I/O thread hands a frame's messages to many
@@ -132,6 +157,7 @@ class Dispatcher {
   // wakes the next one itself when it finds some and more is waiting.
   std::atomic<int> wakes_{0};
   int waiting_ = 0;  // workers in park_cv_.wait (under park_mu_)
+  std::atomic<std::uint64_t> lifo_rescues_{0};
   std::atomic<bool> stopping_{false};
   bool started_ = false;
 };
