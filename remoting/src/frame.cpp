@@ -247,6 +247,11 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
   // tell from outside any actor) is none, which is always good.
   const flatbuffers::String* good_recipient = nullptr;
   const flatbuffers::String* good_sender = nullptr;
+  // Each envelope's payload and entity id are bytes of its own in a frame BatchBuilder writes.
+  // FlatBuffers would let many envelopes point at one vector (the verifier cannot tell), and
+  // every payload is copied out: one small frame would decode into copies many times its size.
+  // So the bytes carried may not add up to more than the frame.
+  std::size_t carried = 0;
   for (const auto* e : *envs) {
     const auto* r = e->recipient();
     const auto* s = e->sender();
@@ -267,6 +272,12 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
       good_sender = s;
     }
     const auto* p = e->payload();
+    const auto* id = e->entity_id();
+    carried += (p ? p->size() : 0) + (id ? id->size() : 0);
+    if (carried > frame.size()) {
+      report.accepted -= out.size();
+      return FrameErrc::malformed;
+    }
     auto msg = registry.decode(e->type_id(), p ? std::span<const std::uint8_t>(p->data(), p->size())
                                                : std::span<const std::uint8_t>{});
     if (!msg) {
@@ -279,7 +290,7 @@ Result<InFrame> decode_frame(std::span<const std::uint8_t> frame, const MessageR
     in.sender = sender;
     in.correlation_id = e->correlation_id();
     in.payload = std::move(msg).value();
-    if (const auto* id = e->entity_id()) {
+    if (id) {
       if (id->size() == 0 || id->size() > limits.max_path_bytes) {
         ++report.bad_path;
         continue;

@@ -475,6 +475,44 @@ TEST_F(Frames, MalformedOriginRefusesTheFrame) {
   EXPECT_EQ(decode_frame(g, registry, limits, report).error(), FrameErrc::malformed);
 }
 
+// FlatBuffers lets many tables point at one vector, and the verifier accepts it. A frame whose
+// envelopes share one payload (or entity id) would decode into a copy per envelope: 4,000
+// envelopes over one 4 KiB payload are 16 MiB of copies from a frame of about 100 KiB. No frame
+// BatchBuilder writes shares them, so such a frame is refused whole, before any copy is kept.
+TEST_F(Frames, EnvelopesSharingOnePayloadAreRefusedBeforeTheyAreCopied) {
+  registry.add<test::Text>();
+  auto text = Message::build<test::Text>([](auto& fb) { return test::CreateText(fb, fb.CreateString(std::string(4096, 't'))); });
+  auto build = [&](bool share_payload, bool share_id) {
+    flatbuffers::FlatBufferBuilder fbb;
+    const auto payload = fbb.CreateVector(text.bytes().data(), text.size());
+    const auto id = fbb.CreateString("entity-1");
+    const auto recipient = fbb.CreateString("/system/region-a");
+    std::vector<flatbuffers::Offset<wire::Envelope>> envs;
+    for (int i = 0; i < 4000; ++i) {
+      const auto p = share_payload || i == 0 ? payload : fbb.CreateVector(text.bytes().data(), text.size());
+      const auto e = share_id || i == 0 ? id : fbb.CreateString("entity-" + std::to_string(i));
+      envs.push_back(wire::CreateEnvelope(fbb, text.type(), recipient, 0, 0, p, e));
+    }
+    fbb.Finish(wire::CreateBatch(fbb, kProtocolVersion, fbb.CreateVector(envs), fbb.CreateString("troupe://00aa@127.0.0.1:7000"), 1));
+    return std::vector<std::uint8_t>(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+  };
+  FrameLimits big;
+  big.max_frame_bytes = 64u << 20;
+  big.max_envelopes = 4096;
+  auto shared = build(true, true);
+  ASSERT_LT(shared.size(), 200'000u);
+  auto r = decode_frame(shared, registry, big, report);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error(), FrameErrc::malformed);
+  EXPECT_EQ(report.accepted, 0u);
+  // The same envelopes, each with a payload of its own: decoded, all of them.
+  FrameReport own;
+  auto ok = decode_frame(build(false, true), registry, big, own);
+  ASSERT_TRUE(ok.ok()) << ok.error().message();
+  EXPECT_EQ(ok->envelopes.size(), 4000u);
+  EXPECT_EQ(own.accepted, 4000u);
+}
+
 TEST_F(Frames, UnsupportedVersionAndTooManyEnvelopesAreRefused) {
   flatbuffers::FlatBufferBuilder fbb;
   fbb.Finish(wire::CreateBatch(fbb, kProtocolVersion + 1, 0));

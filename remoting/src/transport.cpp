@@ -850,6 +850,13 @@ bool Transport::Core::bind_origin(std::string_view key, const NodeAddress& a) {
 void Transport::Core::handle_frame(const std::string& rid, std::string_view key, const zmq::message_t& body) {
   bump(n.frames_in);
   bump(n.bytes_in, body.size());
+  if (!cfg.insecure && !cfg.allow_list->contains(key)) {
+    // Admitted at its handshake, but the key has since been removed from the allow-list: not
+    // even decoded.
+    bump(n.frames_key_revoked);
+    in_log.warn(log, "dropped a frame from key {}: no longer in the allow-list", key);
+    return;
+  }
   FrameReport rep;
   auto f = decode_frame({static_cast<const std::uint8_t*>(body.data()), body.size()}, system.registry(), cfg.limits,
                         rep);
@@ -864,12 +871,6 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
     bump(f.error() == FrameErrc::oversized ? n.frames_oversized : n.frames_malformed);
     in_log.warn(log, "refused a {}-byte frame from {}: {}", body.size(), key.empty() ? "(insecure peer)" : key,
                 f.error().message());
-    return;
-  }
-  if (!cfg.insecure && !cfg.allow_list->contains(key)) {
-    // Admitted at its handshake, but the key has since been removed from the allow-list.
-    bump(n.frames_key_revoked);
-    in_log.warn(log, "dropped a frame from key {}: no longer in the allow-list", key);
     return;
   }
   if (conns.size() > 4096) conns.clear();  // stale connections; live ones re-bind on their next frame
