@@ -689,6 +689,8 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(envelopes_bad_payload, "Inbound envelopes with a bad payload.");
     TROUPE_C(envelopes_bad_path, "Inbound envelopes with a bad actor path.");
     TROUPE_C(envelopes_no_recipient, "Inbound envelopes for no actor (dead letters).");
+    TROUPE_C(envelopes_forged_sender,
+             "Inbound protocol messages whose sender is not an actor of the node that sent them.");
     TROUPE_C(terminated_unsolicited, "Terminated notices no local watch asked for.");
     TROUPE_C(terminated_resent, "Terminated notices for a remote watcher sent again after the first was dropped.");
     TROUPE_C(frames_key_revoked, "Inbound frames from a key removed from the allow-list.");
@@ -770,6 +772,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(buffered, "Messages that waited (passivating entity, moving shard).");
     TROUPE_C(unknown_type, "Messages refused: no region for the entity type.");
     TROUPE_C(bad_id, "Messages refused: empty or over-long entity id.");
+    TROUPE_C(start_failed, "Messages refused: the entity could not be started (its constructor threw).");
     TROUPE_C(forwarded, "Messages sent to another node's region.");
     TROUPE_C(rerouted, "Messages for a shard this node does not own, passed on.");
     TROUPE_C(stale_epoch, "Messages stamped with an older epoch than the owner's.");

@@ -47,6 +47,7 @@ namespace {
   X(frames_malformed) X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node)                      \
   X(frames_origin_mismatch)                                                                                \
   X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
+  X(envelopes_forged_sender)                                                                               \
   X(terminated_unsolicited) X(terminated_resent) X(frames_key_revoked) X(handshakes_failed) X(disconnects) \
   X(nodes_lost) X(wakeups)
 
@@ -224,6 +225,8 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void refresh_inboxes();
   ActorRef local_target(const std::string& path);
   ActorRef sender_ref(const Conn& c, std::string_view s);
+  /// True when `s` names an actor of the node the connection's key proved.
+  static bool sent_by_origin(const Conn& c, std::string_view s);
   void send_ack(const std::string& rid);
   void watch_op(const ActorRef& remote, const ActorRef& watcher, bool add);
   void on_watch(const NodeAddress& origin, const InEnvelope& e, bool add);
@@ -956,11 +959,27 @@ ActorRef Transport::Core::sender_ref(const Conn& c, std::string_view s) {
   return remote_ref(a->node, a->path);
 }
 
+bool Transport::Core::sent_by_origin(const Conn& c, std::string_view s) {
+  if (s.empty()) return false;
+  if (s.front() == '/') return true;  // a path on the sending node
+  auto a = parse_actor_address(s);
+  return a && a->node.uid == c.origin.uid;
+}
+
 void Transport::Core::deliver(Conn& c, InEnvelope&& e) {
   if (e.type == kWatch || e.type == kUnwatch || e.type == kTerminated) {
     flush_inbox();  // what came before it in the frame goes first
     if (e.type == kTerminated) return on_terminated(c.origin, std::move(e));
     return on_watch(c.origin, e, e.type == kWatch);
+  }
+  if (system.registry().origin_bound(e.type) && !sent_by_origin(c, e.sender)) {
+    // A protocol message whose receiver acts on who sent it: the sender must be an actor of the
+    // node this connection's key proved, not a claim in the envelope.
+    bump(n.envelopes_forged_sender);
+    in_log.warn(log, "dropped a {} from {} whose sender {} is not an actor of that node",
+                system.registry().name_of(e.type), c.origin_str, e.sender.empty() ? "(none)" : e.sender);
+    system.dead_letter(e.payload, {}, std::string(e.recipient), "its sender is not an actor of the node that sent it");
+    return;
   }
   if (e.sender != c.last_sender || (c.last_sender_ref && c.last_sender_ref.target()->terminated())) {
     c.last_sender_ref = sender_ref(c, e.sender);

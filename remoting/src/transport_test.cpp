@@ -798,6 +798,45 @@ TEST_F(BadInput, FramesForAnotherIncarnationOrWithAForgedOriginAreDropped) {
   EXPECT_EQ(b->transport->stats().frames_origin_mismatch, 2u);
 }
 
+// A type bound to its origin (MessageRegistry::add_origin_bound: the sharding protocol's) is
+// delivered only when its sender is an actor of the node the connection's key proved. Senders
+// naming the receiving node itself, a third node, or nobody are dropped and counted; any other
+// type may still carry a forwarded sender.
+TEST_F(BadInput, AnOriginBoundMessageWhoseSenderIsNotAnActorOfItsNodeIsDropped) {
+  b->sys.registry().add_origin_bound<test::Text>();
+  RawClient c(*b, &keys.c);
+  c.send(marker_frame(1));
+  expect_marker(1);
+  auto text = [](std::string v) {
+    return Message::build<test::Text>([&](auto& fb) { return test::CreateText(fb, fb.CreateString(v)); });
+  };
+  const auto to = b->probe.ref().path();
+  const std::string b_itself = b->transport->address().to_string() + "/user/echo";
+  BatchBuilder bb;
+  auto add = [&](const Message& m, const std::string& sender) { bb.add(m.type(), to, sender, 0, m.bytes()); };
+  add(text("claims b"), b_itself);
+  add(text("claims a third node"), "troupe://00000000000000dd@127.0.0.1:2/user/x");
+  add(text("no sender"), "");
+  add(text("a path on the origin"), "/user/x");
+  add(text("the origin's full address"), raw_origin + "/user/y");
+  add(ping(9), "troupe://00000000000000dd@127.0.0.1:2/user/x");  // not bound: forwarded senders pass
+  auto f = bb.finish(raw_origin, b->transport->address().uid);
+  c.send(f);
+  for (const char* want : {"a path on the origin", "the origin's full address"}) {
+    auto r = b->probe.next();
+    ASSERT_TRUE(r);
+    ASSERT_TRUE(r->msg.is<test::Text>());
+    EXPECT_EQ(r->msg.as<test::Text>()->value()->str(), want);
+  }
+  auto p = b->probe.next();
+  ASSERT_TRUE(p);
+  ASSERT_TRUE(p->msg.is<test::Ping>());
+  EXPECT_EQ(p->sender.path(), "troupe://00000000000000dd@127.0.0.1:2/user/x");
+  c.send(marker_frame(2));
+  expect_marker(2);
+  EXPECT_EQ(b->transport->stats().envelopes_forged_sender, 3u);
+}
+
 TEST(ThreeNodes, ASenderRefForwardedThroughAThirdNodeStillReachesTheOrigin) {
   Keys keys;
   Node a("a", keys.a, keys.allow), b("b", keys.b, keys.allow), c("c", keys.c, keys.allow);

@@ -32,22 +32,46 @@ std::uint64_t MessageRegistry::next_serial() noexcept {
   return serial.fetch_add(1, std::memory_order_relaxed) + 1;
 }
 
-void MessageRegistry::add(TypeId id, std::string_view name, Verifier verifier) {
+void MessageRegistry::add(TypeId id, std::string_view name, Verifier verifier, bool origin_bound) {
   std::lock_guard lock(add_mu_);
   const Entries& now = entries();
-  if (auto it = now.map.find(id); it != now.map.end()) {
+  auto it = now.map.find(id);
+  if (it != now.map.end()) {
     if (it->second.name != name) {
       throw std::logic_error("message type id collision: '" + std::string(name) + "' and '" + it->second.name + "'");
     }
-    return;  // registered already: the first verifier stays, as before
+    // Registered already: the first verifier stays, as before; a binding is only ever added.
+    if (!origin_bound || it->second.origin_bound) return;
   }
   auto next = std::make_unique<Entries>(Entries{next_serial(), now.map});
-  next->map.emplace(id, Entry{std::string(name), verifier});
+  if (it != now.map.end()) {
+    next->map[id].origin_bound = true;
+    entries_.store(next.get(), std::memory_order_release);
+    versions_.push_back(std::move(next));
+    return;
+  }
+  next->map.emplace(id, Entry{std::string(name), verifier, origin_bound});
   entries_.store(next.get(), std::memory_order_release);
   versions_.push_back(std::move(next));
 }
 
 bool MessageRegistry::contains(TypeId id) const { return entries().map.count(id) != 0; }
+
+bool MessageRegistry::origin_bound(TypeId id) const {
+  // Asked for every message a node receives: the last answer this thread got, by the version it
+  // got it from, as check() does.
+  struct Last {
+    std::uint64_t serial = 0;
+    TypeId id = 0;
+    bool bound = false;
+  };
+  thread_local Last last;
+  const Entries& e = entries();
+  if (last.serial == e.serial && last.id == id) return last.bound;
+  auto it = e.map.find(id);
+  last = Last{e.serial, id, it != e.map.end() && it->second.origin_bound};
+  return last.bound;
+}
 
 std::string MessageRegistry::name_of(TypeId id) const {
   const Entries& e = entries();

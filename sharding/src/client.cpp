@@ -44,7 +44,15 @@ class ClientAgent final : public Actor {
     auto& sh = *st_->sh;
     if (m.is<CoordinatorTick>()) return tick();
     if (const auto* c = m.as<ContactFound>()) {
-      if (c->address()) send_report(c->address()->str() + "/system/" + kCoordinatorName, 0);
+      if (!c->address()) return;
+      // From a member that does not coordinate: where the coordinator is, and its key (taken
+      // only when it is on the allow-list and no key is known for that endpoint yet).
+      if (c->curve_key() && c->curve_key()->size() > 0) {
+        if (auto a = remoting::parse_node_address(c->address()->string_view())) {
+          sh.transport->learn_peer_key(a->endpoint(), c->curve_key()->string_view());
+        }
+      }
+      send_report(c->address()->str() + "/system/" + kCoordinatorName, 0);
       return;
     }
     if (const auto* a = m.as<ReportAck>()) {

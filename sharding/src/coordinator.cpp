@@ -354,34 +354,29 @@ struct Coordinator::State {
   }
 
   /// A report from a program that is not a member: a sharding client. A node that does not
-  /// coordinate passes the client's first report on to the coordinator it follows.
+  /// coordinate answers the client's first report with where the coordinator it follows is
+  /// (and that node's key), and the client reports there itself: a report only ever counts
+  /// from the client's own connection (NodeReport is bound to its origin), never passed on.
   void on_client_report(const NodeReport& r, const ActorRef& from) {
-    if (!active) {
-      if (r.coordinator() != 0 || !following || following == self_uid()) return;
-      std::string to;
-      {
-        std::lock_guard lk(sh->mu);
-        to = sh->address_of_locked(following);
-      }
-      // Forwarded once: the copy names the coordinator, so no other node passes it on again.
-      auto copy = Message::build<NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
-        std::vector<flatbuffers::Offset<TypeReport>> reports;
-        if (r.types()) {
-          for (const auto* t : *r.types()) {
-            reports.push_back(CreateTypeReport(b, b.CreateString(sv(t->entity_type())), t->num_shards(), true));
-          }
-        }
-        return CreateNodeReport(b, following, r.node(), b.CreateVector(reports), r.max_epoch(), false,
-                                b.CreateString(sv(r.curve_key())));
-      });
-      if (!to.empty()) tell(to + "/system/" + kCoordinatorName, copy, from);
-      return;
-    }
-    if (!ready) return;  // it asks again
     auto a = remoting::parse_actor_address(sh->transport->address_of(from));
     if (!a) return;
     // Its key, to answer it (taken only when allow-listed, never replacing a known one).
     if (r.curve_key() && r.curve_key()->size() > 0) sh->transport->learn_peer_key(a->node.endpoint(), r.curve_key()->string_view());
+    if (!active) {
+      if (r.coordinator() != 0 || !following || following == self_uid()) return;
+      membership::MemberInfo coordinator;
+      {
+        std::lock_guard lk(sh->mu);
+        if (auto it = sh->members.find(following); it != sh->members.end()) coordinator = it->second;
+      }
+      if (coordinator.remoting.empty()) return;
+      from.tell(Message::build<ContactFound>([&](flatbuffers::FlatBufferBuilder& b) {
+                  return CreateContactFound(b, b.CreateString(coordinator.remoting), b.CreateString(coordinator.curve_key));
+                }),
+                ctx->self());
+      return;
+    }
+    if (!ready) return;  // it asks again
     auto& reg = nodes[r.node()];
     const bool fresh = !reg.client || reg.address != a->node.to_string();
     reg.client = true;

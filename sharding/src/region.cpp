@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/logger.h>
+#include <xxhash.h>
 
 #include <troupe/membership/service.hpp>
 #include <troupe/remoting/transport.hpp>
@@ -334,7 +335,10 @@ class Region final : public Actor {
     ActorRef to = from;
     if (const auto key = sv(env.idempotency_key()); !key.empty() && !first_delivery(id, key, from, to)) return;
     auto it = entities_.find(id);
-    if (it == entities_.end()) it = activate(id);
+    if (it == entities_.end() && (it = activate(id)) == entities_.end()) {
+      if (to) to.tell(entity_error(settings_.type, id.substr(0, 256), "the entity could not be started"));
+      return;
+    }
     auto& e = it->second;
     if (e.passivating) {
       shared_->buffered.fetch_add(1, std::memory_order_relaxed);
@@ -401,8 +405,20 @@ class Region final : public Actor {
     it->second.reply = std::move(reply);
   }
 
+  /// Starts entity `id`; end() when its factory or constructor threw (counted and logged: the
+  /// caller refuses the message).
   Entities::iterator activate(const std::string& id) {
-    auto ref = factory_(context(), SpawnOptions{.name = entity_child_name(id)}, id);
+    auto name = entity_child_name(id);
+    ActorRef ref;
+    try {
+      ref = factory_(context(), SpawnOptions{.name = name}, id);
+    } catch (const std::exception& ex) {
+      shared_->start_failed.fetch_add(1, std::memory_order_relaxed);
+      shared_->refused_log.warn(context().system().log(), "sharding {}: entity {} could not start: {}", settings_.type,
+                                id.substr(0, 64), ex.what());
+      return entities_.end();
+    }
+    if (name.front() == '~') long_ids_.emplace(std::move(name), id);
     context().watch(ref);
     shared_->activations.fetch_add(1, std::memory_order_relaxed);
     shared_->live.fetch_add(1, std::memory_order_relaxed);
@@ -448,8 +464,27 @@ class Region final : public Actor {
   Entities::iterator find(const ActorRef& ref) {
     if (!ref) return entities_.end();
     const auto path = ref.path();
-    auto it = entities_.find(entity_id_of_name(std::string_view(path).substr(path.rfind('/') + 1)));
+    const auto name = std::string_view(path).substr(path.rfind('/') + 1);
+    std::string id;
+    if (!name.empty() && name.front() == '~') {
+      auto l = long_ids_.find(std::string(name));
+      if (l == long_ids_.end()) return entities_.end();
+      id = l->second;
+    } else {
+      id = entity_id_of_name(name);
+    }
+    auto it = entities_.find(id);
     return it != entities_.end() && it->second.ref == ref ? it : entities_.end();
+  }
+
+  /// A hashed name's entry goes with the last activation under that name (an id's name is
+  /// always the same, so a later activation may have put it back already).
+  void forget_long_name(const ActorRef& who) {
+    const auto path = who.path();
+    const auto name = std::string_view(path).substr(path.rfind('/') + 1);
+    if (name.empty() || name.front() != '~') return;
+    auto l = long_ids_.find(std::string(name));
+    if (l != long_ids_.end() && !entities_.count(l->second)) long_ids_.erase(l);
   }
 
   void passivate_sender() {
@@ -457,6 +492,11 @@ class Region final : public Actor {
   }
 
   void on_terminated(const ActorRef& who) {
+    struct Forget {
+      Region* r;
+      const ActorRef& who;
+      ~Forget() { r->forget_long_name(who); }
+    } forget{this, who};
     auto it = find(who);
     if (it == entities_.end()) return;
     const std::string id = it->first;
@@ -483,6 +523,10 @@ class Region final : public Actor {
         // Messages that arrived while it stopped start its next activation, in order.
         auto next = activate(id);
         for (auto& [msg, from] : waiting) {
+          if (next == entities_.end()) {
+            if (from) from.tell(entity_error(settings_.type, id.substr(0, 256), "the entity could not be started"));
+            continue;
+          }
           shared_->routed.fetch_add(1, std::memory_order_relaxed);
           next->second.ref.tell(std::move(msg), from);
         }
@@ -604,6 +648,7 @@ class Region final : public Actor {
     for (auto& [id, state] : states) {
       if (entities_.count(id)) continue;
       auto it = activate(id);
+      if (it == entities_.end()) continue;  // counted and logged; its state is lost
       context().system().run_with_actor(it->second.ref, [state = std::move(state)](Actor& a) {
         if (auto* e = dynamic_cast<sharding::Entity*>(&a)) e->restore(state);
       });
@@ -957,11 +1002,14 @@ class Region final : public Actor {
   std::unordered_set<const void*> captures_;
   std::unordered_map<std::string, CachedReply> replies_;
   std::deque<std::string> reply_order_;
+  // Entities whose ids are too long for a child name: hashed name -> id (entity_child_name).
+  std::unordered_map<std::string, std::string> long_ids_;
 };
 
 }  // namespace
 
 std::string entity_child_name(std::string_view id) {
+  constexpr std::size_t kMaxName = 255;  // an actor name's limit
   std::string out;
   out.reserve(id.size());
   for (unsigned char c : id) {
@@ -971,10 +1019,15 @@ std::string entity_child_name(std::string_view id) {
       out += fmt::format("%{:02X}", c);
     }
   }
-  return out;
+  if (out.size() <= kMaxName) return out;
+  // Too long once escaped ('~' is always escaped, so no plain name starts with it).
+  auto hashed = fmt::format("~{:016x}~", XXH3_64bits(id.data(), id.size()));
+  hashed.append(out, 0, kMaxName - hashed.size());
+  return hashed;
 }
 
 std::string entity_id_of_name(std::string_view name) {
+  if (!name.empty() && name.front() == '~') return {};
   std::string out;
   out.reserve(name.size());
   for (std::size_t i = 0; i < name.size(); ++i) {
@@ -995,16 +1048,21 @@ void register_messages(MessageRegistry& r) {
   r.add<EntityError>();
   r.add<Passivate>();
   r.add<ShardUnavailable>();
-  r.add<NodeReport>();
-  r.add<ReportRequest>();
-  r.add<ReportAck>();
-  r.add<ShardTableUpdate>();
-  r.add<TableAck>();
-  r.add<HandOff>();
-  r.add<EntityState>();
-  r.add<ShardStopped>();
-  r.add<ShardState>();
-  r.add<SideHeartbeat>();
+  r.add<ContactFound>();
+  // The protocol between regions and the coordinator: each receiver acts on who sent it (the
+  // node a report, an ack or a stopped shard is about; the coordinator a table or a hand-off
+  // comes from), so a remote one counts only when its sender is an actor of the node it came
+  // from.
+  r.add_origin_bound<NodeReport>();
+  r.add_origin_bound<ReportRequest>();
+  r.add_origin_bound<ReportAck>();
+  r.add_origin_bound<ShardTableUpdate>();
+  r.add_origin_bound<TableAck>();
+  r.add_origin_bound<HandOff>();
+  r.add_origin_bound<EntityState>();
+  r.add_origin_bound<ShardStopped>();
+  r.add_origin_bound<ShardState>();
+  r.add_origin_bound<SideHeartbeat>();
 }
 }  // namespace
 
@@ -1369,6 +1427,7 @@ ShardingStats Sharding::stats() const {
   out.buffered = s.buffered.load();
   out.unknown_type = s.unknown_type.load();
   out.bad_id = s.bad_id.load();
+  out.start_failed = s.start_failed.load();
   out.live_entities = s.live.load();
   out.forwarded = s.forwarded.load();
   out.rerouted = s.rerouted.load();

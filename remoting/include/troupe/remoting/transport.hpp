@@ -89,6 +89,9 @@ struct TransportStats {
   std::uint64_t envelopes_bad_payload = 0;
   std::uint64_t envelopes_bad_path = 0;
   std::uint64_t envelopes_no_recipient = 0;  ///< no actor at the path (dead letter)
+  /// an origin-bound type (MessageRegistry::add_origin_bound) whose sender is not an actor of
+  /// the node that sent it
+  std::uint64_t envelopes_forged_sender = 0;
   std::uint64_t terminated_unsolicited = 0;  ///< a Terminated no local watch asked for
   std::uint64_t terminated_resent = 0;       ///< a Terminated for a remote watcher sent again (the first was dropped)
   std::uint64_t frames_key_revoked = 0;      ///< from a key removed from the allow-list since its handshake

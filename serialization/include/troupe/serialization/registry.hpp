@@ -63,9 +63,23 @@ class MessageRegistry {
     add(type_id_of<T>(), T::GetFullyQualifiedName(),
         [](flatbuffers::Verifier& v) { return v.VerifyBuffer<T>(nullptr); });
   }
+  /// Registers T as add<T>() does and binds it to its origin: a T from another node is delivered
+  /// only when its sender is an actor of the node it came from, as that node's authenticated key
+  /// proves (the remoting transport checks; a T whose sender names another node, or none, is
+  /// dropped and counted). For protocol messages whose receivers act on who sent them; other
+  /// messages may carry any sender, so that a forwarded message keeps its original one.
+  template <FlatTable T>
+  void add_origin_bound() {
+    add(type_id_of<T>(), T::GetFullyQualifiedName(),
+        [](flatbuffers::Verifier& v) { return v.VerifyBuffer<T>(nullptr); }, true);
+  }
   /// Registers a verifier under an explicit id. Throws std::logic_error if `id` is already bound
-  /// to a different name (a hash collision must never be silent).
-  void add(TypeId id, std::string_view name, Verifier verifier);
+  /// to a different name (a hash collision must never be silent). `origin_bound`: see
+  /// add_origin_bound(); registering a type again with it set binds a type registered without.
+  void add(TypeId id, std::string_view name, Verifier verifier, bool origin_bound = false);
+
+  /// True when `id` was registered bound to its origin.
+  bool origin_bound(TypeId id) const;
 
   /// True when `id` is registered.
   bool contains(TypeId id) const;
@@ -89,7 +103,7 @@ class MessageRegistry {
  private:
   /// Verifies `m` (its bytes, `size` of them) as type `id`.
   std::error_code check(TypeId id, std::size_t size, const Message& m) const;
-  struct Entry { std::string name; Verifier verify; };
+  struct Entry { std::string name; Verifier verify; bool origin_bound = false; };
   /// One published version of the entries. Its serial is unique in the process (never reused,
   /// not even by another registry): a thread may remember a look-up by it.
   struct Entries {

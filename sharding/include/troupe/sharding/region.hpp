@@ -120,6 +120,7 @@ struct ShardingStats {
   std::uint64_t buffered = 0;             ///< messages that waited (passivating entity, moving shard)
   std::uint64_t unknown_type = 0;         ///< refused: no region for the entity type
   std::uint64_t bad_id = 0;               ///< refused: empty or over-long entity id
+  std::uint64_t start_failed = 0;         ///< refused: the entity's factory or constructor threw
   std::uint64_t live_entities = 0;        ///< gauge
   std::uint64_t forwarded = 0;            ///< messages sent to another node's region
   std::uint64_t rerouted = 0;             ///< arrived for a shard this node does not own: passed on
@@ -254,9 +255,11 @@ class Sharding {
   std::shared_ptr<Shared> shared_;
 };
 
-/// The child name of an entity: its id with every byte outside [A-Za-z0-9._-] as %XX.
+/// The child name of an entity: its id with every byte outside [A-Za-z0-9._-] as %XX. An id
+/// whose name would be longer than an actor name may be (255) is named "~" + a 64-bit hash of
+/// the id in hex + "~" + the start of the escaped id (the region keeps such names' ids).
 std::string entity_child_name(std::string_view id);
-/// The id back from a child name made by entity_child_name.
+/// The id back from a child name made by entity_child_name ("" for a hashed name).
 std::string entity_id_of_name(std::string_view name);
 
 }  // namespace troupe::sharding
