@@ -249,7 +249,19 @@ struct SwimProtocol::State {
   }
   void emit(EventKind k, const Node& n, std::string detail = {}) {
     MembershipEvent e{k, info_of(n), now(), std::move(detail)};
-    for (auto& fn : subscribers) fn(e);
+    // A subscriber runs in the middle of a state change: one that throws must neither leave the
+    // change half done nor keep the others from hearing of it.
+    for (auto& fn : subscribers) {
+      try {
+        fn(e);
+      } catch (const std::exception& ex) {
+        ++stats.subscriber_failures;
+        log->error("a membership subscriber failed on {} of {}: {}", to_string(k), n.id->name, ex.what());
+      } catch (...) {
+        ++stats.subscriber_failures;
+        log->error("a membership subscriber failed on {} of {} (not a std::exception)", to_string(k), n.id->name);
+      }
+    }
   }
   unsigned retransmit_limit() const {
     return cfg.retransmit_mult * static_cast<unsigned>(std::ceil(std::log10(double(cluster_size()) + 1)));
@@ -438,7 +450,11 @@ struct SwimProtocol::State {
     }
     const auto& in = r;
     if (in.uid == self_uid) return merge_about_self(r);
-    if (removed_at.count(in.uid) && !nodes.count(in.uid)) return;  // a tombstone: gone for good
+    if (forgotten.count(in.uid)) {
+      // Removed long ago (its record expired): gone for good, whatever its record says now.
+      ++stats.forgotten_records;
+      return;
+    }
     auto it = nodes.find(in.uid);
     if (it == nodes.end()) {
       if (in.status == MemberStatus::removed) return;
@@ -714,6 +730,24 @@ struct SwimProtocol::State {
       return;
     }
     if (stopped()) return;
+    if (auto f = forgotten.find(p->from_uid()); f != forgotten.end()) {
+      // A member removed long ago is talking (its process was paused past its removal, say):
+      // nobody holds its record any more, so it would never learn it is down. Tell it (at most
+      // once a probe interval); its own record in this packet is ignored.
+      auto& gone = f->second;
+      if (!gone.told || now() - *gone.told >= nanoseconds(cfg.probe_interval)) {
+        gone.told = now();
+        ++stats.forgotten_told;
+        Node down;
+        down.id = gone.id;
+        down.incarnation = gone.incarnation;
+        down.up_order = gone.up_order;
+        down.status = MemberStatus::down;
+        drop_log.warn(*log, "{} ({:016x}), removed long ago, is talking from {}: told it is down", gone.id->name,
+                      p->from_uid(), from.to_string());
+        send(from, gossip::Body::NONE, nullptr, &down);
+      }
+    }
     Node* sender = nullptr;
     if (auto it = nodes.find(p->from_uid()); it != nodes.end()) {
       sender = &it->second;
@@ -1070,13 +1104,26 @@ struct SwimProtocol::State {
       decide(me().id->name, "exit timeout: stopping without having seen the removal");
       emit(EventKind::self_removed, me(), "exit timeout");
     }
-    // Tombstones expire.
+    // Tombstones expire: the record goes, the uid is remembered (compactly) much longer.
     for (auto it = removed_at.begin(); it != removed_at.end();) {
       if (t - it->second > nanoseconds(cfg.push_pull_interval) * 4) {
+        if (auto n = nodes.find(it->first); n != nodes.end() && it->first != self_uid) {
+          forgotten[it->first] = Forgotten{n->second.id, n->second.incarnation, n->second.up_order, t, std::nullopt};
+        }
         erase_node(it->first);
         it = removed_at.erase(it);
       } else {
         ++it;
+      }
+    }
+    if (!forgotten.empty() && (forgotten.size() > std::max<std::size_t>(1024, 4 * cfg.max_members) ||
+                               t - forgotten_swept_at > nanoseconds(cfg.push_pull_interval))) {
+      forgotten_swept_at = t;
+      std::erase_if(forgotten, [&](const auto& kv) { return t - kv.second.at > nanoseconds(kForgetAfter); });
+      while (forgotten.size() > std::max<std::size_t>(1024, 4 * cfg.max_members)) {
+        auto oldest = std::min_element(forgotten.begin(), forgotten.end(),
+                                       [](const auto& a, const auto& b) { return a.second.at < b.second.at; });
+        forgotten.erase(oldest);
       }
     }
   }
@@ -1333,6 +1380,17 @@ struct SwimProtocol::State {
   std::map<unsigned, std::set<std::uint64_t>> pending_tx;  // transmissions left -> members
   std::set<std::pair<nanoseconds, std::uint64_t>> suspicions;
   std::unordered_map<std::uint64_t, nanoseconds> removed_at;
+  // Members whose records expired (removed_at): ignored if their records come back, and told
+  // they are down if they speak (a process paused past its removal). Kept kForgetAfter.
+  struct Forgotten {
+    std::shared_ptr<const Ident> id;
+    std::uint64_t incarnation = 0, up_order = 0;
+    nanoseconds at{0};
+    std::optional<nanoseconds> told;
+  };
+  static constexpr std::chrono::hours kForgetAfter{24};
+  std::unordered_map<std::uint64_t, Forgotten> forgotten;
+  nanoseconds forgotten_swept_at{0};
   std::vector<std::uint64_t> order;
   std::size_t order_idx = 0;
   std::optional<Probe> probe;

@@ -216,6 +216,49 @@ TEST_F(Swim, AnImpossibleIncarnationJumpIsRejected) {
   EXPECT_EQ(proto->member("n2")->liveness, Liveness::alive);
 }
 
+// A subscriber that throws runs in the middle of a state change: the change completes and the
+// subscribers after it still hear of it.
+TEST_F(Swim, ASubscriberThatThrowsNeitherStopsTheChangeNorTheOtherSubscribers) {
+  proto->subscribe([](const MembershipEvent&) { throw std::runtime_error("a subscriber's bug"); });
+  std::vector<MembershipEvent> later;
+  proto->subscribe([&](const MembershipEvent& e) { later.push_back(e); });
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0));
+  ASSERT_TRUE(proto->member("n2"));
+  EXPECT_EQ(proto->member("n2")->status, MemberStatus::up) << "the change went through";
+  ASSERT_EQ(later.size(), 2u);
+  EXPECT_EQ(later[0].kind, EventKind::joined);
+  EXPECT_EQ(later[1].kind, EventKind::up);
+  EXPECT_EQ(proto->stats().subscriber_failures, 2u);
+}
+
+// A member's record expires some time after its removal. A process paused past that (SIGSTOP,
+// a frozen VM) comes back gossiping its old `up` record: it must not be admitted again, and it
+// must learn that it is down, since nobody holds its record any more to tell it.
+TEST_F(Swim, AMemberRemovedLongAgoIsNotAdmittedAgainAndIsToldItIsDown) {
+  const UdpEndpoint n2_at{"127.0.0.1", 7002};
+  proto->on_packet(n2_at, gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 2));
+  ASSERT_TRUE(proto->member("n2"));
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Removed));
+  ASSERT_EQ(events.back().kind, EventKind::removed);
+  clock.t += 5 * std::chrono::nanoseconds(MembershipConfig::lan().push_pull_interval);
+  proto->poll();  // its record expires
+  // It speaks again, with its own record as it was before the pause.
+  out.sent.clear();
+  const auto joined_before = std::count_if(events.begin(), events.end(), [](const auto& e) { return e.kind == EventKind::joined; });
+  proto->on_packet(n2_at, gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 2));
+  EXPECT_FALSE(proto->member("n2")) << "admitted again";
+  EXPECT_EQ(std::count_if(events.begin(), events.end(), [](const auto& e) { return e.kind == EventKind::joined; }), joined_before);
+  EXPECT_EQ(proto->stats().forgotten_records, 1u);
+  EXPECT_EQ(proto->stats().forgotten_told, 1u);
+  bool told = false;
+  for (const auto& s : out.sent) {
+    const auto* p = gossip::GetPacket(s.bytes.data());
+    if (!(s.to == n2_at) || !p->updates()) continue;
+    for (const auto* m : *p->updates()) told |= m->uid() == 2 && m->status() == gossip::MemberStatus::Down;
+  }
+  EXPECT_TRUE(told) << "n2 was not told it is down";
+}
+
 TEST_F(Swim, ADuplicatedPacketChangesNothingTheSecondTime) {
   auto p = gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Up, gossip::Liveness::Suspect);
   proto->on_packet(peer, p);

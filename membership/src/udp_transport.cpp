@@ -98,7 +98,7 @@ struct UdpTransport::Impl {
   std::shared_ptr<const MismatchHandler> mismatch_handler;
   std::shared_ptr<const UnreachableHandler> unreachable_handler;
 
-  Counter sent{0}, delivered{0}, truncated{0}, unhandled{0}, receive_errors{0};
+  Counter sent{0}, delivered{0}, truncated{0}, unhandled{0}, receive_errors{0}, handler_failures{0};
   Counter oversized_outbound{0}, seal_failures{0}, resolve_errors{0}, send_errors{0};
   Counter port_unreachable{0}, icmp_other{0};
   std::array<Counter, kSealErrcCount> dropped{};
@@ -116,9 +116,28 @@ struct UdpTransport::Impl {
         io.run();
         return;
       } catch (const std::exception& e) {
-        // A handler threw: the protocol thread must survive it.
+        // A posted function threw: the protocol thread must survive it.
+        bump(handler_failures);
         log->error("membership transport: handler failed: {}", e.what());
+      } catch (...) {
+        bump(handler_failures);
+        log->error("membership transport: handler failed with an exception that is not a std::exception");
       }
+    }
+  }
+
+  // Runs `f` inside a completion handler that must re-arm itself whatever `f` does: an exception
+  // that left the handler would end its chain (no receive outstanding, a timer never re-armed).
+  template <class F>
+  void guarded(const char* what, F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      bump(handler_failures);
+      log->error("membership transport: {} failed: {}", what, e.what());
+    } catch (...) {
+      bump(handler_failures);
+      log->error("membership transport: {} failed with an exception that is not a std::exception", what);
     }
   }
 
@@ -132,12 +151,12 @@ struct UdpTransport::Impl {
       } else if (ec == asio::error::connection_refused) {
         // With IP_RECVERR a queued ICMP error is also reported by the next receive: not a
         // receive failure, the error queue says what happened.
-        drain_errors();
+        guarded("reading the error queue", [this] { drain_errors(); });
       } else if (ec) {
         bump(receive_errors);
         drop_log.warn(*log, "membership transport: receive failed: {}", ec.message());
       } else {
-        deliver(n);
+        guarded("handling a datagram", [this, n] { deliver(n); });
       }
       receive();  // whatever happened, keep receiving
     });
@@ -170,7 +189,7 @@ struct UdpTransport::Impl {
   void watch_errors() {
     socket.async_wait(udp::socket::wait_error, [this](const error_code& ec) {
       if (ec == asio::error::operation_aborted || !socket.is_open()) return;
-      drain_errors();
+      guarded("reading the error queue", [this] { drain_errors(); });
       watch_errors();
     });
   }
@@ -352,7 +371,7 @@ struct UdpTransport::Impl {
       auto it = timers.find(id);
       if (it == timers.end() || it->second != t) return;  // cancelled
       if (!t->repeat) timers.erase(it);
-      t->fn();
+      guarded("a timer", [&t] { t->fn(); });
       if (!t->repeat || timers.find(id) == timers.end()) return;  // fn may cancel its own timer
       auto next = t->timer.expiry() + t->interval;
       const auto now = asio::steady_timer::clock_type::now();
@@ -513,6 +532,7 @@ UdpTransportStats UdpTransport::stats() const {
   s.truncated = i.truncated.load(std::memory_order_relaxed);
   s.unhandled = i.unhandled.load(std::memory_order_relaxed);
   s.receive_errors = i.receive_errors.load(std::memory_order_relaxed);
+  s.handler_failures = i.handler_failures.load(std::memory_order_relaxed);
   s.oversized_outbound = i.oversized_outbound.load(std::memory_order_relaxed);
   s.seal_failures = i.seal_failures.load(std::memory_order_relaxed);
   s.resolve_errors = i.resolve_errors.load(std::memory_order_relaxed);

@@ -389,6 +389,33 @@ TEST_F(Udp, TimersRunOnTheIoThreadAndStopWhenCancelled) {
   EXPECT_FALSE(fired);
 }
 
+// A handler or a timer that throws must not end the chain it runs in: the next datagram is
+// still received and a repeating timer still repeats; each failure is counted.
+TEST_F(Udp, AHandlerOrTimerThatThrowsLeavesReceivingAndTimersGoing) {
+  std::atomic<int> seen{0};
+  b->set_handler([&](const UdpEndpoint& from, std::span<const std::uint8_t> p) {
+    if (seen++ == 0) throw std::runtime_error("the protocol failed on this one");
+    inbox_b.handler()(from, p);
+  });
+  a->send(b->local_endpoint(), bytes("first"));
+  a->send(b->local_endpoint(), bytes("second"));
+  ASSERT_TRUE(inbox_b.wait_for(1)) << "receiving stopped after the handler threw";
+  EXPECT_EQ(inbox_b.items()[0].text, "second");
+  struct Runs {  // shared with the timer, which may run once more after it is cancelled
+    std::atomic<int> n{0};
+    std::promise<void> third;
+  };
+  auto runs = std::make_shared<Runs>();
+  const auto every = b->schedule_every(1ms, [runs] {
+    const int n = ++runs->n;
+    if (n == 3) runs->third.set_value();
+    if (n <= 2) throw 42;  // not even a std::exception
+  });
+  ASSERT_EQ(runs->third.get_future().wait_for(kWait), std::future_status::ready) << "the timer stopped repeating";
+  b->cancel(every);
+  EXPECT_EQ(b->stats().handler_failures, 3u);
+}
+
 TEST_F(Udp, StopIsIdempotentWorksFromTheIoThreadAndSilencesTheTransport) {
   std::promise<void> stopped_inside;
   b->post([&] {

@@ -727,6 +727,9 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(rejected_records, "Member records rejected.");
     TROUPE_C(misdirected, "Pings meant for another incarnation.");
     TROUPE_C(stale, "Answers nobody waited for.");
+    TROUPE_C(subscriber_failures, "Exceptions from membership event subscribers (the others still heard).");
+    TROUPE_C(forgotten_records, "Records of members removed long ago, ignored.");
+    TROUPE_C(forgotten_told, "Members removed long ago that talked, told they are down.");
 #undef TROUPE_C
     m.gauge("troupe_membership_local_health", "Lifeguard local health multiplier (0: healthy).", s.local_health);
     m.histogram("troupe_membership_detection_seconds",
@@ -741,6 +744,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(truncated, "Inbound datagrams larger than the limit.");
     TROUPE_C(unhandled, "Opened datagrams without a handler.");
     TROUPE_C(receive_errors, "Socket errors while receiving.");
+    TROUPE_C(handler_failures, "Exceptions from the protocol's handlers and timers (the gossip thread carried on).");
     TROUPE_C(oversized_outbound, "Outbound payloads over the limit.");
     TROUPE_C(seal_failures, "Outbound datagrams whose sealing failed.");
     TROUPE_C(resolve_errors, "Destination host names that did not resolve.");

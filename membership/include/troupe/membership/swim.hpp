@@ -59,6 +59,9 @@ struct SwimStats {
   std::uint64_t rejected_records = 0;     ///< bad names or addresses, impossible incarnations
   std::uint64_t misdirected = 0;          ///< a ping meant for another incarnation
   std::uint64_t stale = 0;                ///< answers nobody waits for
+  std::uint64_t subscriber_failures = 0;  ///< exceptions from event subscribers (logged; the others still heard)
+  std::uint64_t forgotten_records = 0;    ///< records of members removed long ago (their records expired): ignored
+  std::uint64_t forgotten_told = 0;       ///< such a member talked, and was told it is down
   std::uint64_t local_health = 0;         ///< gauge: Lifeguard multiplier (0 = healthy)
   /// Failure detection: from this node's first suspicion of a member to declaring it
   /// unreachable (a refused port skips the suspicion: not counted here).

@@ -58,6 +58,7 @@ struct UdpTransportStats {
   std::uint64_t truncated = 0;            ///< inbound larger than max_inbound
   std::uint64_t unhandled = 0;            ///< opened, but no handler was set
   std::uint64_t receive_errors = 0;       ///< socket errors while receiving
+  std::uint64_t handler_failures = 0;     ///< exceptions from a handler, timer or posted function (the thread carried on)
   std::uint64_t oversized_outbound = 0;   ///< send() of more than max_payload()
   std::uint64_t seal_failures = 0;        ///< send() whose sealing failed (nonce_exhausted)
   std::uint64_t resolve_errors = 0;       ///< destination host name that did not resolve
@@ -121,7 +122,8 @@ class UdpTransport final : public PacketTransport {
   std::size_t max_payload() const override;
 
   /// Runs `fn` on the I/O thread (FIFO with other posted work). Dropped once stop() was called.
-  /// An exception escaping `fn` (or any handler) is logged and the I/O thread carries on.
+  /// An exception escaping `fn` (or any handler or timer) is logged and counted
+  /// (handler_failures), and the I/O thread carries on: receiving, and every timer, go on.
   void post(std::function<void()> fn);
   /// Runs `fn` once on the I/O thread after `delay`.
   TimerId schedule_once(std::chrono::nanoseconds delay, std::function<void()> fn);
