@@ -144,6 +144,9 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
   if (advertise.empty() || advertise == "0.0.0.0" || advertise == "::" || advertise == "*") {
     return fail("advertise_host: required when binding a wildcard address");
   }
+  // What every member checks in a record: a node whose own record they would reject would
+  // never be admitted, and nothing would say why.
+  if (auto bad = validate_identity(cfg.node_name, advertise); !bad.empty()) return fail(bad);
   std::vector<UdpEndpoint> seeds;
   for (const auto& s : cfg.seeds) {
     auto ep = split(s);
@@ -287,7 +290,10 @@ bool MembershipService::leave_and_wait(std::chrono::milliseconds timeout) {
   subscribe([done, fired](const MembershipEvent& e) {
     if (e.kind == EventKind::self_removed && !fired->exchange(true)) done->set_value(true);
   });
-  impl_->call([&] { return impl_->proto->leave(impl_->proto->self().name); });
+  impl_->call([&] {
+    impl_->proto->leave();
+    return true;
+  });
   if (fut.wait_for(timeout) != std::future_status::ready) return false;
   return fut.get();
 }

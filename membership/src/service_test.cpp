@@ -209,6 +209,15 @@ TEST_F(Cluster, BadConfigurationNamesTheField) {
   c.bind_host = "0.0.0.0";
   EXPECT_FALSE(MembershipService::start(c, make_node_logger("a"), &why).ok());
   EXPECT_TRUE(why.starts_with("advertise_host")) << why;
+  // A name or host every other member would reject in this node's record: refused here, rather
+  // than a node that joins and is never admitted.
+  c = config("n\xc5\x93ud-1", {});
+  EXPECT_FALSE(MembershipService::start(c, make_node_logger("a"), &why).ok());
+  EXPECT_TRUE(why.starts_with("node_name")) << why;
+  c = config("a", {});
+  c.advertise_host = "fe80::1%lo";
+  EXPECT_FALSE(MembershipService::start(c, make_node_logger("a"), &why).ok());
+  EXPECT_TRUE(why.starts_with("advertise_host")) << why;
 }
 
 }  // namespace

@@ -56,6 +56,7 @@ struct Rec {
   std::uint64_t uid = 0, incarnation = 0, from_uid = 0, up_order = 0;
   MemberStatus status = MemberStatus::joining;
   Liveness liveness = Liveness::alive;
+  bool bad_enum = false;  // a status or liveness this version does not know (the record is rejected)
   // The roles: from a packet, or from a MemberInfo (assume_formed).
   const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* packet_roles = nullptr;
   const std::vector<std::string>* info_roles = nullptr;
@@ -93,6 +94,17 @@ struct Ident {
     return true;
   }
 };
+
+std::string validate_identity(std::string_view node_name, std::string_view gossip_host) {
+  if (node_name.empty() || !printable(node_name, 128)) {
+    return fmt::format("node_name: {:?} is not 1 to 128 printable ASCII characters without spaces", node_name);
+  }
+  if (!valid_host(gossip_host)) {
+    return fmt::format("advertise_host: {:?} is not a host name or address every member accepts "
+                       "(letters, digits and . - : _; no zone index)", gossip_host);
+  }
+  return {};
+}
 
 std::string validate_roles(const std::vector<std::string>& roles) {
   if (roles.size() > kMaxRoles) return fmt::format("roles: at most {}, not {}", kMaxRoles, roles.size());
@@ -217,6 +229,7 @@ struct SwimProtocol::State {
     return it == flaps.end() ? nanoseconds{0} : it->second.last;
   }
   /// Forgets a member entirely (an expired tombstone).
+  Node* live_named(const std::string& name);
   void erase_node(std::uint64_t uid) {
     auto n = nodes.find(uid);
     if (n == nodes.end() || uid == self_uid) return;
@@ -401,7 +414,7 @@ struct SwimProtocol::State {
 
   void refute(std::uint64_t claimed, const std::string& why) {
     Node& m = me();
-    if (claimed >= m.incarnation + cfg.max_incarnation_jump) {
+    if (claimed >= m.incarnation && claimed - m.incarnation >= cfg.max_incarnation_jump) {
       // Nobody can have seen such an incarnation of this node: a forged record; keep counting.
       ++stats.rejected_records;
       return;
@@ -432,7 +445,7 @@ struct SwimProtocol::State {
   }
 
   static bool valid(const Rec& r) {
-    if (r.role_count() > kMaxRoles) return false;
+    if (r.bad_enum || r.role_count() > kMaxRoles) return false;
     for (std::size_t i = 0; i < r.role_count(); ++i) {
       if (!valid_role(r.role(i))) return false;
     }
@@ -445,7 +458,8 @@ struct SwimProtocol::State {
     ++stats.updates_received;
     if (!valid(r)) {
       ++stats.rejected_records;
-      drop_log.warn(*log, "rejected a member record with a malformed name or address ({:?}, {:?})", r.name, r.host);
+      drop_log.warn(*log, "rejected a member record with a malformed name, address, status or liveness ({:?}, {:?})",
+                    r.name, r.host);
       return;
     }
     const auto& in = r;
@@ -469,6 +483,12 @@ struct SwimProtocol::State {
             set_status(other, MemberStatus::down, fmt::format("restarted as incarnation {:016x}", in.uid));
           }
         }
+      }
+      if (in.incarnation >= cfg.max_incarnation_jump) {
+        // Incarnations start at 0 and only refutations raise them, one by one.
+        ++stats.rejected_records;
+        drop_log.warn(*log, "rejected the first record of {} at incarnation {}", in.name, in.incarnation);
+        return;
       }
       Node n;
       n.id = pool->intern(in);
@@ -495,7 +515,7 @@ struct SwimProtocol::State {
       return;
     }
     Node& n = it->second;
-    if (in.incarnation > n.incarnation + cfg.max_incarnation_jump) {
+    if (in.incarnation > n.incarnation && in.incarnation - n.incarnation > cfg.max_incarnation_jump) {
       ++stats.rejected_records;
       drop_log.warn(*log, "rejected a record of {} jumping from incarnation {} to {}", n.id->name,
                     n.incarnation, in.incarnation);
@@ -696,6 +716,7 @@ struct SwimProtocol::State {
     r.remoting = view(m.remoting());
     r.curve_key = view(m.curve_key());
     r.incarnation = m.incarnation();
+    r.bad_enum = m.status() > gossip::MemberStatus::MAX || m.liveness() > gossip::Liveness::MAX;
     r.status = static_cast<MemberStatus>(std::min<unsigned>(static_cast<unsigned>(m.status()), 5));
     r.liveness = static_cast<Liveness>(std::min<unsigned>(static_cast<unsigned>(m.liveness()), 2));
     r.from_uid = m.from_uid();
@@ -721,6 +742,13 @@ struct SwimProtocol::State {
         send_refused(from, fmt::format("gossip protocol version {} is not supported by {} (it speaks {})",
                                        p->protocol_version(), me().id->name, kGossipProtocolVersion));
       }
+      return;
+    }
+    if (p->body_type() > gossip::Body::MAX) {
+      // The verifier accepts a union type it does not know (and skips its value).
+      ++stats.unknown_body;
+      drop_log.warn(*log, "dropped a gossip packet from {} with a body of unknown type {}", from.to_string(),
+                    static_cast<unsigned>(p->body_type()));
       return;
     }
     if (p->body_type() != gossip::Body::NONE && !p->body()) {
@@ -1566,26 +1594,35 @@ void SwimProtocol::join(std::vector<UdpEndpoint> seeds, bool wait_to_form) {
   s_->decide(s_->me().id->name, fmt::format("joining through {} seeds", s_->seeds.size()));
 }
 
-void SwimProtocol::leave() { leave(s_->me().id->name); }
+void SwimProtocol::leave() {
+  // This node itself, by its uid: its name may also be held by an earlier incarnation of the
+  // same process that the view still has (a restart).
+  if (State::live_status(s_->me().status)) s_->set_status(s_->me(), MemberStatus::leaving, "asked to leave");
+}
+
+// The live member called `name`; of several (a restarted process and its earlier incarnation,
+// until that is downed) the newest: the one that became up last, or is not up yet.
+SwimProtocol::State::Node* SwimProtocol::State::live_named(const std::string& name) {
+  Node* best = nullptr;
+  auto age = [](const Node& n) { return n.up_order == 0 ? ~std::uint64_t{0} : n.up_order; };
+  for (auto& [uid, n] : nodes) {
+    if (n.id->name == name && live_status(n.status) && (!best || age(n) > age(*best))) best = &n;
+  }
+  return best;
+}
 
 bool SwimProtocol::leave(const std::string& name) {
-  for (auto& [uid, n] : s_->nodes) {
-    if (n.id->name == name && State::live_status(n.status)) {
-      s_->set_status(n, MemberStatus::leaving, "asked to leave");
-      return true;
-    }
-  }
-  return false;
+  auto* n = s_->live_named(name);
+  if (!n) return false;
+  s_->set_status(*n, MemberStatus::leaving, "asked to leave");
+  return true;
 }
 
 bool SwimProtocol::down(const std::string& name) {
-  for (auto& [uid, n] : s_->nodes) {
-    if (n.id->name == name && State::live_status(n.status)) {
-      s_->set_status(n, MemberStatus::down, "downed by an operator");
-      return true;
-    }
-  }
-  return false;
+  auto* n = s_->live_named(name);
+  if (!n) return false;
+  s_->set_status(*n, MemberStatus::down, "downed by an operator");
+  return true;
 }
 
 void SwimProtocol::on_packet(const UdpEndpoint& from, std::span<const std::uint8_t> packet) { s_->on_packet(from, packet); }

@@ -259,6 +259,63 @@ TEST_F(Swim, AMemberRemovedLongAgoIsNotAdmittedAgainAndIsToldItIsDown) {
   EXPECT_TRUE(told) << "n2 was not told it is down";
 }
 
+// A member's first record cannot start at an incarnation only a million refutations would reach:
+// held, it would make the member's real records look stale and its refutations look forged.
+TEST_F(Swim, AFirstRecordAtAnImpossibleIncarnationIsRejected) {
+  proto->on_packet(peer, gossip_about("n3", 3, "127.0.0.1", 7003, 1ull << 63));
+  EXPECT_FALSE(proto->member("n3"));
+  EXPECT_EQ(proto->stats().rejected_records, 1u);
+  proto->on_packet(peer, gossip_about("n3", 3, "127.0.0.1", 7003, 4));
+  ASSERT_TRUE(proto->member("n3"));
+  // Near the top of the range the comparison must not wrap either.
+  proto->on_packet(peer, gossip_about("n3", 3, "127.0.0.1", 7003, ~0ull, gossip::MemberStatus::Up, gossip::Liveness::Suspect));
+  EXPECT_EQ(proto->member("n3")->incarnation, 4u);
+  EXPECT_EQ(proto->stats().rejected_records, 2u);
+}
+
+// A body type or a member status this version does not know: dropped and counted, not read as
+// something else (an unknown status used to read as `removed`).
+TEST_F(Swim, UnknownBodyTypesAndStatusesAreDroppedAndCounted) {
+  fb::FlatBufferBuilder b;
+  auto ack = gossip::CreateAck(b, 1);
+  auto from = b.CreateString("sender");
+  gossip::PacketBuilder pb(b);
+  pb.add_protocol_version(kGossipProtocolVersion);
+  pb.add_from_uid(77);
+  pb.add_from_name(from);
+  pb.add_body_type(static_cast<gossip::Body>(99));
+  pb.add_body(ack.Union());
+  b.Finish(pb.Finish());
+  proto->on_packet(peer, {b.GetBufferPointer(), b.GetSize()});
+  EXPECT_EQ(proto->stats().unknown_body, 1u);
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0));
+  ASSERT_TRUE(proto->member("n2"));
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0, static_cast<gossip::MemberStatus>(9)));
+  ASSERT_TRUE(proto->member("n2")) << "an unknown status must not remove it";
+  EXPECT_EQ(proto->member("n2")->status, MemberStatus::up);
+  EXPECT_EQ(proto->stats().rejected_records, 1u);
+}
+
+// leave() acts on this node by its uid; by name, on the newest live member of that name (a
+// restarted process, not its earlier incarnation still in the view).
+TEST_F(Swim, LeaveActsOnThisNodeAndByNameOnTheNewestOfTwoIncarnations) {
+  proto->on_packet(peer, gossip_about("me", 9, "127.0.0.1", 7009, 0, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 77, 5));
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 77, 3));
+  proto->on_packet(peer, gossip_about("n2", 4, "127.0.0.1", 7012, 0, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 77, 6));
+  auto status_of = [&](std::uint64_t uid) {
+    for (const auto& m : proto->members()) {
+      if (m.uid == uid) return m.status;
+    }
+    return MemberStatus::removed;
+  };
+  ASSERT_TRUE(proto->leave("n2"));
+  EXPECT_EQ(status_of(4), MemberStatus::leaving) << "the newer n2";
+  EXPECT_EQ(status_of(2), MemberStatus::up);
+  proto->leave();
+  EXPECT_EQ(proto->self().status, MemberStatus::leaving);
+  EXPECT_EQ(status_of(9), MemberStatus::up) << "another member named like this node";
+}
+
 TEST_F(Swim, ADuplicatedPacketChangesNothingTheSecondTime) {
   auto p = gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Up, gossip::Liveness::Suspect);
   proto->on_packet(peer, p);

@@ -724,6 +724,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(repairs, "Push-pulls started because two stable views differed.");
     TROUPE_C(malformed, "Packets that are not verifiable gossip.");
     TROUPE_C(wrong_version, "Packets of another protocol version.");
+    TROUPE_C(unknown_body, "Packets with a body type this version does not know.");
     TROUPE_C(rejected_records, "Member records rejected.");
     TROUPE_C(misdirected, "Pings meant for another incarnation.");
     TROUPE_C(stale, "Answers nobody waited for.");

@@ -44,6 +44,10 @@ inline constexpr std::uint16_t kGossipProtocolVersion = 1;
 inline constexpr std::size_t kMaxRoles = 16;
 /// "" when `roles` may be a member's roles, else what is wrong with them.
 std::string validate_roles(const std::vector<std::string>& roles);
+/// "" when every member would accept a record with this name and gossip host, else what is
+/// wrong with them (naming the field): a name is 1 to 128 printable ASCII characters without
+/// spaces, a host letters, digits and . - : _ (no zone index).
+std::string validate_identity(std::string_view node_name, std::string_view gossip_host);
 
 struct SwimStats {
   std::uint64_t packets_in = 0, packets_out = 0;
@@ -55,6 +59,7 @@ struct SwimStats {
   std::uint64_t repairs = 0;              ///< push-pulls started because two stable views differed
   // Drops (each also logged, throttled).
   std::uint64_t malformed = 0;            ///< not a verifiable gossip packet
+  std::uint64_t unknown_body = 0;         ///< a body type this version does not know
   std::uint64_t wrong_version = 0;        ///< another protocol version (answered with Refused)
   std::uint64_t rejected_records = 0;     ///< bad names or addresses, impossible incarnations
   std::uint64_t misdirected = 0;          ///< a ping meant for another incarnation
@@ -127,9 +132,10 @@ class SwimProtocol {
   void update_seeds(std::vector<UdpEndpoint> seeds);
   /// True until this node is in a cluster (joined one, or formed one).
   bool joining() const;
-  /// Leaves gracefully: leaving -> exiting -> removed, then self_removed.
+  /// Leaves gracefully: leaving -> exiting -> removed, then self_removed. This node by its uid.
   void leave();
-  /// Operator actions on any member by name; false when unknown.
+  /// Operator actions on any member by name; false when unknown. Of two live members with one
+  /// name (a restarted process and its earlier incarnation), on the newer.
   bool leave(const std::string& name);
   bool down(const std::string& name);
 
