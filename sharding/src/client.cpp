@@ -100,7 +100,7 @@ class ClientAgent final : public Actor {
         std::vector<flatbuffers::Offset<TypeReport>> types;
         for (const auto& [name, t] : sh.types) types.push_back(CreateTypeReport(b, b.CreateString(name), t.settings.num_shards, true));
         return CreateNodeReport(b, coordinator, sh.self_uid, b.CreateVector(types), sh.max_epoch.load(), false,
-                                b.CreateString(sh.transport->public_key()));
+                                b.CreateString(sh.transport->public_key()), true);
       });
     }
     ref->tell(m, self());

@@ -296,7 +296,9 @@ struct Coordinator::State {
   void on_report(const NodeReport& r, const ActorRef& from) {
     const auto ms = members();
     auto m = ms.find(r.node());
-    if (m == ms.end() && node_of(from) == r.node()) return on_client_report(r, from);
+    // Only a report that says it is a client's is one: a member whose report comes before
+    // gossip told this node of it is not answered (below) and reports again, as a member.
+    if (m == ms.end() && r.client() && node_of(from) == r.node()) return on_client_report(r, from);
     if (!active) {
       sh->stale_coordinator.fetch_add(1, std::memory_order_relaxed);
       return;
@@ -308,6 +310,7 @@ struct Coordinator::State {
       return;
     }
     auto& reg = nodes[r.node()];
+    reg.client = false;
     reg.address = m->second.remoting;
     reg.leaving = r.leaving() || m->second.status == MemberStatus::leaving || m->second.status == MemberStatus::exiting;
     reg.reported = true;

@@ -849,6 +849,50 @@ TEST(ClusterSharding, RefusesForgedTablesMisroutedEnvelopesUnknownTypesAndBadIds
   c.log.check();
 }
 
+// A joining member's report can reach the coordinator before gossip tells it of the member. It
+// must not be taken for a sharding client's (which would keep the member from ever getting
+// shards, and end its registration when the "client's" lease ran out): it is not answered, so
+// the member reports again once it is known. A report that says it is a client's is answered.
+TEST(ClusterSharding, AReportFromAnUnknownMemberIsNotTakenForAClientsAndIsNotAnswered) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1}));
+  node::NodeOptions o;
+  o.name = "early";
+  o.transport.port = 0;
+  o.transport.keys = c.keys.pairs[5];
+  o.transport.allow_list = c.keys.allow;
+  auto early = node::Node::start(std::move(o)).value();
+  sharding::Sharding types(early->system());  // registers the sharding protocol's messages there
+  testkit::Probe probe(early->system());
+  early->transport().add_peer_key(c.nodes[0]->transport().address().endpoint(), c.keys.pairs[0].public_key);
+  c.nodes[0]->transport().add_peer_key(early->transport().address().endpoint(), c.keys.pairs[5].public_key);
+  auto coordinator = early->transport().resolve(c.nodes[0]->transport().address().to_string() + "/system/sharding-coordinator");
+  ASSERT_TRUE(coordinator);
+  auto report = [&](bool client) {
+    return Message::build<sharding::NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
+      std::vector<flatbuffers::Offset<sharding::TypeReport>> types{sharding::CreateTypeReport(b, b.CreateString(kType), kShards, true)};
+      return sharding::CreateNodeReport(b, 0, early->transport().address().uid, b.CreateVector(types), 0, false,
+                                        client ? b.CreateString(c.keys.pairs[5].public_key) : 0, client);
+    });
+  };
+  const auto ignored = c.sh[0]->stats().stale_coordinator;
+  coordinator->tell(report(false), probe.ref());
+  ASSERT_TRUE(eventually([&] { return c.sh[0]->stats().stale_coordinator > ignored; }, 10s))
+      << "a member's report from a node the coordinator does not know was not ignored";
+  // The same node saying it is a client: registered and answered (after the ignored one, on the
+  // same connection: an answer to the first would have come first).
+  coordinator->tell(report(true), probe.ref());
+  auto r = probe.next(10s);
+  ASSERT_TRUE(r);
+  while (r && !r->msg.is<sharding::ReportAck>()) r = probe.next(10s);  // tables may come first
+  ASSERT_TRUE(r) << "the client's report was not answered";
+  EXPECT_EQ(r->msg.as<sharding::ReportAck>()->coordinator(), c.uid(0));
+  std::size_t acks = 1;
+  while (probe.queued() > 0) acks += probe.next(1s)->msg.is<sharding::ReportAck>() ? 1 : 0;
+  EXPECT_EQ(acks, 1u) << "the member-style report was answered too";
+  c.log.check();
+}
+
 TEST(ClusterSharding, AClientThatIsNotAMemberRoutesThroughTheTablesAndFollowsACoordinatorMove) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1, 2}));
