@@ -227,6 +227,13 @@ int main(int argc, char** argv) {
   if (auto bad = membership::validate_roles(roles); !bad.empty()) {
     return fail("--role: " + bad.substr(bad.find(": ") + 2));
   }
+  // A member that hosts or proxies an entity type runs sharding: its role lets the coordinator
+  // be elected among such members only (a member without sharding is never made coordinator).
+  if ((!entities.empty() || !proxies.empty()) && opt.membership &&
+      std::find(opt.membership->roles.begin(), opt.membership->roles.end(), sharding::kShardingRole) ==
+          opt.membership->roles.end()) {
+    opt.membership->roles.push_back(sharding::kShardingRole);
+  }
   for (const auto& pk : peer_keys) {
     const auto eq = pk.find('=');
     if (eq == std::string::npos || !remoting::parse_endpoint(pk.substr(0, eq)) ||

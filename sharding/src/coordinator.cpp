@@ -27,9 +27,15 @@ Message report_again() {
 }
 
 bool Sharding::Shared::recompute_coordinator_locked() {
+  auto runs_sharding = [](const MemberInfo& m) {
+    return std::find(m.roles.begin(), m.roles.end(), kShardingRole) != m.roles.end();
+  };
+  // Roles never change for a member: every node that sees the same members decides the same.
+  bool by_role = false;
+  for (const auto& [uid, m] : members) by_role |= m.status != MemberStatus::removed && runs_sharding(m);
   const MemberInfo* best = nullptr;
   for (const auto& [uid, m] : members) {
-    if (m.status != MemberStatus::up) continue;
+    if (m.status != MemberStatus::up || (by_role && !runs_sharding(m))) continue;
     if (!best || membership::older(m, *best)) best = &m;
   }
   const std::uint64_t c = best ? best->uid : 0;

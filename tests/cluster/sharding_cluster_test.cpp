@@ -136,6 +136,7 @@ struct ShardCluster {
   std::size_t buffer_per_shard = 1000;
   std::chrono::milliseconds resend_interval = 300ms;
   std::function<void(membership::MembershipConfig&)> tune;  // membership timings, when set
+  std::vector<std::string> roles;                           // of the nodes add() starts
 
   ShardCluster() : nodes(6), sh(6) {}
   ~ShardCluster() {
@@ -145,7 +146,7 @@ struct ShardCluster {
   }
 
   void add(int i, bool host = true, const std::string& ip = "127.0.0.1") {
-    nodes[i] = testkit::start_cluster_node(keys, i, seed, {}, ip, {}, tune);
+    nodes[i] = testkit::start_cluster_node(keys, i, seed, {}, ip, roles, tune);
     if (seed.empty()) seed = nodes[i]->membership()->endpoint().to_string();
     sharding::ClusterShardingConfig cfg;
     cfg.resend_interval = resend_interval;
@@ -846,6 +847,21 @@ TEST(ClusterSharding, RefusesForgedTablesMisroutedEnvelopesUnknownTypesAndBadIds
   }
   EXPECT_EQ(c.sh[1]->stats().unknown_type, 1u);
   EXPECT_EQ(c.sh[1]->stats().bad_id, 2u);
+  c.log.check();
+}
+
+// The oldest member runs no sharding (a gateway, say): with the sharding role on the members
+// that do, the coordinator runs on the oldest of those, and the shards get homes.
+TEST(ClusterSharding, TheCoordinatorRunsOnTheOldestMemberThatRunsSharding) {
+  ShardCluster c;
+  c.nodes[0] = testkit::start_cluster_node(c.keys, 0, "", {}, "127.0.0.1", {"gateway"});
+  c.seed = c.nodes[0]->membership()->endpoint().to_string();
+  c.roles = {sharding::kShardingRole};
+  c.add(1);
+  c.add(2);
+  ASSERT_TRUE(eventually([&] { return c.settled({1, 2}, {1, 2}); }, 30s)) << "the shards never got homes";
+  EXPECT_EQ(c.sh[1]->coordinator(), c.uid(1));
+  EXPECT_EQ(c.sh[2]->coordinator(), c.uid(1));
   c.log.check();
 }
 

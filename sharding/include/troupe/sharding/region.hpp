@@ -74,6 +74,13 @@ struct ActivationEvent {
   std::uint64_t incarnation = 0;  ///< distinct per activation on this node
 };
 
+/// The membership role of members that run sharding. When any member carries it, the shard
+/// coordinator runs on the oldest up member that does (a member without sharding never gets
+/// the job it could not do); when none does, on the oldest up member, so every member must then
+/// run sharding. troupe-node adds the role itself when it hosts or proxies an entity type; an
+/// embedding program adds it to MembershipServiceConfig::roles.
+inline constexpr const char* kShardingRole = "sharding";
+
 struct ClusterShardingConfig {
   /// Handoffs in flight at once when rebalancing (a join or a graceful leave).
   std::size_t max_simultaneous_handoffs = 16;
