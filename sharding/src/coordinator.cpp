@@ -642,7 +642,32 @@ struct Coordinator::State {
           freed.erase(f);
         }
       }
-      if (!all_live) continue;
+      if (!all_live) {
+        // Someone is unreachable: no rebalancing (the balanced table would count its shards as
+        // free), but a leaving member's shards still move, each to the least loaded live member,
+        // so that a graceful leave (a rolling restart) hands its entities off with their state
+        // while another member is out of reach.
+        for (const auto& [key, mv] : moves) {
+          if (key.first == name) ++load[mv.to];
+        }
+        for (ShardId s = 0; s < ts.num_shards && moves.size() < sh->config.max_simultaneous_handoffs; ++s) {
+          const auto o = ts.owner[s];
+          if (!o || ts.moving[s] || downed.count(o) || !nodes.count(o) || !nodes.at(o).leaving || !reachable(ms, o)) continue;
+          std::uint64_t to = 0;
+          for (auto n : live) {
+            if (!to || load[n] < load[to] || (load[n] == load[to] && rendezvous_weight(s, n) > rendezvous_weight(s, to))) to = n;
+          }
+          if (!to) break;
+          ++load[to];
+          ts.moving[s] = 1;
+          ts.changed = true;
+          moves[{name, s}] = Move{o, to, 0, false, t + sh->config.handoff_ack_timeout, true, t};
+          sh->rebalances.fetch_add(1, std::memory_order_relaxed);
+          log().info("sharding {}: moving shard {} from leaving {} to {} (a member is unreachable)", name, s,
+                     remoting::format_uid(o), remoting::format_uid(to));
+        }
+        continue;
+      }
       // Rebalance: hand off what the balanced table puts elsewhere, a bounded number at a time.
       for (ShardId s = 0; s < ts.num_shards && moves.size() < sh->config.max_simultaneous_handoffs; ++s) {
         const auto o = ts.owner[s];

@@ -1054,6 +1054,42 @@ TEST(ClusterSharding, AMinorityPartitionStopsServingBeforeTheMajorityTakesItsSha
   c.log.check();
 }
 
+// A rolling restart while another member is out of reach (not yet downed: here nobody downs
+// it): the leaving member's shards must still move, with their state, rather than wait for the
+// unreachable member and leave with the leaving one.
+TEST(ClusterSharding, AGracefulLeaveHandsItsShardsOffWhileAnotherMemberIsUnreachable) {
+  Partition part;
+  if (!part.ok) GTEST_SKIP() << "needs root and iptables (the partition is made with iptables on loopback addresses)";
+  ShardCluster c;
+  c.tune = [](membership::MembershipConfig& m) { m.auto_down = false; };  // n4 stays up, unreachable
+  auto ip = [](int i) { return "127.78.0." + std::to_string(i + 1); };
+  for (int i = 0; i < 5; ++i) c.add(i, true, ip(i));
+  ASSERT_TRUE(eventually([&] { return c.settled({0, 1, 2, 3, 4}, {0, 1, 2, 3, 4}); }, 60s));
+  std::vector<std::string> on_n3;
+  for (int k = 0; k < 200 && on_n3.size() < 10; ++k) {
+    c.sh[0]->tell(kType, id_of(k), cmd("add", 5));
+    auto [node, count] = c.get(0, id_of(k));
+    ASSERT_EQ(count, 5u);
+    if (node == "n3") on_n3.push_back(id_of(k));
+  }
+  ASSERT_FALSE(on_n3.empty());
+  for (int a : {0, 1, 2, 3}) ASSERT_TRUE(part.cut(ip(a), ip(4)));
+  ASSERT_TRUE(eventually([&] {
+    for (const auto& m : c.nodes[0]->membership()->members()) {
+      if (m.uid == c.uid(4)) return m.liveness == membership::Liveness::unreachable;
+    }
+    return false;
+  }, 30s)) << "n4 never became unreachable";
+  ASSERT_TRUE(c.sh[3]->hand_off_all(20s)) << "the leaving member's shards did not move";
+  EXPECT_TRUE(c.hosted(3).empty());
+  for (const auto& id : on_n3) {
+    auto [node, count] = c.get(0, id);
+    EXPECT_TRUE(node == "n0" || node == "n1" || node == "n2") << id << ": '" << node << "'";
+    EXPECT_EQ(count, 5u) << id << ": its state did not travel";
+  }
+  c.log.check();
+}
+
 /// An entity on n3 (of five nodes on `subnet`.1-5) with twenty seconds of work queued through
 /// n3's own region: far longer than the majority waits before it gives the shard a new home.
 /// With `handing_off`, n3 leaves gracefully first, and every shard but the busy one's is handed
