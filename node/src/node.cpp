@@ -148,7 +148,7 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
       if (m.uid != self_uid) {
         if ((e.kind == EventKind::joined || e.kind == EventKind::up) && !m.remoting.empty() && !m.curve_key.empty()) {
           if (auto a = remoting::parse_node_address(m.remoting); a && a->uid == m.uid) {
-            transport->learn_peer_key(a->endpoint(), m.curve_key);
+            transport->learn_peer_key(a->endpoint(), m.curve_key, a->uid);
           }
         }
         if (e.kind == EventKind::downed || e.kind == EventKind::removed) {

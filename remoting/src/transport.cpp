@@ -282,6 +282,10 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   struct KeyEntry {
     std::string key;
     bool configured = false;
+    // Incarnations this key was learned or proved for (a restart with the same key file adds
+    // one): losing one of them keeps the key while another needs it. None known: the loss of
+    // whatever listened there takes it.
+    std::vector<std::uint64_t> uids;
   };
   std::mutex mu;
   std::unordered_map<std::uint64_t, std::shared_ptr<Peer>> peers;
@@ -554,7 +558,9 @@ void Transport::Core::lose(std::uint64_t uid, std::string reason, bool successor
       // A key learned from the lost incarnation's handshake may change with its successor
       // (unless the successor's own handshake has just proved it).
       if (auto k = keys.find(peer->addr.endpoint()); k != keys.end() && !k->second.configured && !successor_proved_key) {
-        keys.erase(k);
+        auto& uids = k->second.uids;
+        std::erase(uids, uid);
+        if (uids.empty()) keys.erase(k);
       }
     }
     uid_keys.erase(uid);
@@ -836,7 +842,10 @@ bool Transport::Core::bind_origin(std::string_view key, const NodeAddress& a) {
     if (!cfg.insecure) {
       auto it = keys.find(a.endpoint());
       if (it != keys.end() && it->second.key != key) return false;
-      if (it == keys.end()) keys.emplace(a.endpoint(), KeyEntry{std::string(key), false});
+      if (it == keys.end()) it = keys.emplace(a.endpoint(), KeyEntry{std::string(key), false, {}}).first;
+      if (std::find(it->second.uids.begin(), it->second.uids.end(), a.uid) == it->second.uids.end()) {
+        it->second.uids.push_back(a.uid);
+      }
       auto u = uid_keys.find(a.uid);
       if (u != uid_keys.end() && u->second != key) return false;
       uid_keys[a.uid] = std::string(key);
@@ -1222,7 +1231,8 @@ void Transport::Core::read_dealer(Peer& p) {
     }
     if (a->uid != p.addr.uid) {
       // Whoever listens at the address now is another incarnation: the one we meant is gone.
-      lose(p.addr.uid, "its address now answers as " + a->to_string());
+      // It answered over a CURVE session with the key this node holds: the key is proved.
+      lose(p.addr.uid, "its address now answers as " + a->to_string(), !cfg.insecure);
       return;
     }
   }
@@ -1604,16 +1614,24 @@ Result<NodeAddress> Transport::discover(std::string_view endpoint, std::chrono::
   }
 }
 
-bool Transport::learn_peer_key(std::string_view endpoint, std::string_view public_key) {
+bool Transport::learn_peer_key(std::string_view endpoint, std::string_view public_key, std::uint64_t uid) {
   auto& c = *core_;
   if (!c.cfg.insecure && !c.cfg.allow_list->contains(public_key)) return false;
   std::lock_guard lk(c.mu);
-  return c.keys.try_emplace(std::string(endpoint), Core::KeyEntry{std::string(public_key), false}).second;
+  auto [it, fresh] = c.keys.try_emplace(std::string(endpoint), Core::KeyEntry{std::string(public_key), false, {}});
+  // The same key for another incarnation at the endpoint (a restart with the same key file):
+  // kept for it when the earlier one is lost.
+  auto& uids = it->second.uids;
+  if (uid != 0 && it->second.key == public_key && !c.dead.count(uid) &&
+      std::find(uids.begin(), uids.end(), uid) == uids.end()) {
+    uids.push_back(uid);
+  }
+  return fresh;
 }
 
 void Transport::add_peer_key(std::string_view endpoint, std::string_view public_key) {
   std::lock_guard lk(core_->mu);
-  core_->keys[std::string(endpoint)] = Core::KeyEntry{std::string(public_key), true};
+  core_->keys[std::string(endpoint)] = Core::KeyEntry{std::string(public_key), true, {}};
 }
 
 void Transport::node_lost(std::uint64_t node, std::string_view reason) { core_->lose(node, std::string(reason)); }

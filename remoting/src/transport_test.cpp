@@ -378,6 +378,30 @@ TEST_F(TwoNodes, APeerRestartedWithTheSameKeyGetsRepliesThroughTheKeyItsHandshak
   EXPECT_EQ(a->transport->stats().nodes_lost, 1u) << "the old incarnation";
 }
 
+// a holds b's key as membership gives it (learned for b's incarnation, not configured). b
+// restarts at the same port with the same key file; membership then vouches for the same key for
+// the new incarnation, and downs the old one afterwards. Losing the old one must not take the key
+// the new one needs (before, a's messages to it were dropped for want of a key).
+TEST_F(TwoNodes, AKeyLearnedForARestartedPeerOutlivesTheLossOfItsEarlierIncarnation) {
+  const auto endpoint = b->transport->address().endpoint();
+  a->transport->learn_peer_key(endpoint, keys.b.public_key, b->transport->address().uid);
+  auto echo = a->transport->resolve(b->transport->address().to_string() + "/user/echo").value();
+  ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());
+  const auto port = b->transport->address().port;
+  const auto old_uid = b->transport->address().uid;
+  echo_b = {};
+  b.reset();
+  b = std::make_unique<Node>("b2", keys.b, keys.allow, port);
+  b->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  EXPECT_FALSE(a->transport->learn_peer_key(endpoint, keys.b.public_key, b->transport->address().uid))
+      << "the key was known already";
+  a->transport->node_lost(old_uid, "downed");
+  auto fresh = a->transport->resolve(b->transport->address().to_string() + "/user/echo").value();
+  auto r = fresh.ask(ping(2), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(a->transport->stats().dropped_no_peer_key, 0u);
+}
+
 // A Watch for a peer that cannot be reached yet waits in the peer's queue; the sweep that sends
 // unsent Watches again (each second) leaves it there instead of queueing a copy each time.
 // Before, each round added a copy, and a queue of three then refused the next message.

@@ -49,7 +49,7 @@ class ClientAgent final : public Actor {
       // only when it is on the allow-list and no key is known for that endpoint yet).
       if (c->curve_key() && c->curve_key()->size() > 0) {
         if (auto a = remoting::parse_node_address(c->address()->string_view())) {
-          sh.transport->learn_peer_key(a->endpoint(), c->curve_key()->string_view());
+          sh.transport->learn_peer_key(a->endpoint(), c->curve_key()->string_view(), a->uid);
         }
       }
       send_report(c->address()->str() + "/system/" + kCoordinatorName, 0);

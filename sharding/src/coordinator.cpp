@@ -370,7 +370,7 @@ struct Coordinator::State {
     auto a = remoting::parse_actor_address(sh->transport->address_of(from));
     if (!a) return;
     // Its key, to answer it (taken only when allow-listed, never replacing a known one).
-    if (r.curve_key() && r.curve_key()->size() > 0) sh->transport->learn_peer_key(a->node.endpoint(), r.curve_key()->string_view());
+    if (r.curve_key() && r.curve_key()->size() > 0) sh->transport->learn_peer_key(a->node.endpoint(), r.curve_key()->string_view(), a->node.uid);
     if (!active) {
       if (r.coordinator() != 0 || !following || following == self_uid()) return;
       membership::MemberInfo coordinator;

@@ -753,7 +753,7 @@ class Region final : public Actor {
         const auto k = addrs.size() - 1;
         if (t.region_keys() && k < t.region_keys()->size() && t.region_keys()->Get(k)->size() > 0) {
           if (auto addr = remoting::parse_actor_address(s)) {
-            shared_->transport->learn_peer_key(addr->node.endpoint(), t.region_keys()->Get(k)->string_view());
+            shared_->transport->learn_peer_key(addr->node.endpoint(), t.region_keys()->Get(k)->string_view(), addr->node.uid);
           }
         }
         if (auto r = shared_->transport->resolve(s)) ref = *r;

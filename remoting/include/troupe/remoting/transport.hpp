@@ -148,8 +148,10 @@ class Transport final : public NodeLossListener {
   Result<NodeAddress> discover(std::string_view endpoint, std::chrono::milliseconds timeout);
   /// A key heard of (e.g. in a gossip member record): taken only when that key is on the
   /// allow-list and no key is known yet for the endpoint (a configured or handshake-learned key
-  /// is never replaced). True when taken.
-  bool learn_peer_key(std::string_view endpoint, std::string_view public_key);
+  /// is never replaced). True when taken. `uid`: the incarnation it is for, when known; a key
+  /// learned for two incarnations at one endpoint (a restart with the same key file) stays
+  /// while either is not lost.
+  bool learn_peer_key(std::string_view endpoint, std::string_view public_key, std::uint64_t uid = 0);
 
   /// Sends `msg` to the remote actor `to` keyed to an entity behind it (a sharded entity behind
   /// its region): the id and stamps travel in the envelope, and the receiving node hands the
