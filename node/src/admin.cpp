@@ -677,6 +677,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(dropped_queue_full, "Outbound messages dropped: the peer's queue was full.");
     TROUPE_C(dropped_node_lost, "Outbound messages dropped: the incarnation is gone.");
     TROUPE_C(dropped_no_peer_key, "Outbound messages dropped: no CURVE key for the peer.");
+    TROUPE_C(dropped_key_revoked, "Outbound messages dropped: the peer's key was removed from the allow-list.");
     TROUPE_C(dropped_stopped, "Outbound messages dropped: the transport stopped.");
     TROUPE_C(dropped_send_failed, "Outbound messages dropped: ZeroMQ refused the frame.");
     TROUPE_C(dropped_oversized, "Outbound messages dropped: larger than a frame may be.");

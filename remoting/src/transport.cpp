@@ -43,7 +43,7 @@ namespace {
 
 #define TROUPE_TRANSPORT_COUNTERS(X)                                                                       \
   X(frames_out) X(frames_in) X(bytes_out) X(bytes_in) X(messages_out) X(messages_in) X(dropped_queue_full) \
-  X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_stopped) X(dropped_send_failed) X(dropped_oversized) \
+  X(dropped_node_lost) X(dropped_no_peer_key) X(dropped_key_revoked) X(dropped_stopped) X(dropped_send_failed) X(dropped_oversized) \
   X(frames_malformed) X(frames_oversized) X(frames_wrong_node) X(frames_from_lost_node)                      \
   X(frames_origin_mismatch)                                                                                \
   X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
@@ -178,6 +178,7 @@ struct Peer {
   std::atomic<bool> lost{false};
   // I/O thread only:
   std::unique_ptr<zmq::socket_t> dealer, monitor;
+  std::string server_key;  // the CURVE key the dealer was opened with
   std::deque<Outbound> pending;
   // After a failed handshake ZeroMQ gives up on the connection: Troupe reopens it with back-off
   // (the peer may be added to an allow-list later).
@@ -225,6 +226,8 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   void refresh_inboxes();
   ActorRef local_target(const std::string& path);
   ActorRef sender_ref(const Conn& c, std::string_view s);
+  /// False when the CURVE key this node would use for `p` is no longer in the allow-list.
+  bool peer_key_allowed(const Peer& p);
   /// True when `s` names an actor of the node the connection's key proved.
   static bool sent_by_origin(const Conn& c, std::string_view s);
   void send_ack(const std::string& rid);
@@ -594,6 +597,13 @@ std::string Transport::Core::connect_endpoint(const NodeAddress& to) const {
   return "tcp://" + h + ":0;" + to.endpoint();
 }
 
+bool Transport::Core::peer_key_allowed(const Peer& p) {
+  if (p.dealer) return cfg.allow_list->contains(p.server_key);
+  std::lock_guard lk(mu);
+  auto it = keys.find(p.addr.endpoint());
+  return it == keys.end() || cfg.allow_list->contains(it->second.key);  // no key: flush() says so
+}
+
 bool Transport::Core::connect(Peer& p) {
   std::string server_key;
   if (!cfg.insecure) {
@@ -602,6 +612,7 @@ bool Transport::Core::connect(Peer& p) {
     if (it == keys.end()) return false;
     server_key = it->second.key;
   }
+  if (!cfg.insecure && !cfg.allow_list->contains(server_key)) return false;  // flush() tells why
   try {
     auto d = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
     d->set(zmq::sockopt::linger, 0);
@@ -619,6 +630,7 @@ bool Transport::Core::connect(Peer& p) {
     // The monitor only once connected: a failed connect leaves no socket behind.
     socket_monitor(*d, p.monitor, kMonitorEvents);
     p.dealer = std::move(d);
+    p.server_key = std::move(server_key);
     return true;
   } catch (const zmq::error_t& e) {
     // A bad address, or out of sockets or descriptors: this peer's messages are dropped (counted).
@@ -756,6 +768,17 @@ void Transport::Core::resend_terminated() {
 
 void Transport::Core::flush(Peer& p) {
   while (!p.pending.empty()) {
+    if (!cfg.insecure && !peer_key_allowed(p)) {
+      // Its key was removed from the allow-list (a node taken out of the cluster): nothing more
+      // goes to it, over an open connection or a new one, until the key is allowed again.
+      out_log.warn(log, "dropped {} messages for {}: its key is no longer in the allow-list", p.pending.size(),
+                   p.addr.to_string());
+      if (p.dealer) close_peer(p);
+      for (auto& o : p.pending) drop(o, "its node's key is no longer in the allow-list", n.dropped_key_revoked);
+      p.queued.fetch_sub(p.pending.size(), std::memory_order_relaxed);
+      p.pending.clear();
+      return;
+    }
     if (!p.dealer && std::chrono::steady_clock::now() < p.retry_at) return;  // backing off
     if (!p.dealer && !connect(p)) {
       out_log.warn(log, "cannot reach {} ({} messages dropped): no CURVE key known for it (add_peer_key, "
@@ -1218,6 +1241,10 @@ void Transport::Core::read_dealer(Peer& p) {
   for (int i = 0; i < 64 && p.dealer; ++i) {
     zmq::message_t m;
     if (!p.dealer->recv(m, zmq::recv_flags::dontwait)) return;
+    if (!cfg.insecure && !cfg.allow_list->contains(p.server_key)) {
+      bump(n.frames_key_revoked);  // its answer counts for nothing now (it could make a loss)
+      continue;
+    }
     FrameReport rep;
     auto f = decode_frame({static_cast<const std::uint8_t*>(m.data()), m.size()}, system.registry(), cfg.limits, rep);
     if (!f) {

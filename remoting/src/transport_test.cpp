@@ -525,6 +525,22 @@ TEST_F(TwoNodes, AKeyRemovedFromTheAllowListIsCutOffAndAReAddedOneWorksAgain) {
   EXPECT_EQ(r->as<test::Ping>()->seq(), 3u);
 }
 
+// The other way round: b's key is removed from a's allow-list (b taken out of the cluster, say).
+// a sends b nothing more, over the connection it has or a new one, until the key is back.
+TEST_F(TwoNodes, NothingIsSentToAPeerWhoseKeyWasRemovedFromTheAllowList) {
+  auto echo = a->ref_on(*b, "/user/echo");
+  ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());
+  const auto received = b->transport->stats().messages_in;
+  keys.allow->replace({keys.a.public_key, keys.c.public_key});  // b is out (both share the list)
+  echo.tell(ping(2), a->probe.ref());
+  ASSERT_TRUE(eventually([&] { return a->transport->stats().dropped_key_revoked >= 1; }));
+  EXPECT_EQ(b->transport->stats().messages_in, received) << "b got a message after its key was removed";
+  keys.allow->replace({keys.a.public_key, keys.b.public_key, keys.c.public_key});
+  auto r = echo.ask(ping(3), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<test::Ping>()->seq(), 3u);
+}
+
 TEST_F(TwoNodes, WatchingThroughAStoppedTransportTerminatesAtOnce) {
   auto echo = a->ref_on(*b, "/user/echo");
   a->transport->stop();

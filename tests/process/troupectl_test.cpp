@@ -111,14 +111,15 @@ TEST_F(CtlCluster, MembersShardsAndLocate) {
   }
   EXPECT_NE(m.out.find("self"), std::string::npos) << m.out;
   EXPECT_NE(m.out.find("leader"), std::string::npos) << m.out;
-  EXPECT_TRUE(std::regex_search(m.out, std::regex("\\nn0 .* frontend,worker "))) << m.out;
+  // Its own roles, and the one troupe-node adds to a member that runs sharding.
+  EXPECT_TRUE(std::regex_search(m.out, std::regex("\\nn0 .* frontend,worker,sharding "))) << m.out;
 
   auto j = at(1, {"--json", "members"});
   ASSERT_EQ(j.code, 0) << j.out;
   EXPECT_EQ(j.out.front(), '[');
   EXPECT_EQ(count_of(j.out, "\"status\":\"up\""), 3u) << j.out;
-  EXPECT_EQ(count_of(j.out, "\"roles\":[\"frontend\",\"worker\"]"), 1u) << j.out;
-  EXPECT_EQ(count_of(j.out, "\"roles\":[]"), 2u) << j.out;
+  EXPECT_EQ(count_of(j.out, "\"roles\":[\"frontend\",\"worker\",\"sharding\"]"), 1u) << j.out;
+  EXPECT_EQ(count_of(j.out, "\"roles\":[\"sharding\"]"), 2u) << j.out;
 
   auto s = at(2, {"shards", "--type", kType});
   ASSERT_EQ(s.code, 0) << s.out;

@@ -76,6 +76,7 @@ struct TransportStats {
   std::uint64_t dropped_queue_full = 0;      ///< the peer's outbound queue was full
   std::uint64_t dropped_node_lost = 0;       ///< for an incarnation known to be gone
   std::uint64_t dropped_no_peer_key = 0;     ///< no CURVE key known for the peer's endpoint
+  std::uint64_t dropped_key_revoked = 0;     ///< the peer's key was removed from the allow-list
   std::uint64_t dropped_stopped = 0;         ///< the transport stopped with messages queued
   std::uint64_t dropped_send_failed = 0;     ///< ZeroMQ refused the frame
   std::uint64_t dropped_oversized = 0;       ///< larger than a frame may be (FrameLimits::max_frame_bytes)
