@@ -333,7 +333,15 @@ class Region final : public Actor {
     }
     if (proxy_ || !factory_) return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from, "a proxy hosts no entities");
     ActorRef to = from;
-    if (const auto key = sv(env.idempotency_key()); !key.empty() && !first_delivery(id, key, from, to)) return;
+    if (const auto key = sv(env.idempotency_key()); !key.empty()) {
+      switch (first_delivery(id, key, from, to)) {
+        case Delivery::first: break;
+        case Delivery::repeat: return;
+        case Delivery::cache_full:
+          return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from,
+                             "the reply cache is full of keyed messages still waiting for their entities' replies");
+      }
+    }
     auto it = entities_.find(id);
     if (it == entities_.end() && (it = activate(id)) == entities_.end()) {
       if (to) to.tell(entity_error(settings_.type, id.substr(0, 256), "the entity could not be started"));
@@ -353,13 +361,23 @@ class Region final : public Actor {
   /// A message with an idempotency key: false when it is a repeat (answered from the reply
   /// cache, or waiting for the first one's reply); otherwise `to` becomes the actor that catches
   /// the entity's reply for the cache and passes it on.
-  bool first_delivery(std::string_view id, std::string_view key, const ActorRef& from, ActorRef& to) {
+  enum class Delivery { first, repeat, cache_full };
+  Delivery first_delivery(std::string_view id, std::string_view key, const ActorRef& from, ActorRef& to) {
     const auto now = context().system().timers().now();
     const auto& cfg = shared_->config;
-    while (!reply_order_.empty()) {
+    // Oldest first: expired entries go, and over the limit answered ones too. One still waiting
+    // for its entity's reply is kept (evicting it would lose that reply for its asker, whose
+    // retry would then run the message again): it goes to the back and is looked at later.
+    for (std::size_t looked = 0, n = reply_order_.size(); !reply_order_.empty() && looked < n; ++looked) {
       auto it = replies_.find(reply_order_.front());
-      if (it != replies_.end() && it->second.expires > now && replies_.size() < cfg.reply_cache_entries) break;
       if (it != replies_.end()) {
+        const bool expired = it->second.expires <= now;
+        if (!expired && replies_.size() < cfg.reply_cache_entries) break;
+        if (!expired && !it->second.reply) {
+          reply_order_.push_back(std::move(reply_order_.front()));
+          reply_order_.pop_front();
+          continue;
+        }
         captures_.erase(it->second.capture.target());
         replies_.erase(it);
       }
@@ -376,13 +394,16 @@ class Region final : public Actor {
       } else if (from) {
         it->second.waiters.push_back(from);
       }
-      return false;
+      return Delivery::repeat;
     }
+    // Every entry still waits for its reply: this message is refused (its sender retries), not
+    // run without the cache that makes its retries safe.
+    if (replies_.size() >= cfg.reply_cache_entries) return Delivery::cache_full;
     to = context().spawn<ReplyCapture>(SpawnOptions{}, self(), k, cfg.reply_cache_ttl);
     captures_.insert(to.target());
     replies_.emplace(k, CachedReply{Message{}, {from}, now + cfg.reply_cache_ttl, to});
     reply_order_.push_back(std::move(k));
-    return true;
+    return Delivery::first;
   }
 
   void on_captured(const CapturedReply& c) {
@@ -1066,8 +1087,9 @@ void register_messages(MessageRegistry& r) {
 }
 }  // namespace
 
-Sharding::Sharding(ActorSystem& system) : system_(system), shared_(std::make_shared<Shared>()) {
+Sharding::Sharding(ActorSystem& system, ClusterShardingConfig config) : system_(system), shared_(std::make_shared<Shared>()) {
   shared_->system = &system;
+  shared_->config = std::move(config);
   register_messages(system_.registry());
 }
 

@@ -55,12 +55,15 @@ class Counter final : public Actor {
     if (op == "count") sender().tell(cmd("count", n_));
     if (op == "passivate") context().parent().tell(Message::build<Passivate>([](auto& b) { return CreatePassivate(b); }), self());
     if (m.is<test::Ping>()) sender().tell(m);
+    if (op == "later") later_ = sender();  // answered on "release"
+    if (op == "release" && later_) later_.tell(cmd("released", n_));
   }
 
  private:
   std::string id_;
   ActivationLog* log_;
   std::uint64_t n_ = 0;
+  ActorRef later_;
 };
 
 struct Entities : ::testing::Test {
@@ -123,6 +126,41 @@ TEST_F(Entities, AKeyedMessageIsDeliveredOnceAndARepeatGetsTheFirstReply) {
   EXPECT_EQ(sharding->ask("counter", "k", cmd("count"), o).get()->as<test::Cmd>()->n(), 3u);
   o.idempotency_key = "order-7";
   EXPECT_EQ(sharding->ask("counter", "other", cmd("count"), o).get()->as<test::Cmd>()->n(), 1u);
+}
+
+// The reply cache is bounded by count, but an entry still waiting for its entity's reply is never
+// evicted: its reply would be lost to its asker, whose retry would then run the message again. A
+// keyed message that finds every entry waiting is refused with ShardUnavailable instead.
+TEST(ReplyCache, AnEntryStillWaitingForItsReplyIsNotEvictedAndANewKeyIsRefusedMeanwhile) {
+  ActorSystem sys(test_config("cache"));
+  sys.registry().add<test::Cmd>();
+  sharding::ClusterShardingConfig cfg;
+  cfg.reply_cache_entries = 1;
+  Sharding sh(sys, cfg);
+  ActivationLog log;
+  EntitySettings s;
+  s.type = "counter";
+  sh.start(s, [&](ActorContext& ctx, SpawnOptions o, const std::string& id) { return ctx.spawn<Counter>(std::move(o), id, &log); });
+  AskOptions first;
+  first.idempotency_key = "k1";
+  first.timeout = 10s;
+  auto waiting = sh.ask("counter", "e1", cmd("later"), first);
+  AskOptions second;
+  second.idempotency_key = "k2";
+  second.timeout = 10s;
+  auto refused = sh.ask("counter", "e2", cmd("count"), second).get();
+  ASSERT_TRUE(refused.ok()) << refused.error().message();
+  EXPECT_TRUE(refused->is<ShardUnavailable>()) << "k2 ran: it evicted k1, still waiting for its reply";
+  sh.tell("counter", "e1", cmd("release"));
+  auto r = waiting.get();
+  ASSERT_TRUE(r.ok()) << "k1's reply was lost: " << r.error().message();
+  EXPECT_EQ(op_of(*r), "released");
+  // Answered now, k1's entry may go: another key runs.
+  auto later = sh.ask("counter", "e2", cmd("count"), second).get();
+  ASSERT_TRUE(later.ok());
+  ASSERT_TRUE(later->is<test::Cmd>());
+  EXPECT_EQ(later->as<test::Cmd>()->n(), 1u);
+  sys.shutdown();
 }
 
 TEST_F(Entities, MessagesToOneEntityArriveInOrder) {

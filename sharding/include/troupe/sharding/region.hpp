@@ -112,7 +112,10 @@ struct ClusterShardingConfig {
   std::size_t buffer_bytes_per_region = 64u << 20;
   /// Told to senders in ShardUnavailable.
   std::chrono::milliseconds retry_after{500};
-  /// Replies to messages with an idempotency key kept by the owning region, and how long.
+  /// Replies to messages with an idempotency key kept by the owning region, and how long. Over
+  /// the count, answered entries go first; one still waiting for its entity's reply is never
+  /// evicted (that would lose the reply), and a keyed message that finds every entry waiting is
+  /// refused with ShardUnavailable.
   std::size_t reply_cache_entries = 10'000;
   std::chrono::milliseconds reply_cache_ttl{120'000};
   /// Every activation and stop of an entity on this node (on the region's thread).
@@ -197,8 +200,9 @@ struct ShardMove {
 /// Sharding on one node. Thread-safe.
 class Sharding {
  public:
-  /// A cluster of one: every shard is local.
-  explicit Sharding(ActorSystem& system);
+  /// A cluster of one: every shard is local (of `config`, what concerns one node is used: the
+  /// reply cache, buffers, retry_after).
+  explicit Sharding(ActorSystem& system, ClusterShardingConfig config = {});
   /// Cluster sharding over `membership`'s members, messages over `transport` (both must outlive
   /// this object).
   Sharding(ActorSystem& system, remoting::Transport& transport, membership::MembershipService& membership,
