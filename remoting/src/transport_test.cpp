@@ -6,10 +6,16 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <map>
 #include <random>
 #include <thread>
+
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <zmq.hpp>
 
@@ -539,6 +545,32 @@ TEST_F(TwoNodes, NothingIsSentToAPeerWhoseKeyWasRemovedFromTheAllowList) {
   auto r = echo.ask(ping(3), 10s).get();
   ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->as<test::Ping>()->seq(), 3u);
+}
+
+// A signal handled on the ZAP thread (a program that handles a signal without blocking it on
+// the threads it did not make) interrupts its poll: the thread must go on, or no peer could
+// connect again (before, the interruption escaped the thread and ended the process).
+TEST_F(TwoNodes, ASignalInterruptingTheZapThreadLeavesHandshakesWorking) {
+  struct sigaction on_usr1 {}, before {};
+  on_usr1.sa_handler = [](int) {};
+  sigemptyset(&on_usr1.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &on_usr1, &before), 0);
+  int signalled = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name != "troupe-zap") continue;
+    const auto tid = std::stoi(task.path().filename().string());
+    signalled += ::syscall(SYS_tgkill, ::getpid(), tid, SIGUSR1) == 0;
+  }
+  ASSERT_GE(signalled, 2) << "a's and b's ZAP threads";
+  // A new peer's handshake with b needs b's ZAP thread.
+  Node c("c", keys.c, keys.allow);
+  auto r = c.ref_on(*b, "/user/echo").ask(ping(1), 10s).get();
+  sigaction(SIGUSR1, &before, nullptr);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->as<test::Ping>()->seq(), 1u);
 }
 
 TEST_F(TwoNodes, WatchingThroughAStoppedTransportTerminatesAtOnce) {

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 
+#include <cerrno>
 #include <array>
 #include <stdexcept>
 #include <vector>
@@ -58,9 +59,17 @@ void ZapHandler::stop() {
 void ZapHandler::loop() {
   std::array<zmq::pollitem_t, 2> items{{{rep_.handle(), 0, ZMQ_POLLIN, 0}, {stop_rx_.handle(), 0, ZMQ_POLLIN, 0}}};
   for (;;) {
-    zmq::poll(items.data(), items.size(), std::chrono::milliseconds(-1));
-    if (items[1].revents & ZMQ_POLLIN) return;
-    if (items[0].revents & ZMQ_POLLIN) handle(rep_);
+    try {
+      zmq::poll(items.data(), items.size(), std::chrono::milliseconds(-1));
+      if (items[1].revents & ZMQ_POLLIN) return;
+      if (items[0].revents & ZMQ_POLLIN) handle(rep_);
+    } catch (const zmq::error_t& e) {
+      // A signal handled on this thread (a program that does not block signals on the threads
+      // it did not make) interrupts the poll: not a failure. Anything else is logged, and the
+      // handler goes on: without it no peer could connect.
+      if (e.num() == ETERM) return;
+      if (e.num() != EINTR) log_->error("ZAP: {}", e.what());
+    }
   }
 }
 
