@@ -1066,8 +1066,10 @@ void Transport::Core::refresh_inboxes() {
 void Transport::Core::on_watch(const NodeAddress& origin, const InEnvelope& e, bool add) {
   // Watch and Unwatch share their layout; the registry verified the payload as its own type.
   const auto* t = flatbuffers::GetRoot<wire::Watch>(e.payload.bytes().data());
+  // Paths as long as a recipient's may be at most: each served watch keeps its watcher's.
   if (!t->watchee() || !t->watcher() || !t->watchee()->string_view().starts_with('/') ||
-      !t->watcher()->string_view().starts_with('/')) {
+      !t->watcher()->string_view().starts_with('/') || t->watchee()->size() > cfg.limits.max_path_bytes ||
+      t->watcher()->size() > cfg.limits.max_path_bytes) {
     bump(n.envelopes_bad_payload);
     in_log.warn(log, "dropped a {} without valid paths from {}", add ? "Watch" : "Unwatch", origin.to_string());
     return;

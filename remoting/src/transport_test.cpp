@@ -817,6 +817,21 @@ TEST_F(BadInput, BadPayloadsUnknownTypesAndMissingRecipientsAreDropped) {
   EXPECT_EQ(s.envelopes_no_recipient, 1u);
 }
 
+// A Watch whose watcher path is longer than any path may be: dropped, not kept for the watch's
+// life (every served watch holds its watcher's path).
+TEST_F(BadInput, AWatchWithAnOverlongPathIsDropped) {
+  RawClient c(*b, &keys.c);
+  const auto watch = Message::build<wire::Watch>([&](flatbuffers::FlatBufferBuilder& fb) {
+    return wire::CreateWatchDirect(fb, "/user/echo", ("/user/" + std::string(FrameLimits{}.max_path_bytes, 'w')).c_str());
+  });
+  BatchBuilder bb;
+  bb.add(watch.type(), "/system/remoting", "", 0, watch.bytes());
+  c.send(bb.finish(raw_origin, b->transport->address().uid));
+  c.send(marker_frame(1));
+  expect_marker(1);
+  EXPECT_EQ(b->transport->stats().envelopes_bad_payload, 1u);
+}
+
 TEST_F(BadInput, OversizedFramesAreRefused) {
   echo_b = {};
   b.reset();
