@@ -5,6 +5,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <functional>
 #include <future>
 #include <string>
 #include <thread>
@@ -609,6 +610,26 @@ void expect_pongs_behind_a_blocked_worker(ActorSystem& sys, Probe& probe) {
   }
 }
 
+// Runs `scenario` while an actor that keeps telling itself keeps a worker busy (it never sleeps).
+class Spinner final : public Actor {
+ public:
+  explicit Spinner(std::atomic<bool>* spin) : spin_(spin) {}
+  void receive(const Message& m) override {
+    if (spin_->load()) self().tell(m);
+  }
+
+ private:
+  std::atomic<bool>* spin_;
+};
+
+void while_a_worker_spins(ActorSystem& sys, const std::function<void()>& scenario) {
+  std::atomic<bool> spin{true};
+  sys.spawn<Spinner>(SpawnOptions{}, &spin).tell(cmd("spin"));
+  scenario();
+  spin = false;
+  sys.shutdown();  // before `spin` goes
+}
+
 TEST(Dispatcher, AnActorLeftLingeringBehindALongTurnIsRunByTheOtherWorker) {
   ActorSystem sys(two_workers());
   Probe probe(sys);
@@ -621,19 +642,7 @@ TEST(Dispatcher, AnActorLeftLingeringBehindALongTurnIsRunByTheOtherWorker) {
 TEST(Dispatcher, AnActorLingeringBehindABlockedWorkerRunsWhileTheOtherWorkerStaysBusy) {
   ActorSystem sys(two_workers());
   Probe probe(sys);
-  std::atomic<bool> spin{true};
-  class Spinner final : public Actor {
-   public:
-    explicit Spinner(std::atomic<bool>* spin) : spin_(spin) {}
-    void receive(const Message& m) override {
-      if (spin_->load()) self().tell(m);
-    }
-    std::atomic<bool>* spin_;
-  };
-  sys.spawn<Spinner>(SpawnOptions{}, &spin).tell(cmd("spin"));
-  expect_pongs_behind_a_blocked_worker(sys, probe);
-  spin = false;
-  sys.shutdown();
+  while_a_worker_spins(sys, [&] { expect_pongs_behind_a_blocked_worker(sys, probe); });
 }
 
 // An actor woken by a turn waits in that worker's LIFO slot, to run next on the same core.
@@ -688,19 +697,7 @@ TEST(Dispatcher, AnActorWokenByATurnThatThenBlocksIsRunByTheParkedWorker) {
 TEST(Dispatcher, AnActorWokenByATurnThatThenBlocksIsRunByTheOtherWorkerWhileItStaysBusy) {
   ActorSystem sys(two_workers());
   Probe probe(sys);
-  std::atomic<bool> spin{true};
-  class Spinner final : public Actor {
-   public:
-    explicit Spinner(std::atomic<bool>* spin) : spin_(spin) {}
-    void receive(const Message& m) override {
-      if (spin_->load()) self().tell(m);
-    }
-    std::atomic<bool>* spin_;
-  };
-  sys.spawn<Spinner>(SpawnOptions{}, &spin).tell(cmd("spin"));
-  expect_woken_actor_runs_while_its_waker_blocks(sys, probe);
-  spin = false;
-  sys.shutdown();
+  while_a_worker_spins(sys, [&] { expect_woken_actor_runs_while_its_waker_blocks(sys, probe); });
 }
 
 // Wake-ups from threads that are not workers (the remoting I/O thread, timers, callers of

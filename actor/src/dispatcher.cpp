@@ -404,6 +404,14 @@ Cell* Dispatcher::watch_lifos(Worker& w, bool& held) {
   return nullptr;
 }
 
+void Dispatcher::wake_untimed() {
+  // Read without the lock first: a worker about to wait untimed counts itself under the lock
+  // and then checks sleepers_ (seq_cst both), which already leaves this worker out.
+  if (untimed_.load(std::memory_order_seq_cst) == 0) return;
+  std::lock_guard lk(park_mu_);
+  if (untimed_.load(std::memory_order_relaxed) != 0) park_cv_.notify_all();  // each waits again, timed now
+}
+
 Cell* Dispatcher::park(Worker& w) {
   // Counted first, then the lingers swept: a worker that lingers after the sweep sees this
   // count before its next turn (both seq_cst) and ends its lingers itself.
@@ -414,20 +422,26 @@ Cell* Dispatcher::park(Worker& w) {
   std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the one in notify_one()
   while (!stopping_.load(std::memory_order_acquire) && wakes_.load(std::memory_order_relaxed) == 0 && !any_work()) {
     // A cell in another worker's LIFO slot runs when that worker's turn ends, unless the turn
-    // is long: while a slot is full, this worker parks no longer than kLifoRescue at a time.
+    // is long: while another worker is awake (it may fill its slot and then run long), this
+    // worker parks no longer than kLifoRescue at a time. With every other worker parked it
+    // waits for a wake-up; a worker leaving park wakes it (wake_untimed) to wait timed instead.
     bool held = false;
     if ((rescued = watch_lifos(w, held)) != nullptr) break;
+    untimed_.fetch_add(1, std::memory_order_seq_cst);  // counted before others_awake is read
+    const bool others_awake = sleepers_.load(std::memory_order_seq_cst) < static_cast<int>(workers_.size());
     ++waiting_;
-    if (held) {
+    if (held || others_awake) {
+      untimed_.fetch_sub(1, std::memory_order_relaxed);
       park_cv_.wait_for(lk, kLifoRescue);
     } else {
       park_cv_.wait(lk);
+      untimed_.fetch_sub(1, std::memory_order_relaxed);
     }
     --waiting_;
   }
   // Taken (by this worker or another leaving park): this worker looks for work next.
   if (wakes_.load(std::memory_order_relaxed) != 0) wakes_.store(0, std::memory_order_seq_cst);
-  sleepers_.fetch_sub(1, std::memory_order_relaxed);
+  sleepers_.fetch_sub(1, std::memory_order_seq_cst);  // before wake_untimed() reads untimed_
   return rescued;
 }
 
@@ -460,6 +474,9 @@ void Dispatcher::run(Worker& w) {
       // Taken from a worker held up in a long turn: it runs here now.
       if (!w.queue.push(c)) push_global(c);
     }
+    // Awake now: a worker still parked without a time limit would never look at this one's
+    // LIFO slot.
+    wake_untimed();
     idle_spins = kParked;
   }
   tls_worker = nullptr;

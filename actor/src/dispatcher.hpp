@@ -123,6 +123,9 @@ class Dispatcher {
   bool any_work() const noexcept;
   /// Parks until work comes; returns a cell taken from another worker's LIFO slot, if any.
   Cell* park(Worker& w);
+  /// Wakes the workers parked without a time limit, so that they park with one (this worker is
+  /// awake now and may hold up a cell in its LIFO slot).
+  void wake_untimed();
   static Cell* take_lifo(Worker& w) noexcept;
   /// Takes a cell that has waited kLifoRescue in the LIFO slot of a worker still in the same
   /// turn; `held`: some other worker's slot holds a cell.
@@ -157,6 +160,7 @@ class Dispatcher {
   // wakes the next one itself when it finds some and more is waiting.
   std::atomic<int> wakes_{0};
   int waiting_ = 0;  // workers in park_cv_.wait (under park_mu_)
+  std::atomic<int> untimed_{0};  // of those, waiting without a time limit (changed under park_mu_)
   std::atomic<std::uint64_t> lifo_rescues_{0};
   std::atomic<bool> stopping_{false};
   bool started_ = false;

@@ -476,6 +476,12 @@ struct SwimProtocol::State {
         ++stats.rejected_records;
         return;
       }
+      if (in.incarnation >= cfg.max_incarnation_jump) {
+        // Incarnations start at 0 and only refutations raise them, one by one.
+        ++stats.rejected_records;
+        drop_log.warn(*log, "rejected the first record of {} at incarnation {}", in.name, in.incarnation);
+        return;
+      }
       // A restarted process joins under its old name with a new uid: the old one is gone.
       if (in.status == MemberStatus::joining) {
         for (auto& [uid, other] : nodes) {
@@ -483,12 +489,6 @@ struct SwimProtocol::State {
             set_status(other, MemberStatus::down, fmt::format("restarted as incarnation {:016x}", in.uid));
           }
         }
-      }
-      if (in.incarnation >= cfg.max_incarnation_jump) {
-        // Incarnations start at 0 and only refutations raise them, one by one.
-        ++stats.rejected_records;
-        drop_log.warn(*log, "rejected the first record of {} at incarnation {}", in.name, in.incarnation);
-        return;
       }
       Node n;
       n.id = pool->intern(in);

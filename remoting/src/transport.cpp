@@ -558,12 +558,19 @@ void Transport::Core::lose(std::uint64_t uid, std::string reason, bool successor
       peer = std::move(it->second);
       peers.erase(it);
       peer->lost.store(true, std::memory_order_release);
-      // A key learned from the lost incarnation's handshake may change with its successor
-      // (unless the successor's own handshake has just proved it).
-      if (auto k = keys.find(peer->addr.endpoint()); k != keys.end() && !k->second.configured && !successor_proved_key) {
-        auto& uids = k->second.uids;
-        std::erase(uids, uid);
-        if (uids.empty()) keys.erase(k);
+    }
+    // A key learned for the lost incarnation may change with its successor: it goes with the
+    // last live incarnation it was learned or proved for (not when the successor's own
+    // handshake has just proved it), whether or not this node ever sent to this one.
+    for (auto k = keys.begin(); k != keys.end();) {
+      auto& e = k->second;
+      const bool held = std::erase(e.uids, uid) > 0;
+      std::erase_if(e.uids, [&](std::uint64_t u) { return dead.count(u) != 0; });
+      const bool at_peer = peer && k->first == peer->addr.endpoint();
+      if (!e.configured && !successor_proved_key && e.uids.empty() && (held || at_peer)) {
+        k = keys.erase(k);
+      } else {
+        ++k;
       }
     }
     uid_keys.erase(uid);
@@ -1260,7 +1267,14 @@ void Transport::Core::read_dealer(Peer& p) {
     }
     if (a->uid != p.addr.uid) {
       // Whoever listens at the address now is another incarnation: the one we meant is gone.
-      // It answered over a CURVE session with the key this node holds: the key is proved.
+      // It answered over a CURVE session with the key this node holds: the key is proved, for it.
+      if (!cfg.insecure) {
+        std::lock_guard lk(mu);
+        if (auto k = keys.find(p.addr.endpoint()); k != keys.end() && k->second.key == p.server_key &&
+            std::find(k->second.uids.begin(), k->second.uids.end(), a->uid) == k->second.uids.end()) {
+          k->second.uids.push_back(a->uid);
+        }
+      }
       lose(p.addr.uid, "its address now answers as " + a->to_string(), !cfg.insecure);
       return;
     }

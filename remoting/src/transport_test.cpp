@@ -117,6 +117,16 @@ struct TwoNodes : ::testing::Test {
     b = std::make_unique<Node>("b", keys.b, keys.allow);
     echo_b = b->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
   }
+  /// b restarts at its port with its key (a new incarnation, with an echo); returns the old uid.
+  std::uint64_t restart_b() {
+    const auto port = b->transport->address().port;
+    const auto old_uid = b->transport->address().uid;
+    echo_b = {};
+    b.reset();
+    b = std::make_unique<Node>("b2", keys.b, keys.allow, port);
+    b->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+    return old_uid;
+  }
   Keys keys;
   std::unique_ptr<Node> a, b;
   ActorRef echo_b;
@@ -344,12 +354,7 @@ TEST_F(TwoNodes, ARestartedPeerIsANewIncarnationOldRefsGetTerminatedNewRefsWork)
   auto old_echo = a->ref_on(*b, "/user/echo");
   a->probe.watch(a->sys, old_echo);
   ASSERT_TRUE(old_echo.ask(ping(1), 10s).get().ok());
-  const auto port = b->transport->address().port;
-  const auto old_uid = b->transport->address().uid;
-  echo_b = {};
-  b.reset();
-  b = std::make_unique<Node>("b2", keys.b, keys.allow, port);
-  b->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  const auto old_uid = restart_b();
   ASSERT_NE(b->transport->address().uid, old_uid);
   // The old incarnation's ref: a's next frame reaches the new process, whose answer reveals the
   // new incarnation; the old one is lost and the watch fires once.
@@ -393,12 +398,7 @@ TEST_F(TwoNodes, AKeyLearnedForARestartedPeerOutlivesTheLossOfItsEarlierIncarnat
   a->transport->learn_peer_key(endpoint, keys.b.public_key, b->transport->address().uid);
   auto echo = a->transport->resolve(b->transport->address().to_string() + "/user/echo").value();
   ASSERT_TRUE(echo.ask(ping(1), 10s).get().ok());
-  const auto port = b->transport->address().port;
-  const auto old_uid = b->transport->address().uid;
-  echo_b = {};
-  b.reset();
-  b = std::make_unique<Node>("b2", keys.b, keys.allow, port);
-  b->sys.spawn<Echo>(SpawnOptions{.name = "echo"});
+  const auto old_uid = restart_b();
   EXPECT_FALSE(a->transport->learn_peer_key(endpoint, keys.b.public_key, b->transport->address().uid))
       << "the key was known already";
   a->transport->node_lost(old_uid, "downed");

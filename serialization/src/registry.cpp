@@ -57,20 +57,27 @@ void MessageRegistry::add(TypeId id, std::string_view name, Verifier verifier, b
 
 bool MessageRegistry::contains(TypeId id) const { return entries().map.count(id) != 0; }
 
-bool MessageRegistry::origin_bound(TypeId id) const {
-  // Asked for every message a node receives: the last answer this thread got, by the version it
-  // got it from, as check() does.
+const MessageRegistry::Entry* MessageRegistry::find(TypeId id) const {
+  // The last type this thread found, by the version it found it in: a frame's messages are
+  // mostly of one type, and the hash map's look-up was a tenth of a node's decoding. A version
+  // stays until the registry goes, and serials are never reused: a remembered entry of the
+  // current version is alive.
   struct Last {
     std::uint64_t serial = 0;
     TypeId id = 0;
-    bool bound = false;
+    const Entry* entry = nullptr;
   };
   thread_local Last last;
   const Entries& e = entries();
-  if (last.serial == e.serial && last.id == id) return last.bound;
+  if (last.serial == e.serial && last.id == id) return last.entry;
   auto it = e.map.find(id);
-  last = Last{e.serial, id, it != e.map.end() && it->second.origin_bound};
-  return last.bound;
+  last = Last{e.serial, id, it == e.map.end() ? nullptr : &it->second};
+  return last.entry;
+}
+
+bool MessageRegistry::origin_bound(TypeId id) const {
+  const Entry* e = find(id);
+  return e && e->origin_bound;
 }
 
 std::string MessageRegistry::name_of(TypeId id) const {
@@ -88,24 +95,8 @@ std::error_code MessageRegistry::check(TypeId id, std::size_t size, const Messag
     oversized_.fetch_add(1, std::memory_order_relaxed);
     return DecodeErrc::oversized;
   }
-  Verifier verifier = nullptr;
-  {
-    // The last type this thread found, by the version it found it in: a frame's messages are
-    // mostly of one type, and the hash map's look-up was a tenth of a node's decoding.
-    struct Last {
-      std::uint64_t serial = 0;
-      TypeId id = 0;
-      Verifier verify = nullptr;
-    };
-    thread_local Last last;
-    const Entries& e = entries();
-    if (last.serial == e.serial && last.id == id) {
-      verifier = last.verify;
-    } else if (auto it = e.map.find(id); it != e.map.end()) {
-      verifier = it->second.verify;
-      last = Last{e.serial, id, verifier};
-    }
-  }
+  const Entry* entry = find(id);
+  const Verifier verifier = entry ? entry->verify : nullptr;
   if (!verifier) {
     unknown_.fetch_add(1, std::memory_order_relaxed);
     return DecodeErrc::unknown_type;

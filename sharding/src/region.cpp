@@ -333,7 +333,8 @@ class Region final : public Actor {
     }
     if (proxy_ || !factory_) return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from, "a proxy hosts no entities");
     ActorRef to = from;
-    if (const auto key = sv(env.idempotency_key()); !key.empty()) {
+    const auto key = sv(env.idempotency_key());
+    if (!key.empty()) {
       switch (first_delivery(id, key, from, to)) {
         case Delivery::first: break;
         case Delivery::repeat: return;
@@ -344,7 +345,9 @@ class Region final : public Actor {
     }
     auto it = entities_.find(id);
     if (it == entities_.end() && (it = activate(id)) == entities_.end()) {
-      if (to) to.tell(entity_error(settings_.type, id.substr(0, 256), "the entity could not be started"));
+      // Not the entity's answer: the key's entry goes, so that a retry may start it.
+      if (!key.empty()) forget_reply(id, key);
+      if (from) from.tell(entity_error(settings_.type, id.substr(0, 256), "the entity could not be started"));
       return;
     }
     auto& e = it->second;
@@ -361,18 +364,39 @@ class Region final : public Actor {
   /// A message with an idempotency key: false when it is a repeat (answered from the reply
   /// cache, or waiting for the first one's reply); otherwise `to` becomes the actor that catches
   /// the entity's reply for the cache and passes it on.
+  static std::string cache_key(std::string_view id, std::string_view key) {
+    std::string k;
+    k.reserve(id.size() + key.size() + 1);
+    k.append(id).push_back('\0');
+    k.append(key);
+    return k;
+  }
+
+  /// Drops the reply cache's entry of a keyed message that found no entity to run it.
+  void forget_reply(std::string_view id, std::string_view key) {
+    auto it = replies_.find(cache_key(id, key));
+    if (it == replies_.end()) return;
+    context().stop(it->second.capture);
+    captures_.erase(it->second.capture.target());
+    replies_.erase(it);
+  }
+
   enum class Delivery { first, repeat, cache_full };
   Delivery first_delivery(std::string_view id, std::string_view key, const ActorRef& from, ActorRef& to) {
     const auto now = context().system().timers().now();
     const auto& cfg = shared_->config;
     // Oldest first: expired entries go, and over the limit answered ones too. One still waiting
     // for its entity's reply is kept (evicting it would lose that reply for its asker, whose
-    // retry would then run the message again): it goes to the back and is looked at later.
-    for (std::size_t looked = 0, n = reply_order_.size(); !reply_order_.empty() && looked < n; ++looked) {
+    // retry would then run the message again): it goes to the back and is looked at later (so
+    // the order is not quite by expiry: the look-up below skips an expired entry). A bounded
+    // number of looks per message: a cache full of waiting entries refuses, it is not searched.
+    const std::size_t limit = std::max<std::size_t>(1, cfg.reply_cache_entries);
+    for (std::size_t looked = 0, n = std::min<std::size_t>(reply_order_.size(), 64);
+         !reply_order_.empty() && looked < n; ++looked) {
       auto it = replies_.find(reply_order_.front());
       if (it != replies_.end()) {
         const bool expired = it->second.expires <= now;
-        if (!expired && replies_.size() < cfg.reply_cache_entries) break;
+        if (!expired && replies_.size() < limit) break;
         if (!expired && !it->second.reply) {
           reply_order_.push_back(std::move(reply_order_.front()));
           reply_order_.pop_front();
@@ -383,10 +407,11 @@ class Region final : public Actor {
       }
       reply_order_.pop_front();
     }
-    std::string k;
-    k.reserve(id.size() + key.size() + 1);
-    k.append(id).push_back('\0');
-    k.append(key);
+    std::string k = cache_key(id, key);
+    if (auto it = replies_.find(k); it != replies_.end() && it->second.expires <= now) {
+      captures_.erase(it->second.capture.target());  // expired, though not yet purged: gone
+      replies_.erase(it);
+    }
     if (auto it = replies_.find(k); it != replies_.end()) {
       shared_->deduplicated.fetch_add(1, std::memory_order_relaxed);
       if (it->second.reply) {
@@ -398,7 +423,7 @@ class Region final : public Actor {
     }
     // Every entry still waits for its reply: this message is refused (its sender retries), not
     // run without the cache that makes its retries safe.
-    if (replies_.size() >= cfg.reply_cache_entries) return Delivery::cache_full;
+    if (replies_.size() >= limit) return Delivery::cache_full;
     to = context().spawn<ReplyCapture>(SpawnOptions{}, self(), k, cfg.reply_cache_ttl);
     captures_.insert(to.target());
     replies_.emplace(k, CachedReply{Message{}, {from}, now + cfg.reply_cache_ttl, to});

@@ -254,8 +254,10 @@ TEST_F(Entities, AnIdTooLongForAnActorNameOnceEscapedStillWorks) {
 TEST_F(Entities, AnEntityThatCannotStartIsRefusedAndTheRegionCarriesOn) {
   EntitySettings s;
   s.type = "fragile";
-  sharding->start(s, [this](ActorContext& ctx, SpawnOptions o, const std::string& id) {
+  int flaky_tries = 0;
+  sharding->start(s, [this, &flaky_tries](ActorContext& ctx, SpawnOptions o, const std::string& id) {
     if (id == "bad") throw std::runtime_error("no such account");
+    if (id == "flaky" && flaky_tries++ == 0) throw std::runtime_error("its store is not up yet");
     return ctx.spawn<Counter>(std::move(o), id, &log);
   });
   EXPECT_EQ(count_of("keep"), 1u);
@@ -271,6 +273,18 @@ TEST_F(Entities, AnEntityThatCannotStartIsRefusedAndTheRegionCarriesOn) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->as<test::Cmd>()->n(), 2u) << "the fragile region kept its entities";
   EXPECT_EQ(count_of("keep"), 2u);
+  // A keyed ask whose entity could not start: the refusal is not kept as the key's answer, so
+  // the same key's retry starts it.
+  AskOptions keyed;
+  keyed.idempotency_key = "first-try";
+  keyed.timeout = 5s;
+  auto failed = sharding->ask("fragile", "flaky", cmd("count"), keyed).get();
+  ASSERT_TRUE(failed.ok());
+  ASSERT_TRUE(failed->is<EntityError>());
+  auto retried = sharding->ask("fragile", "flaky", cmd("count"), keyed).get();
+  ASSERT_TRUE(retried.ok());
+  ASSERT_TRUE(retried->is<test::Cmd>()) << "the failed start was cached as the key's reply";
+  EXPECT_EQ(retried->as<test::Cmd>()->n(), 1u);
 }
 
 TEST_F(Entities, BadSettingsAndADuplicateTypeAreRefused) {

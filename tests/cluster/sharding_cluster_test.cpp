@@ -168,6 +168,15 @@ struct ShardCluster {
     return eventually([&] { return settled(ids, ids); }, 30s);
   }
   std::uint64_t uid(int i) const { return nodes[i]->transport().address().uid; }
+  /// A remoting-only process (no membership) with the sixth key pair.
+  std::unique_ptr<node::Node> remoting_only(const std::string& name) const {
+    node::NodeOptions o;
+    o.name = name;
+    o.transport.port = 0;
+    o.transport.keys = keys.pairs[5];
+    o.transport.allow_list = keys.allow;
+    return node::Node::start(std::move(o)).value();
+  }
 
   /// Shards node `i` hosts.
   std::set<sharding::ShardId> hosted(int i) const {
@@ -872,12 +881,7 @@ TEST(ClusterSharding, TheCoordinatorRunsOnTheOldestMemberThatRunsSharding) {
 TEST(ClusterSharding, AReportFromAnUnknownMemberIsNotTakenForAClientsAndIsNotAnswered) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1}));
-  node::NodeOptions o;
-  o.name = "early";
-  o.transport.port = 0;
-  o.transport.keys = c.keys.pairs[5];
-  o.transport.allow_list = c.keys.allow;
-  auto early = node::Node::start(std::move(o)).value();
+  auto early = c.remoting_only("early");
   sharding::Sharding types(early->system());  // registers the sharding protocol's messages there
   testkit::Probe probe(early->system());
   early->transport().add_peer_key(c.nodes[0]->transport().address().endpoint(), c.keys.pairs[0].public_key);
@@ -886,8 +890,8 @@ TEST(ClusterSharding, AReportFromAnUnknownMemberIsNotTakenForAClientsAndIsNotAns
   ASSERT_TRUE(coordinator);
   auto report = [&](bool client) {
     return Message::build<sharding::NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
-      std::vector<flatbuffers::Offset<sharding::TypeReport>> types{sharding::CreateTypeReport(b, b.CreateString(kType), kShards, true)};
-      return sharding::CreateNodeReport(b, 0, early->transport().address().uid, b.CreateVector(types), 0, false,
+      std::vector<flatbuffers::Offset<sharding::TypeReport>> proxied{sharding::CreateTypeReport(b, b.CreateString(kType), kShards, true)};
+      return sharding::CreateNodeReport(b, 0, early->transport().address().uid, b.CreateVector(proxied), 0, false,
                                         client ? b.CreateString(c.keys.pairs[5].public_key) : 0, client);
     });
   };
@@ -913,14 +917,9 @@ TEST(ClusterSharding, AClientThatIsNotAMemberRoutesThroughTheTablesAndFollowsACo
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1, 2}));
   // A remoting-only process: no membership; it knows one member's endpoint and key.
-  node::NodeOptions o;
-  o.name = "client";
-  o.transport.port = 0;
-  o.transport.keys = c.keys.pairs[5];
-  o.transport.allow_list = c.keys.allow;
-  auto client_node = node::Node::start(std::move(o)).value();
+  auto client_node = c.remoting_only("client");
   client_node->system().registry().add<test::Cmd>();
-  const auto contact = c.nodes[1]->transport().address().endpoint();  // not the coordinator: it passes the client on
+  const auto contact = c.nodes[1]->transport().address().endpoint();  // not the coordinator: it says where that is
   client_node->transport().add_peer_key(contact, c.keys.pairs[1].public_key);
   sharding::ShardingClientConfig cc;
   cc.contact_points = {contact};
@@ -964,12 +963,7 @@ TEST(ClusterSharding, AClientThatIsNotAMemberRoutesThroughTheTablesAndFollowsACo
 TEST(ClusterSharding, AClientWhoseOnlyContactPointIsLostFindsTheClusterThroughItsTables) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1, 2}));
-  node::NodeOptions o;
-  o.name = "client";
-  o.transport.port = 0;
-  o.transport.keys = c.keys.pairs[5];
-  o.transport.allow_list = c.keys.allow;
-  auto client_node = node::Node::start(std::move(o)).value();
+  auto client_node = c.remoting_only("client");
   client_node->system().registry().add<test::Cmd>();
   // Its one contact point is the coordinator's node (as a lone seed in a Compose file would be).
   const auto contact = c.nodes[0]->transport().address().endpoint();

@@ -104,6 +104,8 @@ class MessageRegistry {
   /// Verifies `m` (its bytes, `size` of them) as type `id`.
   std::error_code check(TypeId id, std::size_t size, const Message& m) const;
   struct Entry { std::string name; Verifier verify; bool origin_bound = false; };
+  /// The entry of `id` in the current version, or nullptr (remembered per thread).
+  const Entry* find(TypeId id) const;
   /// One published version of the entries. Its serial is unique in the process (never reused,
   /// not even by another registry): a thread may remember a look-up by it.
   struct Entries {
