@@ -179,6 +179,7 @@ struct Peer {
   // I/O thread only:
   std::unique_ptr<zmq::socket_t> dealer, monitor;
   std::string server_key;  // the CURVE key the dealer was opened with
+  bool connected_once = false;  // a handshake succeeded before (the next one is a reconnection)
   std::deque<Outbound> pending;
   // After a failed handshake ZeroMQ gives up on the connection: Troupe reopens it with back-off
   // (the peer may be added to an allow-list later).
@@ -243,6 +244,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
                           const std::string& from, const Message& msg);
   /// The queued Watch `o` left: in a frame (`sent`) or dropped.
   void watch_left(const Outbound& o, bool sent);
+  void rewatch(std::uint64_t uid);
   void socket_monitor(zmq::socket_t& s, std::unique_ptr<zmq::socket_t>& mon, int events);
 
   ActorSystem& system;
@@ -329,6 +331,7 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   Transport::Inbox* run_inbox = nullptr;
   std::vector<Transport::Inbound> inbox_run;
   std::unordered_map<std::string, Conn> conns;  // by ROUTER routing id
+  std::unordered_set<std::uint64_t> origins_seen;  // nodes that have connected here (until lost)
   std::vector<std::shared_ptr<Peer>> active;     // peers with a DEALER or pending messages
   std::unordered_map<std::string, ActorRef> local_cache;
   struct WatchEntry {
@@ -709,6 +712,20 @@ void Transport::Core::take_work() {
   for (auto& fn : todo) fn();
 }
 
+// A connection with node `uid` was (re)made. Whatever the broken one lost is not known: a Watch
+// handed to ZeroMQ, or that node's Terminated for a watch here. Every watch still waiting for
+// its Terminated is sent again (at the next sweep): the other side keeps one served watch per
+// watcher and actor, and answers AlreadyDead for an actor that stopped meanwhile.
+void Transport::Core::rewatch(std::uint64_t uid) {
+  auto it = watches.find(uid);
+  if (it == watches.end()) return;
+  for (auto& e : it->second) {
+    if (!e.sent || e.in_flight) continue;
+    e.sent = false;
+    e.tried = {};  // at the next sweep
+  }
+}
+
 void Transport::Core::watch_left(const Outbound& o, bool sent) {
   const auto* w = o.msg.as<wire::Watch>();
   auto it = watches.find(o.peer->addr.uid);
@@ -937,6 +954,8 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
     c.origin_str = f->origin;
     c.key = std::string(key);
     send_ack(rid);
+    // A connection from that node again: the last one may have lost something.
+    if (!origins_seen.insert(a->uid).second) rewatch(a->uid);
   } else if (f->origin != c.origin_str || key != c.key) {
     bump(n.frames_origin_mismatch);
     in_log.warn(log, "refused a frame claiming origin {} on a connection bound to {}", f->origin, c.origin_str);
@@ -1182,6 +1201,7 @@ void Transport::Core::lost_op(std::uint64_t uid, const std::shared_ptr<Peer>& pe
     }
   }
   std::erase_if(conns, [uid](const auto& kv) { return kv.second.origin.uid == uid; });
+  origins_seen.erase(uid);
 }
 
 void Transport::Core::read_monitor(zmq::socket_t& mon, Peer* p) {
@@ -1197,6 +1217,7 @@ void Transport::Core::read_monitor(zmq::socket_t& mon, Peer* p) {
     switch (id) {
       case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
         if (p) p->backoff = std::chrono::milliseconds(0);
+        if (p && std::exchange(p->connected_once, true)) rewatch(p->addr.uid);  // reconnected: see rewatch()
         if (p && p->dealer) {
           // Say hello so the peer answers with its incarnation even before there is traffic.
           ack_builder.reset();

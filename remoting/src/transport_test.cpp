@@ -284,6 +284,33 @@ TEST_F(TwoNodes, RemoteWatchGetsExactlyOneTerminatedWhenTheActorStops) {
   EXPECT_EQ(a->transport->stats().remote_watches, 0u);
 }
 
+// A Watch that left (handed to ZeroMQ) but never took effect on the other side: lost with a
+// broken connection. Here b drops it (a's key is out of b's allow-list for that moment), then
+// a's connection to b is cut (ss -K) and a reconnects: the watch is sent again on the new
+// connection, so a still gets its Terminated when the actor stops (before, only when b was lost).
+TEST_F(TwoNodes, AWatchLostWithABrokenConnectionIsSentAgainWhenItIsRemade) {
+  if (::geteuid() != 0 || std::system("command -v ss >/dev/null 2>&1") != 0) GTEST_SKIP() << "needs root and ss -K";
+  auto target = b->sys.spawn<Echo>(SpawnOptions{.name = "target"});
+  auto remote = a->ref_on(*b, "/user/target");
+  ASSERT_TRUE(remote.ask(ping(1), 10s).get().ok());  // a's connection to b is up
+  keys.allow->replace({keys.b.public_key, keys.c.public_key});  // b drops what a sends
+  const auto revoked = b->transport->stats().frames_key_revoked;
+  a->probe.watch(a->sys, remote);
+  ASSERT_TRUE(eventually([&] { return b->transport->stats().frames_key_revoked > revoked; })) << "the Watch reached b";
+  keys.allow->replace({keys.a.public_key, keys.b.public_key, keys.c.public_key});
+  const auto port = std::to_string(b->transport->address().port);
+  const auto disconnects = a->transport->stats().disconnects;
+  ASSERT_EQ(std::system(("ss -K dst 127.0.0.1 dport = :" + port + " >/dev/null 2>&1").c_str()), 0);
+  ASSERT_TRUE(eventually([&] { return a->transport->stats().disconnects > disconnects; })) << "the connection was not cut";
+  // Once the watch is registered again, an ask after it (same pair, FIFO) comes back after it.
+  ASSERT_TRUE(eventually([&] { return remote.ask(ping(2), 2s).get().ok(); }));
+  b->sys.stop(target);
+  auto t = a->probe.next(10s);
+  ASSERT_TRUE(t) << "no Terminated: the lost Watch was not sent again";
+  ASSERT_TRUE(t->msg.is<sys::Terminated>());
+  EXPECT_EQ(t->sender, remote);
+}
+
 TEST_F(TwoNodes, AWatchDroppedBeforeItLeftIsSentAgain) {
   auto target = b->sys.spawn<Echo>(SpawnOptions{.name = "target"});
   // No key for b yet: the Watch is dropped (counted) ...
