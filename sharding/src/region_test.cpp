@@ -145,6 +145,13 @@ TEST(ReplyCache, AnEntryStillWaitingForItsReplyIsNotEvictedAndANewKeyIsRefusedMe
   first.idempotency_key = "k1";
   first.timeout = 10s;
   auto waiting = sh.ask("counter", "e1", cmd("later"), first);
+  // Each ask comes through an actor of its own (no order between two asks): k1 is in the cache
+  // once e1 has counted "later" before one of these counts.
+  std::uint64_t counts = 0;
+  ASSERT_TRUE(eventually([&] {
+    auto c = sh.ask("counter", "e1", cmd("count"), 5s).get();
+    return c.ok() && c->is<test::Cmd>() && c->as<test::Cmd>()->n() > ++counts;
+  }));
   AskOptions second;
   second.idempotency_key = "k2";
   second.timeout = 10s;
