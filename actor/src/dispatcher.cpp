@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 
 #include "cell.hpp"
@@ -378,7 +379,7 @@ Cell* Dispatcher::take_lifo(Worker& w) noexcept {
 
 Cell* Dispatcher::watch_lifos(Worker& w, bool& held) {
   held = false;
-  const auto now = std::chrono::steady_clock::now();
+  std::optional<std::chrono::steady_clock::time_point> now;  // read once, and only if a slot is full
   for (std::size_t k = 0; k < workers_.size(); ++k) {
     Worker& o = *workers_[k];
     if (&o == &w) continue;
@@ -389,13 +390,14 @@ Cell* Dispatcher::watch_lifos(Worker& w, bool& held) {
       continue;
     }
     held = true;
+    if (!now) now = std::chrono::steady_clock::now();
     const auto turns = o.turns.load(std::memory_order_relaxed);
     if (seen.cell != c || seen.turns != turns) {
-      seen = {c, turns, now};
+      seen = {c, turns, *now};
       continue;
     }
     // The same cell, and the owner still in the turn it was in when this worker first saw it.
-    if (now - seen.since >= kLifoRescue && o.lifo.compare_exchange_strong(c, nullptr, std::memory_order_acq_rel)) {
+    if (*now - seen.since >= kLifoRescue && o.lifo.compare_exchange_strong(c, nullptr, std::memory_order_acq_rel)) {
       seen.cell = nullptr;
       lifo_rescues_.fetch_add(1, std::memory_order_relaxed);
       return c;

@@ -621,16 +621,18 @@ struct Coordinator::State {
       for (auto o : ts.owner) {
         if (o) ++load[o];
       }
+      // While someone is unreachable the balanced table would count its shards as free: a shard
+      // goes to the least loaded live member instead (ties by rendezvous weight).
+      auto least_loaded = [&](ShardId s) {
+        std::uint64_t best = 0;
+        for (auto n : live) {
+          if (!best || load[n] < load[best] || (load[n] == load[best] && rendezvous_weight(s, n) > rendezvous_weight(s, best))) best = n;
+        }
+        return best;
+      };
       for (ShardId s = 0; s < ts.num_shards; ++s) {
         if (ts.owner[s] != 0 || ts.moving[s] || t < unreported_free_at) continue;
-        std::uint64_t dest = target.owner(s);
-        if (!all_live) {
-          // Someone is unreachable: the balanced table would count its shards as free.
-          dest = 0;
-          for (auto n : live) {
-            if (!dest || load[n] < load[dest] || (load[n] == load[dest] && rendezvous_weight(s, n) > rendezvous_weight(s, dest))) dest = n;
-          }
-        }
+        const std::uint64_t dest = all_live ? target.owner(s) : least_loaded(s);
         if (!dest) continue;
         allocate(ts, s, dest);
         ++load[dest];
@@ -643,36 +645,21 @@ struct Coordinator::State {
         }
       }
       if (!all_live) {
-        // Someone is unreachable: no rebalancing (the balanced table would count its shards as
-        // free), but a leaving member's shards still move, each to the least loaded live member,
-        // so that a graceful leave (a rolling restart) hands its entities off with their state
-        // while another member is out of reach.
         for (const auto& [key, mv] : moves) {
-          if (key.first == name) ++load[mv.to];
+          if (key.first == name) ++load[mv.to];  // on their way there
         }
-        for (ShardId s = 0; s < ts.num_shards && moves.size() < sh->config.max_simultaneous_handoffs; ++s) {
-          const auto o = ts.owner[s];
-          if (!o || ts.moving[s] || downed.count(o) || !nodes.count(o) || !nodes.at(o).leaving || !reachable(ms, o)) continue;
-          std::uint64_t to = 0;
-          for (auto n : live) {
-            if (!to || load[n] < load[to] || (load[n] == load[to] && rendezvous_weight(s, n) > rendezvous_weight(s, to))) to = n;
-          }
-          if (!to) break;
-          ++load[to];
-          ts.moving[s] = 1;
-          ts.changed = true;
-          moves[{name, s}] = Move{o, to, 0, false, t + sh->config.handoff_ack_timeout, true, t};
-          sh->rebalances.fetch_add(1, std::memory_order_relaxed);
-          log().info("sharding {}: moving shard {} from leaving {} to {} (a member is unreachable)", name, s,
-                     remoting::format_uid(o), remoting::format_uid(to));
-        }
-        continue;
       }
-      // Rebalance: hand off what the balanced table puts elsewhere, a bounded number at a time.
+      // Hand off what the balanced table puts elsewhere, a bounded number at a time. While
+      // someone is unreachable nothing is rebalanced, but a leaving member's shards still move
+      // (to the least loaded live member), so that a graceful leave (a rolling restart) hands
+      // its entities off with their state while another member is out of reach.
       for (ShardId s = 0; s < ts.num_shards && moves.size() < sh->config.max_simultaneous_handoffs; ++s) {
         const auto o = ts.owner[s];
-        const auto to = target.owner(s);
-        if (!o || ts.moving[s] || to == o || !to || downed.count(o) || !nodes.count(o) || !reachable(ms, o)) continue;
+        if (!o || ts.moving[s] || downed.count(o) || !nodes.count(o) || !reachable(ms, o)) continue;
+        if (!all_live && !nodes.at(o).leaving) continue;
+        const auto to = all_live ? target.owner(s) : least_loaded(s);
+        if (!to || to == o) continue;
+        ++load[to];
         ts.moving[s] = 1;
         ts.changed = true;
         moves[{name, s}] = Move{o, to, 0, false, t + sh->config.handoff_ack_timeout, nodes.at(o).leaving, t};

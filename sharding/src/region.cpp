@@ -347,8 +347,7 @@ class Region final : public Actor {
     if (it == entities_.end() && (it = activate(id)) == entities_.end()) {
       // Not the entity's answer: the key's entry goes, so that a retry may start it.
       if (!key.empty()) forget_reply(id, key);
-      if (from) from.tell(entity_error(settings_.type, id.substr(0, 256), "the entity could not be started"));
-      return;
+      return not_started(id, from);
     }
     auto& e = it->second;
     if (e.passivating) {
@@ -370,6 +369,11 @@ class Region final : public Actor {
     k.append(id).push_back('\0');
     k.append(key);
     return k;
+  }
+
+  /// Answers a message whose entity could not be started (activate() counted and logged it).
+  void not_started(std::string_view id, const ActorRef& to) {
+    if (to) to.tell(entity_error(settings_.type, id.substr(0, 256), "the entity could not be started"));
   }
 
   /// Drops the reply cache's entry of a keyed message that found no entity to run it.
@@ -570,7 +574,7 @@ class Region final : public Actor {
         auto next = activate(id);
         for (auto& [msg, from] : waiting) {
           if (next == entities_.end()) {
-            if (from) from.tell(entity_error(settings_.type, id.substr(0, 256), "the entity could not be started"));
+            not_started(id, from);
             continue;
           }
           shared_->routed.fetch_add(1, std::memory_order_relaxed);
