@@ -35,6 +35,7 @@
 #include <troupe/serialization/log.hpp>
 #include <troupe/serialization/system_generated.h>
 
+#include "spin_policy.hpp"
 #include "zap.hpp"
 
 namespace troupe::remoting {
@@ -365,6 +366,10 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
   ThrottledLog in_log, out_log, conn_log;
   std::chrono::steady_clock::time_point next_sweep{};
   std::chrono::steady_clock::time_point spin_until{};  // busy-poll until then (idle_spin)
+  // This round of run_once (for the spin policy): envelopes sent and received, and whether a
+  // peer's messages waited for room in ZeroMQ's queue.
+  std::size_t moved = 0;
+  bool held_back = false;
   unsigned monitor_seq = 0;
 };
 
@@ -811,7 +816,10 @@ void Transport::Core::flush(Peer& p) {
       p.pending.clear();
       return;  // the key may be learned later
     }
-    if (!(p.dealer->get(zmq::sockopt::events) & ZMQ_POLLOUT)) return;
+    if (!(p.dealer->get(zmq::sockopt::events) & ZMQ_POLLOUT)) {
+      held_back = true;  // ZeroMQ's queue is full: the poll wakes this thread when it drains
+      return;
+    }
     builder.reset();
     std::size_t k = 0;
     // Consecutive messages usually share a sender: its address is computed once per run.
@@ -853,10 +861,14 @@ void Transport::Core::flush(Peer& p) {
       p.queued.fetch_sub(k, std::memory_order_relaxed);
       continue;
     }
-    if (!r) return;  // not writable after all: retry when it is
+    if (!r) {
+      held_back = true;  // not writable after all: retry when it is
+      return;
+    }
     bump(n.frames_out);
     bump(n.bytes_out, frame_bytes);
     bump(n.messages_out, k);
+    moved += k;
     for (std::size_t i = 0; i < k; ++i) on_sent(p.pending[i]);
     p.pending.erase(p.pending.begin(), p.pending.begin() + static_cast<std::ptrdiff_t>(k));
     p.queued.fetch_sub(k, std::memory_order_relaxed);
@@ -931,6 +943,7 @@ void Transport::Core::handle_frame(const std::string& rid, std::string_view key,
                 f.error().message());
     return;
   }
+  moved += f->envelopes.size();
   if (conns.size() > 4096) conns.clear();  // stale connections; live ones re-bind on their next frame
   auto [it, fresh] = conns.try_emplace(rid);
   Conn& c = it->second;
@@ -1280,6 +1293,7 @@ void Transport::Core::read_dealer(Peer& p) {
       bump(n.frames_malformed);
       continue;
     }
+    moved += f->envelopes.size();
     auto a = parse_node_address(f->origin);
     if (!a) {
       bump(n.frames_malformed);
@@ -1349,6 +1363,8 @@ void Transport::Core::run() {
 
 void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<Peer*>& owners) {
   {
+    moved = 0;
+    held_back = false;
     take_work();
     flush_active();
     std::erase_if(active, [](const std::shared_ptr<Peer>& p) {
@@ -1401,7 +1417,6 @@ void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<P
     const int ready = zmq_poll(items.data(), static_cast<int>(items.size()), blocking ? 100 : 0);
     if (ready < 0 && zmq_errno() == ETERM) return;
     if (!work && !spinning) idle.store(false, std::memory_order_relaxed);  // only set on that path
-    if (ready > 0 || work) spin_until = std::chrono::steady_clock::now() + cfg.idle_spin;
     if (items[0].revents & ZMQ_POLLIN) {
       std::uint64_t v;
       [[maybe_unused]] auto r = ::read(efd, &v, sizeof v);
@@ -1420,6 +1435,9 @@ void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<P
       } else if (p->monitor && items[i].socket == p->monitor->handle()) {
         read_monitor(*p->monitor, p);
       }
+    }
+    if (ready > 0 || work) {
+      spin_until = detail::SpinPolicy{cfg.idle_spin}.after_round(std::chrono::steady_clock::now(), moved, held_back);
     }
   }
 }

@@ -59,10 +59,12 @@ struct TransportConfig {
   /// Reconnect back-off of DEALERs (ZeroMQ doubles the interval up to the maximum).
   std::chrono::milliseconds reconnect_min{100};
   std::chrono::milliseconds reconnect_max{5000};
-  /// After it handled anything, the I/O thread keeps polling without sleeping for this long
-  /// (yielding the core between polls) before it blocks: a reply that follows a delivery within
-  /// it is picked up without a wake-up, which on a request/response path is one sleep and
-  /// wake-up fewer per hop. 0: block at once (fewest cycles when idle).
+  /// After it handled a few messages, the I/O thread keeps polling without sleeping for this
+  /// long (yielding the core between polls) before it blocks: a reply that follows a delivery
+  /// within it is picked up without a wake-up, which on a request/response path is one sleep and
+  /// wake-up fewer per hop. Not after a round that moved 16 or more messages, or left some
+  /// waiting for room in ZeroMQ's queue: a stream's next frame comes anyway, and polling would
+  /// take the core from the threads producing it. 0: block at once (fewest cycles when idle).
   std::chrono::microseconds idle_spin{200};
   /// This node's incarnation id; 0: random (the normal case; tests may pin it).
   std::uint64_t node_uid = 0;
