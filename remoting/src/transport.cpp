@@ -343,7 +343,52 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     bool in_flight = true;  // a copy is queued (not yet sent or dropped): no other is queued
     std::chrono::steady_clock::time_point tried{std::chrono::steady_clock::now()};
   };
-  std::unordered_map<std::uint64_t, std::vector<WatchEntry>> watches;  // by watchee's node
+  /// One node's actors watched from here, found in O(1) by the two refs, or by the paths a Watch
+  /// or a Terminated carries (a node may watch very many actors of another).
+  struct WatchSet {
+    struct Key {
+      const void* watchee;
+      const void* watcher;
+      bool operator==(const Key&) const = default;
+    };
+    struct KeyHash {
+      std::size_t operator()(const Key& k) const noexcept {
+        return std::hash<const void*>{}(k.watchee) * 31 + std::hash<const void*>{}(k.watcher);
+      }
+    };
+    std::unordered_map<Key, WatchEntry, KeyHash> all;
+    std::unordered_multimap<std::string, Key> by_paths;  // watchee's path, NUL, watcher's path
+    static std::string paths(std::string_view watchee, std::string_view watcher) {
+      std::string k;
+      k.reserve(watchee.size() + 1 + watcher.size());
+      k.append(watchee).push_back('\0');
+      k.append(watcher);
+      return k;
+    }
+    static Key key_of(const ActorRef& watchee, const ActorRef& watcher) { return {watchee.target(), watcher.target()}; }
+    WatchEntry* find(const ActorRef& watchee, const ActorRef& watcher) {
+      auto it = all.find(key_of(watchee, watcher));
+      return it == all.end() ? nullptr : &it->second;
+    }
+    void add(WatchEntry e, std::string_view watchee_path) {
+      const Key k = key_of(e.watchee, e.watcher);
+      by_paths.emplace(paths(watchee_path, e.watcher_path), k);
+      all.emplace(k, std::move(e));
+    }
+    /// Removes the entry of `k` (which must be there), given the watchee's path.
+    void erase(const Key& k, std::string_view watchee_path) {
+      auto it = all.find(k);
+      auto [b, e] = by_paths.equal_range(paths(watchee_path, it->second.watcher_path));
+      for (; b != e; ++b) {
+        if (b->second == k) {
+          by_paths.erase(b);
+          break;
+        }
+      }
+      all.erase(it);
+    }
+  };
+  std::unordered_map<std::uint64_t, WatchSet> watches;  // by watchee's node
   struct ServedWatch {
     ActorRef watchee;  // local; null for an AlreadyDead answer that is owed
     ActorRef watcher;  // remote
@@ -352,14 +397,30 @@ struct Transport::Core : std::enable_shared_from_this<Transport::Core> {
     Message owed{};
     bool owed_in_flight = false;
     std::string owed_from{};  // an AlreadyDead answer's from-path (the path watched)
-    /// Whether a Terminated from `from` is this watch's; without a sender (an AlreadyDead
-    /// answer, from the path `from_path`) only an owed answer of that path is.
-    bool is(const ActorRef& from, const std::string& from_path) const {
-      if (from) return watchee == from;
-      return !watchee && owed_from == from_path;
+  };
+  /// One node's watches of actors here, found in O(1): by watcher and watchee, or for an owed
+  /// AlreadyDead answer (no actor behind it) by watcher and the path that was watched.
+  struct ServedSet {
+    struct Key {
+      const void* watcher;
+      const void* watchee;   // null: an owed AlreadyDead answer
+      std::string owed_from;  // that answer's path
+      bool operator==(const Key&) const = default;
+    };
+    struct KeyHash {
+      std::size_t operator()(const Key& k) const noexcept {
+        return (std::hash<const void*>{}(k.watcher) * 31 + std::hash<const void*>{}(k.watchee)) ^
+               std::hash<std::string>{}(k.owed_from);
+      }
+    };
+    std::unordered_map<Key, ServedWatch, KeyHash> all;
+    /// The key of the watch a Terminated from `from` (or, without an actor, from the path
+    /// `from_path`) to `watcher` belongs to.
+    static Key key_of(const ActorRef& watcher, const ActorRef& from, const std::string& from_path) {
+      return from ? Key{watcher.target(), from.target(), {}} : Key{watcher.target(), nullptr, from_path};
     }
   };
-  std::unordered_map<std::uint64_t, std::vector<ServedWatch>> served;  // by watcher's node
+  std::unordered_map<std::uint64_t, ServedSet> served;  // by watcher's node
   std::atomic<std::uint64_t> watch_count{0};
   BatchBuilder builder{frame_pool.buffer_bytes(), &frame_pool};
   BatchBuilder ack_builder{1024};
@@ -723,7 +784,7 @@ void Transport::Core::take_work() {
 void Transport::Core::rewatch(std::uint64_t uid) {
   auto it = watches.find(uid);
   if (it == watches.end()) return;
-  for (auto& e : it->second) {
+  for (auto& [k, e] : it->second.all) {
     if (!e.sent || e.in_flight) continue;
     e.sent = false;
     e.tried = {};  // at the next sweep
@@ -734,12 +795,12 @@ void Transport::Core::watch_left(const Outbound& o, bool sent) {
   const auto* w = o.msg.as<wire::Watch>();
   auto it = watches.find(o.peer->addr.uid);
   if (!w || it == watches.end()) return;
-  for (auto& e : it->second) {
-    if (e.watcher_path == w->watcher()->string_view() &&
-        static_cast<RemoteRef*>(e.watchee.target())->local_path() == w->watchee()->string_view()) {
-      e.in_flight = false;
-      e.sent = e.sent || sent;
-    }
+  auto& set = it->second;
+  auto [b, end] = set.by_paths.equal_range(WatchSet::paths(w->watchee()->string_view(), w->watcher()->string_view()));
+  for (; b != end; ++b) {
+    auto& e = set.all.at(b->second);
+    e.in_flight = false;
+    e.sent = e.sent || sent;
   }
 }
 
@@ -749,37 +810,30 @@ void Transport::Core::on_sent(const Outbound& o) {
   // A Terminated for a remote watcher ends that served watch.
   auto it = served.find(o.peer->addr.uid);
   if (it == served.end()) return;
-  auto& v = it->second;
   // Which watch by the watchee: the sender, or (an AlreadyDead answer, no actor behind it) the
   // owed answer of the path it is from, if it was owed; any watch of the same watcher is not it.
-  for (auto i = v.begin(); i != v.end(); ++i) {
-    if (i->watcher == o.recipient && i->is(o.sender, o.from())) {
-      v.erase(i);
-      break;
-    }
-  }
+  it->second.all.erase(ServedSet::key_of(o.recipient, o.sender, o.from()));
 }
 
 void Transport::Core::terminated_dropped(const std::shared_ptr<Peer>& peer, const ActorRef& watcher, const ActorRef& watchee,
                                          const std::string& from, const Message& msg) {
   if (peer->lost.load(std::memory_order_acquire)) return;  // nobody left to tell
-  auto& v = served[peer->addr.uid];
-  for (auto& s : v) {
-    if (s.watcher == watcher && s.is(watchee, from)) {
-      s.owed_in_flight = false;
-      s.owed = msg;
-      return;
-    }
+  auto& set = served[peer->addr.uid];
+  auto key = ServedSet::key_of(watcher, watchee, from);
+  if (auto it = set.all.find(key); it != set.all.end()) {
+    it->second.owed_in_flight = false;
+    it->second.owed = msg;
+    return;
   }
   // An AlreadyDead answer: no watch was served, so it is kept as one that owes its Terminated.
   // (One with a sender matches no served watch when that watch was cancelled meanwhile: nothing
   // is owed then.)
-  if (!watchee) v.push_back(ServedWatch{watchee, watcher, msg, false, from});
+  if (!watchee) set.all.emplace(std::move(key), ServedWatch{watchee, watcher, msg, false, from});
 }
 
 void Transport::Core::resend_terminated() {
-  for (auto& [uid, v] : served) {
-    for (auto& s : v) {
+  for (auto& [uid, set] : served) {
+    for (auto& [k, s] : set.all) {
       if (!s.owed || s.owed_in_flight) continue;
       const auto& peer = static_cast<RemoteRef*>(s.watcher.target())->peer();
       if (peer->lost.load(std::memory_order_acquire)) continue;  // its loss clears the entry
@@ -1115,28 +1169,25 @@ void Transport::Core::on_watch(const NodeAddress& origin, const InEnvelope& e, b
   const std::string watchee_path = t->watchee()->str();
   const std::string watcher_path = t->watcher()->str();
   ActorRef watcher = remote_ref(origin, watcher_path);
-  auto& v = served[origin.uid];
+  auto& set = served[origin.uid];
+  ActorRef watchee = local_target(watchee_path);
   if (!add) {
-    for (auto i = v.begin(); i != v.end(); ++i) {
-      if (i->watcher == watcher && i->watchee && i->watchee.path() == watchee_path) {
-        i->watchee.target()->remove_watcher(i->watcher);
-        v.erase(i);
-        break;
-      }
+    // The actor now at the path: a watch of an earlier one there ended with its Terminated.
+    if (!watchee) return;
+    if (auto it = set.all.find(ServedSet::key_of(watcher, watchee, {})); it != set.all.end()) {
+      watchee.target()->remove_watcher(it->second.watcher);
+      set.all.erase(it);
     }
     return;
   }
-  ActorRef watchee = local_target(watchee_path);
   if (!watchee || !watchee.target()->addressable()) {
     auto* rr = static_cast<RemoteRef*>(watcher.target());
     enqueue(Outbound{rr->peer(), watcher, make_terminated(sys::TerminationReason::AlreadyDead, watchee_path), {}, {},
                      watchee_path});
     return;
   }
-  for (const auto& s : v) {
-    if (s.watcher == watcher && s.watchee == watchee) return;
-  }
-  v.push_back(ServedWatch{.watchee = watchee, .watcher = watcher});
+  auto [it, fresh] = set.all.try_emplace(ServedSet::key_of(watcher, watchee, {}), ServedWatch{.watchee = watchee, .watcher = watcher});
+  if (!fresh) return;
   watchee.target()->add_watcher(watcher);  // already dead: the Terminated is sent at once
 }
 
@@ -1144,16 +1195,15 @@ void Transport::Core::on_terminated(const NodeAddress& origin, InEnvelope&& e) {
   const auto* t = e.payload.as<sys::Terminated>();
   auto it = watches.find(origin.uid);
   if (t && it != watches.end() && e.sender.starts_with('/')) {
-    auto& v = it->second;
-    for (auto i = v.begin(); i != v.end(); ++i) {
-      auto* rr = static_cast<RemoteRef*>(i->watchee.target());
-      if (rr->local_path() == e.sender && i->watcher_path == e.recipient) {
-        WatchEntry w = std::move(*i);
-        v.erase(i);
-        watch_count.fetch_sub(1, std::memory_order_relaxed);
-        ActorSystem::deliver_terminated(w.watcher, make_terminated(t->reason(), rr->address()), w.watchee);
-        return;
-      }
+    auto& set = it->second;
+    if (auto p = set.by_paths.find(WatchSet::paths(e.sender, e.recipient)); p != set.by_paths.end()) {
+      const auto key = p->second;
+      WatchEntry w = std::move(set.all.at(key));
+      set.erase(key, e.sender);
+      watch_count.fetch_sub(1, std::memory_order_relaxed);
+      auto* rr = static_cast<RemoteRef*>(w.watchee.target());
+      ActorSystem::deliver_terminated(w.watcher, make_terminated(t->reason(), rr->address()), w.watchee);
+      return;
     }
   }
   bump(n.terminated_unsolicited);
@@ -1162,16 +1212,14 @@ void Transport::Core::on_terminated(const NodeAddress& origin, InEnvelope&& e) {
 void Transport::Core::watch_op(const ActorRef& remote, const ActorRef& watcher, bool add) {
   auto* rr = static_cast<RemoteRef*>(remote.target());
   const auto& peer = rr->peer();
-  auto& v = watches[peer->addr.uid];
-  for (auto i = v.begin(); i != v.end(); ++i) {
-    if (i->watchee == remote && i->watcher == watcher) {
-      if (add) return;
-      enqueue(Outbound{peer, {}, make_watch<wire::Unwatch>(rr->local_path(), i->watcher_path), {},
-                       std::string(kControlPath), {}});
-      v.erase(i);
-      watch_count.fetch_sub(1, std::memory_order_relaxed);
-      return;
-    }
+  auto& set = watches[peer->addr.uid];
+  if (auto* e = set.find(remote, watcher)) {
+    if (add) return;
+    enqueue(Outbound{peer, {}, make_watch<wire::Unwatch>(rr->local_path(), e->watcher_path), {},
+                     std::string(kControlPath), {}});
+    set.erase(WatchSet::key_of(remote, watcher), rr->local_path());
+    watch_count.fetch_sub(1, std::memory_order_relaxed);
+    return;
   }
   if (!add) return;
   if (peer->lost.load(std::memory_order_acquire)) {
@@ -1180,7 +1228,7 @@ void Transport::Core::watch_op(const ActorRef& remote, const ActorRef& watcher, 
   }
   auto* t = watcher.target();
   std::string watcher_path = t->addressable() ? t->path() : export_ref(watcher);
-  v.push_back(WatchEntry{remote, watcher, watcher_path});
+  set.add(WatchEntry{remote, watcher, watcher_path}, rr->local_path());
   watch_count.fetch_add(1, std::memory_order_relaxed);
   enqueue(Outbound{peer, {}, make_watch<wire::Watch>(rr->local_path(), watcher_path), {}, std::string(kControlPath), {}});
 }
@@ -1196,9 +1244,9 @@ void Transport::Core::lost_op(std::uint64_t uid, const std::shared_ptr<Peer>& pe
     peer->in_active = false;
   }
   if (auto it = watches.find(uid); it != watches.end()) {
-    auto v = std::move(it->second);
+    auto set = std::move(it->second);
     watches.erase(it);
-    for (auto& w : v) {
+    for (auto& [k, w] : set.all) {
       watch_count.fetch_sub(1, std::memory_order_relaxed);
       auto* rr = static_cast<RemoteRef*>(w.watchee.target());
       ActorSystem::deliver_terminated(w.watcher, make_terminated(sys::TerminationReason::NodeDown, rr->address()),
@@ -1206,9 +1254,9 @@ void Transport::Core::lost_op(std::uint64_t uid, const std::shared_ptr<Peer>& pe
     }
   }
   if (auto it = served.find(uid); it != served.end()) {
-    auto v = std::move(it->second);
+    auto set = std::move(it->second);
     served.erase(it);
-    for (auto& s : v) {
+    for (auto& [k, s] : set.all) {
       if (s.watchee) s.watchee.target()->remove_watcher(s.watcher);
     }
   }
@@ -1318,9 +1366,9 @@ void Transport::Core::read_dealer(Peer& p) {
 void Transport::Core::resend_watches() {
   // A Watch dropped before it left (queue full, no key yet, send failure) is sent again: the
   // watcher must get its Terminated when the actor stops, not only when its node is lost.
-  for (auto& [uid, v] : watches) {
+  for (auto& [uid, set] : watches) {
     const auto now = std::chrono::steady_clock::now();
-    for (auto& e : v) {
+    for (auto& [k, e] : set.all) {
       // One copy at a time: a Watch waiting for its peer's connection stays where it is
       // (copies sent every second would fill the peer's queue and refuse every other message).
       if (e.sent || e.in_flight || now - e.tried < std::chrono::seconds(1)) continue;
@@ -1576,8 +1624,8 @@ void Transport::stop() {
     c.drop(o, "transport stopped", c.n.dropped_stopped);
   }
   // Watches of remote actors can no longer be served: every watcher gets its Terminated.
-  for (auto& [uid, v] : c.watches) {
-    for (auto& w : v) {
+  for (auto& [uid, set] : c.watches) {
+    for (auto& [k, w] : set.all) {
       auto* rr = static_cast<RemoteRef*>(w.watchee.target());
       ActorSystem::deliver_terminated(w.watcher, make_terminated(sys::TerminationReason::NodeDown, rr->address()),
                                       w.watchee);
@@ -1585,8 +1633,8 @@ void Transport::stop() {
   }
   c.watches.clear();
   c.watch_count = 0;
-  for (auto& [uid, v] : c.served) {
-    for (auto& s : v) {
+  for (auto& [uid, set] : c.served) {
+    for (auto& [k, s] : set.all) {
       if (s.watchee) s.watchee.target()->remove_watcher(s.watcher);
     }
   }

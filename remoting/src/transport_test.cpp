@@ -12,6 +12,7 @@
 #include <future>
 #include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <sys/syscall.h>
@@ -360,6 +361,41 @@ TEST_F(TwoNodes, NodeLossTerminatesEveryWatchOnceAndLaterMessagesAreDeadLetters)
   auto m = a->probe.next();
   ASSERT_TRUE(m);
   EXPECT_EQ(op_of(m->msg), "marker");
+}
+
+// Many watches between one pair of nodes (each side finds a watch by its refs or paths in
+// constant time): every watched actor's stop gives its watcher exactly one Terminated, and an
+// unwatched one none.
+TEST_F(TwoNodes, ThousandsOfWatchesOfOneNodesActorsEachEndOnce) {
+  constexpr int kActors = 2000;
+  std::vector<ActorRef> targets, remotes;
+  for (int i = 0; i < kActors; ++i) {
+    const auto name = "t" + std::to_string(i);
+    targets.push_back(b->sys.spawn<Echo>(SpawnOptions{.name = name}));
+    remotes.push_back(a->ref_on(*b, "/user/" + name));
+  }
+  for (auto& r : remotes) a->probe.watch(a->sys, r);
+  for (auto& r : remotes) a->probe.watch(a->sys, r);  // twice: still one watch
+  for (int i = 1; i < kActors; i += 2) a->sys.unwatch(remotes[i], a->probe.ref());
+  ASSERT_TRUE(eventually([&] { return a->transport->stats().remote_watches == kActors / 2; }));
+  ASSERT_TRUE(remotes[0].ask(ping(1), 10s).get().ok());  // every Watch and Unwatch reached b first
+  for (auto& t : targets) b->sys.stop(t);
+  std::set<std::string> ended;
+  for (int i = 0; i < kActors / 2; ++i) {
+    auto t = a->probe.next();
+    ASSERT_TRUE(t) << "after " << i << " Terminated";
+    ASSERT_TRUE(t->msg.is<sys::Terminated>());
+    EXPECT_TRUE(ended.insert(t->msg.as<sys::Terminated>()->actor_path()->str()).second) << "a second Terminated";
+  }
+  for (int i = 0; i < kActors; i += 2) EXPECT_TRUE(ended.count(remotes[i].path())) << remotes[i].path();
+  // b sent every Terminated before answering this (same pair, FIFO): nothing more is coming.
+  ASSERT_TRUE(a->ref_on(*b, "/user/echo").ask(ping(2), 10s).get().ok());
+  a->probe.ref().tell(cmd("marker"));
+  auto m = a->probe.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(op_of(m->msg), "marker");
+  EXPECT_EQ(a->transport->stats().remote_watches, 0u);
+  EXPECT_EQ(a->transport->stats().terminated_unsolicited, 0u);
 }
 
 TEST_F(TwoNodes, UnwatchMeansNoTerminated) {
