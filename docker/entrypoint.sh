@@ -12,6 +12,8 @@
 #   TROUPE_KEYS_DIR       folder of keys (default /keys): TROUPE_KEY_NAME.key (default node),
 #                         allow-list, keyring, admin-token; each is used unless its flag is set
 #   TROUPE_ADMIN_BIND     default 0.0.0.0 when an admin token is known, else 127.0.0.1
+# A config file (--config or TROUPE_CONFIG) loses to the environment, so none of these defaults
+# is set for a key the file sets (its own `name = ...`, `advertise = ...`, `key-file = ...`).
 # `troupe-client-service ARGS` runs the example client service with --bind, --advertise, --key-file
 # and --allow-list filled in the same way; any other first argument that is not a flag is run as
 # is (`troupectl ...`, `sh`, ...).
@@ -46,12 +48,23 @@ case "${1:-}" in
   *) exec "$@" ;;
 esac
 
+config=${TROUPE_CONFIG:-}
+prev=
+for a in "$@"; do
+  case "$a" in --config=*) config=${a#--config=} ;; esac
+  [ "$prev" = "--config" ] && config=$a
+  prev=$a
+done
+sets() {  # sets KEY: the config file sets KEY (a top-level "KEY = ..." line)
+  [ -n "$config" ] && [ -r "$config" ] && grep -Eq "^[[:space:]]*$1[[:space:]]*=" "$config"
+}
+
 key_name=${TROUPE_KEY_NAME:-node}
 if [ -d "$keys" ]; then
-  if [ -z "${TROUPE_KEY_FILE:-}" ] && [ -f "$keys/$key_name.key" ]; then export TROUPE_KEY_FILE="$keys/$key_name.key"; fi
-  if [ -z "${TROUPE_ALLOW_LIST:-}" ] && [ -f "$keys/allow-list" ]; then export TROUPE_ALLOW_LIST="$keys/allow-list"; fi
-  if [ -z "${TROUPE_KEYRING:-}" ] && [ -f "$keys/keyring" ]; then export TROUPE_KEYRING="$keys/keyring"; fi
-  if [ -z "${TROUPE_ADMIN_TOKEN:-}" ] && [ -f "$keys/admin-token" ]; then
+  if [ -z "${TROUPE_KEY_FILE:-}" ] && ! sets key-file && [ -f "$keys/$key_name.key" ]; then export TROUPE_KEY_FILE="$keys/$key_name.key"; fi
+  if [ -z "${TROUPE_ALLOW_LIST:-}" ] && ! sets allow-list && [ -f "$keys/allow-list" ]; then export TROUPE_ALLOW_LIST="$keys/allow-list"; fi
+  if [ -z "${TROUPE_KEYRING:-}" ] && ! sets keyring && [ -f "$keys/keyring" ]; then export TROUPE_KEYRING="$keys/keyring"; fi
+  if [ -z "${TROUPE_ADMIN_TOKEN:-}" ] && ! sets admin-token && [ -f "$keys/admin-token" ]; then
     TROUPE_ADMIN_TOKEN=$(cat "$keys/admin-token")
     export TROUPE_ADMIN_TOKEN
   fi
@@ -63,13 +76,13 @@ for f in "${TROUPE_KEY_FILE:-}" "${TROUPE_KEYRING:-}"; do
   fi
 done
 
-export TROUPE_NAME="${TROUPE_NAME:-$(hostname)}"
-export TROUPE_BIND="${TROUPE_BIND:-0.0.0.0}"
-if [ -n "${TROUPE_ADMIN_TOKEN:-}" ]; then
-  export TROUPE_ADMIN_BIND="${TROUPE_ADMIN_BIND:-0.0.0.0}"
+if [ -z "${TROUPE_NAME:-}" ] && ! sets name; then export TROUPE_NAME="$(hostname)"; fi
+if [ -z "${TROUPE_BIND:-}" ] && ! sets bind; then export TROUPE_BIND=0.0.0.0; fi
+if [ -n "${TROUPE_ADMIN_TOKEN:-}" ] && [ -z "${TROUPE_ADMIN_BIND:-}" ] && ! sets admin-bind; then
+  export TROUPE_ADMIN_BIND=0.0.0.0
 fi
 
-if [ -z "${TROUPE_ADVERTISE:-}" ]; then
+if [ -z "${TROUPE_ADVERTISE:-}" ] && ! sets advertise; then
   TROUPE_ADVERTISE=$(wait_for_address)
   export TROUPE_ADVERTISE
 fi
@@ -83,5 +96,5 @@ if [ -n "${TROUPE_SEED:-}" ]; then
   done
 fi
 
-log "node $TROUPE_NAME advertising $TROUPE_ADVERTISE, seeds ${TROUPE_SEED:-none}"
+log "node ${TROUPE_NAME:-(from $config)} advertising ${TROUPE_ADVERTISE:-(from $config)}, seeds ${TROUPE_SEED:-none}"
 exec troupe-node "$@"

@@ -79,7 +79,40 @@ std::string label_value(std::string_view s) {
   return out;
 }
 
-/// %XX decoding ('+' is a space only in a query); nothing for a broken escape.
+/// Whether `s` is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = 0;
+    std::uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      n = 1, cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      n = 2, cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      n = 3, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + n >= s.size()) return false;
+    for (std::size_t k = 1; k <= n; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    constexpr std::uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += n + 1;
+  }
+  return true;
+}
+
+/// %XX decoding ('+' is a space only in a query); nothing for a broken escape or for bytes that
+/// are not UTF-8 (names, types and ids are text, and answers are JSON).
 std::optional<std::string> percent_decode(std::string_view s, bool query) {
   std::string out;
   for (std::size_t i = 0; i < s.size(); ++i) {
@@ -101,20 +134,24 @@ std::optional<std::string> percent_decode(std::string_view s, bool query) {
       out.push_back(s[i]);
     }
   }
+  if (!valid_utf8(out)) return std::nullopt;
   return out;
 }
 
-/// The value of `key` in a query string ("a=1&b=2"), decoded.
-std::optional<std::string> query_param(std::string_view query, std::string_view key) {
+/// The value of `key` in a query string ("a=1&b=2"), decoded, in `value` (nullopt: absent).
+/// False when it is there but badly encoded.
+bool query_param(std::string_view query, std::string_view key, std::optional<std::string>& value) {
+  value.reset();
   while (!query.empty()) {
     const auto amp = query.find('&');
     auto pair = query.substr(0, amp);
     query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
     const auto eq = pair.find('=');
     if (pair.substr(0, eq) != key) continue;
-    return percent_decode(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1), true);
+    value = percent_decode(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1), true);
+    return value.has_value();
   }
-  return std::nullopt;
+  return true;
 }
 
 /// The string member `field` of a flat JSON object made of string members only ({"key":"..."}),
@@ -259,9 +296,10 @@ class Session;
 struct AdminServer::Impl {
   AdminOptions opt;
   AdminSources src;
-  std::atomic<std::uint64_t> connections{0}, connections_refused{0}, requests{0}, bad_requests{0}, timeouts{0},
+  // Counters (mutable: the read-only handlers count what they refuse; error() counts every 404).
+  mutable std::atomic<std::uint64_t> connections{0}, connections_refused{0}, requests{0}, bad_requests{0}, timeouts{0},
       unauthorized{0}, forbidden{0}, not_found{0}, method_not_allowed{0}, internal_errors{0}, conflicts{0},
-      event_streams{0}, events_sent{0}, slow_clients_dropped{0};
+      event_streams{0}, event_streams_refused{0}, events_sent{0}, slow_clients_dropped{0};
   std::atomic<std::size_t> open{0};
   std::uint16_t port = 0;
   std::mutex stop_mu;
@@ -315,6 +353,7 @@ struct AdminServer::Impl {
   Response reply(const Request& req, http::status status, std::string body,
                  std::string_view type = "application/json") const;
   Response error(const Request& req, http::status status, std::string_view why) const {
+    if (status == http::status::not_found) ++not_found;
     return reply(req, status, "{\"error\":" + json_str(why) + "}\n");
   }
   Response readyz(const Request& req) const;
@@ -537,6 +576,16 @@ Response AdminServer::Impl::respond(const Request& req, Deferred& later) {
     }
     if (path == "/api/v1/events") {
       if (!get) return wrong_method("GET");
+      // Streams stay open: without a cap of their own they could take every connection, and
+      // health checks and scrapes would be refused.
+      if (stream_count.load() >= opt.max_event_streams) {
+        ++event_streams_refused;
+        log().warn("admin: refused an event stream: {} are open (max_event_streams)", stream_count.load());
+        auto res = error(req, http::status::service_unavailable,
+                         "too many event streams open (max_event_streams " + std::to_string(opt.max_event_streams) + ")");
+        res.set(http::field::retry_after, "5");
+        return res;
+      }
       later.kind = Deferred::stream;
       return {};
     }
@@ -615,7 +664,6 @@ Response AdminServer::Impl::respond(const Request& req, Deferred& later) {
         return member_action(req, *name, action == "down");
       }
     }
-    ++not_found;
     return error(req, http::status::not_found, "no such resource: " + std::string(path));
   } catch (const std::exception& e) {
     ++internal_errors;
@@ -824,8 +872,9 @@ std::string AdminServer::Impl::metrics() const {
   TROUPE_C(not_found, "Admin requests for an unknown resource.");
   TROUPE_C(method_not_allowed, "Admin requests with a wrong method.");
   TROUPE_C(internal_errors, "Admin requests whose handler failed.");
-  TROUPE_C(conflicts, "Admin key operations refused: another one was running.");
+  TROUPE_C(conflicts, "Admin requests refused by the state: a key operation running, a member no longer live.");
   TROUPE_C(event_streams, "Admin event streams opened.");
+  TROUPE_C(event_streams_refused, "Admin event streams refused: max_event_streams were open.");
   TROUPE_C(events_sent, "Events queued to admin event stream clients.");
   TROUPE_C(slow_clients_dropped, "Admin event stream clients dropped: too far behind or stuck.");
 #undef TROUPE_C
@@ -890,7 +939,12 @@ Response AdminServer::Impl::shards(const Request& req, std::string_view query) c
     first = false;
     body += json_str(type) + ":" + type_json(type, n);
   };
-  if (auto t = query_param(query, "type")) {
+  std::optional<std::string> t;
+  if (!query_param(query, "type", t)) {
+    ++bad_requests;
+    return error(req, http::status::bad_request, "bad percent-encoding in the query (type)");
+  }
+  if (t) {
     const auto* known = find_type(*t);
     if (!known) return error(req, http::status::not_found, "unknown entity type: " + *t);
     add(known->first, known->second);
@@ -940,9 +994,12 @@ Response AdminServer::Impl::member_action(const Request& req, const std::string&
   if (!src.membership) return error(req, http::status::not_found, "membership is not running");
   const auto members = src.membership->members();
   const bool known = std::any_of(members.begin(), members.end(), [&](const auto& m) { return m.name == name; });
-  if (!known || !(down ? src.membership->down(name) : src.membership->leave(name))) {
-    ++not_found;
-    return error(req, http::status::not_found, "unknown member: " + name);
+  if (!known) return error(req, http::status::not_found, "unknown member: " + name);
+  if (!(down ? src.membership->down(name) : src.membership->leave(name))) {
+    // Listed, but no longer live: down already, or removed.
+    ++conflicts;
+    return error(req, http::status::conflict, "member " + name + " is no longer live (down or removed): nothing to " +
+                                                  (down ? "down" : "leave"));
   }
   log().warn("admin: {} {} requested over HTTP", down ? "down" : "leave", name);
   return reply(req, http::status::accepted,
@@ -954,7 +1011,6 @@ Response AdminServer::Impl::member_history(const Request& req, const std::string
   const auto decisions = src.membership->history(name);
   const auto members = src.membership->members();
   if (decisions.empty() && std::none_of(members.begin(), members.end(), [&](const auto& m) { return m.name == name; })) {
-    ++not_found;
     return error(req, http::status::not_found, "unknown member: " + name);
   }
   const auto now = mono_now_ms();
@@ -973,7 +1029,6 @@ Response AdminServer::Impl::member_history(const Request& req, const std::string
 Response AdminServer::Impl::shard_history(const Request& req, const std::string& type, std::string_view shard_text) {
   const auto* known = src.sharding ? find_type(type) : nullptr;
   if (!known) {
-    ++not_found;
     return error(req, http::status::not_found, "unknown entity type: " + type);
   }
   sharding::ShardId shard = 0;
@@ -1217,6 +1272,7 @@ AdminStats AdminServer::stats() const {
   s.internal_errors = i.internal_errors.load();
   s.conflicts = i.conflicts.load();
   s.event_streams = i.event_streams.load();
+  s.event_streams_refused = i.event_streams_refused.load();
   s.events_sent = i.events_sent.load();
   s.slow_clients_dropped = i.slow_clients_dropped.load();
   return s;

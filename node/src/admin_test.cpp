@@ -13,6 +13,7 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/read_until.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -224,6 +225,17 @@ TEST_F(AdminTest, BadRequestsAreAnsweredAndCounted) {
   EXPECT_EQ(request(port_, http::verb::delete_, "/metrics").status, 405);
   EXPECT_EQ(get(port_, "/api/v1/members/a1/leave").status, 405);
   EXPECT_EQ(get(port_, "/api/v1/entities/counter/%zz").status, 400);
+  // A filter badly encoded is refused, not ignored (it used to list every type).
+  EXPECT_EQ(get(port_, "/api/v1/shards?type=%zz").status, 400);
+  // Decoded bytes that are not UTF-8 would make the JSON answer invalid.
+  EXPECT_EQ(get(port_, "/api/v1/entities/counter/%FF%FE").status, 400);
+  EXPECT_EQ(get(port_, "/api/v1/members/%C0%AF/history").status, 400) << "an overlong '/'";
+  auto utf8 = get(port_, "/api/v1/entities/counter/%C3%A9t%C3%A9");
+  EXPECT_EQ(utf8.status, 200);
+  EXPECT_NE(utf8.body.find("\"id\":\"\xC3\xA9t\xC3\xA9\""), std::string::npos) << utf8.body;
+  // Every 404 is counted, whichever handler answers it.
+  EXPECT_EQ(get(port_, "/api/v1/entities/nope/x").status, 404);
+  EXPECT_EQ(get(port_, "/api/v1/shards?type=nope").status, 404);
 
   auto garbage = raw(port_, std::string("\x01\x02\xff") + " garbage\r\n\r\n");
   EXPECT_EQ(garbage.rfind("HTTP/1.1 400", 0), 0u) << garbage;
@@ -236,10 +248,63 @@ TEST_F(AdminTest, BadRequestsAreAnsweredAndCounted) {
   // Still serving.
   EXPECT_EQ(get(port_, "/healthz").status, 200);
   const auto st = node_->admin()->stats();
-  EXPECT_EQ(st.bad_requests, 4u);  // %zz, garbage, huge header, huge body
-  EXPECT_GE(st.not_found, 2u);
+  EXPECT_EQ(st.bad_requests, 7u);  // 3 encodings, 1 not UTF-8 twice, garbage, huge header, huge body
+  EXPECT_EQ(st.not_found, 4u);
   EXPECT_EQ(st.method_not_allowed, 3u);
-  EXPECT_NE(get(port_, "/metrics").body.find("troupe_admin_bad_requests_total{node=\"a1\"} 4\n"), std::string::npos);
+  EXPECT_NE(get(port_, "/metrics").body.find("troupe_admin_bad_requests_total{node=\"a1\"} 7\n"), std::string::npos);
+}
+
+// A member listed but no longer live (downed here) cannot be downed or made to leave: 409, not
+// "unknown member".
+TEST_F(AdminTest, DowningAMemberThatIsNoLongerLiveIsAConflict) {
+  ASSERT_TRUE(testkit::eventually([&] { return get(port_, "/readyz").status == 200; }));
+  ASSERT_EQ(request(port_, http::verb::post, "/api/v1/members/a1/down", "Bearer s3cret").status, 202);
+  ASSERT_TRUE(testkit::eventually([&] { return node_->membership()->self().status == membership::MemberStatus::down; }));
+  auto again = request(port_, http::verb::post, "/api/v1/members/a1/down", "Bearer s3cret");
+  EXPECT_EQ(again.status, 409) << again.body;
+  EXPECT_NE(again.body.find("no longer live"), std::string::npos) << again.body;
+  EXPECT_EQ(request(port_, http::verb::post, "/api/v1/members/a1/leave", "Bearer s3cret").status, 409);
+  EXPECT_EQ(request(port_, http::verb::post, "/api/v1/members/ghost/down", "Bearer s3cret").status, 404);
+  EXPECT_EQ(node_->admin()->stats().conflicts, 2u);
+}
+
+// Event streams have a cap of their own below the connection limit: streams that never end
+// cannot take the connections that health checks and scrapes need.
+TEST(AdminServer, EventStreamsBeyondTheirCapAreRefusedAndHealthChecksStillServed) {
+  auto o = cluster_options("a1", "s3cret");
+  o.admin->max_event_streams = 2;
+  o.admin->max_connections = 4;
+  auto node = Node::start(o).value();
+  const auto port = node->admin_port();
+  asio::io_context ioc;
+  std::vector<std::unique_ptr<tcp::socket>> streams;
+  auto open_stream = [&] {
+    auto s = std::make_unique<tcp::socket>(ioc);
+    s->connect(local(port));
+    asio::write(*s, asio::buffer(std::string("GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")));
+    std::string head;
+    boost::system::error_code ec;
+    asio::read_until(*s, asio::dynamic_buffer(head), "\r\n\r\n", ec);
+    streams.push_back(std::move(s));
+    return head;
+  };
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(open_stream().rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+  const auto refused = open_stream();
+  EXPECT_EQ(refused.rfind("HTTP/1.1 503", 0), 0u) << refused;
+  EXPECT_NE(refused.find("Retry-After: 5\r\n"), std::string::npos) << refused;
+  streams.pop_back();
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(get(port, "/healthz").status, 200);
+  EXPECT_EQ(node->admin()->stats().event_streams_refused, 1u);
+  EXPECT_NE(get(port, "/metrics").body.find("troupe_admin_event_streams_refused_total{node=\"a1\"} 1\n"),
+            std::string::npos);
+  // A stream that ends makes room for another.
+  streams.erase(streams.begin());
+  EXPECT_TRUE(testkit::eventually([&] {
+    const auto head = open_stream();
+    if (head.rfind("HTTP/1.1 200 OK\r\n", 0) == 0) return true;
+    streams.pop_back();
+    return false;
+  }, 10s));
 }
 
 TEST_F(AdminTest, HistoriesOfMembersAndShards) {

@@ -1,5 +1,7 @@
 #include <troupe/node/node.hpp>
 
+#include <algorithm>
+
 #include <random>
 
 #include <fmt/format.h>
@@ -209,12 +211,18 @@ void Node::stop() {
 }
 
 bool Node::leave_and_stop(std::chrono::milliseconds timeout) {
+  // One budget for both steps (a container runtime kills the process when its grace period is
+  // over): the hand-off gets half, the leave what is left of the whole.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   bool left = true;
   if (sharding_ && !stopped_ && !sharding_->hand_off_all(timeout / 2)) {
     system_->log().warn("leaving with shards not handed off within {} ms: their entities' state is lost", (timeout / 2).count());
     left = false;
   }
-  if (membership_ && !stopped_) left = membership_->leave_and_wait(timeout) && left;
+  if (membership_ && !stopped_) {
+    const auto rest = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    left = membership_->leave_and_wait(std::max(rest, std::chrono::milliseconds(0))) && left;
+  }
   stop();
   return left;
 }

@@ -405,6 +405,7 @@ class Client {
       case 401: throw Failure{"unauthorized (401): the admin token is missing or wrong; pass --token or set TROUPE_ADMIN_TOKEN"};
       case 403: throw Failure{"forbidden (403): this node accepts no admin writes; start it with --admin-token"};
       case 404: throw Failure{"not found (404): " + why};
+      case 409: throw Failure{"refused (409): " + why};
       default: throw Failure{"the admin server answered " + std::to_string(r.status) + ": " + why};
     }
   }

@@ -12,7 +12,9 @@
 ///   GET  /api/v1/shards[?type=T]           JSON object per entity type
 ///   GET  /api/v1/entities/{type}/{id}      JSON: the entity's shard and owning region
 ///   POST /api/v1/members/{name}/leave|down Authorization: Bearer <token>; 403 without a token
-///                                          configured, 401 for a missing or wrong one
+///                                          configured, 401 for a missing or wrong one; 202
+///                                          done, 404 unknown name, 409 listed but no longer
+///                                          live (down or removed)
 ///   GET  /api/v1/members/{name}/history    JSON: this node's membership decisions about that
 ///                                          member (probes, suspicions, confirmations,
 ///                                          refutations, downing with the sides counted), oldest
@@ -37,10 +39,12 @@
 ///                                          ({"event":"member",...}) and a summary when a shard
 ///                                          table changed ({"event":"shards",...}); a comment
 ///                                          line every event_heartbeat. A client that falls
-///                                          max_event_queue events behind is dropped (counted)
+///                                          max_event_queue events behind is dropped (counted);
+///                                          beyond max_event_streams open: 503 (counted)
 ///   GET  /                                 the dashboard page (HTML)
 ///
-/// Every refusal is counted in AdminStats and /metrics.
+/// Path segments and query values are percent-decoded and must be UTF-8 (else 400). Every
+/// refusal is counted in AdminStats and /metrics.
 
 #include <atomic>
 #include <chrono>
@@ -70,6 +74,9 @@ struct AdminOptions {
   std::size_t max_body_bytes = 8 * 1024;
   /// Connections open at once (event streams included); more are closed on accept (counted).
   std::size_t max_connections = 64;
+  /// Event streams open at once (of max_connections); another is answered 503 (counted), so
+  /// that streams never leave health checks and scrapes without a connection.
+  std::size_t max_event_streams = 16;
   /// How long POST /api/v1/keys/... waits for every member to confirm.
   std::chrono::milliseconds key_timeout{8'000};
   /// Events queued for one /api/v1/events client; one more and the client is dropped.
@@ -93,8 +100,10 @@ struct AdminStats {
   std::uint64_t not_found = 0;
   std::uint64_t method_not_allowed = 0;
   std::uint64_t internal_errors = 0;       ///< a handler threw (500)
-  std::uint64_t conflicts = 0;             ///< key operations refused: another one was running (409)
+  std::uint64_t conflicts = 0;             ///< refused by the state (409): a key operation running, a
+                                           ///< member to down or leave that is no longer live
   std::uint64_t event_streams = 0;         ///< /api/v1/events streams opened
+  std::uint64_t event_streams_refused = 0; ///< over max_event_streams (503)
   std::uint64_t events_sent = 0;           ///< frames (events and keep-alives) handed to stream clients
   std::uint64_t slow_clients_dropped = 0;  ///< stream clients dropped: too far behind or stuck
 };

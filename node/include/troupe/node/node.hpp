@@ -69,7 +69,8 @@ class Node {
   /// Idempotent.
   void stop();
   /// Leaves the cluster gracefully, then stops: hands every local shard off first (up to half
-  /// of `timeout`), then leaves membership (waiting for the removal).
+  /// of `timeout`), then leaves membership (waiting for the removal until `timeout` from the
+  /// call is over).
   bool leave_and_stop(std::chrono::milliseconds timeout);
 
   ActorSystem& system() noexcept { return *system_; }
