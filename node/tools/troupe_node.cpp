@@ -27,6 +27,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <boost/asio/ip/address.hpp>
 #include <spdlog/spdlog.h>
 
 #include <troupe/node/node.hpp>
@@ -39,8 +40,14 @@
 namespace {
 
 /// Loopback only: the admin port may run without a token there (no other host can reach it).
-bool loopback_host(const std::string& h) {
-  return h == "localhost" || h == "::1" || h == "[::1]" || h.starts_with("127.");
+/// An address is judged by its value (127.0.0.0/8, ::1), not its text: a host name that merely
+/// starts with "127." may resolve anywhere.
+bool loopback_host(std::string h) {
+  if (h == "localhost") return true;
+  if (h.size() > 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  boost::system::error_code ec;
+  const auto a = boost::asio::ip::make_address(h, ec);
+  return !ec && a.is_loopback();
 }
 
 int fail(const std::string& what) {

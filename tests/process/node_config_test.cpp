@@ -144,6 +144,14 @@ TEST(NodeConfig, TheAdminPortIsInTheReadyLineAndGuardedBeyondLoopback) {
   EXPECT_EQ(c1, 2);
   EXPECT_NE(o1.find("--admin-bind"), std::string::npos) << o1;
   EXPECT_NE(o1.find("--admin-token"), std::string::npos) << o1;
+  // A host name that only looks like a loopback address is not one.
+  auto [c2, o2] = run_node({"--insecure", "--port", "0", "--admin-bind", "127.example.invalid", "--admin-port", "0"});
+  EXPECT_EQ(c2, 2);
+  EXPECT_NE(o2.find("--admin-token"), std::string::npos) << o2;
+  // Any address of 127.0.0.0/8 is loopback.
+  NodeProcess n({"--insecure", "--port", "0", "--admin-bind", "127.0.0.2", "--admin-port", "0"});
+  EXPECT_NE(n.admin_port(), 0);
+  n.stop();
 }
 
 }  // namespace
