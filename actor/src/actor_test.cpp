@@ -806,5 +806,68 @@ TEST(Dispatcher, MoreActorsWokenAtOnceThanTheRingHoldsAllRun) {
   sys.shutdown();
 }
 
+// A named actor may be found (lookup, or a node's I/O thread resolving a path) and told the
+// moment it is linked under its parent, before spawn() returns: that first turn must run
+// pre_start first, and never beside another turn of the same actor. Spawn, tell from another
+// thread by look-up, stop, again.
+TEST(Spawn, AnActorToldByLookUpWhileItIsSpawnedStartsFirstAndRunsOneTurnAtATime) {
+  ActorSystem sys(test_config("spawn-race"));
+  struct Seen {
+    std::atomic<int> overlapping{0}, before_start{0}, received{0};
+  } seen;
+  class Strict final : public Actor {
+   public:
+    explicit Strict(Seen* s) : s_(s) {}
+    void pre_start() override {
+      enter();
+      started_ = true;
+      leave();
+    }
+    void receive(const Message&) override {
+      enter();
+      if (!started_) s_->before_start.fetch_add(1);
+      s_->received.fetch_add(1);
+      leave();
+    }
+
+   private:
+    void enter() {
+      if (in_.fetch_add(1) != 0) s_->overlapping.fetch_add(1);
+    }
+    void leave() { in_.fetch_sub(1); }
+    Seen* s_;
+    std::atomic<int> in_{0};
+    bool started_ = false;
+  };
+  std::atomic<bool> done{false};
+  std::thread teller([&] {
+    while (!done.load()) {
+      if (auto r = sys.lookup("/user/x")) r.tell(ping(1));
+    }
+  });
+  Probe probe(sys);
+  int stuck = -1;
+  std::string failed;
+  try {
+    for (int i = 0; i < 500 && stuck < 0; ++i) {
+      auto x = sys.spawn<Strict>(SpawnOptions{.name = "x"}, &seen);
+      probe.watch(sys, x);
+      x.tell(ping(2));
+      sys.stop(x);
+      auto t = probe.next();  // its Terminated: gone, and its name free
+      if (!t || !t->msg.is<sys::Terminated>()) stuck = i;
+    }
+  } catch (const std::exception& e) {
+    failed = e.what();
+  }
+  done = true;
+  teller.join();
+  EXPECT_EQ(failed, "");
+  EXPECT_EQ(stuck, -1) << "an actor never stopped (its stop request lost)";
+  EXPECT_EQ(seen.overlapping.load(), 0) << "two turns of one actor at once";
+  EXPECT_EQ(seen.before_start.load(), 0) << "a message before pre_start";
+  EXPECT_GE(seen.received.load(), 1);
+}
+
 }  // namespace
 }  // namespace troupe

@@ -197,6 +197,10 @@ ActorRef Cell::spawn(FactoryPtr f, SpawnOptions opts) {
     if (!opts.name.empty()) c->ident().name = std::move(opts.name);
     c->actor_ = c->factory_->make();  // a throwing constructor fails the spawn; nothing is linked
     c->actor_->ctx_ = c;
+    // Before it is linked: from then on a look-up may find it and a tell (or a stop) schedule it,
+    // and that turn must run pre_start first. Setting the state after linking wiped a concurrent
+    // turn's kScheduled (two turns at once) or stop request.
+    c->state_.store(kStarting, std::memory_order_relaxed);
     std::lock_guard lk(stripe(this));
     parent_stopping = state_.load(std::memory_order_acquire) & (kStopReq | kTerminating | kDead);
     Extras& mine = extras();
@@ -217,8 +221,7 @@ ActorRef Cell::spawn(FactoryPtr f, SpawnOptions opts) {
   }
   sys_.spawned.fetch_add(1, std::memory_order_relaxed);
   ActorRef ref(c, true);
-  c->state_.store(kStarting, std::memory_order_relaxed);
-  c->wake(0);
+  c->wake(0);  // scheduled already when a tell came first
   if (parent_stopping) c->request_stop(sys::TerminationReason::Stopped);
   return ref;
 }
@@ -451,7 +454,8 @@ void Cell::child_failed(Cell& child, std::exception_ptr ep) {
       child.direct(Directive::resume, ep);
       break;
     case Directive::escalate:
-      extras().escalated_child = &child;
+      // Held: the child may be stopped (and freed) before this actor's own supervisor decides.
+      extras().escalated_child = Ref<Cell>(&child, true);
       handle_failure(ep);
       break;
     case Directive::stop:
@@ -509,14 +513,15 @@ void Cell::apply_directive() {
         break;
       }
       state_.fetch_and(~kSuspended, std::memory_order_acq_rel);
-      if (Cell* c = std::exchange(x.escalated_child, nullptr)) c->direct(Directive::resume, cause);
+      if (auto c = std::exchange(x.escalated_child, {})) c->direct(Directive::resume, cause);
       break;
     case Directive::restart:
-      x.escalated_child = nullptr;  // it is stopped with the other children
+      x.escalated_child = {};  // it is stopped with the other children
       restart(cause);
       break;
     case Directive::stop:
     case Directive::escalate:
+      x.escalated_child = {};  // it is stopped with the other children
       request_stop(sys::TerminationReason::Failed);
       break;
   }
@@ -603,6 +608,8 @@ void Cell::finalize() {
     state_.fetch_or(kFinalizing, std::memory_order_acq_rel);
     if (Extras* x = extras_if()) keep = std::exchange(x->keep_queued, nullptr);
   }
+  // A child held for a directive that never came (stopped meanwhile): it holds this cell too.
+  if (Extras* x = extras_if()) x->escalated_child = {};
   if (keep) {
     // What is queued goes to `keep` instead of dead letters; controls (timer ticks, requests)
     // are moot for a stopping actor, as in drain_dead().

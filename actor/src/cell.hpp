@@ -290,7 +290,7 @@ class Cell final : public RefTarget, public ActorContext {
     std::uint64_t incarnation = 0;                               // own turn only
     std::atomic<std::int64_t> queued{0};                         // with kCounted
     std::exception_ptr restart_cause;                            // own turn only
-    Cell* escalated_child = nullptr;                             // own turn only
+    Ref<Cell> escalated_child;                                   // own turn only
     // Restart statistics of this cell as a child: touched only on the parent's turn.
     unsigned restarts = 0;
     TimerService::Clock::time_point window_start{};

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <deque>
 #include <mutex>
 #include <cmath>
 #include <random>
@@ -86,7 +87,7 @@ class RouterState final : public RefTarget {
   void stop_all();
   RouterStats stats() const {
     return {routed_.load() + striped_sent(), no_routee_.load(), timeouts_.load(), removed_.load(), replaced_.load(),
-            resizes_.load()};
+            resizes_.load(), refused_.load()};
   }
   void set_head(Cell* head) {
     std::lock_guard lk(mu_);
@@ -95,6 +96,7 @@ class RouterState final : public RefTarget {
   bool counts_load() const noexcept { return cfg_.kind == RoutingKind::smallest_mailbox || resizer_; }
   void count_timeout() { timeouts_.fetch_add(1, std::memory_order_relaxed); }
   void count_replaced() { replaced_.fetch_add(1, std::memory_order_relaxed); }
+  void count_refused() { refused_.fetch_add(1, std::memory_order_relaxed); }
   void release_head() {
     std::lock_guard lk(mu_);
     head_ = Ref<Cell>();
@@ -140,7 +142,7 @@ class RouterState final : public RefTarget {
     return sent_[stripe_of_thread() % kStripes].n.fetch_add(1, std::memory_order_relaxed) + 1;
   }
   alignas(64) std::atomic<std::uint64_t> routed_{0};
-  std::atomic<std::uint64_t> no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0}, resizes_{0};
+  std::atomic<std::uint64_t> no_routee_{0}, timeouts_{0}, removed_{0}, replaced_{0}, resizes_{0}, refused_{0};
   void maybe_resize(const Snapshot& s, std::uint64_t n);
 };
 
@@ -407,6 +409,15 @@ class PoolHead final : public Actor {
     const auto size = static_cast<unsigned>(router().routees().size());
     if (r->replacement()) {
       for (int i = 0; i < r->delta(); ++i) {
+        if (!replacement_allowed()) {
+          router().count_refused();
+          context().system().log().error(
+              "pool {}: a stopped routee is not replaced: {} replacements within {} ms already (the supervision "
+              "budget, {} per routee); the pool has {} routees",
+              context().self().path(), replaced_at_.size(), strategy_.budget.within.count(),
+              strategy_.budget.max_restarts, size);
+          continue;
+        }
         grow();
         router().count_replaced();
       }
@@ -425,11 +436,31 @@ class PoolHead final : public Actor {
     }
   }
   void post_stop() override { router().release_head(); }
+  // Restarted (a routee's failure escalated to it, or a routee failed to start): its routees
+  // are stopped with its children, and the fresh instance's pre_start spawns new ones. It stays
+  // the router's head (the default pre_restart would run post_stop and leave the pool without
+  // replacement or resizing for good); the routees leave the router first, so that their deaths
+  // are not replaced on top of the new ones.
+  void pre_restart(std::exception_ptr) override {
+    for (const auto& r : router().routees()) router().remove(r, false);
+  }
   SupervisorStrategy supervisor_strategy() const override { return strategy_; }
 
  private:
   RouterState& router() { return *static_cast<RouterState*>(state_.target()); }
   void grow() { router().add(spawn_(context())); }
+  // Replacements share the supervision budget: at most max_restarts per routee of the pool
+  // within `within`. A routee that cannot start is restarted until its budget is spent, then
+  // stopped; without this bound its replacement would start the same loop again, for ever.
+  bool replacement_allowed() {
+    const auto now = std::chrono::steady_clock::now();
+    while (!replaced_at_.empty() && now - replaced_at_.front() > strategy_.budget.within) replaced_at_.pop_front();
+    const auto limit = std::size_t{std::max(1u, strategy_.budget.max_restarts)} * std::max(1u, size_);
+    if (replaced_at_.size() >= limit) return false;
+    replaced_at_.push_back(now);
+    return true;
+  }
+  std::deque<std::chrono::steady_clock::time_point> replaced_at_;
   ActorRef state_;
   unsigned size_;
   std::optional<Resizer> resizer_;

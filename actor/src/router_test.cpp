@@ -349,6 +349,54 @@ TEST_F(RouterTest, PoolReplacesARouteeThatStopped) {
   EXPECT_EQ(std::find(now.begin(), now.end(), victim), now.end());
 }
 
+// A routee's failure escalated to the pool restarts the pool's supervisor: fresh routees, and
+// the pool still replaces a routee that stops and still ends with stop_all (before, the restart
+// ran post_stop and left the router without its head for good).
+TEST_F(RouterTest, APoolWhoseSupervisorRestartedStillReplacesAndStops) {
+  Probe probe(sys);
+  SupervisorStrategy escalating;
+  escalating.decider = [](std::exception_ptr) { return Directive::escalate; };
+  auto pool = make_pool<Routee>(sys, 2, RouterConfig{}, pool_options("pool", escalating), 7, probe.ref(), &rec);
+  ASSERT_TRUE(probe.next() && probe.next());
+  const auto first = pool.routees();
+  ASSERT_EQ(first.size(), 2u);
+  first[0].tell(cmd("boom"));  // escalated: /user restarts /user/pool, which spawns 2 new routees
+  ASSERT_TRUE(probe.next() && probe.next());
+  ASSERT_TRUE(eventually([&] { return sys.stats().restarts >= 1 && pool.routees().size() == 2; }));
+  auto second = pool.routees();
+  for (const auto& r : second) EXPECT_EQ(std::find(first.begin(), first.end(), r), first.end()) << "an old routee";
+  EXPECT_EQ(pool.stats().routees_replaced, 0u) << "the old routees' deaths were replaced too";
+  sys.stop(second[0]);
+  ASSERT_TRUE(probe.next());  // its replacement started
+  ASSERT_TRUE(eventually([&] { return pool.routees().size() == 2; }));
+  EXPECT_EQ(pool.stats().routees_replaced, 1u);
+  pool.stop_all();
+  EXPECT_TRUE(eventually([&] { return !sys.lookup("/user/pool"); })) << "the pool's supervisor lives on";
+}
+
+// A routee that can never start is restarted until its budget is spent and stopped; its
+// replacements share the pool's budget (max_restarts per routee within `within`), so the pool
+// shrinks instead of failing, restarting and replacing for ever.
+TEST_F(RouterTest, APoolOfRouteesThatCannotStartShrinksWithinItsBudget) {
+  class NeverStarts final : public Actor {
+   public:
+    void pre_start() override { throw std::runtime_error("cannot start"); }
+    void receive(const Message&) override {}
+  };
+  SupervisorStrategy budgeted;  // restart, at most 2 times a minute
+  budgeted.budget.max_restarts = 2;
+  auto pool = make_pool<NeverStarts>(sys, 2, RouterConfig{}, pool_options("failing", budgeted));
+  // 2 routees and 2 x 2 replacements, each failing its start 3 times (the first and 2 restarts).
+  ASSERT_TRUE(eventually([&] { return pool.routees().empty() && pool.stats().replacements_refused >= 1; }))
+      << "routees " << pool.routees().size() << ", replaced " << pool.stats().routees_replaced;
+  EXPECT_EQ(pool.stats().routees_replaced, 4u);
+  EXPECT_TRUE(eventually([&] { return sys.stats().failures == 18; })) << sys.stats().failures;
+  const auto before = sys.stats().failures;
+  pool.ref().tell(ping(1));  // no routee: dead letters, counted
+  EXPECT_EQ(pool.stats().no_routee, 1u);
+  EXPECT_EQ(sys.stats().failures, before);
+}
+
 TEST_F(RouterTest, DeadGroupRouteeLeavesAndAnEmptyRouterDeadLetters) {
   auto rs = spawn_routees(2);
   auto router = make_group(sys, rs);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <latch>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <troupe/actor/actor_system.hpp>
@@ -174,6 +175,50 @@ TEST(Supervision, EscalateRestartsTheParentWhoseChildrenStopFirst) {
   EXPECT_LT(at("stopped 1"), at("sup-started 0"));
   EXPECT_LT(at("sup-started 0"), at("started 0"));
   EXPECT_EQ(t.count(t.child(0)), 0u);
+}
+
+// A parent that escalated its child's failure holds that child until its own supervisor
+// decides: here the grandparent stops the child (and waits until it is gone) before it answers
+// resume, and the parent then resumes a child that no longer exists (before, through a pointer
+// to freed memory; AddressSanitizer in the sanitize job).
+TEST(Supervision, AnEscalatedChildStoppedBeforeTheDecisionIsResumedSafely) {
+  ActorSystem sys(Tree::config());
+  class Leaf final : public Actor {
+   public:
+    void receive(const Message& m) override {
+      if (op_of(m) == "boom") throw std::runtime_error("leaf failure");
+    }
+  };
+  class Mid final : public Actor {
+   public:
+    void pre_start() override { context().spawn<Leaf>(SpawnOptions{.name = "c"}); }
+    void receive(const Message& m) override { sender().tell(m); }
+    SupervisorStrategy supervisor_strategy() const override { return deciding(Directive::escalate); }
+  };
+  class Top final : public Actor {
+   public:
+    void pre_start() override { context().spawn<Mid>(SpawnOptions{.name = "p"}); }
+    void receive(const Message&) override {}
+    SupervisorStrategy supervisor_strategy() const override {
+      SupervisorStrategy s;
+      auto* sys = &context().system();
+      s.decider = [sys](std::exception_ptr) {
+        sys->stop(sys->lookup("/user/g/p/c"));
+        EXPECT_TRUE(eventually([&] { return !sys->lookup("/user/g/p/c"); }));
+        std::this_thread::sleep_for(20ms);  // let the stopped cell be freed, if nothing holds it
+        return Directive::resume;
+      };
+      return s;
+    }
+  };
+  sys.spawn<Top>(SpawnOptions{.name = "g"});
+  ASSERT_TRUE(eventually([&] { return bool(sys.lookup("/user/g/p/c")); }));
+  sys.lookup("/user/g/p/c").tell(cmd("boom"));
+  // The parent was resumed (it answers), and its child is gone.
+  ASSERT_TRUE(eventually([&] { return sys.stats().failures >= 1 && !sys.lookup("/user/g/p/c"); }));
+  auto r = sys.lookup("/user/g/p").ask(cmd("still here"), 10s).get();
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(op_of(*r), "still here");
 }
 
 TEST(Supervision, EscalationPastUserStopsAllUserActorsButKeepsTheSystem) {
