@@ -59,17 +59,35 @@ class AskRef final : public detail::RefTarget {
     if (finished_.exchange(true, std::memory_order_acq_rel)) return;
     if (auto t = timer_.load(std::memory_order_acquire)) sys_.timers->cancel(t);
     auto done = std::move(done_);
-    done(std::move(r));
+    call(done, std::move(r));
   }
   std::atomic<std::uint64_t> timer_{0};
 
  protected:
   ~AskRef() override {
     // The system is going away with the question unanswered.
-    if (!finished_.exchange(true)) done_(ActorErrc::system_shutdown);
+    if (!finished_.exchange(true)) call(done_, ActorErrc::system_shutdown);
   }
 
  private:
+  /// The caller's callback runs on a worker or the timer thread: what it throws is counted and
+  /// logged, never let out there (it would end the process).
+  void call(std::function<void(Result<Message>)>& done, Result<Message> r) noexcept {
+    std::string what;
+    try {
+      done(std::move(r));
+      return;
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+      what = "a non-standard exception";
+    }
+    sys_.callback_failures.fetch_add(1, std::memory_order_relaxed);
+    try {
+      sys_.log->error("ask {}: the reply callback threw: {}", path(), what);
+    } catch (...) {
+    }
+  }
   ActorSystem::Impl& sys_;
   std::function<void(Result<Message>)> done_;
   std::uint64_t id_;
@@ -297,6 +315,7 @@ ActorSystemStats ActorSystem::stats() const noexcept {
   s.restarts = i.restarts.load(std::memory_order_relaxed);
   s.failed_messages_dropped = i.failed_dropped.load(std::memory_order_relaxed);
   s.escalations_past_user = i.escalations.load(std::memory_order_relaxed);
+  s.callback_failures = i.callback_failures.load(std::memory_order_relaxed);
   s.lifo_rescues = i.dispatcher.lifo_rescues();
   return s;
 }

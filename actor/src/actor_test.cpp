@@ -207,6 +207,28 @@ TEST(Ask, CallbackRunsExactlyOnceEvenIfAReplyComesAfterTheTimeout) {
   EXPECT_EQ(calls.load(), 1);
 }
 
+// A reply callback that throws runs on a worker (or the timer thread): the exception is counted
+// and logged, and the process goes on (it used to reach a noexcept frame and end the process).
+TEST(Ask, ACallbackThatThrowsIsCountedAndTheSystemGoesOn) {
+  ActorSystem sys(two_workers());
+  Probe probe(sys);
+  std::promise<void> called;
+  probe.ref().ask(ping(1), 10s, [&](Result<Message>) {
+    called.set_value();
+    throw std::runtime_error("a careless callback");
+  });
+  auto q = probe.next();
+  ASSERT_TRUE(q);
+  q->sender.tell(ping(2));
+  called.get_future().get();
+  EXPECT_TRUE(eventually([&] { return sys.stats().callback_failures == 1; }));
+  // Still working: another ask round trip.
+  auto echo = sys.spawn<Echo>();
+  auto r = echo.ask(ping(3), 10s).get();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->as<test::Ping>()->seq(), 3u);
+}
+
 TEST(Ask, DeadTargetAnswersAtOnce) {
   ActorSystem sys(two_workers());
   Probe probe(sys);

@@ -37,7 +37,7 @@ struct ActorSystem::Impl {
 
   std::atomic<std::uint64_t> next_id{1};
   std::atomic<std::uint64_t> spawned{0}, stopped{0}, dead_letters{0}, failures{0}, restarts{0},
-      failed_dropped{0}, escalations{0};
+      failed_dropped{0}, escalations{0}, callback_failures{0};
   ThrottledLog dead_letter_log;
   std::mutex term_mu;
   std::condition_variable term_cv;

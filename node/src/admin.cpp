@@ -709,6 +709,7 @@ std::string AdminServer::Impl::metrics() const {
     m.counter("troupe_actor_failed_messages_dropped", "Messages being processed at a failure.", s.failed_messages_dropped);
     m.counter("troupe_actor_escalations_past_user", "Failures that reached the /user guardian's parent.",
               s.escalations_past_user);
+    m.counter("troupe_actor_callback_failures", "Ask reply callbacks that threw.", s.callback_failures);
     m.counter("troupe_actor_lifo_rescues",
               "Actors woken by a turn that then ran long, taken over by an idle worker.", s.lifo_rescues);
   }

@@ -49,6 +49,7 @@ struct ActorSystemStats {
   std::uint64_t restarts = 0;
   std::uint64_t failed_messages_dropped = 0;  ///< the message being processed at a failure
   std::uint64_t escalations_past_user = 0;    ///< failures that reached the /user guardian's parent
+  std::uint64_t callback_failures = 0;        ///< ask reply callbacks that threw (counted, logged)
   /// Actors woken by a turn that then ran long, taken over by an idle worker (see Dispatcher).
   std::uint64_t lifo_rescues = 0;
 };
