@@ -749,6 +749,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(disconnects, "Connections broken.");
     TROUPE_C(nodes_lost, "Remote incarnations declared lost.");
     TROUPE_C(wakeups, "Times a sender had to wake the sleeping remoting I/O thread.");
+    TROUPE_C(io_errors, "Exceptions caught on the remoting I/O thread.");
     TROUPE_G(peers, "Remote incarnations known.");
     TROUPE_G(queued, "Messages waiting to be sent, all peers.");
     TROUPE_G(remote_watches, "Local watchers of remote actors.");

@@ -50,7 +50,7 @@ namespace {
   X(envelopes_unknown_type) X(envelopes_bad_payload) X(envelopes_bad_path) X(envelopes_no_recipient)        \
   X(envelopes_forged_sender)                                                                               \
   X(terminated_unsolicited) X(terminated_resent) X(frames_key_revoked) X(handshakes_failed) X(disconnects) \
-  X(nodes_lost) X(wakeups)
+  X(nodes_lost) X(wakeups) X(io_errors)
 
 struct Counters {
 #define TROUPE_DECLARE(name) std::atomic<std::uint64_t> name{0};
@@ -1198,8 +1198,8 @@ void Transport::Core::on_terminated(const NodeAddress& origin, InEnvelope&& e) {
     auto& set = it->second;
     if (auto p = set.by_paths.find(WatchSet::paths(e.sender, e.recipient)); p != set.by_paths.end()) {
       const auto key = p->second;
-      WatchEntry w = std::move(set.all.at(key));
-      set.erase(key, e.sender);
+      set.by_paths.erase(p);
+      WatchEntry w = std::move(set.all.extract(key).mapped());
       watch_count.fetch_sub(1, std::memory_order_relaxed);
       auto* rr = static_cast<RemoteRef*>(w.watchee.target());
       ActorSystem::deliver_terminated(w.watcher, make_terminated(t->reason(), rr->address()), w.watchee);
@@ -1404,6 +1404,7 @@ void Transport::Core::run() {
       run_once(items, owners);
     } catch (const std::exception& e) {
       // Never let one bad event end remoting: log it (throttled) and go on.
+      bump(n.io_errors);
       conn_log.warn(log, "remoting I/O thread: {}", e.what());
     }
   }

@@ -396,6 +396,45 @@ TEST_F(TwoNodes, ThousandsOfWatchesOfOneNodesActorsEachEndOnce) {
   EXPECT_EQ(op_of(m->msg), "marker");
   EXPECT_EQ(a->transport->stats().remote_watches, 0u);
   EXPECT_EQ(a->transport->stats().terminated_unsolicited, 0u);
+  EXPECT_EQ(a->transport->stats().io_errors + b->transport->stats().io_errors, 0u);
+}
+
+// A watcher at a path watches an actor at a path; both stop and new ones come at the same
+// paths, again and again: each watch ends with its own Terminated (the index by paths forgets a
+// watch that ended; a stale entry made the I/O thread throw when the next Watch of those paths
+// left).
+TEST_F(TwoNodes, WatchesBetweenTheSamePathsAgainAndAgainEachEndOnce) {
+  // Watches its target from pre_start and tells `to` of the Terminated.
+  class Watcher final : public Actor {
+   public:
+    Watcher(ActorRef target, ActorRef to) : target_(std::move(target)), to_(std::move(to)) {}
+    void pre_start() override { context().watch(target_); }
+    void receive(const Message& m) override {
+      if (m.is<sys::Terminated>()) to_.tell(m);
+    }
+
+   private:
+    ActorRef target_, to_;
+  };
+  for (int round = 0; round < 3; ++round) {
+    auto target = b->sys.spawn<Echo>(SpawnOptions{.name = "again"});
+    auto remote = a->ref_on(*b, "/user/again");
+    auto watcher = a->sys.spawn<Watcher>(SpawnOptions{.name = "watcher"}, remote, a->probe.ref());
+    ASSERT_TRUE(eventually([&] { return a->transport->stats().remote_watches == 1; })) << "round " << round;
+    ASSERT_TRUE(remote.ask(ping(1), 10s).get().ok());  // the Watch reached b first
+    b->sys.stop(target);
+    auto t = a->probe.next();
+    ASSERT_TRUE(t) << "round " << round;
+    ASSERT_TRUE(t->msg.is<sys::Terminated>()) << "round " << round;
+    EXPECT_EQ(t->msg.as<sys::Terminated>()->reason(), sys::TerminationReason::Stopped);
+    a->probe.watch(a->sys, watcher);
+    a->sys.stop(watcher);
+    auto w = a->probe.next();  // the watcher is gone and its name free
+    ASSERT_TRUE(w && w->msg.is<sys::Terminated>());
+    ASSERT_TRUE(eventually([&] { return a->transport->stats().remote_watches == 0 && !b->sys.lookup("/user/again"); }));
+  }
+  EXPECT_EQ(a->transport->stats().io_errors, 0u);
+  EXPECT_EQ(a->transport->stats().terminated_unsolicited, 0u);
 }
 
 TEST_F(TwoNodes, UnwatchMeansNoTerminated) {

@@ -104,6 +104,7 @@ struct TransportStats {
   std::uint64_t disconnects = 0;
   std::uint64_t nodes_lost = 0;
   std::uint64_t wakeups = 0;                 ///< times a sender had to wake the sleeping I/O thread
+  std::uint64_t io_errors = 0;               ///< exceptions caught on the I/O thread (logged; it goes on)
   std::uint64_t peers = 0;                   ///< gauge: remote incarnations known
   std::uint64_t queued = 0;                  ///< gauge: messages waiting to be sent, all peers
   std::uint64_t remote_watches = 0;          ///< gauge: local watchers of remote actors
