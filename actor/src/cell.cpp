@@ -269,10 +269,13 @@ bool Cell::wake(std::uint32_t bits) {
 
 void Cell::request_stop(sys::TerminationReason reason) {
   std::uint32_t r = static_cast<std::uint32_t>(reason) << kReasonShift;
-  // The first reason wins.
+  // The first reason wins: the request and its reason are set together, once (two requests at
+  // once used to OR their reasons into a third, or into no reason at all).
   std::uint32_t s = state_.load(std::memory_order_relaxed);
-  if (s & (kStopReq | kDead)) return;
-  wake(kStopReq | r);
+  do {
+    if (s & (kStopReq | kDead)) return;
+  } while (!state_.compare_exchange_weak(s, s | kStopReq | r, std::memory_order_acq_rel, std::memory_order_relaxed));
+  wake(0);  // schedules it unless it is scheduled (a turn running now sees the request at its end)
 }
 
 bool Cell::stop_keeping_queued(ActorSystem::KeepQueued keep) {
