@@ -78,7 +78,7 @@ done
 
 if [ -z "${TROUPE_NAME:-}" ] && ! sets name; then export TROUPE_NAME="$(hostname)"; fi
 if [ -z "${TROUPE_BIND:-}" ] && ! sets bind; then export TROUPE_BIND=0.0.0.0; fi
-if [ -n "${TROUPE_ADMIN_TOKEN:-}" ] && [ -z "${TROUPE_ADMIN_BIND:-}" ] && ! sets admin-bind; then
+if { [ -n "${TROUPE_ADMIN_TOKEN:-}" ] || sets admin-token; } && [ -z "${TROUPE_ADMIN_BIND:-}" ] && ! sets admin-bind; then
   export TROUPE_ADMIN_BIND=0.0.0.0
 fi
 

@@ -65,8 +65,15 @@ class AskRef final : public detail::RefTarget {
 
  protected:
   ~AskRef() override {
-    // The system is going away with the question unanswered.
-    if (!finished_.exchange(true)) call(done_, ActorErrc::system_shutdown);
+    // The system is going away with the question unanswered. This ref may outlive the system
+    // (a copy of the sender kept somewhere): what the callback throws here is swallowed, with
+    // no system left to count it.
+    if (!finished_.exchange(true)) {
+      try {
+        done_(ActorErrc::system_shutdown);
+      } catch (...) {
+      }
+    }
   }
 
  private:

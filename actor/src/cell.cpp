@@ -192,6 +192,9 @@ ActorRef Cell::spawn(FactoryPtr f, SpawnOptions opts) {
   }
   // refs = 1: the "alive" reference, owned by the cell itself and released by finalize().
   auto* c = new Cell(sys_, this, std::move(f), sys_.next_id.fetch_add(1, std::memory_order_relaxed));
+  // Taken before it is linked: from then on another thread may find it, stop it and run it to
+  // its end (releasing the alive reference) before this call goes on.
+  ActorRef ref(c, true);
   bool parent_stopping = false;
   try {
     if (!opts.name.empty()) c->ident().name = std::move(opts.name);
@@ -220,7 +223,6 @@ ActorRef Cell::spawn(FactoryPtr f, SpawnOptions opts) {
     throw;
   }
   sys_.spawned.fetch_add(1, std::memory_order_relaxed);
-  ActorRef ref(c, true);
   c->wake(0);  // scheduled already when a tell came first
   if (parent_stopping) c->request_stop(sys::TerminationReason::Stopped);
   return ref;

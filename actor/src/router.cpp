@@ -79,7 +79,8 @@ class RouterState final : public RefTarget {
   void stop() override { stop_all(); }
 
   void add(const ActorRef& r);
-  void remove(const ActorRef& r, bool died);
+  /// `failed`: it died of failures (its replacement counts against the pool's budget).
+  void remove(const ActorRef& r, bool died, bool failed = false);
   std::vector<ActorRef> routees() const { return current_.load(std::memory_order_acquire)->routees; }
   void broadcast(const Message& msg, const ActorRef& sender) const {
     for (const auto& r : current_.load(std::memory_order_acquire)->routees) r.tell(msg, sender);
@@ -153,7 +154,10 @@ class RouteeWatcher final : public RefTarget {
  public:
   explicit RouteeWatcher(RouterState* s) : state_(s, true) {}
   void send(Message&& msg, ActorRef&& sender) override {
-    if (msg.is<sys::Terminated>() && sender) static_cast<RouterState*>(state_.target())->remove(sender, true);
+    const auto* t = msg.as<sys::Terminated>();
+    if (t && sender) {
+      static_cast<RouterState*>(state_.target())->remove(sender, true, t->reason() == sys::TerminationReason::Failed);
+    }
   }
   std::string path() const override { return state_.path() + "/$watcher"; }
   std::uint64_t id() const noexcept override { return state_.id(); }
@@ -240,7 +244,7 @@ void RouterState::add(const ActorRef& r) {
   r.target()->add_watcher(watcher);  // a routee that is already dead is removed at once
 }
 
-void RouterState::remove(const ActorRef& r, bool died) {
+void RouterState::remove(const ActorRef& r, bool died, bool failed) {
   ActorRef watcher;
   bool replace = false;
   {
@@ -255,7 +259,8 @@ void RouterState::remove(const ActorRef& r, bool died) {
     removed_.fetch_add(1, std::memory_order_relaxed);
     replace = died && head_ && !stopping_ && !head_->stopping();
     if (replace) {
-      head_->send(Message::build<sys::PoolResize>([](auto& b) { return sys::CreatePoolResize(b, 1, true); }), ActorRef{});
+      head_->send(Message::build<sys::PoolResize>([failed](auto& b) { return sys::CreatePoolResize(b, 1, true, failed); }),
+                  ActorRef{});
     }
   }
   if (!died) r.target()->remove_watcher(watcher);
@@ -409,7 +414,9 @@ class PoolHead final : public Actor {
     const auto size = static_cast<unsigned>(router().routees().size());
     if (r->replacement()) {
       for (int i = 0; i < r->delta(); ++i) {
-        if (!replacement_allowed()) {
+        // Asked for before a restart of this supervisor, whose pre_start spawned a full pool.
+        if (router().routees().size() >= (resizer_ ? std::max(size_, resizer_->upper) : size_)) break;
+        if (r->failed() && !replacement_allowed()) {
           router().count_refused();
           context().system().log().error(
               "pool {}: a stopped routee is not replaced: {} replacements within {} ms already (the supervision "
@@ -449,9 +456,10 @@ class PoolHead final : public Actor {
  private:
   RouterState& router() { return *static_cast<RouterState*>(state_.target()); }
   void grow() { router().add(spawn_(context())); }
-  // Replacements share the supervision budget: at most max_restarts per routee of the pool
-  // within `within`. A routee that cannot start is restarted until its budget is spent, then
-  // stopped; without this bound its replacement would start the same loop again, for ever.
+  // Replacements of routees that failed share the supervision budget: at most max_restarts per
+  // routee of the pool within `within`. A routee that cannot start is restarted until its budget
+  // is spent, then stopped; without this bound its replacement would start the same loop again,
+  // for ever. A routee that stopped (itself, or stopped by the user) is always replaced.
   bool replacement_allowed() {
     const auto now = std::chrono::steady_clock::now();
     while (!replaced_at_.empty() && now - replaced_at_.front() > strategy_.budget.within) replaced_at_.pop_front();

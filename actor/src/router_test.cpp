@@ -397,6 +397,23 @@ TEST_F(RouterTest, APoolOfRouteesThatCannotStartShrinksWithinItsBudget) {
   EXPECT_EQ(sys.stats().failures, before);
 }
 
+// Only failures count against that budget: a routee stopped on purpose (by itself or by the
+// user) is replaced however often it happens.
+TEST_F(RouterTest, RouteesStoppedOnPurposeAreAlwaysReplaced) {
+  Probe probe(sys);
+  SupervisorStrategy budgeted;
+  budgeted.budget.max_restarts = 1;
+  auto pool = make_pool<Routee>(sys, 1, RouterConfig{}, pool_options("stopping", budgeted), 0, probe.ref(), &rec);
+  ASSERT_TRUE(probe.next());
+  for (int i = 1; i <= 5; ++i) {
+    sys.stop(pool.routees().at(0));
+    ASSERT_TRUE(probe.next()) << "replacement " << i << " did not start";
+    ASSERT_TRUE(eventually([&] { return pool.routees().size() == 1; }));
+  }
+  EXPECT_EQ(pool.stats().routees_replaced, 5u);
+  EXPECT_EQ(pool.stats().replacements_refused, 0u);
+}
+
 TEST_F(RouterTest, DeadGroupRouteeLeavesAndAnEmptyRouterDeadLetters) {
   auto rs = spawn_routees(2);
   auto router = make_group(sys, rs);

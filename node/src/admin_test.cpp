@@ -273,7 +273,7 @@ TEST_F(AdminTest, DowningAMemberThatIsNoLongerLiveIsAConflict) {
 TEST(AdminServer, EventStreamsBeyondTheirCapAreRefusedAndHealthChecksStillServed) {
   auto o = cluster_options("a1", "s3cret");
   o.admin->max_event_streams = 2;
-  o.admin->max_connections = 4;
+  o.admin->max_connections = 8;
   auto node = Node::start(o).value();
   const auto port = node->admin_port();
   asio::io_context ioc;

@@ -746,12 +746,15 @@ TEST(TransportIdleSpin, OnlyARoundOfAFewMessagesIsFollowedByABusyPoll) {
 
 // A stream (rounds of many messages, after which the I/O threads block) goes through in order
 // with a spin far longer than the run, and the asks after it still need no wake-up: their
-// rounds are of one message.
+// rounds are of one message. During the stream the I/O threads did block (with the spin after
+// every round they never would, and no send would have to wake them).
 TEST(TransportIdleSpin, AStreamThenAsksWithALongSpin) {
   SpinPair p(std::chrono::seconds(30));
   p.b.sys.spawn<OrderChecker>(SpawnOptions{.name = "checker"});
   auto checker = p.a.ref_on(p.b, "/user/checker");
-  constexpr std::uint64_t kEach = 5'000;
+  p.asks(0, 0);  // connected, and both I/O threads spinning
+  const auto woken = p.a.transport->stats().wakeups + p.b.transport->stats().wakeups;
+  constexpr std::uint64_t kEach = 20'000;
   auto blaster = p.a.sys.spawn<Blaster>(SpawnOptions{}, checker, 1);
   blaster.tell(cmd("go", kEach));
   std::uint64_t seen = 0;
@@ -763,6 +766,8 @@ TEST(TransportIdleSpin, AStreamThenAsksWithALongSpin) {
   }
   ASSERT_EQ(seen, kEach);
   EXPECT_LT(p.a.transport->stats().frames_out, p.a.transport->stats().messages_out / 4) << "rounds of many messages";
+  EXPECT_GT(p.a.transport->stats().wakeups + p.b.transport->stats().wakeups, woken)
+      << "the I/O threads never blocked during the stream";
   p.asks(0, 0);
   const auto a0 = p.a.transport->stats().wakeups, b0 = p.b.transport->stats().wakeups;
   p.asks(1, 30);

@@ -50,6 +50,7 @@ key-file = "/elsewhere/n.key"
 admin-bind = "127.0.0.1"
 TOML
 out=$(run -- --config "$tmp/n.toml")
+expect "$out" "^ARGS --config $tmp/n.toml$" "--config FILE: troupe-node was not started with its arguments"
 refuse "$out" "^TROUPE_NAME=" "the file's name was overridden"
 refuse "$out" "^TROUPE_ADVERTISE=" "the file's advertised address was overridden"
 refuse "$out" "^TROUPE_BIND=" "the file's bind address was overridden"
@@ -59,9 +60,20 @@ expect "$out" "^TROUPE_ALLOW_LIST=$tmp/keys/allow-list$" "what the file leaves o
 
 # The same file through TROUPE_CONFIG, and --config=FILE.
 out=$(run TROUPE_CONFIG="$tmp/n.toml" --)
+expect "$out" "^ARGS" "TROUPE_CONFIG: troupe-node was not started"
 refuse "$out" "^TROUPE_NAME=" "TROUPE_CONFIG: the file's name was overridden"
 out=$(run -- "--config=$tmp/n.toml")
+expect "$out" "^ARGS --config=" "--config=FILE: troupe-node was not started"
 refuse "$out" "^TROUPE_ADVERTISE=" "--config=FILE: the file's advertised address was overridden"
+
+# A token in the file (and no admin bind there): the admin port listens everywhere, as with a
+# token from the keys folder.
+printf 'admin-token = "t0ken"\nadvertise = "10.9.9.9"\n' >"$tmp/token.toml"
+rm "$tmp/keys/admin-token"
+out=$(run -- --config "$tmp/token.toml")
+expect "$out" "^TROUPE_ADMIN_BIND=0\.0\.0\.0$" "a token from the file: the admin port listens everywhere"
+refuse "$out" "^TROUPE_ADMIN_TOKEN=" "the file's token was overridden"
+echo s3cret >"$tmp/keys/admin-token"
 
 # The environment still wins where it is set explicitly.
 out=$(run TROUPE_NAME=from-env -- --config "$tmp/n.toml")
