@@ -50,9 +50,10 @@ struct RouterStats {
   std::uint64_t routees_removed = 0; ///< routees that stopped or were removed
   std::uint64_t routees_replaced = 0;///< pool routees spawned to replace stopped ones
   std::uint64_t resizes = 0;         ///< resize decisions sent to the pool
-  std::uint64_t replacements_refused = 0;  ///< stopped pool routees not replaced: the pool's
-                                           ///< supervision budget (max_restarts per routee
-                                           ///< within `within`) was spent on replacements
+  std::uint64_t replacements_refused = 0;  ///< pool routees stopped by failures and not
+                                           ///< replaced: the pool's supervision budget
+                                           ///< (max_restarts per routee within `within`) was
+                                           ///< spent on such replacements
 };
 
 namespace detail {
@@ -123,8 +124,8 @@ Router make_pool(ActorSystem& sys, unsigned size, RouterConfig config, PoolOptio
 }  // namespace detail
 
 /// A pool router: creates `size` routees T(args...) under a supervisor actor /user/<name> and
-/// replaces any that stops (at most max_restarts of its supervision budget per routee within
-/// `within`; beyond that the pool shrinks, counted and logged).
+/// replaces any that stops (one stopped by failures at most max_restarts times per routee
+/// within `within`, its supervision budget; beyond that the pool shrinks, counted and logged).
 template <class T, class... A>
 Router make_pool(ActorSystem& sys, unsigned size, RouterConfig config, PoolOptions options, A... args) {
   return detail::make_pool(sys, size, std::move(config), std::move(options),
