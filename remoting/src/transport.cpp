@@ -181,6 +181,7 @@ struct Peer {
   std::unique_ptr<zmq::socket_t> dealer, monitor;
   std::string server_key;  // the CURVE key the dealer was opened with
   bool connected_once = false;  // a handshake succeeded before (the next one is a reconnection)
+  bool up = false;              // connected: a handshake succeeded and no disconnection since
   std::deque<Outbound> pending;
   // After a failed handshake ZeroMQ gives up on the connection: Troupe reopens it with back-off
   // (the peer may be added to an allow-list later).
@@ -716,6 +717,7 @@ bool Transport::Core::connect(Peer& p) {
 }
 
 void Transport::Core::close_peer(Peer& p) {
+  p.up = false;
   if (p.dealer) {
     zmq_socket_monitor(p.dealer->handle(), nullptr, 0);
     p.dealer->close();
@@ -871,7 +873,10 @@ void Transport::Core::flush(Peer& p) {
       return;  // the key may be learned later
     }
     if (!(p.dealer->get(zmq::sockopt::events) & ZMQ_POLLOUT)) {
-      held_back = true;  // ZeroMQ's queue is full: the poll wakes this thread when it drains
+      // Connected: ZeroMQ's queue is full, and the poll wakes this thread when it drains. Not
+      // yet connected (immediate): the messages wait for the handshake, which the monitor
+      // reports; the spin for other peers' replies stays.
+      if (p.up) held_back = true;
       return;
     }
     builder.reset();
@@ -916,7 +921,7 @@ void Transport::Core::flush(Peer& p) {
       continue;
     }
     if (!r) {
-      held_back = true;  // not writable after all: retry when it is
+      if (p.up) held_back = true;  // not writable after all: retry when it is
       return;
     }
     bump(n.frames_out);
@@ -1276,7 +1281,10 @@ void Transport::Core::read_monitor(zmq::socket_t& mon, Peer* p) {
     const auto where = addr.to_string();
     switch (id) {
       case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
-        if (p) p->backoff = std::chrono::milliseconds(0);
+        if (p) {
+          p->backoff = std::chrono::milliseconds(0);
+          p->up = true;
+        }
         if (p && std::exchange(p->connected_once, true)) rewatch(p->addr.uid);  // reconnected: see rewatch()
         if (p && p->dealer) {
           // Say hello so the peer answers with its incarnation even before there is traffic.
@@ -1298,7 +1306,10 @@ void Transport::Core::read_monitor(zmq::socket_t& mon, Peer* p) {
           return;  // the monitor is closed too
         }
         break;
-      case ZMQ_EVENT_DISCONNECTED: bump(n.disconnects); break;
+      case ZMQ_EVENT_DISCONNECTED:
+        bump(n.disconnects);
+        if (p) p->up = false;
+        break;
       default: break;
     }
   }

@@ -744,16 +744,15 @@ TEST(TransportIdleSpin, OnlyARoundOfAFewMessagesIsFollowedByABusyPoll) {
   EXPECT_EQ((SpinPolicy{std::chrono::microseconds(0)}.after_round(now, 1, false)), none) << "idle_spin 0";
 }
 
-// A stream (rounds of many messages, after which the I/O threads block) goes through in order
-// with a spin far longer than the run, and the asks after it still need no wake-up: their
-// rounds are of one message. During the stream the I/O threads did block (with the spin after
-// every round they never would, and no send would have to wake them).
+// A stream goes through in order with a spin far longer than the run, and the asks after it
+// still need no wake-up: their rounds are of one message. (Whether a round of the stream moves
+// enough to count as a stream's depends on how the threads are scheduled: that the I/O thread
+// blocks after such a round is the policy's test above and the stalled peer's test below.)
 TEST(TransportIdleSpin, AStreamThenAsksWithALongSpin) {
   SpinPair p(std::chrono::seconds(30));
   p.b.sys.spawn<OrderChecker>(SpawnOptions{.name = "checker"});
   auto checker = p.a.ref_on(p.b, "/user/checker");
   p.asks(0, 0);  // connected, and both I/O threads spinning
-  const auto woken = p.a.transport->stats().wakeups + p.b.transport->stats().wakeups;
   constexpr std::uint64_t kEach = 20'000;
   auto blaster = p.a.sys.spawn<Blaster>(SpawnOptions{}, checker, 1);
   blaster.tell(cmd("go", kEach));
@@ -766,13 +765,61 @@ TEST(TransportIdleSpin, AStreamThenAsksWithALongSpin) {
   }
   ASSERT_EQ(seen, kEach);
   EXPECT_LT(p.a.transport->stats().frames_out, p.a.transport->stats().messages_out / 4) << "rounds of many messages";
-  EXPECT_GT(p.a.transport->stats().wakeups + p.b.transport->stats().wakeups, woken)
-      << "the I/O threads never blocked during the stream";
   p.asks(0, 0);
   const auto a0 = p.a.transport->stats().wakeups, b0 = p.b.transport->stats().wakeups;
   p.asks(1, 30);
   EXPECT_EQ(p.a.transport->stats().wakeups, a0) << "the asker's I/O thread was asleep";
   EXPECT_EQ(p.b.transport->stats().wakeups, b0) << "the echo's replies had to wake its node's I/O thread";
+}
+
+// A peer that takes the connection and then reads nothing: ZeroMQ's queue to it fills, and the
+// I/O thread blocks (a send wakes it) instead of busy-polling until there is room. With the spin
+// after every round it would never block, and no send would wake it.
+TEST(TransportIdleSpin, AFullQueueToAStalledPeerMakesTheIOThreadBlock) {
+  SpinPair p(std::chrono::seconds(30));
+  zmq::context_t ctx;
+  zmq::socket_t stalled(ctx, zmq::socket_type::router);
+  stalled.set(zmq::sockopt::linger, 0);
+  stalled.set(zmq::sockopt::rcvhwm, 1);
+  stalled.set(zmq::sockopt::curve_server, 1);
+  stalled.set(zmq::sockopt::curve_secretkey, p.keys.c.secret_key);
+  stalled.bind("tcp://127.0.0.1:*");
+  const auto ep = stalled.get(zmq::sockopt::last_endpoint);
+  const auto port = ep.substr(ep.rfind(':') + 1);
+  p.a.transport->add_peer_key("127.0.0.1:" + port, p.keys.c.public_key);
+  auto ref = p.a.transport->resolve("troupe://00000000000000cc@127.0.0.1:" + port + "/user/x").value();
+  p.asks(0, 0);  // a's I/O thread spinning
+  const auto woken = p.a.transport->stats().wakeups;
+  const std::string big(8192, 'x');
+  std::uint64_t sent = 0;
+  // Kernel buffers take some megabytes before ZeroMQ's queue fills: keep sending until a send
+  // finds the I/O thread asleep.
+  EXPECT_TRUE(eventually([&] {
+    for (int i = 0; i < 64; ++i) ref.tell(cmd(big, sent++));
+    return p.a.transport->stats().wakeups > woken;
+  }, 20s)) << "the I/O thread never blocked; " << p.a.transport->stats().messages_out << " of " << sent << " sent";
+  EXPECT_GT(p.a.transport->stats().queued, 0u) << "the stalled peer took everything";
+}
+
+// Messages for a peer that has not taken the connection wait (a node starting, or one gone but
+// not yet declared lost); the I/O thread still spins after the asks to others, which therefore
+// need no wake-up.
+TEST(TransportIdleSpin, MessagesWaitingForAConnectionLeaveTheSpinOn) {
+  SpinPair p(std::chrono::seconds(30));
+  zmq::context_t ctx;
+  zmq::socket_t hole(ctx, zmq::socket_type::router);
+  hole.bind("tcp://127.0.0.1:*");
+  const auto ep = hole.get(zmq::sockopt::last_endpoint);
+  const auto port = ep.substr(ep.rfind(':') + 1);
+  hole.close();  // nothing listens there
+  p.a.transport->add_peer_key("127.0.0.1:" + port, p.keys.c.public_key);
+  auto ref = p.a.transport->resolve("troupe://00000000000000cc@127.0.0.1:" + port + "/user/x").value();
+  ref.tell(ping(1));
+  p.asks(0, 0);
+  const auto a0 = p.a.transport->stats().wakeups;
+  p.asks(1, 30);
+  EXPECT_EQ(p.a.transport->stats().wakeups, a0) << "the asker's I/O thread was asleep";
+  EXPECT_EQ(p.a.transport->stats().queued, 1u) << "the waiting message was sent or dropped";
 }
 
 TEST(TransportInsecure, NodesWithoutCurveTalkWhenBothOptIn) {
