@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <exception>
 #include <future>
 #include <mutex>
 #include <random>
@@ -181,6 +182,7 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
   id.remoting = m.cfg.remoting;
   id.curve_key = m.cfg.curve_key;
   id.roles = m.cfg.roles;
+  if (auto bad = SwimProtocol::record_fits(id, m.udp->max_payload()); !bad.empty()) return fail(bad);
 
   // Seeds: every address of every name. The first configured seed decides who may form.
   const std::vector<UdpEndpoint> resolved = resolve_seeds(seeds, id.gossip, m.cfg.bind_host, log.get());
@@ -199,7 +201,18 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
         std::lock_guard lk(raw->sub_mu);
         subs = raw->subscribers;
       }
-      for (auto& fn : subs) fn(e);
+      // Each subscriber hears of every event, whatever one before it throws (the sharding
+      // layer fences its shards on self_downed, after the program's own subscribers). The first
+      // failure goes on to the protocol, which counts and logs it.
+      std::exception_ptr failed;
+      for (auto& fn : subs) {
+        try {
+          fn(e);
+        } catch (...) {
+          if (!failed) failed = std::current_exception();
+        }
+      }
+      if (failed) std::rethrow_exception(failed);
     });
     raw->udp->set_handler([raw](const UdpEndpoint& from, std::span<const std::uint8_t> p) {
       raw->proto->on_packet(from, p);

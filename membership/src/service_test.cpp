@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 
 #include <troupe/serialization/log.hpp>
@@ -75,6 +77,22 @@ TEST_F(Cluster, ThreeNodesFormAndAGracefulLeaveEndsRemoved) {
   ASSERT_TRUE(lb.wait_for(is(EventKind::removed, "c")));
   EXPECT_EQ(a->members().size(), 2u);
   EXPECT_EQ(a->transport_stats().dropped_inbound(), 0u);
+}
+
+// The program's subscriber throws: those subscribed after it (the sharding layer, which fences
+// its shards on self_downed) still hear of every event.
+TEST_F(Cluster, ASubscriberThatThrowsKeepsNoLaterSubscriberFromItsEvents) {
+  auto a = start(config("a", {}));
+  std::atomic<int> thrown{0};
+  a->subscribe([&](const MembershipEvent&) {
+    ++thrown;
+    throw std::runtime_error("a subscriber's bug");
+  });
+  EventLog la;
+  la.attach(*a);
+  auto b = start(config("b", {"127.0.0.1:" + std::to_string(a->endpoint().port)}));
+  EXPECT_TRUE(la.wait_for(is(EventKind::up, "b"))) << "the subscriber after the one that threw heard nothing";
+  EXPECT_GT(thrown.load(), 0);
 }
 
 TEST_F(Cluster, AStoppedProcessWhosePortRefusesIsDownedWithoutWaitingStableAfter) {
@@ -218,6 +236,15 @@ TEST_F(Cluster, BadConfigurationNamesTheField) {
   c.advertise_host = "fe80::1%lo";
   EXPECT_FALSE(MembershipService::start(c, make_node_logger("a"), &why).ok());
   EXPECT_TRUE(why.starts_with("advertise_host")) << why;
+  // Roles each valid, but together too many bytes for a gossip datagram: no member could learn
+  // of this node (its joins would go out empty).
+  c = config("a", {});
+  c.roles = std::vector<std::string>(kMaxRoles, std::string(64, 'r'));
+  EXPECT_FALSE(MembershipService::start(c, make_node_logger("a"), &why).ok());
+  EXPECT_TRUE(why.starts_with("roles")) << why;
+  EXPECT_NE(why.find("mtu"), std::string::npos) << why;
+  c.roles.resize(4);
+  EXPECT_TRUE(MembershipService::start(c, make_node_logger("a"), &why).ok()) << why;
 }
 
 }  // namespace

@@ -106,12 +106,32 @@ std::string validate_identity(std::string_view node_name, std::string_view gossi
   return {};
 }
 
+namespace {
+/// An upper bound of a member record's bytes in a packet (8 of them for up_order).
+template <class Id>
+std::size_t record_estimate(const Id& i) {
+  std::size_t roles = i.roles.empty() ? 0 : 8;
+  for (const auto& r : i.roles) roles += 8 + r.size();
+  return 104 + i.name.size() + i.gossip.host.size() + i.remoting.size() + i.curve_key.size() + roles;
+}
+/// A packet's bytes around its records, at most (push-pull's, the larger), beside its sender's name.
+constexpr std::size_t kPacketFrame = 200 + 4 + 64;
+}  // namespace
+
 std::string validate_roles(const std::vector<std::string>& roles) {
   if (roles.size() > kMaxRoles) return fmt::format("roles: at most {}, not {}", kMaxRoles, roles.size());
   for (const auto& r : roles) {
     if (!valid_role(r)) return fmt::format("roles: {:?} is not 1 to 64 printable ASCII characters without spaces", r);
   }
   return {};
+}
+
+std::string SwimProtocol::record_fits(const Identity& self, std::size_t max_payload) {
+  const auto need = record_estimate(self) + kPacketFrame + self.name.size();
+  if (need <= max_payload) return {};
+  return fmt::format("roles: this node's record (name, addresses and {} roles) takes up to {} bytes of a gossip "
+                     "datagram, which carries {} with this mtu: fewer or shorter roles, or a larger mtu",
+                     self.roles.size(), need, max_payload);
 }
 
 class IdentityPool {
@@ -269,10 +289,10 @@ struct SwimProtocol::State {
         fn(e);
       } catch (const std::exception& ex) {
         ++stats.subscriber_failures;
-        log->error("a membership subscriber failed on {} of {}: {}", to_string(k), n.id->name, ex.what());
+        log->error("a membership subscriber failed on {} of {:?}: {}", to_string(k), e.member.name, ex.what());
       } catch (...) {
         ++stats.subscriber_failures;
-        log->error("a membership subscriber failed on {} of {} (not a std::exception)", to_string(k), n.id->name);
+        log->error("a membership subscriber failed on {} of {:?} (not a std::exception)", to_string(k), e.member.name);
       }
     }
   }
@@ -594,12 +614,7 @@ struct SwimProtocol::State {
                                 suspect_from, n.up_order, roles);
   }
 
-  static std::size_t estimate(const Node& n) {
-    const auto& i = *n.id;
-    std::size_t roles = i.roles.empty() ? 0 : 8;
-    for (const auto& r : i.roles) roles += 8 + r.size();
-    return 104 + i.name.size() + i.gossip.host.size() + i.remoting.size() + i.curve_key.size() + roles;  // 8 for up_order
-  }
+  static std::size_t estimate(const Node& n) { return record_estimate(*n.id); }
 
   /// Sends a packet with `body` (may be none) and as many pending updates as fit; `must` is a
   /// member whose record goes first (a suspect being pinged gets to know it is suspected).
@@ -614,16 +629,32 @@ struct SwimProtocol::State {
     // Highest tx_key first: membership news before liveness chatter, and within each the
     // fewest-sent (the most transmissions left).
     std::vector<std::uint64_t> sent;
+    std::vector<std::uint64_t> unsendable;
     for (auto bucket = pending_tx.rbegin(); bucket != pending_tx.rend(); ++bucket) {
       for (auto uid : bucket->second) {
         auto it = nodes.find(uid);
         if (it == nodes.end() || (must && uid == must->id->uid)) continue;
-        if (!room(it->second)) goto full;
+        if (!room(it->second)) {
+          if (!ups.empty()) goto full;
+          // Too large for a packet of its own: it can never go, and at the head of the queue
+          // it would hold back every record behind it.
+          unsendable.push_back(uid);
+          continue;
+        }
         ups.push_back(write(b, it->second));
         sent.push_back(uid);
       }
     }
   full:
+    for (auto uid : unsendable) {
+      auto& n = nodes.at(uid);
+      pending_tx[tx_key(n)].erase(uid);
+      n.transmits_left = 0;
+      n.tx_news = false;
+      ++stats.records_too_large;
+      drop_log.warn(*log, "the record of {} is too large for a datagram ({} bytes, {} at most): not gossiped", n.id->name,
+                    estimate(n), budget);
+    }
     for (auto uid : sent) {
       auto& n = nodes.at(uid);
       pending_tx[tx_key(n)].erase(uid);
@@ -689,7 +720,10 @@ struct SwimProtocol::State {
         ms.push_back(write(b, *all[i]));
         ++i;
       }
-      if (ms.empty() && i < all.size()) ++i;  // a record larger than a datagram cannot be sent
+      if (ms.empty() && i < all.size()) {  // a record larger than a datagram cannot be sent
+        ++stats.records_too_large;
+        ++i;
+      }
       auto v = b.CreateVector(ms);
       auto body = gossip::CreatePushPull(b, join, reply, v, static_cast<std::uint16_t>(chunk++));
       auto name = b.CreateString(me().id->name);

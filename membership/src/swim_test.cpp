@@ -9,6 +9,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <string_view>
 
 #include <flatbuffers/flatbuffers.h>
@@ -229,6 +230,49 @@ TEST_F(Swim, ASubscriberThatThrowsNeitherStopsTheChangeNorTheOtherSubscribers) {
   EXPECT_EQ(later[0].kind, EventKind::joined);
   EXPECT_EQ(later[1].kind, EventKind::up);
   EXPECT_EQ(proto->stats().subscriber_failures, 2u);
+}
+
+// The last member leaves: the cluster has no leader any more, and the event that says so names
+// nobody. A subscriber that throws on it is caught like any other (its log line took the
+// nameless member's name from a null identity: a crash).
+TEST_F(Swim, ASubscriberThatThrowsOnTheEventThatNamesNoLeaderIsCaught) {
+  proto->subscribe([](const MembershipEvent&) { throw std::runtime_error("a subscriber's bug"); });
+  ASSERT_TRUE(proto->leader());
+  const auto failures = proto->stats().subscriber_failures;
+  proto->leave();
+  for (int i = 0; i < 10; ++i) {
+    clock.t += 1s;
+    proto->poll();
+  }
+  EXPECT_FALSE(proto->leader());
+  EXPECT_TRUE(std::any_of(events.begin(), events.end(), [](const MembershipEvent& e) {
+    return e.kind == EventKind::leader_changed && e.member.name.empty();
+  })) << "no event said the cluster has no leader";
+  EXPECT_GT(proto->stats().subscriber_failures, failures);
+}
+
+// A member record too large for any datagram (its roles; a member with a larger MTU can send
+// it) is not gossiped, and it does not hold back the records queued behind it.
+TEST_F(Swim, ARecordTooLargeForADatagramHoldsNoOtherBack) {
+  proto->on_packet(peer, gossip_with_roles("n2", 2, 7002, std::vector<std::string>(kMaxRoles, std::string(64, 'r'))));
+  ASSERT_TRUE(proto->member("n2"));
+  proto->on_packet(peer, gossip_about("n3", 3, "127.0.0.1", 7003, 0));
+  ASSERT_TRUE(proto->member("n3"));
+  out.sent.clear();
+  for (int i = 0; i < 5; ++i) {
+    clock.t += 1s;
+    proto->poll();
+  }
+  std::set<std::uint64_t> gossiped;
+  for (const auto& s : out.sent) {
+    const auto* p = gossip::GetPacket(s.bytes.data());
+    if (!p->updates()) continue;
+    for (const auto* m : *p->updates()) gossiped.insert(m->uid());
+  }
+  ASSERT_FALSE(out.sent.empty());
+  EXPECT_TRUE(gossiped.count(3)) << "the record behind the large one never went out";
+  EXPECT_FALSE(gossiped.count(2));
+  EXPECT_GT(proto->stats().records_too_large, 0u);
 }
 
 // A member's record expires some time after its removal. A process paused past that (SIGSTOP,

@@ -781,6 +781,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(stale, "Answers nobody waited for.");
     TROUPE_C(subscriber_failures, "Exceptions from membership event subscribers (the others still heard).");
     TROUPE_C(forgotten_records, "Records of members removed long ago, ignored.");
+    TROUPE_C(records_too_large, "Member records too large for any gossip datagram, not gossiped.");
     TROUPE_C(forgotten_told, "Members removed long ago that talked, told they are down.");
 #undef TROUPE_C
     m.gauge("troupe_membership_local_health", "Lifeguard local health multiplier (0: healthy).", s.local_health);
@@ -835,6 +836,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(unavailable, "Messages refused with ShardUnavailable.");
     TROUPE_C(dropped_no_sender, "Messages refused with no sender to tell.");
     TROUPE_C(handoffs, "Shards stopped here for a handoff.");
+    TROUPE_C(handoffs_called_off, "Handoffs called off: a new coordinator's table kept the shard here.");
     TROUPE_C(fenced, "Shards stopped at once (allocated elsewhere, or self downed).");
     TROUPE_C(suspended, "Shards suspended while this node was in a minority.");
     TROUPE_C(taken_back, "Messages queued for entities stopped at once when this node was in a minority, kept in the shard's buffer.");

@@ -702,9 +702,11 @@ bool Transport::Core::connect(Peer& p) {
       d->set(zmq::sockopt::curve_publickey, cfg.keys.public_key);
       d->set(zmq::sockopt::curve_secretkey, cfg.keys.secret_key);
     }
-    d->connect(connect_endpoint(p.addr));
-    // The monitor only once connected: a failed connect leaves no socket behind.
+    // The monitor before the connection: on loopback the handshake can be done before connect()
+    // returns, and a monitor attached after it never hears of it (the peer never counted as
+    // connected, a reconnection not known as one). A failed connect closes it (close_peer).
     socket_monitor(*d, p.monitor, kMonitorEvents);
+    d->connect(connect_endpoint(p.addr));
     p.dealer = std::move(d);
     p.server_key = std::move(server_key);
     return true;
@@ -879,6 +881,7 @@ void Transport::Core::flush(Peer& p) {
       if (p.up) held_back = true;
       return;
     }
+    p.up = true;  // writable: connected (immediate), whether or not the monitor told yet
     builder.reset();
     std::size_t k = 0;
     // Consecutive messages usually share a sender: its address is computed once per run.

@@ -834,12 +834,25 @@ class Region final : public Actor {
 
     // Shards allocated elsewhere stop at once (fenced); shards allocated here start.
     std::vector<ShardId> fence;
-    for (const auto& [shard, h] : hosted_) {
+    for (auto& [shard, h] : hosted_) {
       const bool mine = owner_[shard] != 0 && static_cast<int>(owner_[shard]) - 1 == self_index_ && epoch_[shard] == h.epoch;
-      if (!mine) fence.push_back(shard);
+      if (!mine) {
+        fence.push_back(shard);
+      } else if (h.handoff && !moving_[shard]) {
+        // Handing off for a coordinator that is gone: its successor built this table from the
+        // reports, where the shard was still here, and leaves it here. The entities that are
+        // stopping come back with their state once all have stopped (stopped()); finishing the
+        // handoff would leave the shard with no home until another table.
+        h.handoff = false;
+        h.reply_to = ActorRef{};
+        shared_->handoffs_called_off.fetch_add(1, std::memory_order_relaxed);
+        context().system().log().info("sharding {}: the handoff of shard {} was called off: the coordinator's "
+                                      "table keeps it here", settings_.type, shard);
+      }
     }
     for (auto shard : fence) fence_shard(shard, "allocated elsewhere by the coordinator");
-    if (self_index_ >= 0) {
+    // A downed node hosts nothing more, whatever a table sent before its downing says.
+    if (self_index_ >= 0 && !down_) {
       for (ShardId s = 0; s < n; ++s) {
         if (owner_[s] == static_cast<unsigned>(self_index_ + 1) && !moving_[s] && !hosted_.count(s)) host(s, epoch_[s]);
       }
@@ -851,6 +864,7 @@ class Region final : public Actor {
   }
 
   void host(ShardId shard, std::uint64_t epoch) {
+    if (down_) return;
     auto& hs = hosted_[shard];
     hs.epoch = epoch;
     std::vector<std::pair<std::string, Message>> states;
@@ -1486,6 +1500,7 @@ ShardingStats Sharding::stats() const {
   out.unavailable = s.unavailable.load();
   out.dropped_no_sender = s.dropped_no_sender.load();
   out.handoffs = s.handoffs.load();
+  out.handoffs_called_off = s.handoffs_called_off.load();
   out.fenced = s.fenced.load();
   out.suspended = s.suspended.load();
   out.taken_back = s.taken_back.load();

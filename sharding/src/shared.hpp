@@ -102,7 +102,7 @@ struct Sharding::Shared {
   std::condition_variable hosted_changed;  // with mu: hand_off_all waits on it
 
   std::atomic<std::uint64_t> routed{0}, front_door{0}, activations{0}, passivations{0}, buffered{0}, unknown_type{0}, bad_id{0},
-      live{0}, forwarded{0}, rerouted{0}, stale_epoch{0}, unavailable{0}, dropped_no_sender{0}, handoffs{0},
+      live{0}, forwarded{0}, rerouted{0}, stale_epoch{0}, unavailable{0}, dropped_no_sender{0}, handoffs{0}, handoffs_called_off{0},
       fenced{0}, suspended{0}, taken_back{0}, states_restored{0}, tables_applied{0}, stale_coordinator{0}, malformed{0}, rebalances{0},
       allocations{0}, incarnations{0}, deduplicated{0}, retries{0}, start_failed{0};
   ThrottledLog refused_log, protocol_log;

@@ -698,6 +698,121 @@ TEST(ClusterSharding, WhatABusyEntityHadQueuedIsRefusedToItsSendersWhenItsNodeIs
 // its tables carry versions above the ones before, so the regions apply them (a join settles).
 // Before, it stayed idle until the next membership event, then numbered its tables from 1,
 // which the regions ignored as old.
+// A new coordinator rebuilds its table from the regions' reports while a region is handing a
+// shard off for the old one (an entity still working through its queue): the region still
+// reports the shard, and the new table puts it there, not moving. The region serves the shard
+// again, its entities with their state, instead of finishing a handoff nobody waits for (it
+// dropped the shard, and every message for it waited or was refused until another table).
+TEST(ClusterSharding, AHandoffThatANewTableCallsOffServesTheShardAgainWithItsState) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1}));
+  const auto held_id = entity_on(c, 1);
+  ASSERT_FALSE(held_id.empty());
+  const auto shard = sharding::shard_of(kType, held_id, kShards);
+  std::string id;  // another entity of the shard, with state to carry
+  for (int k = 0; id.empty() && k < 100'000; ++k) {
+    const auto candidate = "same-shard-" + std::to_string(k);
+    if (sharding::shard_of(kType, candidate, kShards) == shard) id = candidate;
+  }
+  ASSERT_FALSE(id.empty());
+  auto added = c.ask(0, id, cmd("addget", 7));
+  ASSERT_TRUE(added && added->is<test::Cmd>());
+  ASSERT_EQ(op_of(*added), "n1");
+
+  // The table as every node has it, to send again later as a new coordinator's.
+  const auto table = c.sh[1]->shards(kType);
+  ASSERT_EQ(table.size(), kShards);
+  std::vector<std::string> regions;
+  std::vector<std::uint16_t> owner;
+  std::vector<std::uint64_t> epoch;
+  for (const auto& s : table) {
+    auto at = std::find(regions.begin(), regions.end(), s.region);
+    if (at == regions.end()) at = regions.insert(regions.end(), s.region);
+    owner.push_back(static_cast<std::uint16_t>(at - regions.begin() + 1));
+    epoch.push_back(s.epoch);
+  }
+  const std::vector<std::uint8_t> moving(kShards, 0);
+
+  Held held;
+  testkit::Probe probe(c.nodes[1]->system());
+  hold_with_a_waiting_message(c, 1, held_id, probe, 1);
+  // The coordinator's actor on n0 asks n1's region to hand the shard off ...
+  auto coord0 = c.nodes[0]->system().lookup("/system/sharding-coordinator");
+  ASSERT_TRUE(coord0);
+  auto region1 = c.nodes[0]->transport().resolve(c.nodes[1]->transport().address().to_string() + "/system/sharding-account");
+  ASSERT_TRUE(region1);
+  const auto handoffs = c.sh[1]->stats().handoffs;
+  region1->tell(Message::build<sharding::HandOff>([&](flatbuffers::FlatBufferBuilder& b) {
+    return sharding::CreateHandOff(b, b.CreateString(kType), c.uid(0), shard, epoch[shard]);
+  }), coord0);
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().handoffs > handoffs; }, 10s));
+  // ... and then, as a new coordinator would from the reports, puts it where it is.
+  const auto tables = c.sh[1]->stats().tables_applied;
+  region1->tell(Message::build<sharding::ShardTableUpdate>([&](flatbuffers::FlatBufferBuilder& b) {
+    return sharding::CreateShardTableUpdate(b, b.CreateString(kType), c.uid(0), 1'000'000, kShards,
+                                            b.CreateVectorOfStrings(regions), b.CreateVector(owner), b.CreateVector(epoch),
+                                            b.CreateVector(moving));
+  }), coord0);
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().tables_applied > tables; }, 10s));
+  g_gate.set(true);
+  // The message that waited for the held entity reaches its next activation, on n1.
+  auto echoed = probe.next(20s);
+  ASSERT_TRUE(echoed) << "the message for the shard was never delivered";
+  ASSERT_TRUE(echoed->msg.is<test::Ping>()) << "refused instead of served";
+  EXPECT_EQ(echoed->msg.as<test::Ping>()->seq(), 1u);
+  EXPECT_TRUE(c.hosted(1).count(shard)) << "n1 dropped the shard";
+  EXPECT_EQ(c.get(0, id), (std::pair<std::string, std::uint64_t>{"n1", 7})) << "served again, with its state";
+  c.log.check();
+}
+
+// A node is downed while a shard's state and a table that gives it that shard are on their way
+// from the coordinator: its region starts nothing from them. (It hosted the shard and started
+// the entity whose state came along: a second activation once the majority gives the shard a
+// home.)
+TEST(ClusterSharding, ADownedNodeHostsNothingFromATableThatArrivesAfterItsDowning) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1, 2}));
+  ASSERT_TRUE(c.nodes[0]->membership()->down("n1"));
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().fenced > 0; }, 30s));
+  ASSERT_TRUE(eventually([&] { return c.hosted(1).empty(); }, 10s));
+  const std::string id = "arrives-late";
+  const auto shard = sharding::shard_of(kType, id, kShards);
+  const std::string region1_path = c.nodes[1]->transport().address().to_string() + "/system/sharding-account";
+  // In flight from n0's coordinator: sent by it, as n1's transport delivers it.
+  auto coord0 = c.nodes[1]->transport().resolve(c.nodes[0]->transport().address().to_string() + "/system/sharding-coordinator");
+  ASSERT_TRUE(coord0);
+  auto region1 = c.nodes[1]->system().lookup("/system/sharding-account");
+  ASSERT_TRUE(region1);
+  const std::uint64_t epoch = 1'000'000;
+  const auto state = cmd("state", 42);
+  region1.tell(Message::build<sharding::ShardState>([&](flatbuffers::FlatBufferBuilder& b) {
+    std::vector<flatbuffers::Offset<sharding::EntityState>> v{sharding::CreateEntityState(
+        b, b.CreateString(id), state.type(), b.CreateVector(state.bytes().data(), state.size()))};
+    return sharding::CreateShardState(b, b.CreateString(kType), c.uid(0), shard, epoch, b.CreateVector(v));
+  }), *coord0);
+  const std::vector<std::string> regions{region1_path};
+  const std::vector<std::uint16_t> owner(kShards, 1);
+  const std::vector<std::uint64_t> epochs(kShards, epoch);
+  const std::vector<std::uint8_t> moving(kShards, 0);
+  const auto tables = c.sh[1]->stats().tables_applied;
+  const auto restored = c.sh[1]->stats().states_restored;
+  for (std::uint64_t version : {1'000'000u, 1'000'001u}) {
+    region1.tell(Message::build<sharding::ShardTableUpdate>([&](flatbuffers::FlatBufferBuilder& b) {
+      return sharding::CreateShardTableUpdate(b, b.CreateString(kType), c.uid(0), version, kShards,
+                                              b.CreateVectorOfStrings(regions), b.CreateVector(owner),
+                                              b.CreateVector(epochs), b.CreateVector(moving));
+    }), *coord0);
+  }
+  // Both applied (the region takes one message at a time): the first one's hosting is done.
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().tables_applied >= tables + 2; }, 10s))
+      << "the tables were not taken as the coordinator's: this test proves nothing";
+  EXPECT_TRUE(c.hosted(1).empty());
+  EXPECT_EQ(c.sh[1]->stats().states_restored, restored);
+  EXPECT_EQ(c.sh[1]->stats().live_entities, 0u);
+  std::lock_guard lk(c.log.mu);
+  for (const auto& e : c.log.entries) EXPECT_FALSE(e.node == 1 && e.id == id) << "started on the downed node";
+}
+
 TEST(ClusterSharding, ARestartedCoordinatorActorTakesUpTheRoleAndItsTablesAreApplied) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1, 2}));

@@ -67,6 +67,7 @@ struct SwimStats {
   std::uint64_t subscriber_failures = 0;  ///< exceptions from event subscribers (logged; the others still heard)
   std::uint64_t forgotten_records = 0;    ///< records of members removed long ago (their records expired): ignored
   std::uint64_t forgotten_told = 0;       ///< such a member talked, and was told it is down
+  std::uint64_t records_too_large = 0;    ///< member records no datagram can carry (a larger MTU's member): not gossiped
   std::uint64_t local_health = 0;         ///< gauge: Lifeguard multiplier (0 = healthy)
   /// Failure detection: from this node's first suspicion of a member to declaring it
   /// unreachable (a refused port skips the suspicion: not counted here).
@@ -107,6 +108,11 @@ class SwimProtocol {
     std::string curve_key;
     std::vector<std::string> roles;  ///< at most kMaxRoles, each 1 to 64 printable characters
   };
+
+  /// Empty when this node's record fits a datagram of `max_payload` bytes with the packet around
+  /// it, else why not (its name, addresses and roles together outgrow the MTU: no member could
+  /// learn of it).
+  static std::string record_fits(const Identity& self, std::size_t max_payload);
 
   SwimProtocol(MembershipConfig config, Identity self, const Clock& clock, PacketTransport& transport,
                std::uint64_t seed, std::shared_ptr<spdlog::logger> log, std::shared_ptr<IdentityPool> pool = nullptr);

@@ -139,6 +139,7 @@ struct ShardingStats {
   std::uint64_t dropped_no_sender = 0;    ///< refused with no sender to tell (dead letters)
   std::uint64_t shards_hosted = 0;        ///< gauge
   std::uint64_t handoffs = 0;             ///< shards this node stopped for a handoff
+  std::uint64_t handoffs_called_off = 0;  ///< of those, kept here by a new coordinator's table (served again)
   std::uint64_t fenced = 0;               ///< shards stopped at once: allocated elsewhere, or self downed
   std::uint64_t suspended = 0;            ///< shards suspended because this node saw itself in a minority
   std::uint64_t taken_back = 0;           ///< of buffered: queued for an entity stopped at once (suspension)
