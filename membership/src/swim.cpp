@@ -474,7 +474,8 @@ struct SwimProtocol::State {
            printable(r.curve_key, kMaxText);
   }
 
-  void merge(const Rec& r) {
+  /// `from`: the uid of the member whose packet carried the record.
+  void merge(const Rec& r, std::uint64_t from) {
     ++stats.updates_received;
     if (!valid(r)) {
       ++stats.rejected_records;
@@ -502,8 +503,11 @@ struct SwimProtocol::State {
         drop_log.warn(*log, "rejected the first record of {} at incarnation {}", in.name, in.incarnation);
         return;
       }
-      // A restarted process joins under its old name with a new uid: the old one is gone.
-      if (in.status == MemberStatus::joining) {
+      // A restarted process joins under its old name with a new uid: the old one is gone. Only
+      // the joining process itself says so: a joining record passed on by another member may
+      // be an earlier incarnation's (one that crashed while joining), older than the member of
+      // that name here, which it would down. The others learn of the downing by gossip.
+      if (in.status == MemberStatus::joining && from == in.uid) {
         for (auto& [uid, other] : nodes) {
           if (uid != self_uid && other.id->name == in.name && live_status(other.status)) {
             set_status(other, MemberStatus::down, fmt::format("restarted as incarnation {:016x}", in.uid));
@@ -820,7 +824,7 @@ struct SwimProtocol::State {
     }
     if (!refused.empty()) heard_from(from, p->from_uid());
     if (p->updates()) {
-      for (const auto* m : *p->updates()) merge(read(*m));
+      for (const auto* m : *p->updates()) merge(read(*m), p->from_uid());
     }
     if (stale_view_of_me) {
       stale_view_of_me = false;
@@ -887,7 +891,7 @@ struct SwimProtocol::State {
       case gossip::Body::PushPull: {
         const auto* pp = p->body_as_PushPull();
         if (pp->members()) {
-          for (const auto* m : *pp->members()) merge(read(*m));
+          for (const auto* m : *pp->members()) merge(read(*m), p->from_uid());
         }
         // One answer per request, not one per chunk of it.
         if (!pp->reply() && pp->chunk() == 0) send_push_pull(from, false, true);

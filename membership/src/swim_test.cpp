@@ -360,6 +360,30 @@ TEST_F(Swim, LeaveActsOnThisNodeAndByNameOnTheNewestOfTwoIncarnations) {
   EXPECT_EQ(status_of(9), MemberStatus::up) << "another member named like this node";
 }
 
+// A joining record under a known member's name and a new uid means a restarted process, but only
+// from that process itself: passed on by another member it may be an earlier incarnation's (one
+// that crashed while joining), and downing the member of that name would down the live one.
+TEST_F(Swim, OnlyTheJoiningProcessItselfDownsTheOtherIncarnationOfItsName) {
+  auto status_of = [&](std::uint64_t uid) {
+    for (const auto& m : proto->members()) {
+      if (m.uid == uid) return m.status;
+    }
+    return MemberStatus::removed;
+  };
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 0));
+  ASSERT_EQ(status_of(2), MemberStatus::up);
+  // Relayed by member 77.
+  proto->on_packet(peer, gossip_about("n2", 5, "127.0.0.1", 7002, 0, gossip::MemberStatus::Joining));
+  EXPECT_EQ(status_of(5), MemberStatus::joining);
+  EXPECT_EQ(status_of(2), MemberStatus::up) << "downed on a record passed on by another member";
+  // From the joining process itself.
+  proto->on_packet(UdpEndpoint{"127.0.0.1", 7002},
+                   gossip_about("n2", 6, "127.0.0.1", 7002, 0, gossip::MemberStatus::Joining, gossip::Liveness::Alive, 1, 6));
+  EXPECT_EQ(status_of(6), MemberStatus::joining);
+  EXPECT_EQ(status_of(2), MemberStatus::down) << "a restarted process";
+  EXPECT_EQ(status_of(5), MemberStatus::down);
+}
+
 TEST_F(Swim, ADuplicatedPacketChangesNothingTheSecondTime) {
   auto p = gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Up, gossip::Liveness::Suspect);
   proto->on_packet(peer, p);
