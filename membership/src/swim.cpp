@@ -486,8 +486,12 @@ struct SwimProtocol::State {
     const auto& in = r;
     if (in.uid == self_uid) return merge_about_self(r);
     if (forgotten.count(in.uid)) {
-      // Removed long ago (its record expired): gone for good, whatever its record says now.
+      // Removed long ago (its record expired): gone for good, whatever its record says now. The
+      // sender missed the removal (cut off while it happened): its view would differ from
+      // everyone's for good (no convergence, so the leader would move nobody), and it would
+      // gossip the member back in once its entry here expires. It is told (on_packet).
       ++stats.forgotten_records;
+      if (in.status != MemberStatus::removed && from != in.uid) stale_about_forgotten.push_back(in.uid);
       return;
     }
     auto it = nodes.find(in.uid);
@@ -619,6 +623,28 @@ struct SwimProtocol::State {
   }
 
   static std::size_t estimate(const Node& n) { return record_estimate(*n.id); }
+
+  /// Tells `to`, which still holds records of members removed long ago, that they are removed
+  /// (at most once a probe interval per member).
+  void correct_stale(const UdpEndpoint& to) {
+    for (auto uid : stale_about_forgotten) {
+      auto f = forgotten.find(uid);
+      if (f == forgotten.end()) continue;
+      auto& gone = f->second;
+      if (gone.corrected && now() - *gone.corrected < nanoseconds(cfg.probe_interval)) continue;
+      gone.corrected = now();
+      ++stats.forgotten_corrected;
+      Node removed;
+      removed.id = gone.id;
+      removed.incarnation = gone.incarnation;
+      removed.up_order = gone.up_order;
+      removed.status = MemberStatus::removed;
+      drop_log.warn(*log, "{} still gossips {} ({:016x}), removed long ago: told it is removed", to.to_string(),
+                    gone.id->name, uid);
+      send(to, gossip::Body::NONE, nullptr, &removed);
+    }
+    stale_about_forgotten.clear();
+  }
 
   /// Sends a packet with `body` (may be none) and as many pending updates as fit; `must` is a
   /// member whose record goes first (a suspect being pinged gets to know it is suspected).
@@ -825,6 +851,7 @@ struct SwimProtocol::State {
     if (!refused.empty()) heard_from(from, p->from_uid());
     if (p->updates()) {
       for (const auto* m : *p->updates()) merge(read(*m), p->from_uid());
+      correct_stale(from);
     }
     if (stale_view_of_me) {
       stale_view_of_me = false;
@@ -892,6 +919,7 @@ struct SwimProtocol::State {
         const auto* pp = p->body_as_PushPull();
         if (pp->members()) {
           for (const auto* m : *pp->members()) merge(read(*m), p->from_uid());
+          correct_stale(from);
         }
         // One answer per request, not one per chunk of it.
         if (!pp->reply() && pp->chunk() == 0) send_push_pull(from, false, true);
@@ -1174,7 +1202,7 @@ struct SwimProtocol::State {
     for (auto it = removed_at.begin(); it != removed_at.end();) {
       if (t - it->second > nanoseconds(cfg.push_pull_interval) * 4) {
         if (auto n = nodes.find(it->first); n != nodes.end() && it->first != self_uid) {
-          forgotten[it->first] = Forgotten{n->second.id, n->second.incarnation, n->second.up_order, t, std::nullopt};
+          forgotten[it->first] = Forgotten{n->second.id, n->second.incarnation, n->second.up_order, t, std::nullopt, std::nullopt};
         }
         erase_node(it->first);
         it = removed_at.erase(it);
@@ -1453,7 +1481,10 @@ struct SwimProtocol::State {
     std::uint64_t incarnation = 0, up_order = 0;
     nanoseconds at{0};
     std::optional<nanoseconds> told;
+    std::optional<nanoseconds> corrected;  // last told a member that still holds its record
   };
+  /// Forgotten members whose records the packet being read carried (merge), to correct its sender.
+  std::vector<std::uint64_t> stale_about_forgotten;
   static constexpr std::chrono::hours kForgetAfter{24};
   std::unordered_map<std::uint64_t, Forgotten> forgotten;
   nanoseconds forgotten_swept_at{0};

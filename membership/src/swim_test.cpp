@@ -303,6 +303,44 @@ TEST_F(Swim, AMemberRemovedLongAgoIsNotAdmittedAgainAndIsToldItIsDown) {
   EXPECT_TRUE(told) << "n2 was not told it is down";
 }
 
+// A member that missed a removal (cut off while it happened) still gossips the removed member
+// after its record expired everywhere else: it is told the member is removed, and takes it (its
+// view, and so its digest, would differ from everyone's for good: no convergence, and the leader
+// would move nobody).
+TEST_F(Swim, AMemberStillGossipingOneRemovedLongAgoIsToldItIsRemoved) {
+  const UdpEndpoint n2_at{"127.0.0.1", 7002}, y_at{"127.0.0.1", 7003};
+  proto->on_packet(n2_at, gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 2));
+  proto->on_packet(peer, gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Removed));
+  clock.t += 5 * std::chrono::nanoseconds(MembershipConfig::lan().push_pull_interval);
+  proto->poll();  // its record expires
+  // Member y was cut off and still holds n2 as up.
+  ManualClock y_clock;
+  Recorder y_out;
+  SwimProtocol y(MembershipConfig::lan(), SwimProtocol::Identity{"y", 3, y_at, "", "", {}}, y_clock, y_out, 3, quiet());
+  y.on_packet(n2_at, gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 2));
+  ASSERT_TRUE(y.member("n2"));
+  out.sent.clear();
+  const auto stale = gossip_about("n2", 2, "127.0.0.1", 7002, 3, gossip::MemberStatus::Up, gossip::Liveness::Alive, 1, 3);
+  proto->on_packet(y_at, stale);
+  EXPECT_FALSE(proto->member("n2")) << "admitted again";
+  EXPECT_EQ(proto->stats().forgotten_corrected, 1u);
+  std::size_t corrections = 0;
+  for (const auto& s : out.sent) {
+    const auto* p = gossip::GetPacket(s.bytes.data());
+    if (!(s.to == y_at) || !p->updates()) continue;
+    bool removed = false;
+    for (const auto* m : *p->updates()) removed |= m->uid() == 2 && m->status() == gossip::MemberStatus::Removed;
+    if (!removed) continue;
+    ++corrections;
+    y.on_packet(UdpEndpoint{"127.0.0.1", 7000}, s.bytes);
+  }
+  ASSERT_EQ(corrections, 1u) << "y was not told";
+  EXPECT_FALSE(y.member("n2")) << "y still holds n2";
+  // At most once a probe interval.
+  proto->on_packet(y_at, stale);
+  EXPECT_EQ(proto->stats().forgotten_corrected, 1u);
+}
+
 // A member's first record cannot start at an incarnation only a million refutations would reach:
 // held, it would make the member's real records look stale and its refutations look forged.
 TEST_F(Swim, AFirstRecordAtAnImpossibleIncarnationIsRejected) {
