@@ -851,6 +851,7 @@ class Region final : public Actor {
       }
     }
     for (auto shard : fence) fence_shard(shard, "allocated elsewhere by the coordinator");
+    std::erase_if(stopped_answers_, [&](const auto& kv) { return epoch_[kv.first] > kv.second.first; });
     // A downed node hosts nothing more, whatever a table sent before its downing says.
     if (self_index_ >= 0 && !down_) {
       for (ShardId s = 0; s < n; ++s) {
@@ -905,8 +906,13 @@ class Region final : public Actor {
     const auto shard = h.shard();
     auto it = hosted_.find(shard);
     if (it == hosted_.end() || it->second.epoch != h.epoch()) {
-      // Not here (any more): done already, or never was.
-      sender().tell(stopped_message(shard, h.epoch(), {}), self());
+      // Not here (any more): done already (the same answer again), or never was.
+      auto done = stopped_answers_.find(shard);
+      if (done != stopped_answers_.end() && done->second.first == h.epoch()) {
+        sender().tell(done->second.second, self());
+      } else {
+        sender().tell(stopped_message(shard, h.epoch(), {}), self());
+      }
       return;
     }
     auto& hs = it->second;
@@ -955,7 +961,9 @@ class Region final : public Actor {
     hosted_.erase(it);
     context().system().log().info("sharding {}: shard {} handed off ({} entity states)", settings_.type, shard,
                                   hs.states.size());
-    if (hs.reply_to) hs.reply_to.tell(stopped_message(shard, hs.epoch, hs.states), self());
+    auto answer = stopped_message(shard, hs.epoch, hs.states);
+    if (hs.reply_to) hs.reply_to.tell(answer, self());
+    stopped_answers_.insert_or_assign(shard, std::pair{hs.epoch, std::move(answer)});
     // Buffered messages leave before callers may send past the region (publish).
     flush_buffers();
     publish();
@@ -1052,6 +1060,10 @@ class Region final : public Actor {
   std::vector<std::uint8_t> moving_;
   std::unordered_map<ShardId, Hosted> hosted_;
   std::unordered_map<ShardId, std::pair<std::uint64_t, std::vector<std::pair<std::string, Message>>>> pending_states_;
+  // The ShardStopped of each shard handed off from here (epoch, message), until a table gives the
+  // shard a newer epoch: a HandOff sent again because the first answer was lost gets the same
+  // answer, entity states and all (an empty one would lose them without a word).
+  std::unordered_map<ShardId, std::pair<std::uint64_t, Message>> stopped_answers_;
   std::unordered_map<ShardId, Buffer> buffers_;
   std::size_t buffered_count_ = 0, buffered_bytes_ = 0;
   // Replies to keyed messages ("<id>\0<key>"), oldest first in reply_order_.

@@ -765,6 +765,42 @@ TEST(ClusterSharding, AHandoffThatANewTableCallsOffServesTheShardAgainWithItsSta
   c.log.check();
 }
 
+// The coordinator sends a HandOff again when no ShardStopped came back (the first one was lost:
+// dropped on a full queue, say). The region gives the same answer, with the entities' states;
+// an empty one (the shard is not here any more) lost them without a word.
+TEST(ClusterSharding, AHandOffSentAgainGetsTheSameAnswerWithTheEntitiesStates) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1}));
+  const auto id = entity_on(c, 1);
+  ASSERT_FALSE(id.empty());
+  auto added = c.ask(0, id, cmd("addget", 7));
+  ASSERT_TRUE(added && added->is<test::Cmd>());
+  const auto shard = sharding::shard_of(kType, id, kShards);
+  std::uint64_t epoch = 0;
+  for (const auto& s : c.sh[1]->shards(kType)) {
+    if (s.shard == shard) epoch = s.epoch;
+  }
+  // An actor of the coordinator's node asks (the region answers whoever asked from there).
+  testkit::Probe coordinator_node(c.nodes[0]->system());
+  auto region1 = c.nodes[0]->transport().resolve(c.nodes[1]->transport().address().to_string() + "/system/sharding-account");
+  ASSERT_TRUE(region1);
+  const auto handoff = Message::build<sharding::HandOff>([&](flatbuffers::FlatBufferBuilder& b) {
+    return sharding::CreateHandOff(b, b.CreateString(kType), c.uid(0), shard, epoch);
+  });
+  auto states_in = [&](const std::optional<testkit::Received>& r) -> int {
+    if (!r || !r->msg.is<sharding::ShardStopped>()) return -1;
+    const auto* st = r->msg.as<sharding::ShardStopped>();
+    EXPECT_EQ(st->shard(), shard);
+    EXPECT_EQ(st->epoch(), epoch);
+    return st->states() ? static_cast<int>(st->states()->size()) : 0;
+  };
+  region1->tell(handoff, coordinator_node.ref());
+  const int first = states_in(coordinator_node.next(20s));
+  ASSERT_GE(first, 1) << "no ShardStopped with the entity's state";
+  region1->tell(handoff, coordinator_node.ref());
+  EXPECT_EQ(states_in(coordinator_node.next(20s)), first) << "the second answer lost the states";
+}
+
 // A node is downed while a shard's state and a table that gives it that shard are on their way
 // from the coordinator: its region starts nothing from them. (It hosted the shard and started
 // the entity whose state came along: a second activation once the majority gives the shard a
