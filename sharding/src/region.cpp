@@ -1379,17 +1379,23 @@ class AskForwarder final : public Actor {
 
 /// An ask with retries: each attempt is an ask of its own (the same idempotency key), the next
 /// one after a timeout or ShardUnavailable, with a growing pause; the first other answer, or
-/// the last ShardUnavailable, goes to the asker.
+/// the last ShardUnavailable, goes to the asker. Attempts fit in `budget` (what the asker waits,
+/// less a margin): a pause longer than a node's retry_after allows is cut short, and with no
+/// room for another whole attempt the last ShardUnavailable goes to the asker at once (the asker
+/// got a timeout meanwhile, and an attempt after it could run the message behind its back).
 class RetryingAsk final : public Actor {
  public:
-  RetryingAsk(std::shared_ptr<Sharding::Shared> shared, std::string type, std::string id, AskOptions o)
-      : shared_(std::move(shared)), type_(std::move(type)), id_(std::move(id)), o_(std::move(o)), pause_(o_.backoff) {}
+  RetryingAsk(std::shared_ptr<Sharding::Shared> shared, std::string type, std::string id, AskOptions o,
+              std::chrono::milliseconds budget)
+      : shared_(std::move(shared)), type_(std::move(type)), id_(std::move(id)), o_(std::move(o)), pause_(o_.backoff),
+        budget_(budget) {}
 
   void receive(const Message& m) override {
     if (m.is<RetryTick>()) return attempt();
     if (!question_) {
       question_ = m;
       reply_to_ = sender();
+      deadline_ = context().system().timers().now() + budget_;
       attempt();
     }
   }
@@ -1408,10 +1414,16 @@ class RetryingAsk final : public Actor {
       context().stop(self());
       return;
     }
-    auto wait = pause_;
-    if (u) wait = std::max(wait, std::chrono::milliseconds(u->retry_after_ms()));
+    std::chrono::nanoseconds wait = pause_;
+    if (u) wait = std::max(wait, std::chrono::nanoseconds(std::chrono::milliseconds(u->retry_after_ms())));
     pause_ *= 2;
-    context().schedule_once(wait, Message::build<RetryTick>([](auto& b) { return CreateRetryTick(b); }));
+    const auto room = deadline_ - context().system().timers().now() - std::chrono::nanoseconds(o_.timeout);
+    if (room <= std::chrono::nanoseconds(0)) {
+      if (r) reply_to_.tell(*r);
+      context().stop(self());
+      return;
+    }
+    context().schedule_once(std::min(wait, room), Message::build<RetryTick>([](auto& b) { return CreateRetryTick(b); }));
   }
 
   std::shared_ptr<Sharding::Shared> shared_;
@@ -1421,6 +1433,8 @@ class RetryingAsk final : public Actor {
   Message question_;
   ActorRef reply_to_;
   unsigned made_ = 0;
+  std::chrono::milliseconds budget_;
+  TimerService::Clock::time_point deadline_{};
 };
 
 }  // namespace
@@ -1444,12 +1458,14 @@ std::future<Result<Message>> Sharding::ask(std::string_view type, std::string_vi
   }
   // The asker waits for every attempt and the pauses between them (doubling, or a longer
   // retry_after), plus a little.
-  auto total = options.timeout * options.attempts + std::chrono::milliseconds(500);
+  constexpr std::chrono::milliseconds kMargin{500};
+  auto total = options.timeout * options.attempts + kMargin;
   auto pause = options.backoff;
   for (unsigned i = 1; i < options.attempts; ++i, pause *= 2) {
     total += std::max(pause, shared_->config.retry_after);
   }
-  auto r = system_.spawn_system<RetryingAsk>(SpawnOptions{}, shared_, std::string(type), std::string(id), std::move(options));
+  auto r = system_.spawn_system<RetryingAsk>(SpawnOptions{}, shared_, std::string(type), std::string(id), std::move(options),
+                                             total - kMargin);
   return r.ask(msg, total);
 }
 

@@ -137,6 +137,7 @@ struct ShardCluster {
   std::chrono::milliseconds resend_interval = 300ms;
   std::function<void(membership::MembershipConfig&)> tune;  // membership timings, when set
   std::vector<std::string> roles;                           // of the nodes add() starts
+  std::function<void(int, sharding::ClusterShardingConfig&)> tune_sharding;  // node i's, when set
 
   ShardCluster() : nodes(6), sh(6) {}
   ~ShardCluster() {
@@ -152,6 +153,7 @@ struct ShardCluster {
     cfg.resend_interval = resend_interval;
     cfg.buffer_per_shard = buffer_per_shard;
     cfg.on_activation = [this, i](const sharding::ActivationEvent& e) { log.add(i, e); };
+    if (tune_sharding) tune_sharding(i, cfg);
     sh[i] = std::make_unique<sharding::Sharding>(nodes[i]->system(), nodes[i]->transport(), *nodes[i]->membership(), cfg);
     if (host) {
       sharding::EntitySettings s;
@@ -763,6 +765,57 @@ TEST(ClusterSharding, AHandoffThatANewTableCallsOffServesTheShardAgainWithItsSta
   EXPECT_TRUE(c.hosted(1).count(shard)) << "n1 dropped the shard";
   EXPECT_EQ(c.get(0, id), (std::pair<std::string, std::uint64_t>{"n1", 7})) << "served again, with its state";
   c.log.check();
+}
+
+// A node's ShardUnavailable asks for a longer pause (its retry_after) than the asker's own
+// configuration allows for: the retrying ask cuts the pause short, and when no whole attempt fits
+// any more the asker gets the ShardUnavailable before its own wait ends. (It waited the node's
+// pause: the asker got a timeout, and the attempts went on behind its back.)
+TEST(ClusterSharding, ARetryingAskAnswersWithinItsAskersWaitWhateverANodesRetryAfter) {
+  ShardCluster c;
+  c.buffer_per_shard = 1;
+  c.tune_sharding = [](int i, sharding::ClusterShardingConfig& cfg) {
+    if (i == 1) cfg.retry_after = 20s;
+  };
+  ASSERT_TRUE(c.start({0, 1}));
+  const auto held_id = entity_on(c, 1);
+  ASSERT_FALSE(held_id.empty());
+  const auto shard = sharding::shard_of(kType, held_id, kShards);
+  std::string id;
+  for (int k = 0; id.empty() && k < 100'000; ++k) {
+    const auto candidate = "same-shard-" + std::to_string(k);
+    if (sharding::shard_of(kType, candidate, kShards) == shard) id = candidate;
+  }
+  ASSERT_FALSE(id.empty());
+  std::uint64_t epoch = 0;
+  for (const auto& s : c.sh[1]->shards(kType)) {
+    if (s.shard == shard) epoch = s.epoch;
+  }
+  Held held;
+  testkit::Probe probe(c.nodes[1]->system());
+  hold_with_a_waiting_message(c, 1, held_id, probe, 1);
+  // The shard starts a handoff that cannot finish (the held entity): the message that waited
+  // for the entity fills the shard's buffer of one.
+  testkit::Probe coordinator_node(c.nodes[0]->system());
+  auto region1 = c.nodes[0]->transport().resolve(c.nodes[1]->transport().address().to_string() + "/system/sharding-account");
+  ASSERT_TRUE(region1);
+  const auto handoffs = c.sh[1]->stats().handoffs;
+  region1->tell(Message::build<sharding::HandOff>([&](flatbuffers::FlatBufferBuilder& b) {
+    return sharding::CreateHandOff(b, b.CreateString(kType), c.uid(0), shard, epoch);
+  }), coordinator_node.ref());
+  ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().handoffs > handoffs; }, 10s));
+  sharding::AskOptions o;
+  o.timeout = 1s;
+  o.attempts = 2;
+  o.backoff = 100ms;
+  const auto unavailable = c.sh[1]->stats().unavailable;
+  const auto started = std::chrono::steady_clock::now();
+  auto r = c.sh[0]->ask(kType, id, cmd("get"), o).get();
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+  ASSERT_TRUE(r) << r.error().message() << " after " << took.count() << " ms";
+  ASSERT_TRUE(r->is<sharding::ShardUnavailable>()) << "answered after " << took.count() << " ms";
+  EXPECT_EQ(r->as<sharding::ShardUnavailable>()->retry_after_ms(), 20'000u);
+  EXPECT_EQ(c.sh[1]->stats().unavailable, unavailable + 2) << "both attempts made";
 }
 
 // The coordinator sends a HandOff again when no ShardStopped came back (the first one was lost:
