@@ -106,6 +106,25 @@ struct MembershipService::Impl {
   std::mutex rr_mu;
   std::condition_variable rr_cv;
   bool rr_stop = false;  // under rr_mu
+  // stop(): done once; begun on the I/O thread (from a subscriber), finished by `stopper`.
+  std::once_flag stop_once;
+  std::mutex stop_mu;
+  std::thread stopper;  // under stop_mu
+
+  void finish_stop() {
+    std::call_once(stop_once, [this] {
+      // The re-resolver first, while the I/O thread still runs the calls it posts (once
+      // stopped, a call runs inline: only one thread may then touch the protocol).
+      {
+        std::lock_guard lk(rr_mu);
+        rr_stop = true;
+      }
+      rr_cv.notify_all();
+      if (reresolver.joinable()) reresolver.join();
+      udp->stop();  // joins the I/O thread
+      stopped = true;
+    });
+  }
 
   /// Runs fn on the I/O thread and returns its result (inline when already there).
   template <class F>
@@ -283,17 +302,22 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
 MembershipService::~MembershipService() { stop(); }
 
 void MembershipService::stop() {
-  if (impl_->stopped) return;
-  // The re-resolver first, while the I/O thread still runs the calls it posts (once stopped, a
-  // call runs inline: only one thread may then touch the protocol).
-  {
-    std::lock_guard lk(impl_->rr_mu);
-    impl_->rr_stop = true;
+  auto& m = *impl_;
+  if (std::this_thread::get_id() == m.io_thread) {
+    // From a subscriber: the I/O thread can neither join itself nor wait for the re-resolver
+    // (whose calls wait for it), and until it has ended, other threads' calls must not run the
+    // protocol inline. A thread of the service's finishes the stop once this event is done.
+    std::lock_guard lk(m.stop_mu);
+    if (!m.stopper.joinable() && !m.stopped) m.stopper = std::thread([&m] { m.finish_stop(); });
+    return;
   }
-  impl_->rr_cv.notify_all();
-  if (impl_->reresolver.joinable()) impl_->reresolver.join();
-  impl_->udp->stop();
-  impl_->stopped = true;
+  m.finish_stop();
+  std::thread begun;
+  {
+    std::lock_guard lk(m.stop_mu);
+    begun = std::move(m.stopper);
+  }
+  if (begun.joinable()) begun.join();
 }
 
 bool MembershipService::leave_and_wait(std::chrono::milliseconds timeout) {

@@ -95,6 +95,26 @@ TEST_F(Cluster, ASubscriberThatThrowsKeepsNoLaterSubscriberFromItsEvents) {
   EXPECT_GT(thrown.load(), 0);
 }
 
+// stop() from a subscriber (on the I/O thread; on join_refused, say): the I/O thread cannot join
+// itself or wait for the re-resolver, so the stop completes after the event. The others see the
+// node go, and a stop() from another thread waits for the one begun.
+TEST_F(Cluster, StopFromASubscriberCompletesAfterTheEvent) {
+  EventLog lb;
+  auto a = start(config("a", {}));
+  std::atomic<bool> asked{false};
+  a->subscribe([&](const MembershipEvent& e) {
+    if (e.kind == EventKind::up && e.member.name == "b" && !asked.exchange(true)) a->stop();
+  });
+  // b finds a by name: its re-resolver runs while it joins.
+  auto b = start(config("b", {"localhost:" + std::to_string(a->endpoint().port)}), &lb);
+  ASSERT_TRUE(lb.wait_for([](const MembershipEvent& e) { return e.member.name == "a" && e.kind == EventKind::unreachable; }))
+      << "a never went quiet";
+  EXPECT_TRUE(asked.load());
+  a->stop();
+  EXPECT_EQ(a->stats().subscriber_failures, 0u);
+  EXPECT_EQ(a->members().size(), 2u) << "its view, read on this thread once stopped";
+}
+
 TEST_F(Cluster, AStoppedProcessWhosePortRefusesIsDownedWithoutWaitingStableAfter) {
   EventLog la;
   auto a = start(config("a", {}), &la);

@@ -51,7 +51,8 @@ class MembershipService {
   MembershipService(const MembershipService&) = delete;
   MembershipService& operator=(const MembershipService&) = delete;
 
-  /// Stops at once (no leave). Idempotent.
+  /// Stops at once (no leave). Idempotent. From a subscriber (on the I/O thread) it returns at
+  /// once and the stop completes after the event; a later stop() or the destructor waits for it.
   void stop();
   /// Leaves gracefully and waits (up to `timeout`) until this node is removed; true if it was.
   bool leave_and_wait(std::chrono::milliseconds timeout);
