@@ -10,8 +10,10 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
@@ -58,7 +60,7 @@ std::string bare_host(const std::string& host) {
 }
 
 using Counter = std::atomic<std::uint64_t>;
-void bump(Counter& c) { c.fetch_add(1, std::memory_order_relaxed); }
+void bump(Counter& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
 }  // namespace
 
 struct UdpTransport::Impl {
@@ -83,6 +85,20 @@ struct UdpTransport::Impl {
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
   udp::socket socket;
   udp::resolver resolver;
+  // Host names resolved (I/O thread): a member that advertises a name is sent to every probe
+  // interval, and a lookup per datagram queued behind a slow resolver would delay the pings
+  // until every such member looked suspect. One lookup per name at a time; its answer is kept
+  // kResolvedFor (a failure kFailedFor), and datagrams that wait for it are bounded.
+  struct Resolved {
+    std::optional<asio::ip::address> addr;
+    std::chrono::steady_clock::time_point until{};
+    bool looking = false;
+    std::vector<std::pair<std::uint16_t, std::shared_ptr<std::vector<std::uint8_t>>>> waiting;
+  };
+  static constexpr auto kResolvedFor = std::chrono::seconds(30);
+  static constexpr auto kFailedFor = std::chrono::seconds(1);
+  static constexpr std::size_t kMaxWaiting = 64, kMaxNames = 1024;
+  std::unordered_map<std::string, Resolved> resolved;
   udp::endpoint local;
   std::vector<std::uint8_t> rx_buf;  // max_inbound + 1: a full buffer means a longer datagram
   udp::endpoint rx_from;
@@ -99,7 +115,7 @@ struct UdpTransport::Impl {
   std::shared_ptr<const UnreachableHandler> unreachable_handler;
 
   Counter sent{0}, delivered{0}, truncated{0}, unhandled{0}, receive_errors{0}, handler_failures{0};
-  Counter oversized_outbound{0}, seal_failures{0}, resolve_errors{0}, send_errors{0};
+  Counter oversized_outbound{0}, seal_failures{0}, resolve_errors{0}, send_errors{0}, resolutions{0};
   Counter port_unreachable{0}, icmp_other{0};
   std::array<Counter, kSealErrcCount> dropped{};
 
@@ -309,27 +325,71 @@ struct UdpTransport::Impl {
       asio::post(io, [this, buf, ep = udp::endpoint(addr, to.port)] { send_to(ep, buf); });
       return;
     }
-    asio::post(io, [this, buf, host = std::move(host), port = to.port] {
-      resolver.async_resolve(host, std::to_string(port), udp::resolver::numeric_service,
-                             [this, buf, host](const error_code& rec, const udp::resolver::results_type& results) {
-                               if (rec == asio::error::operation_aborted) return;
-                               if (rec || results.empty()) {
-                                 bump(resolve_errors);
-                                 drop_log.warn(*log, "membership transport: cannot resolve {}: {}", host,
-                                               rec ? rec.message() : std::string("no address"));
-                                 return;
+    asio::post(io, [this, buf, host = std::move(host), port = to.port] { send_by_name(host, port, buf); });
+  }
+
+  // I/O thread.
+  void send_by_name(const std::string& host, std::uint16_t port, const std::shared_ptr<std::vector<std::uint8_t>>& buf) {
+    const auto now = std::chrono::steady_clock::now();
+    auto it = resolved.find(host);
+    if (it == resolved.end()) {
+      if (resolved.size() >= kMaxNames) {
+        std::erase_if(resolved, [&](const auto& kv) { return !kv.second.looking && kv.second.until <= now; });
+      }
+      if (resolved.size() >= kMaxNames) {
+        bump(resolve_errors);
+        drop_log.warn(*log, "membership transport: not resolving {}: {} names resolved already", host, kMaxNames);
+        return;
+      }
+      it = resolved.emplace(host, Resolved{}).first;
+    }
+    auto& r = it->second;
+    if (!r.looking && now < r.until) {
+      if (r.addr) {
+        send_to(udp::endpoint(*r.addr, port), buf);
+      } else {
+        bump(resolve_errors);  // failed a moment ago: not asked again yet
+      }
+      return;
+    }
+    if (r.waiting.size() >= kMaxWaiting) {
+      bump(resolve_errors);
+      drop_log.warn(*log, "membership transport: {} datagrams already wait for {} to resolve: dropped", kMaxWaiting, host);
+      return;
+    }
+    r.waiting.emplace_back(port, buf);
+    if (r.looking) return;
+    r.looking = true;
+    bump(resolutions);
+    resolver.async_resolve(host, "0", udp::resolver::numeric_service,
+                           [this, host](const error_code& rec, const udp::resolver::results_type& results) {
+                             if (rec == asio::error::operation_aborted) return;
+                             auto found = resolved.find(host);
+                             if (found == resolved.end()) return;
+                             auto& done = found->second;
+                             done.looking = false;
+                             auto waiting = std::move(done.waiting);
+                             done.waiting.clear();
+                             if (rec || results.empty()) {
+                               done.addr.reset();
+                               done.until = std::chrono::steady_clock::now() + kFailedFor;
+                               bump(resolve_errors, waiting.size());
+                               drop_log.warn(*log, "membership transport: cannot resolve {}: {}", host,
+                                             rec ? rec.message() : std::string("no address"));
+                               return;
+                             }
+                             // Prefer an address of the socket's own family.
+                             auto pick = results.begin()->endpoint().address();
+                             for (const auto& e : results) {
+                               if (e.endpoint().protocol() == local.protocol()) {
+                                 pick = e.endpoint().address();
+                                 break;
                                }
-                               // Prefer an address of the socket's own family.
-                               auto pick = results.begin()->endpoint();
-                               for (const auto& r : results) {
-                                 if (r.endpoint().protocol() == local.protocol()) {
-                                   pick = r.endpoint();
-                                   break;
-                                 }
-                               }
-                               send_to(pick, buf);
-                             });
-    });
+                             }
+                             done.addr = pick;
+                             done.until = std::chrono::steady_clock::now() + kResolvedFor;
+                             for (auto& [to_port, b] : waiting) send_to(udp::endpoint(pick, to_port), b);
+                           });
   }
 
   // I/O thread. `retry`: a refused send is tried once more (see below).
@@ -536,6 +596,7 @@ UdpTransportStats UdpTransport::stats() const {
   s.oversized_outbound = i.oversized_outbound.load(std::memory_order_relaxed);
   s.seal_failures = i.seal_failures.load(std::memory_order_relaxed);
   s.resolve_errors = i.resolve_errors.load(std::memory_order_relaxed);
+  s.resolutions = i.resolutions.load(std::memory_order_relaxed);
   s.send_errors = i.send_errors.load(std::memory_order_relaxed);
   s.port_unreachable = i.port_unreachable.load(std::memory_order_relaxed);
   s.icmp_other = i.icmp_other.load(std::memory_order_relaxed);

@@ -801,7 +801,8 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(handler_failures, "Exceptions from the protocol's handlers and timers (the gossip thread carried on).");
     TROUPE_C(oversized_outbound, "Outbound payloads over the limit.");
     TROUPE_C(seal_failures, "Outbound datagrams whose sealing failed.");
-    TROUPE_C(resolve_errors, "Destination host names that did not resolve.");
+    TROUPE_C(resolve_errors, "Datagrams dropped: their destination host name did not resolve.");
+    TROUPE_C(resolutions, "Destination host name lookups started.");
     TROUPE_C(send_errors, "Socket errors while sending.");
     TROUPE_C(port_unreachable, "ICMP port unreachable for datagrams sent.");
     TROUPE_C(icmp_other, "Other ICMP errors for datagrams sent.");
