@@ -95,7 +95,7 @@ struct UdpTransport::Impl {
     bool looking = false;
     std::vector<std::pair<std::uint16_t, std::shared_ptr<std::vector<std::uint8_t>>>> waiting;
   };
-  static constexpr auto kResolvedFor = std::chrono::seconds(30);
+  static constexpr auto kResolvedFor = std::chrono::seconds(5);  // a restarted container may have a new address
   static constexpr auto kFailedFor = std::chrono::seconds(1);
   static constexpr std::size_t kMaxWaiting = 64, kMaxNames = 1024;
   std::unordered_map<std::string, Resolved> resolved;

@@ -62,7 +62,7 @@ struct UdpTransportStats {
   std::uint64_t oversized_outbound = 0;   ///< send() of more than max_payload()
   std::uint64_t seal_failures = 0;        ///< send() whose sealing failed (nonce_exhausted)
   std::uint64_t resolve_errors = 0;       ///< datagrams dropped: their host name did not resolve (or too many waited)
-  std::uint64_t resolutions = 0;          ///< host name lookups started (one per name, kept 30 s)
+  std::uint64_t resolutions = 0;          ///< host name lookups started (one per name, kept 5 s)
   std::uint64_t send_errors = 0;          ///< socket errors while sending (or address family mismatch)
   std::uint64_t port_unreachable = 0;     ///< ICMP port unreachable for a datagram sent (reported)
   std::uint64_t icmp_other = 0;           ///< other errors queued for datagrams sent (ignored)
