@@ -341,6 +341,9 @@ class Region final : public Actor {
         case Delivery::cache_full:
           return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from,
                              "the reply cache is full of keyed messages still waiting for their entities' replies");
+        case Delivery::many_repeats:
+          return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from,
+                             "many repeats of this keyed message wait for its reply already");
       }
     }
     auto it = entities_.find(id);
@@ -351,8 +354,16 @@ class Region final : public Actor {
     }
     auto& e = it->second;
     if (e.passivating) {
+      // Bounded like a shard's buffer: an entity that asked to passivate with a backlog, and
+      // traffic that keeps coming for it, must not grow this without end.
+      auto& waiting = waiting_[id];
+      if (waiting.size() >= shared_->config.buffer_per_shard) {
+        if (!key.empty()) forget_reply(id, key);
+        return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from,
+                           "its entity is passivating, and its buffer is full");
+      }
       shared_->buffered.fetch_add(1, std::memory_order_relaxed);
-      waiting_[id].emplace_back(std::move(msg), to);
+      waiting.emplace_back(std::move(msg), to);
       return;
     }
     e.last_active = activity_tick();
@@ -385,7 +396,10 @@ class Region final : public Actor {
     replies_.erase(it);
   }
 
-  enum class Delivery { first, repeat, cache_full };
+  enum class Delivery { first, repeat, cache_full, many_repeats };
+  /// Senders of repeats of one keyed message waiting for its first reply, at most (remote input:
+  /// each is kept until the reply or the entry's expiry).
+  static constexpr std::size_t kMaxWaiters = 16;
   Delivery first_delivery(std::string_view id, std::string_view key, const ActorRef& from, ActorRef& to) {
     const auto now = context().system().timers().now();
     const auto& cfg = shared_->config;
@@ -421,6 +435,7 @@ class Region final : public Actor {
       if (it->second.reply) {
         if (from) from.tell(it->second.reply);
       } else if (from) {
+        if (it->second.waiters.size() >= kMaxWaiters) return Delivery::many_repeats;
         it->second.waiters.push_back(from);
       }
       return Delivery::repeat;

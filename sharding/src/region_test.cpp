@@ -6,8 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+#include <future>
 #include <map>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include <troupe/serialization/sharding_generated.h>
 
@@ -41,6 +45,25 @@ struct ActivationLog {
   }
 };
 
+/// Where an entity's "hold" turn waits until the test opens it.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = true;
+  void wait() {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return open; });
+  }
+  void set(bool o) {
+    {
+      std::lock_guard lk(mu);
+      open = o;
+    }
+    cv.notify_all();
+  }
+};
+Gate g_gate;
+
 /// Counts its messages; "id" -> Text{its id}; "count" -> Cmd{"count", n}; "passivate" asks for
 /// it; Ping seqs are echoed back (order checks).
 class Counter final : public Actor {
@@ -57,6 +80,14 @@ class Counter final : public Actor {
     if (m.is<test::Ping>()) sender().tell(m);
     if (op == "later") later_ = sender();  // answered on "release"
     if (op == "release" && later_) later_.tell(cmd("released", n_));
+    if (op == "hold") {
+      // Asks to passivate, then keeps its turn until the gate opens: messages for it wait in the
+      // region meanwhile. (Told from another thread: this turn blocks.)
+      std::thread([region = context().parent(), me = self()] {
+        region.tell(Message::build<Passivate>([](auto& b) { return CreatePassivate(b); }), me);
+      }).join();
+      g_gate.wait();
+    }
   }
 
  private:
@@ -131,6 +162,85 @@ TEST_F(Entities, AKeyedMessageIsDeliveredOnceAndARepeatGetsTheFirstReply) {
 // The reply cache is bounded by count, but an entry still waiting for its entity's reply is never
 // evicted: its reply would be lost to its asker, whose retry would then run the message again. A
 // keyed message that finds every entry waiting is refused with ShardUnavailable instead.
+// Messages for an entity that asked to passivate wait for its next activation, bounded like a
+// shard's buffer: beyond it they are refused with ShardUnavailable (counted), the others still
+// delivered in order.
+TEST(Bounds, MessagesWaitingForAPassivatingEntityAreBoundedAndTheRestRefused) {
+  ActorSystem sys(test_config("bounds"));
+  sys.registry().add<test::Cmd>();
+  sys.registry().add<test::Ping>();
+  sharding::ClusterShardingConfig cfg;
+  cfg.buffer_per_shard = 5;
+  Sharding sh(sys, cfg);
+  ActivationLog log;
+  EntitySettings s;
+  s.type = "counter";
+  sh.start(s, [&](ActorContext& ctx, SpawnOptions o, const std::string& id) { return ctx.spawn<Counter>(std::move(o), id, &log); });
+  Probe probe(sys);
+  g_gate.set(false);
+  sh.tell("counter", "h", cmd("hold"));
+  ASSERT_TRUE(eventually([&] { return sh.stats().passivations >= 1; }));
+  for (std::uint64_t i = 1; i <= 8; ++i) sh.tell("counter", "h", ping(i), probe.ref());
+  std::vector<std::uint64_t> echoed;
+  int refused = 0;
+  for (int k = 0; k < 3; ++k) {
+    auto r = probe.next();
+    ASSERT_TRUE(r);
+    refused += r->msg.is<ShardUnavailable>();
+  }
+  EXPECT_EQ(refused, 3) << "more than the bound waited";
+  g_gate.set(true);
+  for (int k = 0; k < 5; ++k) {
+    auto r = probe.next();
+    ASSERT_TRUE(r);
+    ASSERT_TRUE(r->msg.is<test::Ping>());
+    echoed.push_back(r->msg.as<test::Ping>()->seq());
+  }
+  EXPECT_EQ(echoed, (std::vector<std::uint64_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(sh.stats().unavailable, 3u);
+  EXPECT_EQ(log.activations("h"), 2);
+  sys.shutdown();
+}
+
+// Repeats of a keyed message that wait for its first reply are bounded (each sender is kept
+// until the reply): beyond the bound a repeat is refused with ShardUnavailable, and the reply
+// reaches every sender kept.
+TEST(Bounds, RepeatsWaitingForAKeyedMessagesReplyAreBounded) {
+  ActorSystem sys(test_config("repeats"));
+  sys.registry().add<test::Cmd>();
+  Sharding sh(sys);
+  ActivationLog log;
+  EntitySettings s;
+  s.type = "counter";
+  sh.start(s, [&](ActorContext& ctx, SpawnOptions o, const std::string& id) { return ctx.spawn<Counter>(std::move(o), id, &log); });
+  AskOptions keyed;
+  keyed.idempotency_key = "k1";
+  keyed.timeout = 10s;
+  auto first = sh.ask("counter", "e1", cmd("later"), keyed);
+  std::uint64_t counts = 0;  // e1 counted "later" before one of these (see ReplyCache above)
+  ASSERT_TRUE(eventually([&] {
+    auto c = sh.ask("counter", "e1", cmd("count"), 5s).get();
+    return c.ok() && c->is<test::Cmd>() && c->as<test::Cmd>()->n() > ++counts;
+  }));
+  std::vector<std::future<Result<Message>>> repeats;
+  for (int i = 0; i < 20; ++i) repeats.push_back(sh.ask("counter", "e1", cmd("later"), keyed));
+  // The ones beyond the bound are answered at once; the rest wait for the reply.
+  ASSERT_TRUE(eventually([&] { return sh.stats().unavailable == 5; }));
+  sh.tell("counter", "e1", cmd("release"));
+  auto answered = first.get();
+  ASSERT_TRUE(answered.ok()) << answered.error().message();
+  int released = op_of(*answered) == "released", refused = 0;
+  for (auto& f : repeats) {
+    auto r = f.get();
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    released += op_of(*r) == "released";
+    refused += r->is<ShardUnavailable>();
+  }
+  EXPECT_EQ(released, 16);
+  EXPECT_EQ(refused, 5);
+  sys.shutdown();
+}
+
 TEST(ReplyCache, AnEntryStillWaitingForItsReplyIsNotEvictedAndANewKeyIsRefusedMeanwhile) {
   ActorSystem sys(test_config("cache"));
   sys.registry().add<test::Cmd>();
