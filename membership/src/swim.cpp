@@ -634,13 +634,9 @@ struct SwimProtocol::State {
       if (gone.corrected && now() - *gone.corrected < nanoseconds(cfg.probe_interval)) continue;
       gone.corrected = now();
       ++stats.forgotten_corrected;
-      Node removed;
-      removed.id = gone.id;
-      removed.incarnation = gone.incarnation;
-      removed.up_order = gone.up_order;
-      removed.status = MemberStatus::removed;
       drop_log.warn(*log, "{} still gossips {} ({:016x}), removed long ago: told it is removed", to.to_string(),
                     gone.id->name, uid);
+      const auto removed = record_of(gone, MemberStatus::removed);
       send(to, gossip::Body::NONE, nullptr, &removed);
     }
     stale_about_forgotten.clear();
@@ -830,11 +826,7 @@ struct SwimProtocol::State {
       if (!gone.told || now() - *gone.told >= nanoseconds(cfg.probe_interval)) {
         gone.told = now();
         ++stats.forgotten_told;
-        Node down;
-        down.id = gone.id;
-        down.incarnation = gone.incarnation;
-        down.up_order = gone.up_order;
-        down.status = MemberStatus::down;
+        const auto down = record_of(gone, MemberStatus::down);
         drop_log.warn(*log, "{} ({:016x}), removed long ago, is talking from {}: told it is down", gone.id->name,
                       p->from_uid(), from.to_string());
         send(from, gossip::Body::NONE, nullptr, &down);
@@ -1483,6 +1475,15 @@ struct SwimProtocol::State {
     std::optional<nanoseconds> told;
     std::optional<nanoseconds> corrected;  // last told a member that still holds its record
   };
+  /// A forgotten member's last record, with `status`: what it is told, or others are told, of it.
+  static Node record_of(const Forgotten& gone, MemberStatus status) {
+    Node n;
+    n.id = gone.id;
+    n.incarnation = gone.incarnation;
+    n.up_order = gone.up_order;
+    n.status = status;
+    return n;
+  }
   /// Forgotten members whose records the packet being read carried (merge), to correct its sender.
   std::vector<std::uint64_t> stale_about_forgotten;
   static constexpr std::chrono::hours kForgetAfter{24};

@@ -46,23 +46,7 @@ struct ActivationLog {
 };
 
 /// Where an entity's "hold" turn waits until the test opens it.
-struct Gate {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool open = true;
-  void wait() {
-    std::unique_lock lk(mu);
-    cv.wait(lk, [&] { return open; });
-  }
-  void set(bool o) {
-    {
-      std::lock_guard lk(mu);
-      open = o;
-    }
-    cv.notify_all();
-  }
-};
-Gate g_gate;
+testkit::Gate g_gate;
 
 /// Counts its messages; "id" -> Text{its id}; "count" -> Cmd{"count", n}; "passivate" asks for
 /// it; Ping seqs are echoed back (order checks).
@@ -162,21 +146,36 @@ TEST_F(Entities, AKeyedMessageIsDeliveredOnceAndARepeatGetsTheFirstReply) {
 // The reply cache is bounded by count, but an entry still waiting for its entity's reply is never
 // evicted: its reply would be lost to its asker, whose retry would then run the message again. A
 // keyed message that finds every entry waiting is refused with ShardUnavailable instead.
+/// "counter" entities sharded on one node, with `cfg`.
+struct LocalCounters {
+  explicit LocalCounters(const std::string& name, ClusterShardingConfig cfg = {}) : sys(test_config(name)) {
+    sys.registry().add<test::Cmd>();
+    sys.registry().add<test::Ping>();
+    sh = std::make_unique<Sharding>(sys, std::move(cfg));
+    EntitySettings s;
+    s.type = "counter";
+    sh->start(s, [this](ActorContext& ctx, SpawnOptions o, const std::string& id) {
+      return ctx.spawn<Counter>(std::move(o), id, &log);
+    });
+  }
+  ~LocalCounters() {
+    sh.reset();
+    sys.shutdown();
+  }
+  ActivationLog log;  // outlives the entities
+  ActorSystem sys;
+  std::unique_ptr<Sharding> sh;
+};
+
 // Messages for an entity that asked to passivate wait for its next activation, bounded like a
 // shard's buffer: beyond it they are refused with ShardUnavailable (counted), the others still
 // delivered in order.
 TEST(Bounds, MessagesWaitingForAPassivatingEntityAreBoundedAndTheRestRefused) {
-  ActorSystem sys(test_config("bounds"));
-  sys.registry().add<test::Cmd>();
-  sys.registry().add<test::Ping>();
   sharding::ClusterShardingConfig cfg;
   cfg.buffer_per_shard = 5;
-  Sharding sh(sys, cfg);
-  ActivationLog log;
-  EntitySettings s;
-  s.type = "counter";
-  sh.start(s, [&](ActorContext& ctx, SpawnOptions o, const std::string& id) { return ctx.spawn<Counter>(std::move(o), id, &log); });
-  Probe probe(sys);
+  LocalCounters node("bounds", cfg);
+  auto& sh = *node.sh;
+  Probe probe(node.sys);
   g_gate.set(false);
   sh.tell("counter", "h", cmd("hold"));
   ASSERT_TRUE(eventually([&] { return sh.stats().passivations >= 1; }));
@@ -198,21 +197,15 @@ TEST(Bounds, MessagesWaitingForAPassivatingEntityAreBoundedAndTheRestRefused) {
   }
   EXPECT_EQ(echoed, (std::vector<std::uint64_t>{1, 2, 3, 4, 5}));
   EXPECT_EQ(sh.stats().unavailable, 3u);
-  EXPECT_EQ(log.activations("h"), 2);
-  sys.shutdown();
+  EXPECT_EQ(node.log.activations("h"), 2);
 }
 
 // Repeats of a keyed message that wait for its first reply are bounded (each sender is kept
 // until the reply): beyond the bound a repeat is refused with ShardUnavailable, and the reply
 // reaches every sender kept.
 TEST(Bounds, RepeatsWaitingForAKeyedMessagesReplyAreBounded) {
-  ActorSystem sys(test_config("repeats"));
-  sys.registry().add<test::Cmd>();
-  Sharding sh(sys);
-  ActivationLog log;
-  EntitySettings s;
-  s.type = "counter";
-  sh.start(s, [&](ActorContext& ctx, SpawnOptions o, const std::string& id) { return ctx.spawn<Counter>(std::move(o), id, &log); });
+  LocalCounters node("repeats");
+  auto& sh = *node.sh;
   AskOptions keyed;
   keyed.idempotency_key = "k1";
   keyed.timeout = 10s;
@@ -238,19 +231,13 @@ TEST(Bounds, RepeatsWaitingForAKeyedMessagesReplyAreBounded) {
   }
   EXPECT_EQ(released, 16);
   EXPECT_EQ(refused, 5);
-  sys.shutdown();
 }
 
 TEST(ReplyCache, AnEntryStillWaitingForItsReplyIsNotEvictedAndANewKeyIsRefusedMeanwhile) {
-  ActorSystem sys(test_config("cache"));
-  sys.registry().add<test::Cmd>();
   sharding::ClusterShardingConfig cfg;
   cfg.reply_cache_entries = 1;
-  Sharding sh(sys, cfg);
-  ActivationLog log;
-  EntitySettings s;
-  s.type = "counter";
-  sh.start(s, [&](ActorContext& ctx, SpawnOptions o, const std::string& id) { return ctx.spawn<Counter>(std::move(o), id, &log); });
+  LocalCounters node("cache", cfg);
+  auto& sh = *node.sh;
   AskOptions first;
   first.idempotency_key = "k1";
   first.timeout = 10s;
@@ -277,7 +264,6 @@ TEST(ReplyCache, AnEntryStillWaitingForItsReplyIsNotEvictedAndANewKeyIsRefusedMe
   ASSERT_TRUE(later.ok());
   ASSERT_TRUE(later->is<test::Cmd>());
   EXPECT_EQ(later->as<test::Cmd>()->n(), 1u);
-  sys.shutdown();
 }
 
 TEST_F(Entities, MessagesToOneEntityArriveInOrder) {

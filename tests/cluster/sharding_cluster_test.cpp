@@ -64,23 +64,7 @@ struct ActivationLog {
 
 /// Where an entity's "hold" waits: it asks to be passivated, then blocks its turn until the test
 /// opens the gate. The region meanwhile keeps the messages that come for it waiting.
-struct Gate {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool open = true;
-  void wait() {
-    std::unique_lock lk(mu);
-    cv.wait(lk, [&] { return open; });
-  }
-  void set(bool o) {
-    {
-      std::lock_guard lk(mu);
-      open = o;
-    }
-    cv.notify_all();
-  }
-};
-Gate g_gate;
+testkit::Gate g_gate;
 
 /// Closes the gate for its scope (declared after the cluster: opened before the nodes stop).
 struct Held {
@@ -559,6 +543,23 @@ std::string entity_on(ShardCluster& c, int i) {
   return {};
 }
 
+/// An entity id of `shard` ("" if none of the first 100,000 candidates is).
+std::string another_in_shard(sharding::ShardId shard) {
+  for (int k = 0; k < 100'000; ++k) {
+    auto candidate = "same-shard-" + std::to_string(k);
+    if (sharding::shard_of(kType, candidate, kShards) == shard) return candidate;
+  }
+  return {};
+}
+
+/// The epoch of `shard` in node `i`'s table.
+std::uint64_t epoch_on(ShardCluster& c, int i, sharding::ShardId shard) {
+  for (const auto& s : c.sh[i]->shards(kType)) {
+    if (s.shard == shard) return s.epoch;
+  }
+  return 0;
+}
+
 /// Holds entity `id` on node `i` passivating (its "hold" turn blocked at the closed gate) and
 /// sends it `first` from `probe`: the message waits in the region for the entity to stop.
 void hold_with_a_waiting_message(ShardCluster& c, int i, const std::string& id, testkit::Probe& probe, std::uint64_t first) {
@@ -711,11 +712,7 @@ TEST(ClusterSharding, AHandoffThatANewTableCallsOffServesTheShardAgainWithItsSta
   const auto held_id = entity_on(c, 1);
   ASSERT_FALSE(held_id.empty());
   const auto shard = sharding::shard_of(kType, held_id, kShards);
-  std::string id;  // another entity of the shard, with state to carry
-  for (int k = 0; id.empty() && k < 100'000; ++k) {
-    const auto candidate = "same-shard-" + std::to_string(k);
-    if (sharding::shard_of(kType, candidate, kShards) == shard) id = candidate;
-  }
+  const auto id = another_in_shard(shard);  // with state to carry
   ASSERT_FALSE(id.empty());
   auto added = c.ask(0, id, cmd("addget", 7));
   ASSERT_TRUE(added && added->is<test::Cmd>());
@@ -781,16 +778,9 @@ TEST(ClusterSharding, ARetryingAskAnswersWithinItsAskersWaitWhateverANodesRetryA
   const auto held_id = entity_on(c, 1);
   ASSERT_FALSE(held_id.empty());
   const auto shard = sharding::shard_of(kType, held_id, kShards);
-  std::string id;
-  for (int k = 0; id.empty() && k < 100'000; ++k) {
-    const auto candidate = "same-shard-" + std::to_string(k);
-    if (sharding::shard_of(kType, candidate, kShards) == shard) id = candidate;
-  }
+  const auto id = another_in_shard(shard);
   ASSERT_FALSE(id.empty());
-  std::uint64_t epoch = 0;
-  for (const auto& s : c.sh[1]->shards(kType)) {
-    if (s.shard == shard) epoch = s.epoch;
-  }
+  const auto epoch = epoch_on(c, 1, shard);
   Held held;
   testkit::Probe probe(c.nodes[1]->system());
   hold_with_a_waiting_message(c, 1, held_id, probe, 1);
@@ -804,10 +794,7 @@ TEST(ClusterSharding, ARetryingAskAnswersWithinItsAskersWaitWhateverANodesRetryA
     return sharding::CreateHandOff(b, b.CreateString(kType), c.uid(0), shard, epoch);
   }), coordinator_node.ref());
   ASSERT_TRUE(eventually([&] { return c.sh[1]->stats().handoffs > handoffs; }, 10s));
-  sharding::AskOptions o;
-  o.timeout = 1s;
-  o.attempts = 2;
-  o.backoff = 100ms;
+  const sharding::AskOptions o{.timeout = 1s, .attempts = 2, .backoff = 100ms, .idempotency_key = {}};
   const auto unavailable = c.sh[1]->stats().unavailable;
   const auto started = std::chrono::steady_clock::now();
   auto r = c.sh[0]->ask(kType, id, cmd("get"), o).get();
@@ -829,10 +816,7 @@ TEST(ClusterSharding, AHandOffSentAgainGetsTheSameAnswerWithTheEntitiesStates) {
   auto added = c.ask(0, id, cmd("addget", 7));
   ASSERT_TRUE(added && added->is<test::Cmd>());
   const auto shard = sharding::shard_of(kType, id, kShards);
-  std::uint64_t epoch = 0;
-  for (const auto& s : c.sh[1]->shards(kType)) {
-    if (s.shard == shard) epoch = s.epoch;
-  }
+  const auto epoch = epoch_on(c, 1, shard);
   // An actor of the coordinator's node asks (the region answers whoever asked from there).
   testkit::Probe coordinator_node(c.nodes[0]->system());
   auto region1 = c.nodes[0]->transport().resolve(c.nodes[1]->transport().address().to_string() + "/system/sharding-account");

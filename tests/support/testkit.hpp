@@ -54,6 +54,24 @@ inline std::multiset<std::string> thread_names() {
   return out;
 }
 
+/// A gate a test closes to hold an actor's turn (wait()) and opens to let it go on.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = true;
+  void wait() {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return open; });
+  }
+  void set(bool o) {
+    {
+      std::lock_guard lk(mu);
+      open = o;
+    }
+    cv.notify_all();
+  }
+};
+
 struct Received {
   Message msg;
   ActorRef sender;
