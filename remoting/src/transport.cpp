@@ -1499,7 +1499,11 @@ void Transport::Core::run_once(std::vector<zmq_pollitem_t>& items, std::vector<P
         read_monitor(*p->monitor, p);
       }
     }
-    if (ready > 0 || work) {
+    // After a round of work: something was ready, came in meanwhile, was sent or received, or
+    // waited for room. (Work taken at the round's start counts through what it moved: a round
+    // that only took messages while spinning used to leave the spin running, so a stream, or a
+    // full queue, kept the thread polling for the whole spin.)
+    if (ready > 0 || work || moved > 0 || held_back) {
       spin_until = detail::SpinPolicy{cfg.idle_spin}.after_round(std::chrono::steady_clock::now(), moved, held_back);
     }
   }

@@ -721,10 +721,14 @@ TEST(TransportIdleSpin, RepliesThatFollowADeliveryNeedNoWakeUpWhileTheIOThreadSp
 
 TEST(TransportIdleSpin, WithoutTheSpinTheIOThreadSleepsAndIsWokenForEachSend) {
   SpinPair p(std::chrono::microseconds(0));
-  p.asks(1, 20);
-  // The I/O threads block between asks: at least some sends found them asleep.
-  EXPECT_GT(p.a.transport->stats().wakeups, 0u);
-  EXPECT_GT(p.b.transport->stats().wakeups, 0u);
+  // The I/O threads block after every round: sends find them asleep. (Not every one: a reply
+  // may come before its I/O thread has gone to sleep. With a spin none would.)
+  std::uint64_t seq = 1;
+  EXPECT_TRUE(eventually([&] {
+    p.asks(seq, seq + 9);
+    seq += 10;
+    return p.a.transport->stats().wakeups > 0 && p.b.transport->stats().wakeups > 0;
+  }, 20s)) << p.a.transport->stats().wakeups << " and " << p.b.transport->stats().wakeups << " wake-ups";
 }
 
 // The I/O thread busy-polls after a round of a few messages (a request, a reply), not after a
@@ -773,8 +777,8 @@ TEST(TransportIdleSpin, AStreamThenAsksWithALongSpin) {
 }
 
 // A peer that takes the connection and then reads nothing: ZeroMQ's queue to it fills, and the
-// I/O thread blocks (a send wakes it) instead of busy-polling until there is room. With the spin
-// after every round it would never block, and no send would wake it.
+// I/O thread blocks (a send wakes it) instead of busy-polling until there is room. One message a
+// round (a round of a stream's size blocks anyway): only the full queue can make it block.
 TEST(TransportIdleSpin, AFullQueueToAStalledPeerMakesTheIOThreadBlock) {
   SpinPair p(std::chrono::seconds(30));
   zmq::context_t ctx;
@@ -790,14 +794,14 @@ TEST(TransportIdleSpin, AFullQueueToAStalledPeerMakesTheIOThreadBlock) {
   auto ref = p.a.transport->resolve("troupe://00000000000000cc@127.0.0.1:" + port + "/user/x").value();
   p.asks(0, 0);  // a's I/O thread spinning
   const auto woken = p.a.transport->stats().wakeups;
-  const std::string big(8192, 'x');
+  const std::string big(1 << 20, 'x');
   std::uint64_t sent = 0;
-  // Kernel buffers take some megabytes before ZeroMQ's queue fills: keep sending until a send
+  // Kernel buffers and ZeroMQ's queue (64 frames) take some 70 MiB: keep sending until a send
   // finds the I/O thread asleep.
   EXPECT_TRUE(eventually([&] {
-    for (int i = 0; i < 64; ++i) ref.tell(cmd(big, sent++));
+    ref.tell(cmd(big, sent++));
     return p.a.transport->stats().wakeups > woken;
-  }, 20s)) << "the I/O thread never blocked; " << p.a.transport->stats().messages_out << " of " << sent << " sent";
+  }, 30s)) << "the I/O thread never blocked; " << p.a.transport->stats().messages_out << " of " << sent << " sent";
   EXPECT_GT(p.a.transport->stats().queued, 0u) << "the stalled peer took everything";
 }
 
