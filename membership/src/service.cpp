@@ -101,6 +101,7 @@ struct MembershipService::Impl {
   std::vector<std::function<void(const MembershipEvent&)>> subscribers;  // io thread after start
   std::mutex sub_mu;
   std::atomic<bool> stopped{false};
+  std::atomic<std::uint64_t> subscriber_failures{0};  // the service's subscribers' (stats() adds the protocol's)
   // Seeds given by name are resolved again while joining (more nodes appear behind the name).
   std::thread reresolver;
   std::mutex rr_mu;
@@ -221,17 +222,20 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
         subs = raw->subscribers;
       }
       // Each subscriber hears of every event, whatever one before it throws (the sharding
-      // layer fences its shards on self_downed, after the program's own subscribers). The first
-      // failure goes on to the protocol, which counts and logs it.
-      std::exception_ptr failed;
+      // layer fences its shards on self_downed, after the program's own subscribers). Each
+      // failure is counted (with the protocol's, in stats()) and logged.
       for (auto& fn : subs) {
         try {
           fn(e);
+        } catch (const std::exception& ex) {
+          raw->subscriber_failures.fetch_add(1, std::memory_order_relaxed);
+          raw->log->error("a membership subscriber failed on {} of {:?}: {}", to_string(e.kind), e.member.name, ex.what());
         } catch (...) {
-          if (!failed) failed = std::current_exception();
+          raw->subscriber_failures.fetch_add(1, std::memory_order_relaxed);
+          raw->log->error("a membership subscriber failed on {} of {:?} (not a std::exception)", to_string(e.kind),
+                          e.member.name);
         }
       }
-      if (failed) std::rethrow_exception(failed);
     });
     raw->udp->set_handler([raw](const UdpEndpoint& from, std::span<const std::uint8_t> p) {
       raw->proto->on_packet(from, p);
@@ -299,7 +303,24 @@ Result<std::unique_ptr<MembershipService>> MembershipService::start(MembershipSe
   return std::unique_ptr<MembershipService>(new MembershipService(std::move(impl)));
 }
 
-MembershipService::~MembershipService() { stop(); }
+MembershipService::~MembershipService() {
+  if (impl_ && std::this_thread::get_id() == impl_->io_thread && !impl_->stopped) {
+    // Destroyed by a subscriber, on the I/O thread, which cannot wait for itself: a thread that
+    // owns what is left finishes the stop once this event is done (the I/O thread's handlers
+    // use the state until then) and then frees it.
+    std::thread([impl = std::move(impl_)] {
+      impl->finish_stop();
+      std::thread begun;
+      {
+        std::lock_guard lk(impl->stop_mu);
+        begun = std::move(impl->stopper);
+      }
+      if (begun.joinable()) begun.join();
+    }).detach();
+    return;
+  }
+  stop();
+}
 
 void MembershipService::stop() {
   auto& m = *impl_;
@@ -388,7 +409,9 @@ std::vector<Decision> MembershipService::history(const std::string& name) const 
   return impl_->call([&] { return impl_->proto->history(name); });
 }
 SwimStats MembershipService::stats() const {
-  return impl_->call([&] { return impl_->proto->stats(); });
+  auto s = impl_->call([&] { return impl_->proto->stats(); });
+  s.subscriber_failures += impl_->subscriber_failures.load(std::memory_order_relaxed);
+  return s;
 }
 UdpTransportStats MembershipService::transport_stats() const { return impl_->udp->stats(); }
 const MembershipConfig& MembershipService::config() const noexcept { return impl_->cfg.membership; }

@@ -84,20 +84,29 @@ TEST_F(Cluster, ThreeNodesFormAndAGracefulLeaveEndsRemoved) {
 TEST_F(Cluster, ASubscriberThatThrowsKeepsNoLaterSubscriberFromItsEvents) {
   auto a = start(config("a", {}));
   std::atomic<int> thrown{0};
-  a->subscribe([&](const MembershipEvent&) {
-    ++thrown;
-    throw std::runtime_error("a subscriber's bug");
-  });
+  for (int k = 0; k < 2; ++k) {
+    a->subscribe([&](const MembershipEvent&) {
+      ++thrown;
+      throw std::runtime_error("a subscriber's bug");
+    });
+  }
   EventLog la;
   la.attach(*a);
   auto b = start(config("b", {"127.0.0.1:" + std::to_string(a->endpoint().port)}));
   EXPECT_TRUE(la.wait_for(is(EventKind::up, "b"))) << "the subscriber after the one that threw heard nothing";
   EXPECT_GT(thrown.load(), 0);
+  // Each failure counted (events may still come: read until the two agree, or give up).
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (a->stats().subscriber_failures != static_cast<std::uint64_t>(thrown.load()) &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(a->stats().subscriber_failures, static_cast<std::uint64_t>(thrown.load())) << "not each failure counted";
 }
 
 // stop() from a subscriber (on the I/O thread; on join_refused, say): the I/O thread cannot join
-// itself or wait for the re-resolver, so the stop completes after the event. The others see the
-// node go, and a stop() from another thread waits for the one begun.
+// itself (or wait for a re-resolver whose calls wait for it), so the stop completes after the
+// event. The others see the node go, and a stop() from another thread waits for the one begun.
 TEST_F(Cluster, StopFromASubscriberCompletesAfterTheEvent) {
   EventLog lb;
   auto a = start(config("a", {}));
@@ -105,14 +114,31 @@ TEST_F(Cluster, StopFromASubscriberCompletesAfterTheEvent) {
   a->subscribe([&](const MembershipEvent& e) {
     if (e.kind == EventKind::up && e.member.name == "b" && !asked.exchange(true)) a->stop();
   });
-  // b finds a by name: its re-resolver runs while it joins.
-  auto b = start(config("b", {"localhost:" + std::to_string(a->endpoint().port)}), &lb);
+  auto b = start(config("b", {"127.0.0.1:" + std::to_string(a->endpoint().port)}), &lb);
   ASSERT_TRUE(lb.wait_for([](const MembershipEvent& e) { return e.member.name == "a" && e.kind == EventKind::unreachable; }))
       << "a never went quiet";
   EXPECT_TRUE(asked.load());
   a->stop();
   EXPECT_EQ(a->stats().subscriber_failures, 0u);
   EXPECT_EQ(a->members().size(), 2u) << "its view, read on this thread once stopped";
+}
+
+// A subscriber destroys the service (the program drops it on self_downed, say): on the I/O
+// thread, which cannot wait for itself, so a thread of its own finishes the stop and frees it.
+// (It ended the program: a thread still joinable was destroyed.)
+TEST_F(Cluster, ASubscriberMayDestroyTheService) {
+  EventLog lb;
+  std::unique_ptr<MembershipService> a = start(config("a", {}));
+  const auto seed = "127.0.0.1:" + std::to_string(a->endpoint().port);
+  std::atomic<bool> destroyed{false};
+  auto* owner = &a;
+  a->subscribe([owner, &destroyed](const MembershipEvent& e) {
+    if (e.kind == EventKind::up && e.member.name == "b" && !destroyed.exchange(true)) owner->reset();
+  });
+  auto b = start(config("b", {seed}), &lb);
+  ASSERT_TRUE(lb.wait_for([](const MembershipEvent& e) { return e.member.name == "a" && e.kind == EventKind::unreachable; }))
+      << "a never went quiet";
+  EXPECT_TRUE(destroyed.load());
 }
 
 TEST_F(Cluster, AStoppedProcessWhosePortRefusesIsDownedWithoutWaitingStableAfter) {

@@ -661,7 +661,8 @@ struct SwimProtocol::State {
         auto it = nodes.find(uid);
         if (it == nodes.end() || (must && uid == must->id->uid)) continue;
         if (!room(it->second)) {
-          if (!ups.empty()) goto full;
+          // Fits a packet without other records (and the largest body): the next one.
+          if (estimate(it->second) + kPacketFrame + me().id->name.size() <= budget) goto full;
           // Too large for a packet of its own: it can never go, and at the head of the queue
           // it would hold back every record behind it.
           unsendable.push_back(uid);

@@ -275,6 +275,32 @@ TEST_F(Swim, ARecordTooLargeForADatagramHoldsNoOtherBack) {
   EXPECT_GT(proto->stats().records_too_large, 0u);
 }
 
+// Large records that each fit a packet of their own, behind bodies that leave no room for them
+// (an indirect probe carries its target's record): they wait for the next packet, and are not
+// taken for records no datagram can carry.
+TEST_F(Swim, LargeRecordsThatFitAPacketOfTheirOwnAreGossipedNotDropped) {
+  const std::vector<std::string> roles(12, std::string(64, 'r'));
+  for (std::uint64_t uid = 2; uid <= 4; ++uid) {
+    proto->on_packet(peer, gossip_with_roles("n" + std::to_string(uid), uid, static_cast<std::uint16_t>(7000 + uid), roles));
+  }
+  out.sent.clear();
+  for (int i = 0; i < 100; ++i) {  // no acks: probes fail, indirect probes go out
+    clock.t += 100ms;
+    proto->poll();
+  }
+  std::set<std::uint64_t> gossiped;
+  bool indirect = false;
+  for (const auto& s : out.sent) {
+    const auto* p = gossip::GetPacket(s.bytes.data());
+    indirect |= p->body_type() == gossip::Body::PingReq;
+    if (!p->updates()) continue;
+    for (const auto* m : *p->updates()) gossiped.insert(m->uid());
+  }
+  EXPECT_TRUE(indirect) << "no indirect probe: this test proves nothing";
+  EXPECT_EQ(proto->stats().records_too_large, 0u);
+  EXPECT_TRUE(gossiped.count(2) && gossiped.count(3) && gossiped.count(4));
+}
+
 // A member's record expires some time after its removal. A process paused past that (SIGSTOP,
 // a frozen VM) comes back gossiping its old `up` record: it must not be admitted again, and it
 // must learn that it is down, since nobody holds its record any more to tell it.

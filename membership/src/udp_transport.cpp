@@ -87,8 +87,9 @@ struct UdpTransport::Impl {
   udp::resolver resolver;
   // Host names resolved (I/O thread): a member that advertises a name is sent to every probe
   // interval, and a lookup per datagram queued behind a slow resolver would delay the pings
-  // until every such member looked suspect. One lookup per name at a time; its answer is kept
-  // kResolvedFor (a failure kFailedFor), and datagrams that wait for it are bounded.
+  // until every such member looked suspect. One lookup per name at a time; its answer is looked
+  // up again after kResolvedFor (the address in use meanwhile), a failure after kFailedFor; only
+  // a name with no address yet holds datagrams back, and those are bounded.
   struct Resolved {
     std::optional<asio::ip::address> addr;
     std::chrono::steady_clock::time_point until{};
@@ -344,12 +345,15 @@ struct UdpTransport::Impl {
       it = resolved.emplace(host, Resolved{}).first;
     }
     auto& r = it->second;
+    if (r.addr) {
+      // Known: sent there at once. Past its time, it is looked up again meanwhile (a lookup
+      // that fails keeps the address: a slow or failing resolver holds nothing back).
+      send_to(udp::endpoint(*r.addr, port), buf);
+      if (!r.looking && now >= r.until) look_up(host, r);
+      return;
+    }
     if (!r.looking && now < r.until) {
-      if (r.addr) {
-        send_to(udp::endpoint(*r.addr, port), buf);
-      } else {
-        bump(resolve_errors);  // failed a moment ago: not asked again yet
-      }
+      bump(resolve_errors);  // failed a moment ago: not asked again yet
       return;
     }
     if (r.waiting.size() >= kMaxWaiting) {
@@ -358,7 +362,11 @@ struct UdpTransport::Impl {
       return;
     }
     r.waiting.emplace_back(port, buf);
-    if (r.looking) return;
+    if (!r.looking) look_up(host, r);
+  }
+
+  // I/O thread.
+  void look_up(const std::string& host, Resolved& r) {
     r.looking = true;
     bump(resolutions);
     resolver.async_resolve(host, "0", udp::resolver::numeric_service,
@@ -371,11 +379,11 @@ struct UdpTransport::Impl {
                              auto waiting = std::move(done.waiting);
                              done.waiting.clear();
                              if (rec || results.empty()) {
-                               done.addr.reset();
                                done.until = std::chrono::steady_clock::now() + kFailedFor;
                                bump(resolve_errors, waiting.size());
-                               drop_log.warn(*log, "membership transport: cannot resolve {}: {}", host,
-                                             rec ? rec.message() : std::string("no address"));
+                               drop_log.warn(*log, "membership transport: cannot resolve {}: {}{}", host,
+                                             rec ? rec.message() : std::string("no address"),
+                                             done.addr ? " (its last address is used meanwhile)" : "");
                                return;
                              }
                              // Prefer an address of the socket's own family.

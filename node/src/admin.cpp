@@ -782,7 +782,7 @@ std::string AdminServer::Impl::metrics() const {
     TROUPE_C(subscriber_failures, "Exceptions from membership event subscribers (the others still heard).");
     TROUPE_C(forgotten_records, "Records of members removed long ago, ignored.");
     TROUPE_C(forgotten_corrected, "Members told that a member they still gossip was removed long ago.");
-    TROUPE_C(records_too_large, "Member records too large for any gossip datagram, not gossiped.");
+    TROUPE_C(records_too_large, "Times a member record too large for any gossip datagram was left out.");
     TROUPE_C(forgotten_told, "Members removed long ago that talked, told they are down.");
 #undef TROUPE_C
     m.gauge("troupe_membership_local_health", "Lifeguard local health multiplier (0: healthy).", s.local_health);

@@ -265,7 +265,8 @@ class Region final : public Actor {
     const auto& cfg = shared_->config;
     auto& b = buffers_[shard];
     if (b.q.size() >= cfg.buffer_per_shard || b.bytes + m.size() > cfg.buffer_bytes_per_shard ||
-        buffered_count_ >= cfg.buffer_per_region || buffered_bytes_ + m.size() > cfg.buffer_bytes_per_region) {
+        buffered_count_ + waiting_count_ >= cfg.buffer_per_region ||
+        buffered_bytes_ + waiting_bytes_ + m.size() > cfg.buffer_bytes_per_region) {
       if (b.q.empty()) buffers_.erase(shard);
       return unavailable(m, env, shard, from, "the shard's buffer is full while it has no home");
     }
@@ -354,16 +355,24 @@ class Region final : public Actor {
     }
     auto& e = it->second;
     if (e.passivating) {
-      // Bounded like a shard's buffer: an entity that asked to passivate with a backlog, and
-      // traffic that keeps coming for it, must not grow this without end.
+      // Bounded as a shard's buffer is (per entity: count and bytes; with the buffers: the
+      // region's bounds): an entity that asked to passivate with a backlog, and traffic that
+      // keeps coming for it, must not grow this without end.
+      const auto& cfg = shared_->config;
       auto& waiting = waiting_[id];
-      if (waiting.size() >= shared_->config.buffer_per_shard) {
+      if (waiting.q.size() >= cfg.buffer_per_shard || waiting.bytes + msg.size() > cfg.buffer_bytes_per_shard ||
+          buffered_count_ + waiting_count_ >= cfg.buffer_per_region ||
+          buffered_bytes_ + waiting_bytes_ + msg.size() > cfg.buffer_bytes_per_region) {
+        if (waiting.q.empty()) waiting_.erase(id);
         if (!key.empty()) forget_reply(id, key);
         return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from,
-                           "its entity is passivating, and its buffer is full");
+                           "its entity is passivating, and the messages waiting for it reached their bound");
       }
       shared_->buffered.fetch_add(1, std::memory_order_relaxed);
-      waiting.emplace_back(std::move(msg), to);
+      waiting.bytes += msg.size();
+      ++waiting_count_;
+      waiting_bytes_ += msg.size();
+      waiting.q.emplace_back(std::move(msg), to);
       return;
     }
     e.last_active = activity_tick();
@@ -431,11 +440,11 @@ class Region final : public Actor {
       replies_.erase(it);
     }
     if (auto it = replies_.find(k); it != replies_.end()) {
+      if (!it->second.reply && from && it->second.waiters.size() >= kMaxWaiters) return Delivery::many_repeats;
       shared_->deduplicated.fetch_add(1, std::memory_order_relaxed);
       if (it->second.reply) {
         if (from) from.tell(it->second.reply);
       } else if (from) {
-        if (it->second.waiters.size() >= kMaxWaiters) return Delivery::many_repeats;
         it->second.waiters.push_back(from);
       }
       return Delivery::repeat;
@@ -567,11 +576,7 @@ class Region final : public Actor {
     const std::string id = it->first;
     auto e = std::move(it->second);
     entities_.erase(it);
-    std::deque<std::pair<Message, ActorRef>> waiting;
-    if (auto w = waiting_.find(id); w != waiting_.end()) {
-      waiting = std::move(w->second);
-      waiting_.erase(w);
-    }
+    auto waiting = take_waiting(id);
     shared_->live.fetch_sub(1, std::memory_order_relaxed);
     log_activation(id, false, e.incarnation);
     const auto shard = shard_of(settings_.type, id, settings_.num_shards);
@@ -621,12 +626,9 @@ class Region final : public Actor {
       ++hs.pending;
       // What waits for a passivating entity came before anything the stopping shard buffers
       // from now on: it goes first (at its Terminated it would land behind later messages).
-      if (auto w = waiting_.find(id); w != waiting_.end()) {
-        for (auto& [msg, from] : w->second) {
-          auto env = entity_envelope(id, msg.type(), msg.bytes());
-          buffer(env, *env.as<EntityEnvelope>(), shard, from);
-        }
-        waiting_.erase(w);
+      for (auto& [msg, from] : take_waiting(id)) {
+        auto env = entity_envelope(id, msg.type(), msg.bytes());
+        buffer(env, *env.as<EntityEnvelope>(), shard, from);
       }
       if (at_once) {
         // A passivating entity stops too (its Terminated counts it), without a snapshot.
@@ -866,7 +868,9 @@ class Region final : public Actor {
       }
     }
     for (auto shard : fence) fence_shard(shard, "allocated elsewhere by the coordinator");
-    std::erase_if(stopped_answers_, [&](const auto& kv) { return epoch_[kv.first] > kv.second.first; });
+    // A newer allocation, or none (the coordinator found no member to take the shard and
+    // dropped its states): nobody will ask again.
+    std::erase_if(stopped_answers_, [&](const auto& kv) { return epoch_[kv.first] > kv.second.first || owner_[kv.first] == 0; });
     // A downed node hosts nothing more, whatever a table sent before its downing says.
     if (self_index_ >= 0 && !down_) {
       for (ShardId s = 0; s < n; ++s) {
@@ -993,10 +997,8 @@ class Region final : public Actor {
       if (shard_of(settings_.type, id, settings_.num_shards) != shard) continue;
       e.passivating = true;
       std::vector<std::pair<Message, ActorRef>> waited;
-      if (auto w = waiting_.find(id); w != waiting_.end()) {
-        waited.assign(std::make_move_iterator(w->second.begin()), std::make_move_iterator(w->second.end()));
-        waiting_.erase(w);
-      }
+      auto w = take_waiting(id);
+      waited.assign(std::make_move_iterator(w.begin()), std::make_move_iterator(w.end()));
       // It stops after its current message. What it had queued, then what waited for it here,
       // goes where any message for the shard goes now (took_back): to its new home, into the
       // buffer, or refused (counted, the sender told) when this node is down.
@@ -1064,7 +1066,24 @@ class Region final : public Actor {
   std::string my_address_;
   Entities entities_;
   // Messages for entities that are passivating (few at a time): they start the next activation.
-  std::unordered_map<std::string, std::deque<std::pair<Message, ActorRef>>> waiting_;
+  struct Waiting {
+    std::deque<std::pair<Message, ActorRef>> q;
+    std::size_t bytes = 0;
+  };
+  std::unordered_map<std::string, Waiting> waiting_;
+  std::size_t waiting_count_ = 0, waiting_bytes_ = 0;  // all of waiting_ (with the buffers': the region's bounds)
+
+  /// What waits for entity `id` (oldest first), taken out of waiting_.
+  std::deque<std::pair<Message, ActorRef>> take_waiting(const std::string& id) {
+    std::deque<std::pair<Message, ActorRef>> out;
+    if (auto w = waiting_.find(id); w != waiting_.end()) {
+      out = std::move(w->second.q);
+      waiting_count_ -= out.size();
+      waiting_bytes_ -= w->second.bytes;
+      waiting_.erase(w);
+    }
+    return out;
+  }
   // The table as this region last accepted it.
   std::uint64_t table_coordinator_ = 0, table_version_ = 0;
   std::vector<std::string> region_addrs_;
@@ -1394,23 +1413,22 @@ class AskForwarder final : public Actor {
 
 /// An ask with retries: each attempt is an ask of its own (the same idempotency key), the next
 /// one after a timeout or ShardUnavailable, with a growing pause; the first other answer, or
-/// the last ShardUnavailable, goes to the asker. Attempts fit in `budget` (what the asker waits,
+/// the last ShardUnavailable, goes to the asker. Attempts end by `deadline` (what the asker waits,
 /// less a margin): a pause longer than a node's retry_after allows is cut short, and with no
 /// room for another whole attempt the last ShardUnavailable goes to the asker at once (the asker
 /// got a timeout meanwhile, and an attempt after it could run the message behind its back).
 class RetryingAsk final : public Actor {
  public:
   RetryingAsk(std::shared_ptr<Sharding::Shared> shared, std::string type, std::string id, AskOptions o,
-              std::chrono::milliseconds budget)
+              TimerService::Clock::time_point deadline)
       : shared_(std::move(shared)), type_(std::move(type)), id_(std::move(id)), o_(std::move(o)), pause_(o_.backoff),
-        budget_(budget) {}
+        deadline_(deadline) {}
 
   void receive(const Message& m) override {
     if (m.is<RetryTick>()) return attempt();
     if (!question_) {
       question_ = m;
       reply_to_ = sender();
-      deadline_ = context().system().timers().now() + budget_;
       attempt();
     }
   }
@@ -1448,8 +1466,7 @@ class RetryingAsk final : public Actor {
   Message question_;
   ActorRef reply_to_;
   unsigned made_ = 0;
-  std::chrono::milliseconds budget_;
-  TimerService::Clock::time_point deadline_{};
+  TimerService::Clock::time_point deadline_;
 };
 
 }  // namespace
@@ -1479,8 +1496,10 @@ std::future<Result<Message>> Sharding::ask(std::string_view type, std::string_vi
   for (unsigned i = 1; i < options.attempts; ++i, pause *= 2) {
     total += std::max(pause, shared_->config.retry_after);
   }
+  // The attempts end within the asker's wait, counted from now (the actor's first turn may be later).
+  const auto deadline = system_.timers().now() + (total - kMargin);
   auto r = system_.spawn_system<RetryingAsk>(SpawnOptions{}, shared_, std::string(type), std::string(id), std::move(options),
-                                             total - kMargin);
+                                             deadline);
   return r.ask(msg, total);
 }
 

@@ -176,7 +176,7 @@ TEST(Bounds, MessagesWaitingForAPassivatingEntityAreBoundedAndTheRestRefused) {
   LocalCounters node("bounds", cfg);
   auto& sh = *node.sh;
   Probe probe(node.sys);
-  g_gate.set(false);
+  auto held = g_gate.closed();
   sh.tell("counter", "h", cmd("hold"));
   ASSERT_TRUE(eventually([&] { return sh.stats().passivations >= 1; }));
   for (std::uint64_t i = 1; i <= 8; ++i) sh.tell("counter", "h", ping(i), probe.ref());

@@ -696,11 +696,6 @@ TEST(ClusterSharding, WhatABusyEntityHadQueuedIsRefusedToItsSendersWhenItsNodeIs
   EXPECT_LT(c.nodes[1]->system().stats().dead_letters - dead, kBacklog / 10) << "the backlog went to dead letters";
 }
 
-// The coordinator actor fails and is restarted by its supervisor. The new instance takes up
-// the role at once, with no membership event to prompt it (a new entity type gets homes), and
-// its tables carry versions above the ones before, so the regions apply them (a join settles).
-// Before, it stayed idle until the next membership event, then numbered its tables from 1,
-// which the regions ignored as old.
 // A new coordinator rebuilds its table from the regions' reports while a region is handing a
 // shard off for the old one (an entity still working through its queue): the region still
 // reports the shard, and the new table puts it there, not moving. The region serves the shard
@@ -886,6 +881,11 @@ TEST(ClusterSharding, ADownedNodeHostsNothingFromATableThatArrivesAfterItsDownin
   for (const auto& e : c.log.entries) EXPECT_FALSE(e.node == 1 && e.id == id) << "started on the downed node";
 }
 
+// The coordinator actor fails and is restarted by its supervisor. The new instance takes up
+// the role at once, with no membership event to prompt it (a new entity type gets homes), and
+// its tables carry versions above the ones before, so the regions apply them (a join settles).
+// Before, it stayed idle until the next membership event, then numbered its tables from 1,
+// which the regions ignored as old.
 TEST(ClusterSharding, ARestartedCoordinatorActorTakesUpTheRoleAndItsTablesAreApplied) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1, 2}));

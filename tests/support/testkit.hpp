@@ -70,6 +70,19 @@ struct Gate {
     }
     cv.notify_all();
   }
+  /// Opens the gate when it goes (a failed assertion returns early: what waits must not hang the
+  /// teardown). Declare it after what must stop after the gate opens.
+  struct Closed {
+    explicit Closed(Gate* g) : gate(g) {}
+    Gate* gate;
+    ~Closed() { gate->set(true); }
+    Closed(const Closed&) = delete;
+    Closed& operator=(const Closed&) = delete;
+  };
+  [[nodiscard]] Closed closed() {
+    set(false);
+    return Closed{this};
+  }
 };
 
 struct Received {

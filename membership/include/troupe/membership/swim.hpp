@@ -68,7 +68,7 @@ struct SwimStats {
   std::uint64_t forgotten_records = 0;    ///< records of members removed long ago (their records expired): ignored
   std::uint64_t forgotten_told = 0;       ///< such a member talked, and was told it is down
   std::uint64_t forgotten_corrected = 0;  ///< a member still gossiped such a record, and was told it is removed
-  std::uint64_t records_too_large = 0;    ///< member records no datagram can carry (a larger MTU's member): not gossiped
+  std::uint64_t records_too_large = 0;    ///< times a member record no datagram can carry (a larger MTU's member) was left out
   std::uint64_t local_health = 0;         ///< gauge: Lifeguard multiplier (0 = healthy)
   /// Failure detection: from this node's first suspicion of a member to declaring it
   /// unreachable (a refused port skips the suspicion: not counted here).
