@@ -738,7 +738,7 @@ struct Coordinator::State {
          }));
   }
 
-  /// A move whose "moving" table every member with the type has acknowledged (or that waited
+  /// A move whose "moving" table every member and client with the type has acknowledged (or that waited
   /// long enough) asks the owner to stop the shard.
   void advance_moves() {
     const auto ms = members();
@@ -747,7 +747,11 @@ struct Coordinator::State {
       if (mv.stopping || mv.version == 0) continue;
       bool all = true;
       for (auto& [uid, reg] : nodes) {
-        if (reg.client || !reg.types.count(key.first) || downed.count(uid) || !reachable(ms, uid)) continue;
+        if (!reg.types.count(key.first)) continue;
+        // A client (its lease lasting) routes straight to the owner too: until it buffers the
+        // shard, a message it sends by its older table could reach the owner after the stop
+        // and the new home after the client's later ones.
+        if (reg.client ? t >= reg.lease : downed.count(uid) || !reachable(ms, uid)) continue;
         if (reg.acked[key.first] < mv.version) all = false;
       }
       if (!all && t < mv.deadline) continue;

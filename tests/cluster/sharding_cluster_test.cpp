@@ -1101,6 +1101,52 @@ TEST(ClusterSharding, AReportFromAnUnknownMemberIsNotTakenForAClientsAndIsNotAns
   c.log.check();
 }
 
+// A client routes straight to the owners: before an owner stops a shard, the client too must
+// have taken the table that marks it moving (and buffer its messages), or a message it sent by
+// the older table could reach the old owner after the stop and the new home after the client's
+// later ones. A registered client that never acknowledges holds each move until
+// handoff_ack_timeout (2 s); clients used to be skipped.
+TEST(ClusterSharding, AMoveWaitsForTheClientsToTakeTheMovingTable) {
+  ShardCluster c;
+  ASSERT_TRUE(c.start({0, 1}));
+  auto silent = c.remoting_only("silent-client");
+  sharding::Sharding types(silent->system());  // registers the sharding protocol's messages there
+  testkit::Probe probe(silent->system());
+  silent->transport().add_peer_key(c.nodes[0]->transport().address().endpoint(), c.keys.pairs[0].public_key);
+  c.nodes[0]->transport().add_peer_key(silent->transport().address().endpoint(), c.keys.pairs[5].public_key);
+  auto coordinator = silent->transport().resolve(c.nodes[0]->transport().address().to_string() + "/system/sharding-coordinator");
+  ASSERT_TRUE(coordinator);
+  const auto report = Message::build<sharding::NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
+    std::vector<flatbuffers::Offset<sharding::TypeReport>> proxied{sharding::CreateTypeReport(b, b.CreateString(kType), kShards, true)};
+    return sharding::CreateNodeReport(b, 0, silent->transport().address().uid, b.CreateVector(proxied), 0, false,
+                                      b.CreateString(c.keys.pairs[5].public_key), true);
+  });
+  // Registered (answered), and kept registered: it reports again and again, and acknowledges
+  // nothing.
+  coordinator->tell(report, probe.ref());
+  ASSERT_TRUE(eventually([&] {
+    auto r = probe.next(100ms);
+    return r && r->msg.is<sharding::ReportAck>();
+  }, 10s));
+  std::atomic<bool> done{false};
+  std::jthread reporting([&] {
+    while (!done) {
+      coordinator->tell(report, probe.ref());
+      std::this_thread::sleep_for(200ms);
+    }
+  });
+  const auto before = c.sh[0]->stats().handoff_time;
+  c.add(2);
+  const bool settled = eventually([&] { return c.settled({0, 1, 2}, {0, 1, 2}); }, 60s);
+  done = true;
+  ASSERT_TRUE(settled);
+  const auto after = c.sh[0]->stats().handoff_time;
+  const auto moves = after.count - before.count;
+  ASSERT_GT(moves, 0u);
+  EXPECT_GE((after.sum - before.sum) / static_cast<double>(moves), 1.9) << "the moves did not wait for the client";
+  c.log.check();
+}
+
 TEST(ClusterSharding, AClientThatIsNotAMemberRoutesThroughTheTablesAndFollowsACoordinatorMove) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1, 2}));
