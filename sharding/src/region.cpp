@@ -264,9 +264,7 @@ class Region final : public Actor {
   void buffer(const Message& m, const EntityEnvelope& env, ShardId shard, const ActorRef& from) {
     const auto& cfg = shared_->config;
     auto& b = buffers_[shard];
-    if (b.q.size() >= cfg.buffer_per_shard || b.bytes + m.size() > cfg.buffer_bytes_per_shard ||
-        buffered_count_ + waiting_count_ >= cfg.buffer_per_region ||
-        buffered_bytes_ + waiting_bytes_ + m.size() > cfg.buffer_bytes_per_region) {
+    if (b.q.size() >= cfg.buffer_per_shard || b.bytes + m.size() > cfg.buffer_bytes_per_shard || region_full(m.size())) {
       if (b.q.empty()) buffers_.erase(shard);
       return unavailable(m, env, shard, from, "the shard's buffer is full while it has no home");
     }
@@ -361,8 +359,7 @@ class Region final : public Actor {
       const auto& cfg = shared_->config;
       auto& waiting = waiting_[id];
       if (waiting.q.size() >= cfg.buffer_per_shard || waiting.bytes + msg.size() > cfg.buffer_bytes_per_shard ||
-          buffered_count_ + waiting_count_ >= cfg.buffer_per_region ||
-          buffered_bytes_ + waiting_bytes_ + msg.size() > cfg.buffer_bytes_per_region) {
+          region_full(msg.size())) {
         if (waiting.q.empty()) waiting_.erase(id);
         if (!key.empty()) forget_reply(id, key);
         return unavailable(m, env, shard_of(settings_.type, id, settings_.num_shards), from,
@@ -1072,6 +1069,14 @@ class Region final : public Actor {
   };
   std::unordered_map<std::string, Waiting> waiting_;
   std::size_t waiting_count_ = 0, waiting_bytes_ = 0;  // all of waiting_ (with the buffers': the region's bounds)
+
+  /// No room in the region's bounds (its shards' buffers and what waits for passivating
+  /// entities, together) for one more message of `bytes`.
+  bool region_full(std::size_t bytes) const {
+    const auto& cfg = shared_->config;
+    return buffered_count_ + waiting_count_ >= cfg.buffer_per_region ||
+           buffered_bytes_ + waiting_bytes_ + bytes > cfg.buffer_bytes_per_region;
+  }
 
   /// What waits for entity `id` (oldest first), taken out of waiting_.
   std::deque<std::pair<Message, ActorRef>> take_waiting(const std::string& id) {

@@ -1062,6 +1062,29 @@ TEST(ClusterSharding, TheCoordinatorRunsOnTheOldestMemberThatRunsSharding) {
   c.log.check();
 }
 
+/// A remoting-only process that speaks the sharding protocol by hand to n0's coordinator (not a
+/// ShardingClient): it sends what the test says, from `probe`, and answers nothing.
+struct HandMadeNode {
+  HandMadeNode(ShardCluster& c, const std::string& name)
+      : node(c.remoting_only(name)), types(node->system()), probe(node->system()) {
+    node->transport().add_peer_key(c.nodes[0]->transport().address().endpoint(), c.keys.pairs[0].public_key);
+    c.nodes[0]->transport().add_peer_key(node->transport().address().endpoint(), c.keys.pairs[5].public_key);
+    coordinator = node->transport().resolve(c.nodes[0]->transport().address().to_string() + "/system/sharding-coordinator").value();
+  }
+  /// Its report, proxying the test's type: a client's, or a member's.
+  Message report(const ShardCluster& c, bool client) const {
+    return Message::build<sharding::NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
+      std::vector<flatbuffers::Offset<sharding::TypeReport>> proxied{sharding::CreateTypeReport(b, b.CreateString(kType), kShards, true)};
+      return sharding::CreateNodeReport(b, 0, node->transport().address().uid, b.CreateVector(proxied), 0, false,
+                                        client ? b.CreateString(c.keys.pairs[5].public_key) : 0, client);
+    });
+  }
+  std::unique_ptr<node::Node> node;
+  sharding::Sharding types;  // registers the sharding protocol's messages there
+  testkit::Probe probe;
+  ActorRef coordinator;
+};
+
 // A joining member's report can reach the coordinator before gossip tells it of the member. It
 // must not be taken for a sharding client's (which would keep the member from ever getting
 // shards, and end its registration when the "client's" lease ran out): it is not answered, so
@@ -1069,34 +1092,22 @@ TEST(ClusterSharding, TheCoordinatorRunsOnTheOldestMemberThatRunsSharding) {
 TEST(ClusterSharding, AReportFromAnUnknownMemberIsNotTakenForAClientsAndIsNotAnswered) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1}));
-  auto early = c.remoting_only("early");
-  sharding::Sharding types(early->system());  // registers the sharding protocol's messages there
-  testkit::Probe probe(early->system());
-  early->transport().add_peer_key(c.nodes[0]->transport().address().endpoint(), c.keys.pairs[0].public_key);
-  c.nodes[0]->transport().add_peer_key(early->transport().address().endpoint(), c.keys.pairs[5].public_key);
-  auto coordinator = early->transport().resolve(c.nodes[0]->transport().address().to_string() + "/system/sharding-coordinator");
-  ASSERT_TRUE(coordinator);
-  auto report = [&](bool client) {
-    return Message::build<sharding::NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
-      std::vector<flatbuffers::Offset<sharding::TypeReport>> proxied{sharding::CreateTypeReport(b, b.CreateString(kType), kShards, true)};
-      return sharding::CreateNodeReport(b, 0, early->transport().address().uid, b.CreateVector(proxied), 0, false,
-                                        client ? b.CreateString(c.keys.pairs[5].public_key) : 0, client);
-    });
-  };
+  HandMadeNode early(c, "early");
+  auto report = [&](bool client) { return early.report(c, client); };
   const auto ignored = c.sh[0]->stats().stale_coordinator;
-  coordinator->tell(report(false), probe.ref());
+  early.coordinator.tell(report(false), early.probe.ref());
   ASSERT_TRUE(eventually([&] { return c.sh[0]->stats().stale_coordinator > ignored; }, 10s))
       << "a member's report from a node the coordinator does not know was not ignored";
   // The same node saying it is a client: registered and answered (after the ignored one, on the
   // same connection: an answer to the first would have come first).
-  coordinator->tell(report(true), probe.ref());
-  auto r = probe.next(10s);
+  early.coordinator.tell(report(true), early.probe.ref());
+  auto r = early.probe.next(10s);
   ASSERT_TRUE(r);
-  while (r && !r->msg.is<sharding::ReportAck>()) r = probe.next(10s);  // tables may come first
+  while (r && !r->msg.is<sharding::ReportAck>()) r = early.probe.next(10s);  // tables may come first
   ASSERT_TRUE(r) << "the client's report was not answered";
   EXPECT_EQ(r->msg.as<sharding::ReportAck>()->coordinator(), c.uid(0));
   std::size_t acks = 1;
-  while (probe.queued() > 0) acks += probe.next(1s)->msg.is<sharding::ReportAck>() ? 1 : 0;
+  while (early.probe.queued() > 0) acks += early.probe.next(1s)->msg.is<sharding::ReportAck>() ? 1 : 0;
   EXPECT_EQ(acks, 1u) << "the member-style report was answered too";
   c.log.check();
 }
@@ -1109,29 +1120,19 @@ TEST(ClusterSharding, AReportFromAnUnknownMemberIsNotTakenForAClientsAndIsNotAns
 TEST(ClusterSharding, AMoveWaitsForTheClientsToTakeTheMovingTable) {
   ShardCluster c;
   ASSERT_TRUE(c.start({0, 1}));
-  auto silent = c.remoting_only("silent-client");
-  sharding::Sharding types(silent->system());  // registers the sharding protocol's messages there
-  testkit::Probe probe(silent->system());
-  silent->transport().add_peer_key(c.nodes[0]->transport().address().endpoint(), c.keys.pairs[0].public_key);
-  c.nodes[0]->transport().add_peer_key(silent->transport().address().endpoint(), c.keys.pairs[5].public_key);
-  auto coordinator = silent->transport().resolve(c.nodes[0]->transport().address().to_string() + "/system/sharding-coordinator");
-  ASSERT_TRUE(coordinator);
-  const auto report = Message::build<sharding::NodeReport>([&](flatbuffers::FlatBufferBuilder& b) {
-    std::vector<flatbuffers::Offset<sharding::TypeReport>> proxied{sharding::CreateTypeReport(b, b.CreateString(kType), kShards, true)};
-    return sharding::CreateNodeReport(b, 0, silent->transport().address().uid, b.CreateVector(proxied), 0, false,
-                                      b.CreateString(c.keys.pairs[5].public_key), true);
-  });
+  HandMadeNode silent(c, "silent-client");
+  const auto report = silent.report(c, true);
   // Registered (answered), and kept registered: it reports again and again, and acknowledges
   // nothing.
-  coordinator->tell(report, probe.ref());
+  silent.coordinator.tell(report, silent.probe.ref());
   ASSERT_TRUE(eventually([&] {
-    auto r = probe.next(100ms);
+    auto r = silent.probe.next(100ms);
     return r && r->msg.is<sharding::ReportAck>();
   }, 10s));
   std::atomic<bool> done{false};
   std::jthread reporting([&] {
     while (!done) {
-      coordinator->tell(report, probe.ref());
+      silent.coordinator.tell(report, silent.probe.ref());
       std::this_thread::sleep_for(200ms);
     }
   });
