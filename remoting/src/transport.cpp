@@ -181,7 +181,7 @@ struct Peer {
   std::unique_ptr<zmq::socket_t> dealer, monitor;
   std::string server_key;  // the CURVE key the dealer was opened with
   bool connected_once = false;  // a handshake succeeded before (the next one is a reconnection)
-  bool up = false;              // connected: a handshake succeeded and no disconnection since
+  bool up = false;              // connected: seen writable (immediate) and no disconnection since
   std::deque<Outbound> pending;
   // After a failed handshake ZeroMQ gives up on the connection: Troupe reopens it with back-off
   // (the peer may be added to an allow-list later).
@@ -703,8 +703,9 @@ bool Transport::Core::connect(Peer& p) {
       d->set(zmq::sockopt::curve_secretkey, cfg.keys.secret_key);
     }
     // The monitor before the connection: on loopback the handshake can be done before connect()
-    // returns, and a monitor attached after it never hears of it (the peer never counted as
-    // connected, a reconnection not known as one). A failed connect closes it (close_peer).
+    // returns, and a monitor attached after it never hears of it (no hello sent, and the first
+    // reconnection not known as one: its remote watches not sent again). A failed connect
+    // closes it (close_peer).
     socket_monitor(*d, p.monitor, kMonitorEvents);
     d->connect(connect_endpoint(p.addr));
     p.dealer = std::move(d);
@@ -876,12 +877,12 @@ void Transport::Core::flush(Peer& p) {
     }
     if (!(p.dealer->get(zmq::sockopt::events) & ZMQ_POLLOUT)) {
       // Connected: ZeroMQ's queue is full, and the poll wakes this thread when it drains. Not
-      // yet connected (immediate): the messages wait for the handshake, which the monitor
-      // reports; the spin for other peers' replies stays.
+      // yet connected (immediate: no queue until the handshake): the messages wait for it, and
+      // the spin for other peers' replies stays.
       if (p.up) held_back = true;
       return;
     }
-    p.up = true;  // writable: connected (immediate), whether or not the monitor told yet
+    p.up = true;  // writable: connected (immediate)
     builder.reset();
     std::size_t k = 0;
     // Consecutive messages usually share a sender: its address is computed once per run.
@@ -1284,10 +1285,7 @@ void Transport::Core::read_monitor(zmq::socket_t& mon, Peer* p) {
     const auto where = addr.to_string();
     switch (id) {
       case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
-        if (p) {
-          p->backoff = std::chrono::milliseconds(0);
-          p->up = true;
-        }
+        if (p) p->backoff = std::chrono::milliseconds(0);
         if (p && std::exchange(p->connected_once, true)) rewatch(p->addr.uid);  // reconnected: see rewatch()
         if (p && p->dealer) {
           // Say hello so the peer answers with its incarnation even before there is traffic.

@@ -688,6 +688,22 @@ TEST_F(TwoNodes, WatchingThroughAStoppedTransportTerminatesAtOnce) {
   EXPECT_EQ(a->transport->stats().dropped_stopped, 1u);
 }
 
+/// The port a bound ZeroMQ socket listens on.
+std::string bound_port(zmq::socket_t& s) {
+  const auto ep = s.get(zmq::sockopt::last_endpoint);
+  return ep.substr(ep.rfind(':') + 1);
+}
+
+/// A loopback port nothing listens on (bound, then closed).
+std::string closed_port() {
+  zmq::context_t ctx;
+  zmq::socket_t hole(ctx, zmq::socket_type::router);
+  hole.bind("tcp://127.0.0.1:*");
+  auto port = bound_port(hole);
+  hole.close();
+  return port;
+}
+
 // Two nodes with the given idle_spin and an echo actor on b.
 struct SpinPair {
   explicit SpinPair(std::chrono::microseconds spin)
@@ -704,6 +720,18 @@ struct SpinPair {
       EXPECT_EQ(r->as<test::Ping>()->seq(), i);
     }
   }
+  /// How often a's and b's I/O threads had to be woken while asks first..last ran.
+  std::pair<std::uint64_t, std::uint64_t> wakeups_during_asks(std::uint64_t first, std::uint64_t last) {
+    const auto a0 = a.transport->stats().wakeups, b0 = b.transport->stats().wakeups;
+    asks(first, last);
+    return {a.transport->stats().wakeups - a0, b.transport->stats().wakeups - b0};
+  }
+  /// Asks first..last, and neither I/O thread may have been asleep for any of them.
+  void expect_asks_need_no_wakeup(std::uint64_t first, std::uint64_t last) {
+    const auto [a_woken, b_woken] = wakeups_during_asks(first, last);
+    EXPECT_EQ(a_woken, 0u) << "the asker's I/O thread was asleep";
+    EXPECT_EQ(b_woken, 0u) << "the echo's replies had to wake its node's I/O thread";
+  }
   Keys keys;
   Node a, b;
   ActorRef echo;
@@ -713,10 +741,7 @@ TEST(TransportIdleSpin, RepliesThatFollowADeliveryNeedNoWakeUpWhileTheIOThreadSp
   // A spin far longer than the whole exchange: after the first ask nobody sleeps.
   SpinPair p(std::chrono::seconds(30));
   p.asks(0, 0);
-  const auto a0 = p.a.transport->stats().wakeups, b0 = p.b.transport->stats().wakeups;
-  p.asks(1, 50);
-  EXPECT_EQ(p.a.transport->stats().wakeups, a0) << "the asker's I/O thread was asleep";
-  EXPECT_EQ(p.b.transport->stats().wakeups, b0) << "the echo's replies had to wake its node's I/O thread";
+  p.expect_asks_need_no_wakeup(1, 50);
 }
 
 TEST(TransportIdleSpin, WithoutTheSpinTheIOThreadSleepsAndIsWokenForEachSend) {
@@ -770,10 +795,7 @@ TEST(TransportIdleSpin, AStreamThenAsksWithALongSpin) {
   ASSERT_EQ(seen, kEach);
   EXPECT_LT(p.a.transport->stats().frames_out, p.a.transport->stats().messages_out / 4) << "rounds of many messages";
   p.asks(0, 0);
-  const auto a0 = p.a.transport->stats().wakeups, b0 = p.b.transport->stats().wakeups;
-  p.asks(1, 30);
-  EXPECT_EQ(p.a.transport->stats().wakeups, a0) << "the asker's I/O thread was asleep";
-  EXPECT_EQ(p.b.transport->stats().wakeups, b0) << "the echo's replies had to wake its node's I/O thread";
+  p.expect_asks_need_no_wakeup(1, 30);
 }
 
 // A peer that takes the connection and then reads nothing: ZeroMQ's queue to it fills, and the
@@ -788,8 +810,7 @@ TEST(TransportIdleSpin, AFullQueueToAStalledPeerMakesTheIOThreadBlock) {
   stalled.set(zmq::sockopt::curve_server, 1);
   stalled.set(zmq::sockopt::curve_secretkey, p.keys.c.secret_key);
   stalled.bind("tcp://127.0.0.1:*");
-  const auto ep = stalled.get(zmq::sockopt::last_endpoint);
-  const auto port = ep.substr(ep.rfind(':') + 1);
+  const auto port = bound_port(stalled);
   p.a.transport->add_peer_key("127.0.0.1:" + port, p.keys.c.public_key);
   auto ref = p.a.transport->resolve("troupe://00000000000000cc@127.0.0.1:" + port + "/user/x").value();
   p.asks(0, 0);  // a's I/O thread spinning
@@ -810,19 +831,12 @@ TEST(TransportIdleSpin, AFullQueueToAStalledPeerMakesTheIOThreadBlock) {
 // need no wake-up.
 TEST(TransportIdleSpin, MessagesWaitingForAConnectionLeaveTheSpinOn) {
   SpinPair p(std::chrono::seconds(30));
-  zmq::context_t ctx;
-  zmq::socket_t hole(ctx, zmq::socket_type::router);
-  hole.bind("tcp://127.0.0.1:*");
-  const auto ep = hole.get(zmq::sockopt::last_endpoint);
-  const auto port = ep.substr(ep.rfind(':') + 1);
-  hole.close();  // nothing listens there
+  const auto port = closed_port();
   p.a.transport->add_peer_key("127.0.0.1:" + port, p.keys.c.public_key);
   auto ref = p.a.transport->resolve("troupe://00000000000000cc@127.0.0.1:" + port + "/user/x").value();
   ref.tell(ping(1));
   p.asks(0, 0);
-  const auto a0 = p.a.transport->stats().wakeups;
-  p.asks(1, 30);
-  EXPECT_EQ(p.a.transport->stats().wakeups, a0) << "the asker's I/O thread was asleep";
+  EXPECT_EQ(p.wakeups_during_asks(1, 30).first, 0u) << "the asker's I/O thread was asleep";
   EXPECT_EQ(p.a.transport->stats().queued, 1u) << "the waiting message was sent or dropped";
 }
 
@@ -852,12 +866,7 @@ TEST(TransportQueue, OverflowGoesToDeadLettersAndIsCounted) {
   Keys keys;
   Node a("a", keys.a, keys.allow, 0, [](TransportConfig& c) { c.max_queue_per_peer = 10; });
   // A peer that is not listening: nothing drains the queue.
-  zmq::context_t ctx;
-  zmq::socket_t hole(ctx, zmq::socket_type::router);
-  hole.bind("tcp://127.0.0.1:*");
-  const auto ep = hole.get(zmq::sockopt::last_endpoint);
-  const auto port = ep.substr(ep.rfind(':') + 1);
-  hole.close();
+  const auto port = closed_port();
   a.transport->add_peer_key("127.0.0.1:" + port, keys.b.public_key);
   auto ref = a.transport->resolve("troupe://00000000000000bb@127.0.0.1:" + port + "/user/x").value();
   const auto dead_before = a.sys.stats().dead_letters;
